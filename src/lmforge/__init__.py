@@ -1,0 +1,42 @@
+"""lmforge: take a language model from raw text to a model people use.
+
+The Python API mirrors the command line:
+
+    import lmforge
+    lmforge.prepare(["corpus.txt"], out="data", tokenizer="bpe", vocab_size=2048)
+    lmforge.pretrain(data="data", out="run", preset="tiny", max_steps=300)
+    lm = lmforge.load("run")
+    print(lm.generate("Once upon a time", max_new_tokens=40))
+"""
+
+__version__ = "0.1.0"
+
+from lmforge.errors import LmforgeError  # noqa: E402
+
+
+def __getattr__(name):
+    # Lazy imports keep `import lmforge` (and `lmforge --help`) fast: torch is only loaded when needed.
+    if name == "prepare":
+        from lmforge.data.prepare import prepare
+
+        return prepare
+    if name == "pretrain":
+        from lmforge.train.trainer import pretrain
+
+        return pretrain
+    if name in ("load", "LM"):
+        from lmforge import lm
+
+        return getattr(lm, name)
+    if name == "evaluate":
+        from lmforge.eval.perplexity import evaluate
+
+        return evaluate
+    if name == "Tokenizer":
+        from lmforge.tokenizers import Tokenizer
+
+        return Tokenizer
+    raise AttributeError(f"module 'lmforge' has no attribute {name!r}")
+
+
+__all__ = ["LmforgeError", "prepare", "pretrain", "load", "LM", "evaluate", "Tokenizer", "__version__"]

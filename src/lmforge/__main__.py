@@ -1,0 +1,3 @@
+from lmforge.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""Pieces shared by the verb modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the hand-written layout of descriptions and examples, and shows defaults."""
+
+
+def add_verb(subparsers, name: str, help: str, description: str, examples: str, func) -> argparse.ArgumentParser:
+    """Add a verb with a description, an `examples:` epilog and `func(args)` as its action."""
+    parser = subparsers.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog="examples:\n" + examples,
+        formatter_class=HelpFormatter,
+    )
+    parser.set_defaults(func=func)
+    return parser
+
+
+def print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")

@@ -1,0 +1,85 @@
+"""Entry point of the `lmforge` command: builds the parser from the verb modules and maps errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lmforge import __version__
+from lmforge.cli.common import HelpFormatter
+from lmforge.errors import LmforgeError
+
+# Each module defines `register(subparsers)`, which adds its verb(s) with `set_defaults(func=run)`.
+VERB_MODULES = [
+    "quickstart",
+    "prepare",
+    "tokenizer",
+    "pretrain",
+    "evaluate",
+    "generate",
+    "info",
+]
+
+DESCRIPTION = """\
+lmforge takes a language model from raw text to a model people use.
+
+The lifecycle, one verb per stage:
+  prepare     clean text, train a tokenizer, write token shards
+  tokenizer   train / encode / decode / inspect tokenizers
+  pretrain    train a model on token shards (resumable)
+  evaluate    loss, perplexity and bits per byte of a checkpoint
+  generate    sample text from a checkpoint
+  info        parameters and FLOPs of a checkpoint or preset
+  quickstart  all of the above on a built-in corpus, in about 5 minutes
+"""
+
+EPILOG = """\
+examples:
+  lmforge quickstart
+  lmforge prepare corpus.txt --out data --tokenizer bpe --vocab-size 4096
+  lmforge pretrain --data data --out run --preset tiny --max-minutes 10
+  lmforge evaluate run --data data --json
+  lmforge generate run --prompt "Once upon a time" --max-new-tokens 100
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmforge", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name in VERB_MODULES:
+        importlib.import_module(f"lmforge.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
+    try:
+        result = args.func(args)
+        return int(result or 0)
+    except LmforgeError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `lmforge generate ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Data preparation: reading corpora, cleaning, deduplication, segmentation and memory-mapped token shards."""

@@ -1,0 +1,236 @@
+"""One wrapper around `tokenizers.Tokenizer` with the special-token roles the models need."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+from lmforge.errors import TokenizerError
+
+KINDS = ("bpe", "wordpiece", "unigram", "char")
+
+# The special tokens lmforge adds to every tokenizer it trains, by role, in id order.
+SPECIAL_TOKENS = {
+    "pad": "<|pad|>",
+    "unk": "<|unk|>",
+    "bos": "<|bos|>",
+    "eos": "<|eos|>",
+    "mask": "<|mask|>",
+}
+
+# Names other tokenizers (GPT-2, BERT, Llama, T5...) use for the same roles, tried in order.
+ROLE_ALIASES = {
+    "pad": ["<|pad|>", "[PAD]", "<pad>"],
+    "unk": ["<|unk|>", "[UNK]", "<unk>"],
+    "bos": ["<|bos|>", "<s>", "[CLS]", "<|begin_of_text|>", "<|endoftext|>"],
+    "eos": ["<|eos|>", "</s>", "[SEP]", "<|end_of_text|>", "<|endoftext|>"],
+    "mask": ["<|mask|>", "[MASK]", "<mask>"],
+}
+
+DEFAULT_VOCAB_SIZE = {"bpe": 8192, "wordpiece": 8192, "unigram": 8192, "char": None}
+
+
+def _char_tokenizer(chars: list[str]) -> HFTokenizer:
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
+    for ch in chars:
+        vocab.setdefault(ch, len(vocab))
+    tok = HFTokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk"]))
+    # Every code point is its own piece (newlines included); Fuse joins pieces back without spaces.
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(list(SPECIAL_TOKENS.values()))
+    return tok
+
+
+def _subword_tokenizer(kind: str, vocab_size: int, min_frequency: int) -> tuple[HFTokenizer, object]:
+    specials = list(SPECIAL_TOKENS.values())
+    if kind == "bpe":
+        # Byte-level: every string is representable, so there is no unknown token and decoding is lossless.
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+    elif kind == "wordpiece":
+        tok = HFTokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk"]))
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##")
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=specials,
+            continuing_subword_prefix="##",
+            show_progress=False,
+        )
+    elif kind == "unigram":
+        tok = HFTokenizer(models.Unigram())
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(
+            vocab_size=vocab_size,
+            special_tokens=specials,
+            unk_token=SPECIAL_TOKENS["unk"],
+            show_progress=False,
+        )
+    else:
+        raise TokenizerError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
+    return tok, trainer
+
+
+class Tokenizer:
+    """A Hugging Face tokenizer plus the ids of its special-token roles (bos, eos, pad, unk, mask)."""
+
+    def __init__(self, hf: HFTokenizer):
+        self.hf = hf
+        self.special_ids: dict[str, int | None] = {}
+        for role, names in ROLE_ALIASES.items():
+            self.special_ids[role] = next(
+                (i for i in (hf.token_to_id(n) for n in names) if i is not None), None
+            )
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def train(
+        cls,
+        kind: str,
+        texts: Iterable[str],
+        vocab_size: int | None = None,
+        min_frequency: int = 2,
+    ) -> Tokenizer:
+        """Train a tokenizer of `kind` on an iterable of texts (streamed, never held in memory at once)."""
+        if kind not in KINDS:
+            raise TokenizerError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
+        if vocab_size is not None and vocab_size <= len(SPECIAL_TOKENS):
+            raise TokenizerError(f"--vocab-size must be larger than {len(SPECIAL_TOKENS)} (the special tokens)")
+        if kind == "char":
+            counts: collections.Counter[str] = collections.Counter()
+            for text in texts:
+                counts.update(text)
+            if not counts:
+                raise TokenizerError("cannot train a tokenizer on an empty corpus")
+            # Most frequent characters first when capped, then sorted by code point for a stable vocabulary.
+            ranked = sorted(counts, key=lambda ch: (-counts[ch], ch))
+            if vocab_size is not None:
+                ranked = ranked[: vocab_size - len(SPECIAL_TOKENS)]
+            return cls(_char_tokenizer(sorted(ranked)))
+        vocab_size = vocab_size or DEFAULT_VOCAB_SIZE[kind]
+        hf, trainer = _subword_tokenizer(kind, vocab_size, min_frequency)
+        seen = [0]
+
+        def counted(it: Iterable[str]) -> Iterator[str]:
+            for text in it:
+                seen[0] += len(text)
+                yield text
+
+        hf.train_from_iterator(counted(texts), trainer=trainer)
+        if seen[0] == 0:
+            raise TokenizerError("cannot train a tokenizer on an empty corpus")
+        return cls(hf)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
+        """Load a `tokenizer.json` file, or the `tokenizer.json` inside a folder."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / "tokenizer.json"
+        if not p.is_file():
+            raise TokenizerError(f"no tokenizer at {path}; give a tokenizer.json file or a folder that has one")
+        try:
+            return cls(HFTokenizer.from_file(str(p)))
+        except Exception as exc:  # the Rust side raises plain Exceptions with long messages
+            raise TokenizerError(f"{p} is not a valid tokenizer.json ({str(exc).splitlines()[0][:120]})") from None
+
+    @classmethod
+    def from_str(cls, json_str: str) -> Tokenizer:
+        return cls(HFTokenizer.from_str(json_str))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write `tokenizer.json` (into `path` if it is a folder) atomically; returns the file path."""
+        p = Path(path)
+        if p.is_dir() or p.suffix != ".json":
+            p.mkdir(parents=True, exist_ok=True)
+            p = p / "tokenizer.json"
+        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+        tmp.write_text(self.to_str(), encoding="utf-8")
+        os.replace(tmp, p)
+        return p
+
+    # ---- use ------------------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        model = type(self.hf.model).__name__
+        return {"BPE": "bpe", "WordPiece": "wordpiece", "Unigram": "unigram", "WordLevel": "char"}.get(model, model)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.special_ids["bos"]
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.special_ids["eos"]
+
+    @property
+    def pad_id(self) -> int | None:
+        return self.special_ids["pad"]
+
+    @property
+    def unk_id(self) -> int | None:
+        return self.special_ids["unk"]
+
+    @property
+    def mask_id(self) -> int | None:
+        return self.special_ids["mask"]
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, without any special token added around it."""
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of many texts at once (parallel in the Rust library)."""
+        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.hf.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self.hf.id_to_token(i)
+
+    def to_str(self) -> str:
+        return self.hf.to_str()
+
+    def sha256(self) -> str:
+        """A fingerprint of the whole tokenizer (vocabulary, merges, normalisation), to match data and models."""
+        return hashlib.sha256(self.to_str().encode("utf-8")).hexdigest()
+
+    def info(self) -> dict:
+        return {
+            "kind": self.kind,
+            "vocab_size": self.vocab_size,
+            "special_tokens": {
+                role: {"id": i, "token": self.id_to_token(i)} for role, i in self.special_ids.items() if i is not None
+            },
+            "sha256": self.sha256(),
+        }
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
