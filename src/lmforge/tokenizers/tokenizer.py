@@ -11,7 +11,7 @@ from pathlib import Path
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from lmforge.errors import TokenizerError
+from lmforge.errors import LmforgeError, TokenizerError
 
 KINDS = ("bpe", "wordpiece", "unigram", "char")
 
@@ -34,6 +34,31 @@ ROLE_ALIASES = {
 }
 
 DEFAULT_VOCAB_SIZE = {"bpe": 8192, "wordpiece": 8192, "unigram": 8192, "char": None}
+
+# Byte-level BPE starts from all 256 byte symbols, so its vocabulary can never be smaller than this.
+MIN_BPE_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception message (the Rust side raises long, multi-line ones)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
+def _settled(hf: HFTokenizer) -> HFTokenizer:
+    """The tokenizer as it will be after a save and a load, so that its sha256 does not change on disk.
+
+    The trainers keep full-precision float scores (unigram), but the JSON parser of `tokenizers` may read
+    them back one unit in the last place off; after one round trip the text no longer changes.
+    """
+    text = hf.to_str()
+    for _ in range(3):
+        loaded = HFTokenizer.from_str(text)
+        again = loaded.to_str()
+        if again == text:
+            return loaded
+        text = again
+    return HFTokenizer.from_str(text)
 
 
 def _char_tokenizer(chars: list[str]) -> HFTokenizer:
@@ -67,10 +92,14 @@ def _subword_tokenizer(kind: str, vocab_size: int, min_frequency: int) -> tuple[
         tok.normalizer = normalizers.NFC()
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece(prefix="##")
+        # The trainer adds every character of the alphabet twice (as "x" and "##x") before any merge,
+        # whatever vocab_size says; capping the alphabet keeps the vocabulary within vocab_size
+        # (the rarest characters then encode as the unknown token, as in BERT).
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size,
             min_frequency=min_frequency,
             special_tokens=specials,
+            limit_alphabet=max(1, (vocab_size - len(specials)) // 2),
             continuing_subword_prefix="##",
             show_progress=False,
         )
@@ -115,30 +144,47 @@ class Tokenizer:
             raise TokenizerError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
         if vocab_size is not None and vocab_size <= len(SPECIAL_TOKENS):
             raise TokenizerError(f"--vocab-size must be larger than {len(SPECIAL_TOKENS)} (the special tokens)")
+        if kind == "bpe" and vocab_size is not None and vocab_size < MIN_BPE_VOCAB_SIZE:
+            raise TokenizerError(
+                f"--vocab-size must be at least {MIN_BPE_VOCAB_SIZE} for byte-level BPE "
+                f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens); use --kind char for a smaller vocabulary"
+            )
         if kind == "char":
             counts: collections.Counter[str] = collections.Counter()
             for text in texts:
                 counts.update(text)
-            if not counts:
+            if not any(not ch.isspace() for ch in counts):
                 raise TokenizerError("cannot train a tokenizer on an empty corpus")
             # Most frequent characters first when capped, then sorted by code point for a stable vocabulary.
             ranked = sorted(counts, key=lambda ch: (-counts[ch], ch))
             if vocab_size is not None:
                 ranked = ranked[: vocab_size - len(SPECIAL_TOKENS)]
-            return cls(_char_tokenizer(sorted(ranked)))
+            return cls(_settled(_char_tokenizer(sorted(ranked))))
         vocab_size = vocab_size or DEFAULT_VOCAB_SIZE[kind]
         hf, trainer = _subword_tokenizer(kind, vocab_size, min_frequency)
         seen = [0]
 
         def counted(it: Iterable[str]) -> Iterator[str]:
             for text in it:
-                seen[0] += len(text)
+                if not seen[0] and text and not text.isspace():
+                    seen[0] = 1
                 yield text
 
-        hf.train_from_iterator(counted(texts), trainer=trainer)
+        try:
+            hf.train_from_iterator(counted(texts), trainer=trainer)
+        except LmforgeError:
+            raise  # raised by the caller's iterator (an unreadable file...): already a clear message
+        except Exception as exc:  # the Rust trainer raises plain Exceptions
+            message = _first_line(exc)
+            if "not large enough to contain all chars" in message:
+                raise TokenizerError(
+                    f"--vocab-size {vocab_size} is too small for a unigram tokenizer of this corpus, which needs "
+                    "one entry per distinct character; raise --vocab-size or use --kind bpe"
+                ) from None
+            raise TokenizerError(f"cannot train a {kind} tokenizer: {message}") from None
         if seen[0] == 0:
             raise TokenizerError("cannot train a tokenizer on an empty corpus")
-        return cls(hf)
+        return cls(_settled(hf))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
@@ -151,11 +197,14 @@ class Tokenizer:
         try:
             return cls(HFTokenizer.from_file(str(p)))
         except Exception as exc:  # the Rust side raises plain Exceptions with long messages
-            raise TokenizerError(f"{p} is not a valid tokenizer.json ({str(exc).splitlines()[0][:120]})") from None
+            raise TokenizerError(f"{p} is not a valid tokenizer.json ({_first_line(exc)})") from None
 
     @classmethod
     def from_str(cls, json_str: str) -> Tokenizer:
-        return cls(HFTokenizer.from_str(json_str))
+        try:
+            return cls(HFTokenizer.from_str(json_str))
+        except Exception as exc:
+            raise TokenizerError(f"not a valid tokenizer.json ({_first_line(exc)})") from None
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write `tokenizer.json` (into `path` if it is a folder) atomically; returns the file path."""
@@ -163,6 +212,8 @@ class Tokenizer:
         if p.is_dir() or p.suffix != ".json":
             p.mkdir(parents=True, exist_ok=True)
             p = p / "tokenizer.json"
+        else:
+            p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
         tmp.write_text(self.to_str(), encoding="utf-8")
         os.replace(tmp, p)

@@ -1,0 +1,47 @@
+"""`lmforge evaluate`: loss, perplexity and bits per byte of a checkpoint."""
+
+from __future__ import annotations
+
+from lmforge.cli.common import add_verb, print_json
+
+EXAMPLES = """\
+  lmforge evaluate run --data data                 # the validation split of a prepared data directory
+  lmforge evaluate run/best --data notes.txt --json
+  lmforge evaluate run --data data --split train --max-tokens 100000
+"""
+
+
+def register(subparsers) -> None:
+    p = add_verb(
+        subparsers,
+        "evaluate",
+        help="loss, perplexity and bits per byte of a checkpoint",
+        description="Evaluate a checkpoint (or a run directory's latest) on a data directory or a UTF-8 text file.\n"
+        "Bits per byte divide the information by the text's UTF-8 bytes, so models with different\n"
+        "tokenizers compare on equal terms.",
+        examples=EXAMPLES,
+        func=run,
+    )
+    p.add_argument("ckpt", metavar="CKPT", help="checkpoint folder or run directory")
+    p.add_argument("--data", required=True, help="data directory (uses --split) or a text file")
+    p.add_argument("--split", default="val", help="split of a data directory")
+    p.add_argument("--max-tokens", type=int, help="score at most this many tokens")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print JSON (keys: loss, perplexity, bits_per_byte, ...)")
+
+
+def run(args) -> int:
+    from lmforge.errors import ConfigError
+    from lmforge.eval.perplexity import evaluate
+
+    if args.batch_size < 1 or (args.max_tokens is not None and args.max_tokens < 1):
+        raise ConfigError("--batch-size and --max-tokens must be positive")
+    result = evaluate(args.ckpt, args.data, split=args.split, max_tokens=args.max_tokens,
+                      batch_size=args.batch_size, device=args.device)
+    if args.json:
+        print_json(result)
+    else:
+        print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
+              f"bits/byte {result['bits_per_byte']:.4f}  ({result['tokens']:,} tokens, {result['bytes']:,} bytes)")
+    return 0

@@ -1,0 +1,149 @@
+"""`lmforge prepare`: clean a corpus, train or load a tokenizer, write train/val token shards."""
+
+from __future__ import annotations
+
+from lmforge.cli.common import add_verb, print_json
+
+DESCRIPTION = """\
+Turn raw text into a data directory the trainer reads: DATA_DIR/manifest.json, DATA_DIR/tokenizer.json
+and DATA_DIR/{train,val}/shard-NNNNN.bin (token ids, each document followed by the eos token).
+
+INPUT can be text files (.txt, .md, ...), HTML files, folders (read recursively, in sorted order),
+globs ("corpus/**/*.txt"), .jsonl/.json/.csv/.tsv/.parquet files (the --text-field column), or - for stdin.
+
+Cleaning (each step can be switched off): HTML to text, Unicode normalisation, whitespace (control
+characters, \\r\\n, trailing spaces, runs of blank lines; indentation is kept), exact deduplication;
+optionally near-duplicate removal (MinHash), Chinese word segmentation (jieba) and stopword removal.
+The work is streamed: memory does not grow with the size of the corpus. The output appears only when
+everything succeeded.
+"""
+
+EXAMPLES = """\
+  lmforge prepare corpus.txt --out data --tokenizer bpe --vocab-size 4096
+  lmforge prepare shakespeare.txt --out data-char --tokenizer char --split tail
+  lmforge prepare books/ --out data --doc-split paragraph --near-dedup 0.8
+  lmforge prepare "dumps/*.jsonl" --out data --text-field content --tokenizer unigram
+  lmforge prepare pages/ --out data --html on --normalize NFKC
+  lmforge prepare news_zh.txt --out data-zh --segment --stopwords zh --doc-split line
+  cat notes.txt | lmforge prepare - --out data --tokenizer other-data/tokenizer.json
+"""
+
+
+def register(subparsers) -> None:
+    p = add_verb(
+        subparsers,
+        "prepare",
+        help="clean text, train a tokenizer, write token shards",
+        description=DESCRIPTION,
+        examples=EXAMPLES,
+        func=run,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders, globs or - for stdin")
+    p.add_argument("--out", required=True, metavar="DATA_DIR", help="data directory to create")
+    p.add_argument(
+        "--tokenizer",
+        default="bpe",
+        metavar="KIND|PATH",
+        help="train a new tokenizer of this kind (char, bpe, wordpiece, unigram) or use an existing "
+        "tokenizer.json (or a folder holding one)",
+    )
+    p.add_argument("--vocab-size", type=int, default=None, metavar="N",
+                   help="vocabulary size of a new tokenizer (default: 8192; char: every character seen)")  # fmt: skip
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                   help="share of the corpus held out for validation, strictly between 0 and 1")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the document-level train/val split")
+    p.add_argument(
+        "--text-field",
+        default="text",
+        metavar="NAME",
+        help="column holding the text in .jsonl/.csv/.parquet inputs",
+    )
+    p.add_argument(
+        "--split",
+        choices=["doc", "tail"],
+        default="doc",
+        help="doc: each document goes to val by a seeded hash of its text; tail: the last part of the "
+        "corpus is val, cut at a line break (nanoGPT style, good for a single long text)",
+    )
+    p.add_argument(
+        "--doc-split",
+        choices=["file", "paragraph", "line"],
+        default="file",
+        help="what a document is in text files and stdin: a whole file, a blank-line separated paragraph, or a line",
+    )
+    p.add_argument("--html", choices=["auto", "on", "off"], default="auto",
+                   help="HTML to text: auto parses .html/.htm files and text that looks like HTML")  # fmt: skip
+    p.add_argument("--normalize", choices=["NFC", "NFKC", "NFD", "NFKD", "none"], default="NFC",
+                   help="Unicode normalisation form")  # fmt: skip
+    p.add_argument("--no-clean-whitespace", dest="clean_whitespace", action="store_false",
+                   help="keep control characters, \\r, trailing spaces and blank-line runs as they are")  # fmt: skip
+    p.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep exact duplicate documents")
+    p.add_argument("--near-dedup", type=float, default=None, metavar="JACCARD",
+                   help="also drop near-duplicate documents at this MinHash Jaccard similarity, e.g. 0.8")  # fmt: skip
+    p.add_argument(
+        "--segment", action="store_true", help="segment Chinese text into space-separated words (jieba)"
+    )
+    p.add_argument("--stopwords", default=None, metavar="en|zh|PATH",
+                   help="remove these stopwords (a built-in list or a file with one word per line); use --segment for Chinese")  # fmt: skip
+    p.add_argument("--encoding", default="utf-8", help="encoding of text, JSON and CSV inputs")
+    p.add_argument("--tokenizer-train-bytes", type=int, default=200_000_000, metavar="N",
+                   help="train a new tokenizer on at most the first N bytes of cleaned text")  # fmt: skip
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DATA_DIR if it exists (only once the new one is complete)",
+    )
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 100_000 else f"{n:,} bytes"
+
+
+def summary(manifest: dict, out: str) -> str:
+    tok = manifest["tokenizer"]
+    how = "trained" if tok["trained"] else f"loaded from {tok['source']}"
+    lines = [
+        f"prepared {out}: {tok['kind']} tokenizer ({how}), {manifest['vocab_size']:,} tokens, {manifest['dtype']}"
+    ]
+    for name, info in manifest["splits"].items():
+        lines.append(
+            f"  {name:<5} {info['documents']:>10,} documents {info['tokens']:>14,} tokens {_mb(info['bytes']):>12}"
+        )
+    r = manifest["removed"]
+    lines.append(
+        f"  removed: {r['empty']:,} empty, {r['duplicates']:,} duplicates, {r['near_duplicates']:,} near duplicates"
+    )
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from lmforge.data.prepare import prepare  # imports numpy/torch: only when the verb runs
+
+    manifest = prepare(
+        args.inputs,
+        args.out,
+        tokenizer=args.tokenizer,
+        vocab_size=args.vocab_size,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        text_field=args.text_field,
+        split=args.split,
+        doc_split=args.doc_split,
+        html=args.html,
+        normalize=None if args.normalize == "none" else args.normalize,
+        clean_whitespace=args.clean_whitespace,
+        dedup=args.dedup,
+        near_dedup=args.near_dedup,
+        segment=args.segment,
+        stopwords=args.stopwords,
+        encoding=args.encoding,
+        tokenizer_train_bytes=args.tokenizer_train_bytes,
+        overwrite=args.overwrite,
+        progress=True,
+    )
+    if args.json:
+        print_json(manifest)
+    else:
+        print(summary(manifest, args.out))
+    return 0

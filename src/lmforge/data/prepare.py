@@ -1,0 +1,643 @@
+"""`lmforge prepare`: raw text in, a data directory of token shards out.
+
+Two streaming passes, so memory does not grow with the size of the corpus:
+
+1. read -> clean -> deduplicate every document, appending the cleaned text to a temporary record file
+   (and, with split="doc", one split byte per document to a second file);
+2. train the tokenizer on the first `tokenizer_train_bytes` of that file (or load one), then encode the
+   file in batches and append the ids, each document followed by eos, to the train/val shards.
+
+Everything is written into `DATA_DIR.tmp-<pid>` next to DATA_DIR and renamed into place at the very end;
+any error removes the temporary folder, so a DATA_DIR either is complete or does not exist.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import struct
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from lmforge import __version__
+from lmforge.data.clean import HTML_MODES, NORMALIZATION_FORMS, Cleaner, load_stopwords
+from lmforge.data.dedup import DigestSet, NearDuplicateFilter
+from lmforge.data.shards import MANIFEST_FORMAT, SHARD_TOKENS, ShardWriter, token_dtype
+from lmforge.data.sources import PIECE_CHARS, Source, check_encoding, expand_inputs, iter_pieces
+from lmforge.errors import ConfigError, DataError, TokenizerError
+from lmforge.tokenizers.tokenizer import KINDS, Tokenizer
+
+__all__ = ["prepare", "iter_documents"]
+
+SPLITS = ("doc", "tail")
+DOC_SPLITS = ("file", "paragraph", "line")
+
+# Record file of pass 1: a header (flags, length) then that many bytes of UTF-8 text. A document is the
+# records up to and including one with the LAST flag; most documents are exactly one record.
+_RECORD = struct.Struct("<BI")
+_LAST = 1
+# Cleaned text of one document is held in memory up to this size, then written out as a record.
+FLUSH_BYTES = 1 << 20
+# Pass 2 encodes this many documents (or bytes) at a time; the Rust tokenizer spreads a batch over the cores.
+ENCODE_BATCH_DOCS = 2048
+ENCODE_BATCH_BYTES = 8 << 20
+
+
+# ---- reading ------------------------------------------------------------------------------------------
+def iter_documents(
+    inputs: str | Iterable[str],
+    text_field: str = "text",
+    doc_split: str = "file",
+    encoding: str = "utf-8",
+) -> Iterator[str]:
+    """The raw (uncleaned) documents of `inputs` in order, read like `prepare` reads them.
+
+    Each document is returned whole, so a single huge file with doc_split="file" is held in memory;
+    `prepare` itself never does that.
+    """
+    if doc_split not in DOC_SPLITS:
+        raise ConfigError(f"doc_split must be one of {', '.join(DOC_SPLITS)}, not {doc_split!r}")
+    check_encoding(encoding)
+    for source in expand_inputs(inputs):
+        parts: list[str] = []
+        for piece, last in iter_pieces(source, text_field, doc_split, encoding):
+            parts.append(piece)
+            if last:
+                yield "".join(parts)
+                parts = []
+
+
+def _records(path: Path) -> Iterator[tuple[bytes, bool]]:
+    with open(path, "rb", buffering=1 << 20) as fh:
+        while header := fh.read(_RECORD.size):
+            flags, n = _RECORD.unpack(header)
+            yield fh.read(n), bool(flags & _LAST)
+
+
+def _training_texts(path: Path, limit: int) -> Iterator[str]:
+    """Cleaned text for the tokenizer: the first `limit` bytes of the record file."""
+    left = limit
+    for data, _ in _records(path):
+        if left <= 0:
+            return
+        if data:
+            # errors="ignore" drops a character cut in half by the byte limit.
+            yield data[:left].decode("utf-8", errors="ignore")
+            left -= len(data)
+
+
+# ---- progress ---------------------------------------------------------------------------------------
+class _Progress:
+    """A rich progress bar on stderr (bytes, MB/s, documents), only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool):
+        stderr = sys.stderr
+        self.enabled = bool(enabled and getattr(stderr, "isatty", lambda: False)())
+        self._bar = None
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TransferSpeedColumn,
+            )
+
+            self._bar = Progress(
+                SpinnerColumn(),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TextColumn("{task.fields[docs]:,} docs"),
+                TimeElapsedColumn(),
+                console=Console(file=stderr),
+            )
+            self._bar.start()
+
+    def task(self, description: str, total: int | None):
+        return self._bar.add_task(description, total=total, docs=0) if self._bar else None
+
+    def update(self, task, **kwargs) -> None:
+        if self._bar is not None:
+            self._bar.update(task, **kwargs)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+# ---- pass 1: read, clean, deduplicate ---------------------------------------------------------------------
+class _Pass1:
+    """Streams every source through the cleaner and the deduplicators into the record file."""
+
+    def __init__(self, opts: dict, cleaner: Cleaner, docs_fh, splits_fh):
+        self.opts = opts
+        self.cleaner = cleaner
+        self.docs_fh = docs_fh
+        self.splits_fh = splits_fh  # one byte per kept document (1 = val) with split="doc", else None
+        # Keyed by the seed: the split of a document depends on (seed, text) only.
+        self.key = hashlib.blake2b(f"lmforge-prepare-split:{opts['seed']}".encode(), digest_size=32).digest()
+        # Exact dedup: one 8-byte digest per document (O(#documents), never O(corpus bytes)).
+        self.digests = DigestSet() if opts["dedup"] else None
+        self.near = NearDuplicateFilter(opts["near_dedup"]) if opts["near_dedup"] else None
+        self.removed = {"empty": 0, "duplicates": 0, "near_duplicates": 0}
+        self.kept = {"train": [0, 0], "val": [0, 0]}  # documents, bytes (split="doc"; tail decides later)
+        self.total_bytes = 0
+        self.documents = 0
+
+    def _start(self, source: Source) -> None:
+        self.doc = self.cleaner.document(html_source=source.kind == "html")
+        self.hash = hashlib.blake2b(digest_size=16, key=self.key)
+        self.minhash = self.near.new() if self.near else None
+        self.buf: list[bytes] = []
+        self.buf_bytes = 0
+        self.nbytes = 0
+        self.has_text = False
+        self.start = self.docs_fh.tell()
+        self.written = False
+
+    def _write(self, data: bytes, last: bool) -> None:
+        self.docs_fh.write(_RECORD.pack(_LAST if last else 0, len(data)))
+        self.docs_fh.write(data)
+
+    def _drop(self, reason: str) -> None:
+        self.removed[reason] += 1
+        if self.written:  # a many-MB document already partly written: take it back
+            self.docs_fh.seek(self.start)
+            self.docs_fh.truncate()
+
+    def _feed(self, piece: str, last: bool) -> None:
+        text = self.doc.feed(piece, last)
+        if text:
+            data = text.encode("utf-8")
+            self.hash.update(data)
+            self.nbytes += len(data)
+            if self.minhash is not None:
+                self.near.update(self.minhash, text)
+            if not self.has_text and not text.isspace():
+                self.has_text = True
+            self.buf.append(data)
+            self.buf_bytes += len(data)
+            if self.buf_bytes >= FLUSH_BYTES and not last:
+                self._write(b"".join(self.buf), last=False)
+                self.written = True
+                self.buf, self.buf_bytes = [], 0
+
+    def _finish(self) -> tuple[int, int] | None:
+        """Decide the document's fate; (is_val, bytes) when kept."""
+        if not self.has_text:
+            self._drop("empty")
+            return None
+        digest = self.hash.digest()
+        if self.digests is not None and not self.digests.add(int.from_bytes(digest[:8], "little")):
+            self._drop("duplicates")
+            return None
+        if self.near is not None and self.near.is_duplicate(self.minhash):
+            self._drop("near_duplicates")
+            return None
+        self._write(b"".join(self.buf), last=True)
+        self.buf = []
+        is_val = int.from_bytes(digest[8:], "big") / 2.0**64 < self.opts["val_fraction"]
+        if self.splits_fh is not None:
+            self.splits_fh.write(b"\x01" if is_val else b"\x00")
+            self.kept["val" if is_val else "train"][0] += 1
+            self.kept["val" if is_val else "train"][1] += self.nbytes
+        self.total_bytes += self.nbytes
+        self.documents += 1
+        return is_val, self.nbytes
+
+    def run(self, sources: list[Source], progress: _Progress) -> list[dict]:
+        opts = self.opts
+        sizes_known = all(s.size is not None for s in sources)
+        task = progress.task("cleaning", sum(s.size for s in sources) if sizes_known else None)
+        done = 0  # input bytes of the sources finished
+        per_source = []
+        for source in sources:
+            docs = nbytes = 0
+            seen = 0  # characters read from this source (an estimate of its bytes, for the bar)
+            new_doc = True
+            for piece, last in iter_pieces(
+                source, opts["text_field"], opts["doc_split"], opts["encoding"], PIECE_CHARS
+            ):
+                if new_doc:
+                    self._start(source)
+                    new_doc = False
+                self._feed(piece, last)
+                seen += len(piece)
+                if last:
+                    kept = self._finish()
+                    if kept is not None:
+                        docs += 1
+                        nbytes += kept[1]
+                    new_doc = True
+                    if progress.enabled and (self.documents % 512 == 0 or len(piece) > 65536):
+                        progress.update(
+                            task, completed=done + min(seen, source.size or seen), docs=self.documents
+                        )
+            done += source.size if source.size is not None else seen
+            progress.update(task, completed=done, docs=self.documents)
+            per_source.append({"path": source.path, "documents": docs, "bytes": nbytes})
+        return per_source
+
+
+# ---- pass 2: encode and write shards ------------------------------------------------------------------
+class _Encoder:
+    """Batches text parts for `encode_batch` and appends their ids (plus eos at document ends) to the shards."""
+
+    def __init__(
+        self, tok: Tokenizer, writers: dict[str, ShardWriter], eos_id: int, progress: _Progress, task
+    ):
+        self.tok = tok
+        self.writers = writers
+        self.eos = eos_id
+        self.progress = progress
+        self.task = task
+        self.items: list[tuple[str, str, bool]] = []  # (split, text, eos after it)
+        self.batch_bytes = 0
+        self.stats = {s: {"documents": 0, "bytes": 0} for s in writers}
+        self.part_bytes = {s: 0 for s in writers}  # bytes of the current document's part in each split
+
+    def add(self, split: str, data: bytes) -> None:
+        if data:
+            self.items.append((split, data.decode("utf-8"), False))
+            self.batch_bytes += len(data)
+            self.stats[split]["bytes"] += len(data)
+            self.part_bytes[split] += len(data)
+            if len(self.items) >= ENCODE_BATCH_DOCS or self.batch_bytes >= ENCODE_BATCH_BYTES:
+                self.flush()
+
+    def end(self, split: str) -> None:
+        """The current document's part in `split` ends: eos, if the part has any text."""
+        if self.part_bytes[split]:
+            self.items.append((split, "", True))
+            self.stats[split]["documents"] += 1
+            self.part_bytes[split] = 0
+
+    def flush(self) -> None:
+        if not self.items:
+            return
+        texts = [t for _, t, _ in self.items]
+        ids = self.tok.encode_batch(texts)
+        out: dict[str, list[int]] = {s: [] for s in self.writers}
+        for (split, _, eos), seq in zip(self.items, ids):
+            out[split].extend(seq)
+            if eos:
+                out[split].append(self.eos)
+        for split, seq in out.items():
+            if seq:
+                self.writers[split].write(seq)
+        self.progress.update(
+            self.task, advance=self.batch_bytes, docs=sum(s["documents"] for s in self.stats.values())
+        )
+        self.items, self.batch_bytes = [], 0
+
+
+def _tail_cut(data: bytes, local: int, start_ok: bool, doc_end: bool, pos: int, total: int) -> int:
+    """Where to cut a record at the train/val boundary: the line boundary closest to byte `local`.
+
+    The record's start counts when it is a line boundary (`start_ok`), its end when it ends the document. Cuts that would leave a split empty are avoided
+    when possible; a text without any line break is cut at a space, else at a character boundary.
+    """
+    n = len(data)
+    candidates = set()
+    left, right = data.rfind(b"\n", 0, local), data.find(b"\n", local)
+    if left >= 0:
+        candidates.add(left + 1)
+    if right >= 0:
+        candidates.add(right + 1)
+    if not candidates:
+        left, right = data.rfind(b" ", 0, local), data.find(b" ", local)
+        candidates.update(c + 1 for c in (left, right) if c >= 0)
+    if start_ok:
+        candidates.add(0)
+    if doc_end:
+        candidates.add(n)
+    usable = [c for c in candidates if 0 < pos + c < total]
+    if usable:
+        cut = min(usable, key=lambda c: (abs(c - local), c))
+    else:
+        cut = min(max(local, 0), n)
+        while cut < n and (data[cut] & 0xC0) == 0x80:  # inside a UTF-8 sequence
+            cut += 1
+    while cut < n and data[cut] == 0x0A:  # val does not start with blank lines
+        cut += 1
+    return cut
+
+
+def _encode_doc_split(records_path: Path, splits_path: Path, enc: _Encoder) -> None:
+    with open(splits_path, "rb", buffering=1 << 16) as splits:
+        split = None
+        for data, last in _records(records_path):
+            if split is None:
+                split = "val" if splits.read(1) == b"\x01" else "train"
+            enc.add(split, data)
+            if last:
+                enc.end(split)
+                split = None
+
+
+def _encode_tail_split(records_path: Path, enc: _Encoder, total: int, val_bytes: int) -> None:
+    boundary = total - val_bytes
+    pos = 0
+    switched = False
+    line_start = True  # the next record starts a line (a document, or after a record ending with \n)
+    for data, last in _records(records_path):
+        if switched:
+            enc.add("val", data)
+        elif pos + len(data) < boundary or (pos + len(data) == boundary and not last):
+            enc.add("train", data)
+        else:
+            cut = _tail_cut(data, boundary - pos, line_start, last, pos, total)
+            enc.add("train", data[:cut])
+            enc.end("train")
+            enc.add("val", data[cut:])
+            switched = True
+        pos += len(data)
+        line_start = last or (data.endswith(b"\n") if data else line_start)
+        if last:
+            enc.end("train")
+            enc.end("val")
+
+
+# ---- the whole thing ----------------------------------------------------------------------------------
+def _check_options(o: dict) -> dict:
+    if o["split"] not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, not {o['split']!r}")
+    if o["doc_split"] not in DOC_SPLITS:
+        raise ConfigError(f"doc_split must be one of {', '.join(DOC_SPLITS)}, not {o['doc_split']!r}")
+    if o["html"] not in HTML_MODES:
+        raise ConfigError(f"html must be one of {', '.join(HTML_MODES)}, not {o['html']!r}")
+    norm = o["normalize"]
+    if norm is not None and (
+        not isinstance(norm, str) or norm.upper() not in (*NORMALIZATION_FORMS, "NONE", "")
+    ):
+        raise ConfigError(f"normalize must be one of {', '.join(NORMALIZATION_FORMS)} or none, not {norm!r}")
+    o["normalize"] = None if norm is None or norm.upper() in ("NONE", "") else norm.upper()
+    vf = o["val_fraction"]
+    if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 < vf < 1:
+        raise DataError(
+            f"val_fraction must be strictly between 0 and 1, not {vf!r}; for example --val-fraction 0.1"
+        )
+    near = o["near_dedup"]
+    if near is not None and (
+        isinstance(near, bool) or not isinstance(near, (int, float)) or not 0 < near < 1
+    ):
+        raise ConfigError(
+            f"near_dedup must be a Jaccard threshold strictly between 0 and 1, not {near!r}; for example --near-dedup 0.8"
+        )
+    tb = o["tokenizer_train_bytes"]
+    if isinstance(tb, bool) or not isinstance(tb, int) or tb <= 0:
+        raise ConfigError(f"tokenizer_train_bytes must be a positive number of bytes, not {tb!r}")
+    vs = o["vocab_size"]
+    if vs is not None and (isinstance(vs, bool) or not isinstance(vs, int) or vs <= 0):
+        raise TokenizerError(f"vocab_size must be a positive integer, not {vs!r}")
+    if not isinstance(o["seed"], int) or isinstance(o["seed"], bool):
+        raise ConfigError(f"seed must be an integer, not {o['seed']!r}")
+    check_encoding(o["encoding"])
+    return o
+
+
+def _load_tokenizer(spec: str, vocab_size: int | None) -> Tokenizer | None:
+    """None when `spec` is a kind to train; the loaded tokenizer when it is a path."""
+    if spec in KINDS:
+        return None
+    if not Path(spec).exists():
+        raise TokenizerError(
+            f"--tokenizer {spec!r} is neither a tokenizer kind ({', '.join(KINDS)}) nor an existing "
+            f"tokenizer.json file or folder"
+        )
+    tok = Tokenizer.load(spec)
+    if vocab_size is not None:
+        raise TokenizerError(
+            f"--vocab-size applies only when training a tokenizer, and {spec} is loaded ({tok.vocab_size} tokens); "
+            f"drop --vocab-size"
+        )
+    return tok
+
+
+def _commit(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            os.rename(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+def prepare(
+    inputs: str | list[str],
+    out: str | os.PathLike,
+    tokenizer: str = "bpe",
+    vocab_size: int | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    text_field: str = "text",
+    split: str = "doc",
+    doc_split: str = "file",
+    html: str = "auto",
+    normalize: str | None = "NFC",
+    clean_whitespace: bool = True,
+    dedup: bool = True,
+    near_dedup: float | None = None,
+    segment: bool = False,
+    stopwords: str | None = None,
+    encoding: str = "utf-8",
+    tokenizer_train_bytes: int = 200_000_000,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Clean `inputs`, train (or load) a tokenizer and write train/val token shards into `out`.
+
+    Returns the manifest, also written to `out/manifest.json`. See `lmforge prepare --help` for the options.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = [os.fspath(i) for i in inputs]
+    tokenizer = os.fspath(tokenizer)
+    opts = _check_options(
+        {
+            "inputs": inputs,
+            "tokenizer": tokenizer,
+            "vocab_size": vocab_size,
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "text_field": text_field,
+            "split": split,
+            "doc_split": doc_split,
+            "html": html,
+            "normalize": normalize,
+            "clean_whitespace": bool(clean_whitespace),
+            "dedup": bool(dedup),
+            "near_dedup": near_dedup,
+            "segment": bool(segment),
+            "stopwords": stopwords,
+            "encoding": encoding,
+            "tokenizer_train_bytes": tokenizer_train_bytes,
+        }
+    )
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is an existing file; give the path of a folder to create")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DataError(
+            f"{out} already exists and is not empty; pass --overwrite to replace it, or choose another --out"
+        )
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    sources = expand_inputs(inputs, exclude=[out, tmp])
+    if overwrite and out.is_dir():
+        out_real = out.resolve()
+        for s in sources:
+            if s.kind != "stdin" and out_real in Path(s.path).resolve().parents:
+                raise DataError(
+                    f"input {s.path} is inside {out}, which --overwrite would delete; move it or choose another --out"
+                )
+    stop = load_stopwords(stopwords) if stopwords else None
+    loaded = _load_tokenizer(tokenizer, vocab_size)
+    cleaner = Cleaner(
+        html=html,
+        normalize=opts["normalize"],
+        clean_whitespace=clean_whitespace,
+        segment=segment,
+        stopwords=stop,
+    )
+
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    bar = _Progress(progress)
+    try:
+        tmp.mkdir(parents=True)
+        manifest = _run(opts, sources, cleaner, loaded, tmp, bar)
+        bar.close()
+        _commit(tmp, out)
+    except BaseException:
+        bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _run(
+    opts: dict, sources: list[Source], cleaner: Cleaner, loaded: Tokenizer | None, tmp: Path, bar: _Progress
+) -> dict:
+    records_path = tmp / "cleaned.records"
+    splits_path = tmp / "splits.bytes"
+    doc_mode = opts["split"] == "doc"
+    with open(records_path, "wb", buffering=1 << 20) as docs_fh:
+        splits_fh = open(splits_path, "wb", buffering=1 << 16) if doc_mode else None
+        try:
+            p1 = _Pass1(opts, cleaner, docs_fh, splits_fh)
+            per_source = p1.run(sources, bar)
+        finally:
+            if splits_fh is not None:
+                splits_fh.close()
+
+    removed = p1.removed
+    if p1.documents == 0:
+        raise DataError(
+            f"no text left after cleaning ({removed['empty']} empty documents, {removed['duplicates']} duplicates, "
+            f"{removed['near_duplicates']} near duplicates); check the inputs, --text-field and --html"
+        )
+    val_bytes = round(p1.total_bytes * opts["val_fraction"])
+    advice = "use --split tail, --doc-split paragraph (or line), or give more documents"
+    n = p1.documents
+    plural = "document" if n == 1 else "documents"
+    if doc_mode:
+        for name in ("val", "train"):
+            if p1.kept[name][0] == 0:
+                raise DataError(
+                    f"the {name} split would be empty: none of the {n} {plural} left after cleaning and "
+                    f"deduplication falls into it with --val-fraction {opts['val_fraction']}; {advice}"
+                )
+    elif val_bytes == 0 or val_bytes >= p1.total_bytes:
+        raise DataError(
+            f"the corpus has only {p1.total_bytes} bytes of text after cleaning, too few for a val split of "
+            f"{opts['val_fraction']}; give more text or change --val-fraction"
+        )
+
+    # ---- tokenizer
+    if loaded is None:
+        task = bar.task("training tokenizer", None)
+        tok = Tokenizer.train(
+            opts["tokenizer"],
+            _training_texts(records_path, opts["tokenizer_train_bytes"]),
+            opts["vocab_size"],
+        )
+        bar.update(task, total=1, completed=1)
+    else:
+        tok = loaded
+    eos = tok.eos_id
+    if eos is None:
+        raise TokenizerError(
+            f"tokenizer {opts['tokenizer']} has no end-of-sequence token (like <|eos|>, </s> or <|endoftext|>); "
+            f"add one or train a new tokenizer"
+        )
+    n_ids = max(tok.vocab_size, max(tok.hf.get_vocab(with_added_tokens=True).values(), default=0) + 1)
+    dtype = token_dtype(n_ids)
+    tok.save(tmp)
+
+    # ---- pass 2
+    writers = {name: ShardWriter(tmp / name, dtype, shard_tokens=SHARD_TOKENS) for name in ("train", "val")}
+    task = bar.task("encoding", p1.total_bytes)
+    enc = _Encoder(tok, writers, eos, bar, task)
+    try:
+        if doc_mode:
+            _encode_doc_split(records_path, splits_path, enc)
+        else:
+            _encode_tail_split(records_path, enc, p1.total_bytes, val_bytes)
+        enc.flush()
+    finally:
+        for w in writers.values():
+            w.close()
+    records_path.unlink()
+    if doc_mode:
+        splits_path.unlink()
+    for name in ("val", "train"):
+        if enc.stats[name]["documents"] == 0 or writers[name].tokens == 0:
+            raise DataError(f"the {name} split came out empty ({n} {plural} of text); {advice}")
+
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "lmforge_version": __version__,
+        "dtype": dtype.name,
+        "vocab_size": tok.vocab_size,
+        "eos_id": eos,
+        "tokenizer": {
+            "file": "tokenizer.json",
+            "kind": tok.kind,
+            "sha256": tok.sha256(),
+            "trained": loaded is None,
+            "source": None if loaded is None else opts["tokenizer"],
+        },
+        "splits": {
+            name: {
+                "shards": writers[name].shards,
+                "documents": enc.stats[name]["documents"],
+                "tokens": writers[name].tokens,
+                "bytes": enc.stats[name]["bytes"],
+            }
+            for name in ("train", "val")
+        },
+        "sources": per_source,  # documents kept from each source and their cleaned UTF-8 bytes
+        "removed": dict(removed),
+        "options": {k: v for k, v in opts.items()},
+        "seed": opts["seed"],
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    (tmp / "manifest.json").write_text(
+        json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    return manifest

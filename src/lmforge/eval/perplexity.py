@@ -1,0 +1,121 @@
+"""Cross-entropy, perplexity and bits per byte of a language model on shards or a text file.
+
+Bits per byte divide the total information (nats / ln 2) by the UTF-8 bytes of the text, so models with
+different tokenizers compare on equal terms.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.device import autocast
+from lmforge.errors import DataError, TokenizerError
+
+
+@torch.no_grad()
+def sum_nll(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, amp_dtype=None
+) -> tuple[float, int]:
+    """Total negative log-likelihood (nats) and number of predicted tokens over (inputs, targets) batches."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        with autocast(device, amp_dtype):
+            logits = model(x)
+        total += F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=-100, reduction="sum"
+        ).double()
+        count += int((y != -100).sum())
+    model.train(was_training)
+    return float(total), count
+
+
+def summarize(nats: float, tokens: int, n_bytes: float) -> dict:
+    loss = nats / max(tokens, 1)
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "bits_per_byte": nats / math.log(2) / n_bytes if n_bytes else float("nan"),
+        "tokens": tokens,
+        "bytes": int(round(n_bytes)),
+    }
+
+
+def text_windows(ids: list[int], block_size: int, batch_size: int):
+    """Non-overlapping windows over one token sequence, as (inputs, targets) batches."""
+    from lmforge.data.shards import _stack
+
+    xs, ys = [], []
+    t = torch.tensor(ids, dtype=torch.long)
+    for start in range(0, len(ids) - 1, block_size):
+        chunk = t[start : start + block_size + 1]
+        xs.append(chunk[:-1])
+        ys.append(chunk[1:])
+        if len(xs) == batch_size:
+            yield _stack(xs, ys)
+            xs, ys = [], []
+    if xs:
+        yield _stack(xs, ys)
+
+
+def evaluate(
+    model_or_path,
+    data: str | os.PathLike,
+    split: str = "val",
+    max_tokens: int | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+) -> dict:
+    """Loss, perplexity and bits per byte of a checkpoint (or loaded LM) on a data directory's split or a text file.
+
+    Returns {"loss", "perplexity", "bits_per_byte", "tokens", "bytes"}.
+    """
+    from lmforge.data.shards import TokenShards
+    from lmforge.lm import LM, load
+
+    lm = model_or_path if isinstance(model_or_path, LM) else load(model_or_path, device=device)
+    block = lm.model.config.block_size
+    path = Path(data)
+    if path.is_dir():
+        shards = TokenShards(path, split)
+        expected = shards.manifest["tokenizer"]["sha256"]
+        if expected != lm.tokenizer.sha256():
+            raise TokenizerError(
+                f"{data} was tokenized with a different tokenizer than the model's; prepare the data with "
+                f"--tokenizer {lm.path}/tokenizer.json or evaluate on a text file"
+            )
+        if shards.tokens < 2:
+            raise DataError(f"the {split} split of {data} has fewer than 2 tokens")
+        nats, count = sum_nll(lm.model, shards.windows(block, batch_size, max_tokens), lm.device, lm.amp_dtype)
+        # Bytes in proportion to the tokens scored: exact for a full sweep, an estimate for a partial one.
+        return summarize(nats, count, shards.bytes * count / shards.tokens)
+    if not path.is_file():
+        raise DataError(f"{data} does not exist; give a prepared data directory or a UTF-8 text file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{data} is not UTF-8 text") from None
+    if not text:
+        raise DataError(f"{data} is empty")
+    ids = lm.tokenizer.encode(text)
+    # Start from an end-of-sequence token so the first real token is scored too, as in the training stream.
+    if lm.tokenizer.eos_id is not None:
+        ids = [lm.tokenizer.eos_id] + ids
+    n_bytes = len(text.encode("utf-8"))
+    if max_tokens is not None and len(ids) - 1 > max_tokens:
+        ids = ids[: max_tokens + 1]
+        n_bytes = len(lm.tokenizer.decode(ids, skip_special_tokens=True).encode("utf-8"))
+    if len(ids) < 2:
+        raise DataError(f"{data} has too little text to evaluate")
+    nats, count = sum_nll(lm.model, text_windows(ids, block, batch_size), lm.device, lm.amp_dtype)
+    return summarize(nats, count, n_bytes)

@@ -1,0 +1,1 @@
+"""Text generation: sampling with a KV cache, stop strings and streaming."""

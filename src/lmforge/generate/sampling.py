@@ -1,0 +1,93 @@
+"""Token-by-token decoding: greedy, temperature, top-k, top-p and repetition penalty, with or without a KV cache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 100
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+
+    def validate(self) -> None:
+        from lmforge.errors import ConfigError
+
+        if self.max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ConfigError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+
+def next_token(
+    logits: torch.Tensor, seen: torch.Tensor, p: SamplingParams, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Pick the next token (B,) from last-position logits (B, V); `seen` (B, T) are the tokens so far."""
+    logits = logits.float()
+    if p.repetition_penalty != 1.0:
+        # CTRL's penalty: make already-seen tokens less likely whatever the sign of their logit.
+        prev = logits.gather(1, seen)
+        logits = logits.scatter(1, seen, torch.where(prev > 0, prev / p.repetition_penalty, prev * p.repetition_penalty))
+    if p.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / p.temperature
+    if p.top_k is not None and p.top_k < logits.size(-1):
+        kth = torch.topk(logits, p.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if p.top_p is not None and p.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the tokens before it already cover top_p (the most likely one always stays).
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= p.top_p
+        drop = drop_sorted.scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def generate_tokens(
+    model: nn.Module,
+    prompt: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token ids (B,) one step at a time after prompt ids (B, T).
+
+    With the cache, the prompt is processed once and each step feeds only the newest token. When the context
+    fills the model's block size, the cache is rebuilt from the last half block (the uncached path always sees
+    the last block_size tokens; both agree while the sequence fits the block).
+    """
+    model.eval()
+    block = model.config.block_size
+    seq = prompt
+    cache, pos = None, 0
+    for _ in range(params.max_new_tokens):
+        if use_cache:
+            if cache is None or pos >= block:
+                window = seq[:, -block:] if cache is None else seq[:, -max(1, block // 2) :]
+                cache = model.new_cache(seq.shape[0])
+                logits = model(window, cache, 0)[:, -1]
+                pos = window.shape[1]
+            else:
+                logits = model(seq[:, -1:], cache, pos)[:, -1]
+                pos += 1
+        else:
+            logits = model(seq[:, -block:])[:, -1]
+        nxt = next_token(logits, seq, params, generator)
+        seq = torch.cat([seq, nxt[:, None]], dim=1)
+        yield nxt

@@ -1,0 +1,136 @@
+"""`load(CKPT)` → an `LM`: a model with its tokenizer, ready to generate text and be evaluated."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from lmforge.device import autocast_dtype, pick_device
+from lmforge.errors import ConfigError
+from lmforge.generate.sampling import SamplingParams, generate_tokens
+from lmforge.tokenizers import Tokenizer
+
+
+class LM:
+    """A trained language model and its tokenizer."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, config: dict, path: Path | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = config
+        self.path = path
+        self.device = next(model.parameters()).device
+        self.amp_dtype = autocast_dtype(self.device, "auto")
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str = "auto") -> LM:
+        from lmforge.train.checkpoint import load_checkpoint, resolve_checkpoint
+
+        ckpt = resolve_checkpoint(path)
+        model, tokenizer, config = load_checkpoint(ckpt, pick_device(device))
+        return cls(model, tokenizer, config, ckpt)
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write a checkpoint folder (weights, tokenizer, config; no training state)."""
+        from lmforge.train.checkpoint import save_checkpoint
+
+        config = {k: v for k, v in self.config.items() if k not in ("lmforge_version", "tokenizer")}
+        return save_checkpoint(path, self.model, self.tokenizer, config)
+
+    # ---- generation ----------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: str | list[str],
+        max_new_tokens: int = 100,
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float = 1.0,
+        stop: str | list[str] | None = None,
+        seed: int | None = None,
+        stream: bool = False,
+        use_cache: bool = True,
+    ) -> str | list[str] | Iterator[str]:
+        """Continue `prompt` (a string, or a list of strings: one completion each).
+
+        temperature 0 is greedy decoding. Generation ends at max_new_tokens, at the end-of-sequence token, or
+        just before the first stop string. With stream=True (one prompt), yields text pieces as they are made.
+        """
+        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+        params.validate()
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if isinstance(prompt, list):
+            if stream:
+                raise ConfigError("stream=True takes a single prompt")
+            return [
+                "".join(self._stream(p, params, stops, seed, use_cache)) for p in prompt
+            ]
+        pieces = self._stream(prompt, params, stops, seed, use_cache)
+        return pieces if stream else "".join(pieces)
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        ids = self.tokenizer.encode(prompt)
+        eos = self.tokenizer.eos_id
+        # Documents follow an end-of-sequence token in training, so it is the natural "start of text" context.
+        if eos is not None:
+            ids = [eos] + ids
+        block = self.model.config.block_size
+        if len(ids) > block:
+            raise ConfigError(
+                f"the prompt is {len(ids)} tokens long but the model's context is {block}; shorten the prompt"
+            )
+        return ids
+
+    def _stream(
+        self, prompt: str, params: SamplingParams, stops: list[str], seed: int | None, use_cache: bool
+    ) -> Iterator[str]:
+        ids = self._prompt_ids(prompt)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        out: list[int] = []
+        emitted = ""
+        hold = max((len(s) for s in stops), default=1) - 1
+        for tok in generate_tokens(self.model, x, params, generator, use_cache):
+            t = int(tok[0])
+            if t == self.tokenizer.eos_id:
+                break
+            out.append(t)
+            text = self.tokenizer.decode(out)
+            cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+            if cut >= 0:
+                if cut > len(emitted):
+                    yield text[len(emitted) : cut]
+                return
+            # Hold back an unfinished UTF-8 sequence and anything that may be the start of a stop string.
+            ready = len(text) - hold if stops else len(text)
+            while ready > len(emitted) and text[ready - 1] == "\ufffd":
+                ready -= 1
+            if ready > len(emitted):
+                yield text[len(emitted) : ready]
+                emitted = text[:ready]
+        text = self.tokenizer.decode(out)
+        if len(text) > len(emitted):
+            yield text[len(emitted) :]
+
+    # ---- evaluation and facts ------------------------------------------------------------------------
+    def evaluate(self, data: str | os.PathLike, max_tokens: int | None = None, batch_size: int = 8) -> dict:
+        """Loss, perplexity and bits per byte on a prepared data directory (val split) or a text file."""
+        from lmforge.eval.perplexity import evaluate
+
+        return evaluate(self, data, max_tokens=max_tokens, batch_size=batch_size)
+
+    def num_params(self) -> int:
+        return self.model.num_params()
+
+    def __repr__(self) -> str:
+        return f"LM({self.path}, {self.num_params():,} params, {self.tokenizer!r})"
+
+
+def load(path: str | os.PathLike, device: str = "auto") -> LM:
+    """Load a checkpoint folder or a run directory (its latest checkpoint) as an LM."""
+    return LM.from_pretrained(path, device=device)

@@ -1,0 +1,152 @@
+"""The GPT decoder: one implementation, configurable as GPT-2 style or Llama style.
+
+GPT-2 style: learned positions, LayerNorm, GELU, biases.  Llama style: rotary positions (RoPE), RMSNorm, SwiGLU,
+grouped-query attention, no biases.  Both use `scaled_dot_product_attention` and a KV cache for generation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lmforge.errors import ConfigError
+from lmforge.models.layers import MLP, CausalSelfAttention, KVCache, make_norm, rope_tables
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 8192  # set from the tokenizer when training
+    block_size: int = 256  # context length
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int | None = None  # grouped-query attention: fewer key/value heads (default: n_head)
+    n_embd: int = 128
+    mlp_hidden: int | None = None  # default: 4 * n_embd (GELU) or the Llama size for SwiGLU
+    dropout: float = 0.0
+    bias: bool = True
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float = 1e-5
+    activation: str = "gelu"  # gelu | swiglu
+    position: str = "learned"  # learned | rope
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.activation == "swiglu":  # 2/3 of 4d keeps the parameter count of a GELU MLP, rounded to 32
+            return 32 * math.ceil(int(8 * self.n_embd / 3) / 32)
+        return 4 * self.n_embd
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if self.n_head % self.kv_heads:
+            raise ConfigError(f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.kv_heads})")
+        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError("rotary positions need an even head size (model.n_embd / model.n_head)")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        for key, value, choices in (
+            ("norm", self.norm, ("layernorm", "rmsnorm")),
+            ("activation", self.activation, ("gelu", "swiglu")),
+            ("position", self.position, ("learned", "rope")),
+        ):
+            if value not in choices:
+                raise ConfigError(f"model.{key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.attn_norm = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
+        self.attn = CausalSelfAttention(cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.dropout, cfg.bias, layer)
+        self.mlp_norm = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
+        self.mlp = MLP(cfg.n_embd, cfg.hidden, cfg.activation, cfg.dropout, cfg.bias)
+
+    def forward(self, x, rope=None, cache=None, pos=0):
+        x = x + self.attn(self.attn_norm(x), rope, cache, pos)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.norm = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        if cfg.position == "rope":
+            cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: residual projections shrink with depth so the residual stream keeps its scale.
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, pos: int = 0) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids (B, T) that start at position `pos` (> 0 only with a cache)."""
+        T = idx.shape[1]
+        if pos + T > self.config.block_size:
+            raise ValueError(f"sequence of {pos + T} tokens is longer than block_size {self.config.block_size}")
+        x = self.tok_emb(idx)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(pos, pos + T, device=idx.device))
+        else:
+            rope = (self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T])
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, rope, cache, pos)
+        return self.lm_head(self.norm(x))
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        cfg = self.config
+        p = self.tok_emb.weight
+        return KVCache(
+            cfg.n_layer, batch, cfg.kv_heads, max_len or cfg.block_size, cfg.n_embd // cfg.n_head, p.device, p.dtype
+        )
+
+    # ---- accounting ------------------------------------------------------------------------------
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> dict[str, int]:
+        """Matmul FLOPs per token at full context: forward (inference) and forward + backward (training).
+
+        2 FLOPs per multiply-add of every weight matrix (the output projection too, even when tied to the
+        embedding; embedding lookups cost nothing) plus attention's QK^T and AV over block_size keys.
+        """
+        cfg = self.config
+        matmul_params = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        attention = 2 * 2 * cfg.n_layer * cfg.block_size * cfg.n_embd
+        forward = 2 * matmul_params + attention
+        return {"forward": forward, "training": 3 * forward}

@@ -1,0 +1,125 @@
+"""Building blocks shared by the Transformer models: norms, rotary embeddings, attention with a KV cache, MLPs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 for stability under autocast, as Llama does.
+        y = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(x.dtype)
+
+
+def make_norm(kind: str, dim: int, eps: float, bias: bool) -> nn.Module:
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps)
+    return nn.LayerNorm(dim, eps=eps, bias=bias)
+
+
+def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of shape (length, head_dim) in the rotate-half layout used by Hugging Face Llama."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, D) queries or keys by position; cos/sin are (T, D)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, so each decoding step attends to all earlier tokens."""
+
+    def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int, device, dtype):
+        shape = (batch, n_kv_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.max_len = max_len
+
+    def update(self, layer: int, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = pos + k.shape[2]
+        self.k[layer][:, :, pos:end] = k
+        self.v[layer][:, :, pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head (or grouped-query, when n_kv_head < n_head) causal self-attention."""
+
+    def __init__(self, n_embd: int, n_head: int, n_kv_head: int, dropout: float, bias: bool, layer: int):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, n_embd // n_head
+        self.layer = layer
+        # One fused projection for queries, keys and values: a single larger matmul is faster than three.
+        self.qkv_proj = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(n_head * self.head_dim, n_embd, bias=bias)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+        pos: int = 0,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        kv_width = self.n_kv_head * self.head_dim
+        q, k, v = self.qkv_proj(x).split([C, kv_width, kv_width], dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer, pos, k, v)
+        mask, causal = None, T > 1
+        if T > 1 and pos > 0:
+            # New tokens after a cached prefix: each sees the whole prefix and the new tokens up to itself.
+            mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
+            causal = False
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.o_proj(y))
+
+
+class MLP(nn.Module):
+    """GELU feed-forward (GPT-2) or SwiGLU (Llama)."""
+
+    def __init__(self, n_embd: int, hidden: int, activation: str, dropout: float, bias: bool):
+        super().__init__()
+        self.activation = activation
+        self.up_proj = nn.Linear(n_embd, hidden, bias=bias)
+        if activation == "swiglu":
+            self.gate_proj = nn.Linear(n_embd, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation == "swiglu":
+            h = F.silu(self.gate_proj(x)) * self.up_proj(x)
+        else:
+            h = F.gelu(self.up_proj(x), approximate="tanh")
+        return self.dropout(self.down_proj(h))

@@ -1,0 +1,77 @@
+"""The one place that maps an architecture name to its config and model classes, and named presets to configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+from lmforge.errors import ConfigError
+
+# arch -> (module, config class, model class)
+ARCHITECTURES = {
+    "gpt": ("lmforge.models.gpt", "GPTConfig", "GPT"),
+}
+
+# GPT-2 style: learned positions, LayerNorm, GELU, biases.  Llama style: RoPE, RMSNorm, SwiGLU, GQA, no biases.
+_LLAMA = dict(
+    position="rope", norm="rmsnorm", activation="swiglu", bias=False, tie_embeddings=False, norm_eps=1e-6
+)
+
+PRESETS: dict[str, tuple[str, dict, str]] = {
+    # name: (arch, model config, description)
+    "test": ("gpt", dict(n_layer=2, n_head=2, n_embd=48, block_size=64, vocab_size=512), "~0.1M params, for tests"),
+    "tiny": ("gpt", dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65), "nanoGPT's CPU recipe"),
+    "small": ("gpt", dict(n_layer=4, n_head=4, n_embd=192, block_size=128, vocab_size=4096), "quickstart size"),
+    "mini": ("gpt", dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65), "nanoGPT shakespeare-char"),
+    "gpt2": (
+        "gpt",
+        dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257),
+        "the GPT-2 124M shape",
+    ),
+    "llama-test": (
+        "gpt",
+        dict(n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=64, vocab_size=512, **_LLAMA),
+        "Llama-style, ~0.1M params, for tests",
+    ),
+    "llama-tiny": (
+        "gpt",
+        dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, block_size=128, vocab_size=4096, **_LLAMA),
+        "Llama-style, 4x128",
+    ),
+    "llama-mini": (
+        "gpt",
+        dict(n_layer=6, n_head=6, n_kv_head=2, n_embd=384, block_size=256, vocab_size=8192, **_LLAMA),
+        "Llama-style, 6x384",
+    ),
+}
+
+
+def _load(arch: str):
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    module, config_name, model_name = ARCHITECTURES[arch]
+    mod = importlib.import_module(module)
+    return getattr(mod, config_name), getattr(mod, model_name)
+
+
+def model_config_class(arch: str):
+    return _load(arch)[0]
+
+
+def get_preset(name: str) -> tuple[str, dict]:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    arch, values, _ = PRESETS[name]
+    return arch, dict(values)
+
+
+def build_model(arch: str, config):
+    """Instantiate the model of `arch` from its config dataclass (or a dict of its fields)."""
+    config_cls, model_cls = _load(arch)
+    if isinstance(config, dict):
+        known = {f.name for f in dataclasses.fields(config_cls)}
+        unknown = set(config) - known
+        if unknown:
+            raise ConfigError(f"unknown model config key(s) {', '.join(sorted(unknown))} for architecture {arch!r}")
+        config = config_cls(**config)
+    return model_cls(config)

@@ -1,0 +1,171 @@
+"""The quickstart recipe: a short script that wires the components (prepare, pretrain, evaluate, generate)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from lmforge.errors import ConfigError, DataError
+
+SAMPLE_PROMPTS = {
+    "stdlib-docs": ["The ", "Return a new", "This module provides"],
+    "stdlib-code": ["def ", "class ", "import "],
+}
+MIN_TRAIN_SECONDS = 20
+
+
+def quickstart(
+    corpus: str = "stdlib-docs",
+    out: str | os.PathLike = "lmforge-quickstart",
+    minutes: float = 5.0,
+    preset: str = "small",
+    vocab_size: int = 4096,
+    seed: int = 0,
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> dict:
+    """Prepare a corpus, pretrain a small GPT for about `minutes` in all, evaluate it against a unigram baseline,
+    print samples and the commands to try next. Returns the figures as a dict."""
+    from lmforge.data.corpus import BUILTIN_CORPORA, write_builtin_corpus
+    from lmforge.data.prepare import prepare
+    from lmforge.eval.baseline import unigram_baseline
+    from lmforge.eval.perplexity import evaluate
+    from lmforge.lm import load
+    from lmforge.train.trainer import pretrain
+
+    console = console or Console(stderr=False, highlight=False)
+    if not minutes > 0:
+        raise ConfigError(f"--minutes must be positive, got {minutes}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise DataError(f"{out} already holds a quickstart; pass --overwrite or choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    console.rule("[bold]1. corpus")
+    if corpus in BUILTIN_CORPORA:
+        corpus_dir = out / "corpus"
+        stats = write_builtin_corpus(corpus, corpus_dir)
+        console.print(f"built-in corpus {corpus!r}: {stats['documents']:,} documents, {stats['bytes'] / 1e6:.1f} MB")
+        inputs = [str(corpus_dir)]
+    else:
+        inputs = [corpus]
+
+    console.rule("[bold]2. prepare: clean, deduplicate, train a tokenizer, write token shards")
+    data_dir = out / "data"
+    manifest = prepare(inputs, str(data_dir), tokenizer="bpe", vocab_size=vocab_size, seed=seed)
+    train, val = manifest["splits"]["train"], manifest["splits"]["val"]
+    console.print(
+        f"train: {train['documents']:,} documents, {train['tokens']:,} tokens; "
+        f"validation: {val['documents']:,} documents, {val['tokens']:,} tokens "
+        f"({manifest['tokenizer']['kind']} tokenizer, {manifest['vocab_size']} tokens)"
+    )
+
+    console.rule("[bold]3. pretrain a small GPT")
+    spent = time.perf_counter() - started
+    # Keep ~15% of the budget for evaluation and samples; the schedule is sized to the steps that fit.
+    train_seconds = max(MIN_TRAIN_SECONDS, minutes * 60 * 0.85 - spent)
+    steps = _steps_that_fit(data_dir, preset, train_seconds, seed)
+    run_dir = out / "run"
+    result = pretrain(
+        data=str(data_dir),
+        out=str(run_dir),
+        preset=preset,
+        overrides={
+            "train.seed": seed,
+            "train.eval_every": max(50, steps // 5),
+            "train.eval_tokens": 32768,
+            "optim.warmup_steps": max(10, steps // 20),
+        },
+        max_steps=steps,
+        max_minutes=train_seconds / 60 * 1.15,
+    )
+
+    console.rule("[bold]4. evaluate against a unigram baseline")
+    model_eval = evaluate(run_dir / "best", data_dir)
+    baseline = unigram_baseline(data_dir)
+    table = Table("model", "loss (nats/token)", "perplexity", "bits per byte")
+    table.add_row("unigram baseline", f"{baseline['loss']:.3f}", f"{baseline['perplexity']:.1f}",
+                  f"{baseline['bits_per_byte']:.3f}")
+    table.add_row(f"GPT ({preset})", f"{model_eval['loss']:.3f}", f"{model_eval['perplexity']:.1f}",
+                  f"{model_eval['bits_per_byte']:.3f}")
+    console.print(table)
+
+    console.rule("[bold]5. samples")
+    lm = load(run_dir / "best")
+    samples = []
+    for i, prompt in enumerate(SAMPLE_PROMPTS.get(corpus, ["The ", "A ", "In "])):
+        text = lm.generate(prompt, max_new_tokens=60, temperature=0.8, top_k=50, seed=seed + i)
+        samples.append({"prompt": prompt, "completion": text})
+        console.print(f"[bold]{prompt}[/bold]{text}\n")
+
+    total = time.perf_counter() - started
+    console.rule("[bold]done")
+    console.print(f"finished in {total / 60:.1f} minutes; checkpoint: {run_dir / 'best'}")
+    console.print("\nnext, try:")
+    for cmd in (
+        f"lmforge generate {run_dir} --prompt 'The ' --max-new-tokens 100",
+        f"lmforge evaluate {run_dir} --data {data_dir} --json",
+        f"lmforge info {run_dir}",
+        f"lmforge pretrain --data {data_dir} --out {run_dir} --resume --max-steps {steps * 2}",
+        f"tensorboard --logdir {run_dir / 'tensorboard'}",
+    ):
+        console.print(f"  {cmd}")
+    return {
+        "corpus": corpus,
+        "seconds": round(total, 1),
+        "train_seconds": round(result.seconds, 1),
+        "steps": result.step,
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        "model": model_eval,
+        "unigram": baseline,
+        "checkpoint": str(run_dir / "best"),
+        "samples": samples,
+    }
+
+
+def _steps_that_fit(data_dir: Path, preset: str, seconds: float, seed: int) -> int:
+    """Time a few training steps of the preset on this machine and return how many fit in `seconds`."""
+    import torch
+
+    from lmforge.config import build_run_config
+    from lmforge.data.shards import TokenShards
+    from lmforge.device import pick_device
+    from lmforge.models.registry import build_model
+    from lmforge.train.optim import build_optimizer
+    from lmforge.train.objectives import CausalLM
+    from lmforge.tokenizers import Tokenizer
+
+    cfg = build_run_config(preset=preset)
+    cfg.model.vocab_size = Tokenizer.load(data_dir).vocab_size
+    device = pick_device(cfg.train.device)
+    model = build_model(cfg.arch, cfg.model).to(device)
+    opt = build_optimizer(model, cfg.optim, device)
+    objective = CausalLM(TokenShards(data_dir, "train"), cfg.model.block_size, cfg.train.batch_size)
+    gen = torch.Generator().manual_seed(seed)
+
+    def step():
+        batch = tuple(t.to(device) for t in objective.next_batch(gen))
+        (objective.loss_sum(model, batch) / batch[1].numel()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up (allocations, first-call overheads)
+    n = 5
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    per_step = (time.perf_counter() - t0) / n
+    # Periodic evaluations and checkpoints cost roughly another 5%.
+    return max(20, int(seconds / (per_step * 1.05)))

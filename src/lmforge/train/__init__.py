@@ -1,0 +1,1 @@
+"""Training: the one trainer loop, optimizers and schedules, checkpoints."""

@@ -1,0 +1,229 @@
+"""The one checkpoint format, written atomically, and run directories with `latest` / `best` pointers.
+
+    CKPT/config.json        architecture, model config, tokenizer fingerprint, run config, lmforge version
+    CKPT/model.safetensors  weights
+    CKPT/tokenizer.json     Hugging Face tokenizers format
+    CKPT/train_state.pt     optimizer, step, RNG states, data position (resumable runs only)
+    CKPT/metrics.jsonl      the run's metrics up to this checkpoint
+    CKPT/README.md          a generated model card
+
+A checkpoint is written into a temporary folder, fsynced, then renamed into place; only then do the run's
+`latest` / `best` pointers move to it, so a crash never leaves a half-written checkpoint as the latest one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lmforge import __version__
+from lmforge.errors import CheckpointError, TokenizerError
+from lmforge.tokenizers import Tokenizer
+
+CKPT_PATTERN = re.compile(r"^ckpt-(\d+)$")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module behind torch.compile (so no `_orig_mod.` prefix reaches the saved weights)."""
+    return getattr(model, "_orig_mod", model)
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    model = unwrap(model)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_embeddings", False):
+        state.pop("lm_head.weight", None)  # the same tensor as tok_emb.weight; safetensors stores it once
+    return state
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def save_checkpoint(
+    folder: str | os.PathLike,
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    config: dict,
+    train_state: dict | None = None,
+    metrics_file: str | os.PathLike | None = None,
+    card: str | None = None,
+) -> Path:
+    """Write a complete checkpoint folder atomically (replacing an existing one only once the new one is whole)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        config = dict(config)
+        config["lmforge_version"] = __version__
+        config["tokenizer"] = {
+            "file": "tokenizer.json",
+            "kind": tokenizer.kind,
+            "vocab_size": tokenizer.vocab_size,
+            "sha256": tokenizer.sha256(),
+        }
+        save_file(model_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        with open(tmp / "model.safetensors", "rb+") as fh:
+            os.fsync(fh.fileno())
+        _write_file(tmp / "tokenizer.json", tokenizer.to_str().encode("utf-8"))
+        _write_file(tmp / "config.json", json.dumps(config, indent=2).encode("utf-8"))
+        if train_state is not None:
+            torch.save(train_state, tmp / "train_state.pt")
+            with open(tmp / "train_state.pt", "rb+") as fh:
+                os.fsync(fh.fileno())
+        if metrics_file is not None and Path(metrics_file).is_file():
+            _write_file(tmp / "metrics.jsonl", Path(metrics_file).read_bytes())
+        if card is not None:
+            _write_file(tmp / "README.md", card.encode("utf-8"))
+        _fsync_dir(tmp)
+        if folder.exists():
+            old = folder.parent / f".old-{folder.name}-{os.getpid()}"
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+        _fsync_dir(folder.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint folder from a checkpoint folder, a run directory (its latest) or a `latest`/`best` pointer."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{path} does not exist; give a checkpoint folder or a run directory")
+    if p.is_file() and p.name in ("latest", "best"):  # pointer files where symlinks are unavailable
+        p = p.parent / p.read_text(encoding="utf-8").strip()
+    if (p / "config.json").is_file():
+        return p.resolve()
+    for pointer in ("latest",):
+        if (p / pointer).exists():
+            return resolve_checkpoint(p / pointer)
+    raise CheckpointError(f"{path} is neither a checkpoint (no config.json) nor a run directory with checkpoints")
+
+
+def read_config(ckpt: Path) -> dict:
+    try:
+        return json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{ckpt}/config.json is unreadable or corrupted; use another checkpoint") from None
+
+
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, Tokenizer, dict]:
+    """Load (model, tokenizer, config) from a checkpoint folder or run directory, checking that they match."""
+    from lmforge.models.registry import build_model
+
+    ckpt = resolve_checkpoint(path)
+    config = read_config(ckpt)
+    if "arch" not in config or "model" not in config:
+        raise CheckpointError(f"{ckpt}/config.json lacks 'arch' or 'model'; it is not an lmforge checkpoint")
+    tokenizer = Tokenizer.load(ckpt / "tokenizer.json")
+    expected = config.get("tokenizer", {}).get("sha256")
+    if expected and tokenizer.sha256() != expected:
+        raise TokenizerError(
+            f"the tokenizer in {ckpt} does not match the one the model was trained with (sha256 differs); "
+            "restore the checkpoint's original tokenizer.json"
+        )
+    model = build_model(config["arch"], config["model"])
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise TokenizerError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
+        )
+    weights = ckpt / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{ckpt} has no model.safetensors; the checkpoint is incomplete")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{weights} is truncated or corrupted ({str(exc).splitlines()[0][:80]})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = getattr(model.config, "tie_embeddings", False)
+    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights} does not fit the model in config.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return model.to(device), tokenizer, config
+
+
+# ---- run directories -------------------------------------------------------------------------------
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    if run_dir.is_dir():
+        for child in run_dir.iterdir():
+            m = CKPT_PATTERN.match(child.name)
+            if m and child.is_dir() and not child.is_symlink():
+                found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def point(run_dir: Path, name: str, target: Path) -> None:
+    """Atomically move the `name` pointer (a relative symlink) of a run directory to `target`."""
+    link = run_dir / name
+    tmp = run_dir / f".{name}.tmp-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    try:
+        os.symlink(target.name, tmp, target_is_directory=True)
+    except OSError:  # no symlinks (some Windows set-ups): a pointer file naming the folder
+        tmp.write_text(target.name, encoding="utf-8")
+    os.replace(tmp, link)
+    _fsync_dir(run_dir)
+
+
+def pointed(run_dir: Path, name: str) -> Path | None:
+    link = run_dir / name
+    if link.is_symlink():
+        return run_dir / os.readlink(link)
+    if link.is_file():
+        return run_dir / link.read_text(encoding="utf-8").strip()
+    return None
+
+
+def prune(run_dir: Path, keep_last: int) -> None:
+    """Delete old checkpoints, keeping the newest `keep_last` and whatever `latest` / `best` point to."""
+    keep = {p.resolve() for p in (pointed(run_dir, "latest"), pointed(run_dir, "best")) if p is not None}
+    checkpoints = list_checkpoints(run_dir)
+    for _, path in checkpoints[: max(0, len(checkpoints) - keep_last)]:
+        if path.resolve() not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_stale(run_dir: Path) -> None:
+    """Remove temporary folders that a crashed save left behind."""
+    if run_dir.is_dir():
+        for child in run_dir.iterdir():
+            if child.name.startswith((".tmp-", ".old-")) and child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)

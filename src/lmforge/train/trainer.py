@@ -1,0 +1,438 @@
+"""The one training loop: every architecture and objective trains here.
+
+Per optimizer step: set the scheduled learning rate, draw `grad_accum` micro-batches, backpropagate their summed
+token loss divided by the tokens of the whole accumulated batch, clip, step. Every `eval_every` steps: validation
+loss, then a checkpoint. Everything needed to continue exactly (optimizer, step, RNG states, data position) is in
+the checkpoint, so `--resume` reproduces the uninterrupted run's loss curve bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmforge.config import RunConfig, build_run_config, parse_overrides
+from lmforge.data.shards import TokenShards, read_manifest
+from lmforge.device import autocast, autocast_dtype, pick_device
+from lmforge.errors import CheckpointError, ConfigError, TokenizerError, TrainingError
+from lmforge.eval.perplexity import sum_nll, summarize
+from lmforge.models.registry import build_model
+from lmforge.tokenizers import Tokenizer
+from lmforge.train import checkpoint as ckpt
+from lmforge.train.objectives import CausalLM
+from lmforge.train.optim import build_optimizer, lr_at
+from lmforge.train.progress import TrainProgress
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    tokens: int
+    stop_reason: str  # max_steps | max_minutes | max_tokens | interrupted
+    latest: Path | None = None
+    best: Path | None = None
+    metrics: dict = field(default_factory=dict)  # the last evaluation: val_loss, val_perplexity, val_bits_per_byte
+    seconds: float = 0.0
+    tokens_per_s: float = 0.0
+
+
+def pretrain(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    config: str | os.PathLike | None = None,
+    arch: str | None = None,
+    preset: str | None = None,
+    overrides: dict | list[str] | None = None,
+    max_steps: int | None = None,
+    max_minutes: float | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Train a model on a prepared data directory; checkpoints go to `out` (a run directory).
+
+    `overrides` are dotted config keys, e.g. {"model.n_layer": 4, "optim.lr": 3e-4}. `max_steps` and
+    `max_minutes` are shortcuts for train.max_steps / train.max_minutes.
+    """
+    run_dir = Path(out)
+    overrides = parse_overrides(overrides)
+    if max_steps is not None:
+        overrides["train.max_steps"] = max_steps
+    if max_minutes is not None:
+        overrides["train.max_minutes"] = max_minutes
+    existing = ckpt.list_checkpoints(run_dir)
+    if resume:
+        if ckpt.pointed(run_dir, "latest") is None:
+            raise CheckpointError(f"{run_dir} has no checkpoint to resume from; start without --resume")
+        latest = ckpt.resolve_checkpoint(run_dir)
+        saved = ckpt.read_config(latest)
+        if any(k.startswith("model.") for k in overrides) or preset or arch or config:
+            raise ConfigError("a resumed run keeps its model and config; only optim.* and train.* overrides apply")
+        cfg = build_run_config(base=saved["run"], overrides=overrides)
+        return Trainer(cfg, data, run_dir, progress=progress, resume_from=latest).run()
+    if existing or ckpt.pointed(run_dir, "latest") is not None:
+        raise CheckpointError(f"{run_dir} already holds checkpoints; pass --resume to continue, or choose another --out")
+    cfg = build_run_config(arch=arch, preset=preset, config_file=config, overrides=overrides)
+    return Trainer(cfg, data, run_dir, progress=progress).run()
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        data: str | os.PathLike,
+        run_dir: Path,
+        progress: bool = True,
+        resume_from: Path | None = None,
+    ):
+        self.cfg, self.run_dir, self.data_dir = cfg, Path(run_dir), Path(data)
+        self.manifest = read_manifest(self.data_dir)
+        self.tokenizer = Tokenizer.load(self.data_dir / "tokenizer.json")
+        if self.tokenizer.sha256() != self.manifest["tokenizer"]["sha256"]:
+            raise TokenizerError(f"{self.data_dir}/tokenizer.json does not match its manifest; prepare the data again")
+        if resume_from is not None:
+            saved_sha = ckpt.read_config(resume_from)["tokenizer"]["sha256"]
+            if saved_sha != self.tokenizer.sha256():
+                raise TokenizerError(
+                    f"{self.data_dir} was tokenized differently from the run being resumed; resume with its own data"
+                )
+        cfg.model.vocab_size = self.tokenizer.vocab_size
+        cfg.validate()
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = pick_device(t.device)
+        self.amp_dtype = autocast_dtype(self.device, t.precision)
+        self.train_data = TokenShards(self.data_dir, "train")
+        self.val_data = TokenShards(self.data_dir, "val") if "val" in self.manifest["splits"] else None
+        if self.val_data is not None and self.val_data.tokens < 2:
+            self.val_data = None
+        self.objective = CausalLM(self.train_data, cfg.model.block_size, t.batch_size)
+        self.progress_enabled = progress
+        self.resume_from = resume_from
+
+        # Seed before building the model: the initial weights are a function of the seed.
+        torch.manual_seed(t.seed)
+        random.seed(t.seed)
+        np.random.seed(t.seed % 2**32)
+        self.model = build_model(cfg.arch, cfg.model).to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.data_gen = torch.Generator().manual_seed(t.seed + 1)
+        self.step = 0
+        self.tokens = 0
+        self.elapsed = 0.0  # training wall time across resumes
+        self.best_val = math.inf
+        self.window = {"loss": 0.0, "steps": 0}
+        self.last_eval: dict = {}
+        self.stop_signal: int | None = None
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.train_model = self.model
+        if t.compile:
+            self.train_model = torch.compile(self.model)
+        if resume_from is not None:
+            self._restore(resume_from)
+
+    # ---- state ---------------------------------------------------------------------------------------
+    def _train_state(self) -> dict:
+        return {
+            "step": self.step,
+            "tokens": self.tokens,
+            "elapsed": self.elapsed,
+            "best_val": self.best_val,
+            "window": dict(self.window),
+            "last_eval": self.last_eval,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+                "data": self.data_gen.get_state(),
+            },
+        }
+
+    def _restore(self, path: Path) -> None:
+        model, _, _ = ckpt.load_checkpoint(path, self.device)
+        self.model.load_state_dict(ckpt.unwrap(model).state_dict())
+        state_file = path / "train_state.pt"
+        if not state_file.is_file():
+            raise CheckpointError(f"{path} has no train_state.pt, so it cannot be resumed (it is an export)")
+        try:
+            state = torch.load(state_file, map_location="cpu", weights_only=False)
+        except Exception:
+            raise CheckpointError(f"{state_file} is truncated or corrupted; resume from an earlier checkpoint") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
+        self.best_val, self.window, self.last_eval = state["best_val"], state["window"], state["last_eval"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.data_gen.set_state(rng["data"])
+        # Drop metrics logged after this checkpoint by the interrupted run, so the file reads as one run.
+        if self.metrics_path.is_file():
+            lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
+            kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+            self.metrics_path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+
+    # ---- loop ----------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        cfg, t = self.cfg, self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.clean_stale(self.run_dir)
+        cfg.save_yaml(self.run_dir / "config.yaml")
+        writer = self._tensorboard()
+        max_seconds = t.max_minutes * 60 if t.max_minutes else None
+        bar = TrainProgress(t.max_steps, self.step, enabled=self.progress_enabled, max_seconds=max_seconds)
+        tokens_per_step = t.batch_size * t.grad_accum * cfg.model.block_size
+        bar.log(
+            f"training {cfg.arch} ({self.model.num_params():,} parameters) on {self.device}"
+            f"{' with ' + str(self.amp_dtype).replace('torch.', '') + ' autocast' if self.amp_dtype else ''}: "
+            f"{tokens_per_step:,} tokens/step, {self.train_data.tokens:,} training tokens"
+        )
+        save_every = t.save_every or t.eval_every
+        stop_reason = "max_steps"
+        window_time, window_tokens = 0.0, 0
+        old_handlers = self._install_signal_handlers()
+        try:
+            while self.step < t.max_steps:
+                step_start = time.perf_counter()
+                step_loss = self._train_step()
+                self.window["loss"] += step_loss
+                self.window["steps"] += 1
+                self.step += 1
+                self.tokens += tokens_per_step
+                dt = time.perf_counter() - step_start
+                self.elapsed += dt
+                window_time += dt
+                window_tokens += tokens_per_step
+                if self.step % t.log_every == 0 or self.step == t.max_steps:
+                    loss = float(self.window["loss"]) / self.window["steps"]
+                    if not math.isfinite(loss):
+                        raise TrainingError(
+                            f"the loss became {loss} at step {self.step}; lower --optim.lr (now {cfg.optim.lr}) "
+                            "or use --train.precision fp32; no checkpoint was written for this state"
+                        )
+                    tps = window_tokens / max(window_time, 1e-9)
+                    record = {
+                        "step": self.step,
+                        "tokens": self.tokens,
+                        "loss": loss,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "tokens_per_s": tps,
+                        "elapsed_s": self.elapsed,
+                    }
+                    self._log(record, writer)
+                    bar.update(self.step, loss, tps, self.elapsed)
+                    self.window = {"loss": 0.0, "steps": 0}
+                    window_time, window_tokens = 0.0, 0
+                over = self._budget_exceeded(max_seconds)
+                last = self.step == t.max_steps or over is not None or self.stop_signal is not None
+                if self.step % t.eval_every == 0 or last:
+                    self._evaluate(writer, bar)
+                if self.step % save_every == 0 or last:
+                    self._save(bar)
+                if self.stop_signal is not None:
+                    stop_reason = "interrupted"
+                    break
+                if over is not None:
+                    stop_reason = over
+                    break
+        finally:
+            self._restore_signal_handlers(old_handlers)
+            bar.close()
+            if writer is not None:
+                writer.close()
+        result = RunResult(
+            run_dir=self.run_dir,
+            step=self.step,
+            tokens=self.tokens,
+            stop_reason=stop_reason,
+            latest=ckpt.pointed(self.run_dir, "latest"),
+            best=ckpt.pointed(self.run_dir, "best"),
+            metrics=dict(self.last_eval),
+            seconds=self.elapsed,
+            tokens_per_s=self.tokens / max(self.elapsed, 1e-9),
+        )
+        if stop_reason == "interrupted":
+            print(
+                f"interrupted at step {self.step}: checkpoint saved to {result.latest}; "
+                f"continue with `lmforge pretrain --data {self.data_dir} --out {self.run_dir} --resume`",
+                flush=True,
+            )
+            raise KeyboardInterrupt
+        return result
+
+    def _train_step(self) -> torch.Tensor:
+        t = self.cfg.train
+        lr = lr_at(self.step, self.cfg.optim, t.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        micro = [self.objective.next_batch(self.data_gen) for _ in range(t.grad_accum)]
+        micro = [(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)) for x, y in micro]
+        # Normalise by the tokens of the whole accumulated batch, not per micro-batch (transformers PR #34191).
+        n_tokens = sum(self.objective.count_targets(b) for b in micro).clamp(min=1)
+        total = torch.zeros((), device=self.device)
+        for batch in micro:
+            with autocast(self.device, self.amp_dtype):
+                loss = self._loss_sum(batch) / n_tokens
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        if self.cfg.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def _loss_sum(self, batch) -> torch.Tensor:
+        try:
+            return self.objective.loss_sum(self.train_model, batch)
+        except Exception as exc:
+            if self.train_model is self.model:
+                raise
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}); training without it", stacklevel=2)
+            self.train_model = self.model
+            return self.objective.loss_sum(self.model, batch)
+
+    def _budget_exceeded(self, max_seconds: float | None) -> str | None:
+        if max_seconds is not None and self.elapsed >= max_seconds:
+            return "max_minutes"
+        if self.cfg.train.max_tokens is not None and self.tokens >= self.cfg.train.max_tokens:
+            return "max_tokens"
+        return None
+
+    def _evaluate(self, writer, bar: TrainProgress) -> None:
+        if self.val_data is None:
+            return
+        t = self.cfg.train
+        windows = self.val_data.windows(self.cfg.model.block_size, t.batch_size, t.eval_tokens or None)
+        nats, count = sum_nll(self.model, windows, self.device, self.amp_dtype)
+        result = summarize(nats, count, self.val_data.bytes * count / self.val_data.tokens)
+        if not math.isfinite(result["loss"]):
+            raise TrainingError(
+                f"the validation loss became {result['loss']} at step {self.step}; lower --optim.lr; "
+                "no checkpoint was written for this state"
+            )
+        self.last_eval = {
+            "val_loss": result["loss"],
+            "val_perplexity": result["perplexity"],
+            "val_bits_per_byte": result["bits_per_byte"],
+        }
+        self._log({"step": self.step, "tokens": self.tokens, **self.last_eval}, writer)
+        bar.log(
+            f"step {self.step}: val loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
+            f"bits/byte {result['bits_per_byte']:.3f}"
+        )
+
+    def _save(self, bar: TrainProgress) -> None:
+        name = f"ckpt-{self.step:07d}"
+        val = self.last_eval.get("val_loss") if self.last_eval else None
+        is_best = val is not None and val < self.best_val
+        if is_best:
+            self.best_val = val
+        config = {
+            "arch": self.cfg.arch,
+            "model": self.cfg.to_dict()["model"],
+            "run": self.cfg.to_dict(),
+            "data": {"dir": str(self.data_dir.resolve()), "manifest_tokens": self.manifest["splits"]["train"]["tokens"]},
+            "step": self.step,
+            "tokens": self.tokens,
+            "metrics": self.last_eval,
+        }
+        path = ckpt.save_checkpoint(
+            self.run_dir / name,
+            self.model,
+            self.tokenizer,
+            config,
+            train_state=self._train_state(),
+            metrics_file=self.metrics_path,
+            card=self._model_card(),
+        )
+        ckpt.point(self.run_dir, "latest", path)
+        if is_best or (self.val_data is None):
+            ckpt.point(self.run_dir, "best", path)
+        ckpt.prune(self.run_dir, self.cfg.train.keep_last)
+
+    def _log(self, record: dict, writer) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if writer is not None:
+            for key, value in record.items():
+                if key not in ("step", "tokens"):
+                    writer.add_scalar(key, value, record["step"])
+
+    def _tensorboard(self):
+        if not self.cfg.train.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
+
+    def _model_card(self) -> str:
+        m, splits = self.cfg.model, self.manifest["splits"]
+        lines = [
+            f"# {self.run_dir.name}",
+            "",
+            f"A {self.cfg.arch} language model trained with lmforge: {self.model.num_params():,} parameters, "
+            f"{m.n_layer} layers, {m.n_head} heads, width {m.n_embd}, context {m.block_size}, "
+            f"{self.tokenizer.kind} tokenizer with {self.tokenizer.vocab_size} tokens.",
+            "",
+            "## Data",
+            "",
+            f"- data directory: `{self.data_dir}`",
+            f"- training split: {splits['train']['documents']:,} documents, {splits['train']['tokens']:,} tokens",
+        ]
+        if "val" in splits:
+            lines.append(f"- validation split: {splits['val']['documents']:,} documents, {splits['val']['tokens']:,} tokens")
+        lines += ["", "## Training", "", f"- steps: {self.step:,}; tokens seen: {self.tokens:,}"]
+        lines.append(f"- training time: {self.elapsed / 60:.1f} min on {self.device}")
+        if self.last_eval:
+            lines += [
+                "",
+                "## Evaluation (validation split)",
+                "",
+                "| loss | perplexity | bits per byte |",
+                "|---|---|---|",
+                f"| {self.last_eval['val_loss']:.4f} | {self.last_eval['val_perplexity']:.2f} | "
+                f"{self.last_eval['val_bits_per_byte']:.3f} |",
+            ]
+        lines += ["", "## Use", "", "```", f"lmforge generate {self.run_dir} --prompt 'Hello'", "```", ""]
+        return "\n".join(lines)
+
+    # ---- signals -------------------------------------------------------------------------------------
+    def _install_signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self.stop_signal is not None:  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signal_handlers(old) -> None:
+        if old:
+            for sig, h in old.items():
+                signal.signal(sig, h)
