@@ -139,9 +139,9 @@ def _steps_that_fit(data_dir: Path, preset: str, seconds: float, seed: int) -> i
     from lmforge.data.shards import TokenShards
     from lmforge.device import pick_device
     from lmforge.models.registry import build_model
-    from lmforge.train.optim import build_optimizer
-    from lmforge.train.objectives import CausalLM
     from lmforge.tokenizers import Tokenizer
+    from lmforge.train.objectives import CausalLM
+    from lmforge.train.optim import build_optimizer
 
     cfg = build_run_config(preset=preset)
     cfg.model.vocab_size = Tokenizer.load(data_dir).vocab_size

@@ -192,6 +192,13 @@ def test_extraction_rules_on_a_fake_stdlib(tmp_path, monkeypatch):
 
     code = dict(iter_builtin_corpus("stdlib-code"))
     # Undecodable files are skipped; unparsable ones are still source text for the code corpus.
-    assert list(code) == ["broken.py", "latin.py", "nodoc.py", "pkg/__init__.py", "pkg/sub.py", "sideeffect.py"]
+    assert list(code) == [
+        "broken.py",
+        "latin.py",
+        "nodoc.py",
+        "pkg/__init__.py",
+        "pkg/sub.py",
+        "sideeffect.py",
+    ]
     assert "SKIPPED" not in "".join(code.values())
     assert not sentinel.exists()

@@ -52,7 +52,9 @@ def all_kinds(bpe, char, wordpiece, unigram) -> dict[str, Tokenizer]:
 # ---- round trips ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", ROUND_TRIP_TEXTS, ids=["english", "chinese", "emoji", "mixed", "space", "nbsp", "empty"])
+@pytest.mark.parametrize(
+    "text", ROUND_TRIP_TEXTS, ids=["english", "chinese", "emoji", "mixed", "space", "nbsp", "empty"]
+)
 @pytest.mark.parametrize("kind", ["bpe", "char"])
 def test_lossless_round_trip(all_kinds, kind, text):
     tok = all_kinds[kind]
@@ -146,12 +148,17 @@ def _varied_corpus() -> list[str]:
     import random
 
     rng = random.Random(0)
-    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZéüñ" + "".join(chr(0x4E00 + i) for i in range(150))
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZéüñ" + "".join(
+        chr(0x4E00 + i) for i in range(150)
+    )
     words = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 9))) for _ in range(3000)]
     return [" ".join(words[i : i + 12]) for i in range(0, len(words), 12)]
 
 
-@pytest.mark.parametrize(("kind", "vocab_size"), [("bpe", 261), ("bpe", 400), ("wordpiece", 60), ("wordpiece", 400), ("unigram", 400)])
+@pytest.mark.parametrize(
+    ("kind", "vocab_size"),
+    [("bpe", 261), ("bpe", 400), ("wordpiece", 60), ("wordpiece", 400), ("unigram", 400)],
+)
 def test_vocab_size_is_an_upper_bound(kind, vocab_size):
     # ~200 distinct characters: more than a small vocabulary holds, so the trainers must cap it.
     tok = Tokenizer.train(kind, _varied_corpus(), vocab_size=vocab_size, min_frequency=1)

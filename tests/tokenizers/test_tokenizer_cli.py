@@ -46,13 +46,17 @@ def corpus(tmp_path):
 
 @pytest.fixture
 def trained(tmp_path, corpus, capsys):
-    code, out, err = run(capsys, "train", str(corpus), "--kind", "bpe", "--vocab-size", "300", "--out", str(tmp_path / "tok"))
+    code, out, err = run(
+        capsys, "train", str(corpus), "--kind", "bpe", "--vocab-size", "300", "--out", str(tmp_path / "tok")
+    )
     assert (code, err) == (0, "")
     return tmp_path / "tok"
 
 
 def test_train_info_encode_decode_round_trip(tmp_path, corpus, capsys, monkeypatch):
-    code, out, err = run(capsys, "train", str(corpus), "--kind", "bpe", "--vocab-size", "300", "--out", str(tmp_path / "tok"))
+    code, out, err = run(
+        capsys, "train", str(corpus), "--kind", "bpe", "--vocab-size", "300", "--out", str(tmp_path / "tok")
+    )
     assert code == 0 and err == ""
     path = tmp_path / "tok" / "tokenizer.json"
     assert "bpe" in out and "300" in out and str(path) in out
@@ -63,7 +67,11 @@ def test_train_info_encode_decode_round_trip(tmp_path, corpus, capsys, monkeypat
     assert info["kind"] == "bpe" and info["vocab_size"] == 300
     assert info["sha256"] == Tokenizer.load(path).sha256()
     assert {role: v["id"] for role, v in info["special_tokens"].items()} == {
-        "pad": 0, "unk": 1, "bos": 2, "eos": 3, "mask": 4,
+        "pad": 0,
+        "unk": 1,
+        "bos": 2,
+        "eos": 3,
+        "mask": 4,
     }
 
     code, out, _ = run(capsys, "info", str(path))
@@ -119,13 +127,27 @@ def test_train_every_kind_from_folder_and_jsonl(kind, tmp_path, capsys):
     (folder / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")  # not text: not read
     records = tmp_path / "records.jsonl"
     records.write_text(
-        "\n".join(json.dumps({"content": f"record {i}: zebra quagga okapi", "id": i}) for i in range(50)) + "\n\n",
+        "\n".join(json.dumps({"content": f"record {i}: zebra quagga okapi", "id": i}) for i in range(50))
+        + "\n\n",
         encoding="utf-8",
     )
     out_file = tmp_path / "out" / "my-tokenizer.json"
     code, out, err = run(
-        capsys, "train", str(folder), str(records), "--kind", kind, "--text-field", "content",
-        "--vocab-size", "400", "--min-frequency", "1", "--out", str(out_file), "--json",
+        capsys,
+        "train",
+        str(folder),
+        str(records),
+        "--kind",
+        kind,
+        "--text-field",
+        "content",
+        "--vocab-size",
+        "400",
+        "--min-frequency",
+        "1",
+        "--out",
+        str(out_file),
+        "--json",
     )
     assert (code, err) == (0, "")
     result = json.loads(out)
@@ -175,16 +197,39 @@ def _bad_inputs(tmp, corpus, tok):
         "not utf-8": ["train", str(tmp / "latin1.txt"), "--out", str(tmp / "bad-out-5")],
         "jsonl without field": ["train", str(tmp / "bad.jsonl"), "--out", str(tmp / "bad-out-6")],
         "bpe vocab too small": ["train", str(corpus), "--vocab-size", "100", "--out", str(tmp / "bad-out-7")],
-        "unigram vocab too small": ["train", str(corpus), "--kind", "unigram", "--vocab-size", "10", "--out", str(tmp / "bad-out-8")],
+        "unigram vocab too small": [
+            "train",
+            str(corpus),
+            "--kind",
+            "unigram",
+            "--vocab-size",
+            "10",
+            "--out",
+            str(tmp / "bad-out-8"),
+        ],
         "bad min frequency": ["train", str(corpus), "--min-frequency", "0", "--out", str(tmp / "bad-out-9")],
     }
 
 
 BAD_NAMES = [
-    "missing tokenizer", "folder without tokenizer", "corrupted tokenizer", "non-integer id", "float id",
-    "id out of range", "negative id", "bad json ids", "missing encode file", "empty corpus", "unknown kind",
-    "missing input", "folder without text", "not utf-8", "jsonl without field", "bpe vocab too small",
-    "unigram vocab too small", "bad min frequency",
+    "missing tokenizer",
+    "folder without tokenizer",
+    "corrupted tokenizer",
+    "non-integer id",
+    "float id",
+    "id out of range",
+    "negative id",
+    "bad json ids",
+    "missing encode file",
+    "empty corpus",
+    "unknown kind",
+    "missing input",
+    "folder without text",
+    "not utf-8",
+    "jsonl without field",
+    "bpe vocab too small",
+    "unigram vocab too small",
+    "bad min frequency",
 ]
 
 

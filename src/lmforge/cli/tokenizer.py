@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from lmforge.cli.common import HelpFormatter, add_verb, print_json
+from lmforge.cli.common import add_verb, print_json
 from lmforge.errors import TokenizerError
 
 # Files read from a folder given to `train` (a file named explicitly is read whatever its suffix).
@@ -99,7 +99,9 @@ def register(subparsers) -> None:
     )
     actions = parser.add_subparsers(dest="tokenizer_action", metavar="ACTION")
 
-    p = add_verb(actions, "train", "train a tokenizer on text files", TRAIN_DESCRIPTION, TRAIN_EXAMPLES, run_train)
+    p = add_verb(
+        actions, "train", "train a tokenizer on text files", TRAIN_DESCRIPTION, TRAIN_EXAMPLES, run_train
+    )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="text or JSON Lines files, or folders of them")
     p.add_argument("--kind", default="bpe", metavar="KIND", help="bpe, wordpiece, unigram or char")
     p.add_argument(
@@ -110,25 +112,41 @@ def register(subparsers) -> None:
         help="largest vocabulary, special tokens included; if not given 8192, or every character seen for char",
     )
     p.add_argument(
-        "--min-frequency", type=int, default=2, metavar="N", help="bpe/wordpiece: merge only pairs seen N times"
+        "--min-frequency",
+        type=int,
+        default=2,
+        metavar="N",
+        help="bpe/wordpiece: merge only pairs seen N times",
     )
-    p.add_argument("--out", required=True, metavar="DIR_OR_FILE", help="folder for tokenizer.json, or a .json path")
-    p.add_argument("--text-field", default="text", metavar="FIELD", help="field of JSON Lines records to read")
+    p.add_argument(
+        "--out", required=True, metavar="DIR_OR_FILE", help="folder for tokenizer.json, or a .json path"
+    )
+    p.add_argument(
+        "--text-field", default="text", metavar="FIELD", help="field of JSON Lines records to read"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    p = add_verb(actions, "encode", "print the token ids of a text", ENCODE_DESCRIPTION, ENCODE_EXAMPLES, run_encode)
+    p = add_verb(
+        actions, "encode", "print the token ids of a text", ENCODE_DESCRIPTION, ENCODE_EXAMPLES, run_encode
+    )
     p.add_argument("tokenizer", metavar="TOKENIZER", help="tokenizer.json or a folder that has one")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--text", help="the text to encode")
     source.add_argument("--file", metavar="FILE", help="a UTF-8 file to encode")
     p.add_argument("--json", action="store_true", help="print ids and tokens as JSON")
 
-    p = add_verb(actions, "decode", "print the text of token ids", DECODE_DESCRIPTION, DECODE_EXAMPLES, run_decode)
+    p = add_verb(
+        actions, "decode", "print the text of token ids", DECODE_DESCRIPTION, DECODE_EXAMPLES, run_decode
+    )
     p.add_argument("tokenizer", metavar="TOKENIZER", help="tokenizer.json or a folder that has one")
     p.add_argument("--ids", help='token ids, e.g. "1 2 3" (default: read them from standard input)')
-    p.add_argument("--keep-special", action="store_true", help="keep special tokens such as <|eos|> in the text")
+    p.add_argument(
+        "--keep-special", action="store_true", help="keep special tokens such as <|eos|> in the text"
+    )
 
-    p = add_verb(actions, "info", "kind, vocabulary and special tokens", INFO_DESCRIPTION, INFO_EXAMPLES, run_info)
+    p = add_verb(
+        actions, "info", "kind, vocabulary and special tokens", INFO_DESCRIPTION, INFO_EXAMPLES, run_info
+    )
     p.add_argument("tokenizer", metavar="TOKENIZER", help="tokenizer.json or a folder that has one")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -183,7 +201,9 @@ def _iter_text_file(path: Path) -> Iterator[str]:
             if chunk:
                 yield "".join(chunk)
     except UnicodeDecodeError as exc:
-        raise TokenizerError(f"{path} is not UTF-8 text (bad byte at offset {exc.start}); convert it to UTF-8") from None
+        raise TokenizerError(
+            f"{path} is not UTF-8 text (bad byte at offset {exc.start}); convert it to UTF-8"
+        ) from None
     except OSError as exc:
         raise TokenizerError(f"cannot read {path} ({exc.strerror or exc})") from None
 
@@ -210,7 +230,9 @@ def _iter_jsonl_file(path: Path, field: str) -> Iterator[str]:
                     raise TokenizerError(f"{path} line {lineno}: field {field!r} is not a string")
                 yield text
     except UnicodeDecodeError as exc:
-        raise TokenizerError(f"{path} is not UTF-8 text (bad byte at offset {exc.start}); convert it to UTF-8") from None
+        raise TokenizerError(
+            f"{path} is not UTF-8 text (bad byte at offset {exc.start}); convert it to UTF-8"
+        ) from None
     except OSError as exc:
         raise TokenizerError(f"cannot read {path} ({exc.strerror or exc})") from None
 
@@ -262,7 +284,9 @@ def _load(name: str):
 
 def _read_stdin(what: str) -> str:
     if sys.stdin is None or sys.stdin.isatty():
-        raise TokenizerError(f"no {what} given; use {'--text or --file' if what == 'text' else '--ids'} or pipe it in")
+        raise TokenizerError(
+            f"no {what} given; use {'--text or --file' if what == 'text' else '--ids'} or pipe it in"
+        )
     try:
         return sys.stdin.read()
     except UnicodeDecodeError:
@@ -314,9 +338,13 @@ def parse_ids(text: str, vocab_size: int) -> list[int]:
         try:
             i = int(piece)
         except ValueError:
-            raise TokenizerError(f"{piece[:40]!r} is not a token id; give whole numbers separated by spaces") from None
+            raise TokenizerError(
+                f"{piece[:40]!r} is not a token id; give whole numbers separated by spaces"
+            ) from None
         if not 0 <= i < vocab_size:
-            raise TokenizerError(f"token id {i} is out of range; this tokenizer has ids 0 to {vocab_size - 1}")
+            raise TokenizerError(
+                f"token id {i} is out of range; this tokenizer has ids 0 to {vocab_size - 1}"
+            )
         ids.append(i)
     return ids
 

@@ -194,8 +194,9 @@ def _limited(docs: Iterator[tuple[str, str]], max_bytes: int | None) -> Iterator
 
 
 def _safe_filename(index: int, doc_name: str) -> str:
-    # The index keeps the order and makes names unique even on case-insensitive file systems.
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", doc_name).strip("._") or "document"
+    # The index keeps the order, makes names unique even on case-insensitive file systems and keeps
+    # them from starting with a dot.
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", doc_name) or "document"
     return f"{index:05d}-{stem[:100]}.txt"
 
 
