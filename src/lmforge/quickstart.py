@@ -27,6 +27,7 @@ def quickstart(
     vocab_size: int = 4096,
     seed: int = 0,
     overwrite: bool = False,
+    max_steps: int | None = None,
     console: Console | None = None,
 ) -> dict:
     """Prepare a corpus, pretrain a small GPT for about `minutes` in all, evaluate it against a unigram baseline,
@@ -72,7 +73,7 @@ def quickstart(
     spent = time.perf_counter() - started
     # Keep ~15% of the budget for evaluation and samples; the schedule is sized to the steps that fit.
     train_seconds = max(MIN_TRAIN_SECONDS, minutes * 60 * 0.85 - spent)
-    steps = _steps_that_fit(data_dir, preset, train_seconds, seed)
+    steps = max_steps or _steps_that_fit(data_dir, preset, train_seconds, seed)
     run_dir = out / "run"
     result = pretrain(
         data=str(data_dir),
@@ -80,7 +81,7 @@ def quickstart(
         preset=preset,
         overrides={
             "train.seed": seed,
-            "train.eval_every": max(50, steps // 5),
+            "train.eval_every": max(min(50, steps), steps // 5),
             "train.eval_tokens": 32768,
             "optim.warmup_steps": max(10, steps // 20),
         },

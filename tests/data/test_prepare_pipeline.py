@@ -394,3 +394,31 @@ def test_no_progress_output_when_stderr_is_not_a_terminal(tmp_path, capsys):
     prepare([str(corpus)], str(tmp_path / "data"), tokenizer="char", progress=True)
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_tokens_do_not_depend_on_how_a_long_document_is_cut(tmp_path, monkeypatch, split_ids, kind):
+    rng = np.random.default_rng(5)
+    lines = []
+    for i in range(300):
+        indent = " " * int(rng.integers(0, 3) * 4)
+        lines.append(
+            indent + "  ".join(rng.choice(WORDS, size=int(rng.integers(1, 9)))) + ("" if i % 7 else "\n")
+        )
+    big = "\n".join(lines)
+    corpus = write_corpus(tmp_path / "c", [big, *make_docs(3)])
+    tok = Tokenizer.train(kind, [big], vocab_size=300)
+    tok.save(tmp_path / "tok")
+    expected = tok.encode(big)
+    ids = {}
+    for name, small in [("whole", False), ("cut", True)]:
+        if small:
+            monkeypatch.setattr(prep, "PIECE_CHARS", 97)
+            monkeypatch.setattr(prep, "FLUSH_BYTES", 50)
+            monkeypatch.setattr(prep, "ENCODE_CHUNK_BYTES", 64)
+            monkeypatch.setattr(prep, "ENCODE_BATCH_BYTES", 300)
+        prepare([str(corpus)], str(tmp_path / name), tokenizer=str(tmp_path / "tok"), split="tail",
+                val_fraction=0.02, progress=False)  # fmt: skip
+        ids[name] = split_ids(tmp_path / name, "train").tolist()
+    assert ids["cut"] == ids["whole"]
+    assert ids["whole"][: len(expected) + 1] == [*expected, tok.eos_id]

@@ -31,6 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--preset", default="small", help="model size")
     p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, help="train exactly this many steps instead of filling the time budget")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier quickstart in --out")
     p.add_argument("--json", action="store_true", help="print the figures as JSON at the end")
 
@@ -46,6 +47,7 @@ def run(args) -> int:
         vocab_size=args.vocab_size,
         seed=args.seed,
         overwrite=args.overwrite,
+        max_steps=args.max_steps,
     )
     if args.json:
         print_json(report)

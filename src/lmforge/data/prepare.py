@@ -42,9 +42,11 @@ _RECORD = struct.Struct("<BI")
 _LAST = 1
 # Cleaned text of one document is held in memory up to this size, then written out as a record.
 FLUSH_BYTES = 1 << 20
-# Pass 2 encodes this many documents (or bytes) at a time; the Rust tokenizer spreads a batch over the cores.
+# Pass 2 encodes chunks of at most about this many bytes (long documents are cut where the tokens do not
+# change), this many chunks or bytes at a time; the Rust tokenizer spreads a batch over the cores.
+ENCODE_CHUNK_BYTES = 1 << 16
 ENCODE_BATCH_DOCS = 2048
-ENCODE_BATCH_BYTES = 8 << 20
+ENCODE_BATCH_BYTES = 4 << 20
 
 
 # ---- reading ------------------------------------------------------------------------------------------
@@ -250,43 +252,88 @@ class _Pass1:
 
 
 # ---- pass 2: encode and write shards ------------------------------------------------------------------
+_WHITESPACE = b" \t\n\r\x0b\x0c"
+
+
+def _chunk_cut(buf: bytes, start: int, limit: int) -> int:
+    """Where to split buf[start:] near `limit` so that the tokens do not change: before a space that follows
+    a non-space (word-level, byte-level and metaspace pre-tokenizers all split there anyway), else after a
+    newline followed by a non-space, else at any character boundary."""
+    lo = start + (limit - start) // 4
+    i = buf.rfind(b" ", lo, limit)
+    while i > lo:
+        if buf[i - 1] not in _WHITESPACE:
+            return i
+        i = buf.rfind(b" ", lo, i)
+    j = buf.rfind(b"\n", lo, limit - 1)
+    while j >= lo:
+        if buf[j + 1] not in _WHITESPACE:
+            return j + 1
+        j = buf.rfind(b"\n", lo, j)
+    cut = limit
+    while cut > start + 1 and (buf[cut] & 0xC0) == 0x80:  # not inside a UTF-8 sequence
+        cut -= 1
+    return cut
+
+
 class _Encoder:
-    """Batches text parts for `encode_batch` and appends their ids (plus eos at document ends) to the shards."""
+    """Appends the token ids of each split's text, plus eos at document ends, to that split's shards.
+
+    Text arrives in records of up to a few MB. It is re-cut into chunks of about ENCODE_CHUNK_BYTES at
+    places where cutting does not change the tokens (so the ids do not depend on how the text was read),
+    and chunks are encoded in batches, which the Rust tokenizer spreads over the cores. Small chunks keep
+    the memory of the encodings small.
+    """
 
     def __init__(
         self, tok: Tokenizer, writers: dict[str, ShardWriter], eos_id: int, progress: _Progress, task
     ):
-        self.tok = tok
         self.writers = writers
         self.eos = eos_id
         self.progress = progress
         self.task = task
+        fast = getattr(tok.hf, "encode_batch_fast", None)  # no character offsets: less time and memory
+        if fast is not None:
+            self._encode = lambda texts: [e.ids for e in fast(texts, add_special_tokens=False)]
+        else:
+            self._encode = tok.encode_batch
         self.items: list[tuple[str, str, bool]] = []  # (split, text, eos after it)
         self.batch_bytes = 0
         self.stats = {s: {"documents": 0, "bytes": 0} for s in writers}
         self.part_bytes = {s: 0 for s in writers}  # bytes of the current document's part in each split
+        self.carry = {s: b"" for s in writers}  # text of that part not yet queued for encoding
 
     def add(self, split: str, data: bytes) -> None:
-        if data:
-            self.items.append((split, data.decode("utf-8"), False))
-            self.batch_bytes += len(data)
-            self.stats[split]["bytes"] += len(data)
-            self.part_bytes[split] += len(data)
-            if len(self.items) >= ENCODE_BATCH_DOCS or self.batch_bytes >= ENCODE_BATCH_BYTES:
-                self.flush()
+        if not data:
+            return
+        self.stats[split]["bytes"] += len(data)
+        self.part_bytes[split] += len(data)
+        buf = self.carry[split] + data if self.carry[split] else data
+        start = 0
+        while len(buf) - start > ENCODE_CHUNK_BYTES:
+            cut = _chunk_cut(buf, start, start + ENCODE_CHUNK_BYTES)
+            self._queue(split, buf[start:cut], False)
+            start = cut
+        self.carry[split] = buf[start:]
 
     def end(self, split: str) -> None:
-        """The current document's part in `split` ends: eos, if the part has any text."""
+        """The current document's part in `split` ends: its last chunk, then eos (if the part has any text)."""
         if self.part_bytes[split]:
-            self.items.append((split, "", True))
+            self._queue(split, self.carry[split], True)
+            self.carry[split] = b""
             self.stats[split]["documents"] += 1
             self.part_bytes[split] = 0
+
+    def _queue(self, split: str, data: bytes, eos: bool) -> None:
+        self.items.append((split, data.decode("utf-8"), eos))
+        self.batch_bytes += len(data)
+        if len(self.items) >= ENCODE_BATCH_DOCS or self.batch_bytes >= ENCODE_BATCH_BYTES:
+            self.flush()
 
     def flush(self) -> None:
         if not self.items:
             return
-        texts = [t for _, t, _ in self.items]
-        ids = self.tok.encode_batch(texts)
+        ids = self._encode([t for _, t, _ in self.items])
         out: dict[str, list[int]] = {s: [] for s in self.writers}
         for (split, _, eos), seq in zip(self.items, ids):
             out[split].extend(seq)
@@ -295,17 +342,17 @@ class _Encoder:
         for split, seq in out.items():
             if seq:
                 self.writers[split].write(seq)
-        self.progress.update(
-            self.task, advance=self.batch_bytes, docs=sum(s["documents"] for s in self.stats.values())
-        )
+        docs = sum(s["documents"] for s in self.stats.values())
+        self.progress.update(self.task, advance=self.batch_bytes, docs=docs)
         self.items, self.batch_bytes = [], 0
 
 
 def _tail_cut(data: bytes, local: int, start_ok: bool, doc_end: bool, pos: int, total: int) -> int:
     """Where to cut a record at the train/val boundary: the line boundary closest to byte `local`.
 
-    The record's start counts when it is a line boundary (`start_ok`), its end when it ends the document. Cuts that would leave a split empty are avoided
-    when possible; a text without any line break is cut at a space, else at a character boundary.
+    The record's start counts when it is a line boundary (`start_ok`), its end when it ends the document.
+    Cuts that would leave a split empty are avoided when possible; a text without any line break is cut at
+    a space, else at a character boundary.
     """
     n = len(data)
     candidates = set()

@@ -1,0 +1,60 @@
+"""nanoGPT's CPU recipe through lmforge: tiny Shakespeare, character level, 4x128, block 64, batch 12, 2000 steps.
+
+    .venv/bin/python benchmarks/shakespeare_char.py [--max-steps 2000] [--out /tmp/lmforge-shakespeare]
+
+Prints JSON: wall time of training, tokens/s, final validation loss on the whole validation split (the last 10%
+of the characters, as nanoGPT splits it), and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+from common import REPO, emit, machine, peak_rss_mb, shared
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--max-steps", type=int, default=2000)
+    ap.add_argument("--out", default="/tmp/lmforge-shakespeare")
+    ap.add_argument("--compile", action="store_true", help="train with torch.compile")
+    args = ap.parse_args()
+
+    import lmforge
+    from lmforge.eval.perplexity import evaluate
+
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    data = out / "data"
+    lmforge.prepare([str(shared("tinyshakespeare/input.txt"))], str(data), tokenizer="char", split="tail",
+                    val_fraction=0.1, progress=False)
+    start = time.perf_counter()
+    result = lmforge.pretrain(
+        data=str(data),
+        out=str(out / "run"),
+        config=str(REPO / "configs" / "shakespeare-char.yaml"),
+        max_steps=args.max_steps,
+        overrides={"train.compile": args.compile, "train.tensorboard": False},
+        progress=False,
+    )
+    wall = time.perf_counter() - start
+    final = evaluate(out / "run" / "latest", str(data))
+    emit({
+        "benchmark": "shakespeare_char (nanoGPT CPU recipe)",
+        "steps": result.step,
+        "train_seconds": round(result.seconds, 1),
+        "wall_seconds_incl_evals_and_checkpoints": round(wall, 1),
+        "tokens_per_s": round(result.tokens_per_s),
+        "final_val_loss": round(final["loss"], 4),
+        "final_val_bits_per_byte": round(final["bits_per_byte"], 4),
+        "val_tokens": final["tokens"],
+        "peak_rss_mb": round(peak_rss_mb()),
+        "machine": machine(),
+    })
+
+
+if __name__ == "__main__":
+    main()
