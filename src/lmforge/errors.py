@@ -29,3 +29,7 @@ class CheckpointError(LmforgeError):
 
 class TrainingError(LmforgeError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+class EmptySplitError(DataError):
+    """A document-level split left the train or validation split without any document."""

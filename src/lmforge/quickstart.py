@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from lmforge.errors import ConfigError, DataError
+from lmforge.errors import ConfigError, DataError, EmptySplitError
 
 SAMPLE_PROMPTS = {
     "stdlib-docs": ["The ", "Return a new", "This module provides"],
@@ -61,7 +61,12 @@ def quickstart(
 
     console.rule("[bold]2. prepare: clean, deduplicate, train a tokenizer, write token shards")
     data_dir = out / "data"
-    manifest = prepare(inputs, str(data_dir), tokenizer="bpe", vocab_size=vocab_size, seed=seed)
+    try:
+        manifest = prepare(inputs, str(data_dir), tokenizer="bpe", vocab_size=vocab_size, seed=seed)
+    except EmptySplitError:
+        # Too few documents for a document-level split (e.g. one long file): hold out the end of the corpus.
+        console.print("too few documents for a per-document split; holding out the last 10% of the text instead")
+        manifest = prepare(inputs, str(data_dir), tokenizer="bpe", vocab_size=vocab_size, seed=seed, split="tail")
     train, val = manifest["splits"]["train"], manifest["splits"]["val"]
     console.print(
         f"train: {train['documents']:,} documents, {train['tokens']:,} tokens; "

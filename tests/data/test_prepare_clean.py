@@ -126,3 +126,12 @@ def test_near_duplicates_are_found_and_distinct_texts_kept():
     docs = [*base, " ".join(near)]
     assert count_near_duplicates(docs, threshold=0.8) == 1
     assert count_near_duplicates(base, threshold=0.8) == 0
+
+
+def test_markdown_with_a_few_tags_is_not_parsed_as_html():
+    md = (
+        "# Title\n\nSome text with <b>bold</b>, <i>italic</i> and <a href='x'>a link</a>.\n\n"
+        + "* item\n" * 60
+    )
+    assert not looks_like_html(md)
+    assert Cleaner().clean(md) == md.strip()

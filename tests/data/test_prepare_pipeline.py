@@ -142,20 +142,29 @@ def test_tail_split_of_many_documents_and_of_a_huge_document_in_pieces(tmp_path,
     assert sorted(everything) == sorted([*small, big])
 
 
-def test_exact_duplicates_are_removed_after_cleaning(tmp_path):
+def test_exact_duplicates_are_removed_after_cleaning(tmp_path, monkeypatch, split_docs):
+    # Tiny pieces and records, so that the big document is written in many records before it is
+    # known to be a duplicate (and must be taken back).
+    monkeypatch.setattr(prep, "PIECE_CHARS", 64)
+    monkeypatch.setattr(prep, "FLUSH_BYTES", 100)
     docs = make_docs(30)
-    corpus = write_corpus(tmp_path / "c", docs)
+    big = "\n".join(f"line {i} of the long document" for i in range(300))
+    corpus = write_corpus(tmp_path / "c", [*docs, big])
     (corpus / "copy1.txt").write_text(docs[0], encoding="utf-8")
     (corpus / "copy2.txt").write_text(
         docs[0].replace("\n", "   \r\n") + "\n\n\n", encoding="utf-8"
     )  # same once cleaned
+    (corpus / "copy3.txt").write_text(big + "\n", encoding="utf-8")
     (corpus / "empty.txt").write_text(" \n\t\n", encoding="utf-8")
     m = prepare([str(corpus)], str(tmp_path / "a"), tokenizer="char", progress=False)
-    assert m["removed"] == {"empty": 1, "duplicates": 2, "near_duplicates": 0}
-    assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == 30
+    assert m["removed"] == {"empty": 1, "duplicates": 3, "near_duplicates": 0}
+    got = split_docs(tmp_path / "a", "train") + split_docs(tmp_path / "a", "val")
+    assert sorted(got) == sorted([*docs, big])
+    assert sum(m["splits"][s]["bytes"] for s in ("train", "val")) == sum(len(d.encode()) for d in got)
+    assert not list(tmp_path.glob("a/*.records"))
     m = prepare([str(corpus)], str(tmp_path / "b"), tokenizer="char", dedup=False, progress=False)
     assert m["removed"]["duplicates"] == 0
-    assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == 32
+    assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == 34
 
 
 def test_near_duplicates_are_removed_only_when_asked(tmp_path):

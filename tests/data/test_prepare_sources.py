@@ -154,3 +154,45 @@ def test_text_pieces_of_a_file(tmp_path):
     f.write_text("a\n\nb\n", encoding="utf-8")
     (source,) = expand_inputs([str(f)])
     assert list(iter_text_pieces(source, "paragraph")) == [("a", True), ("b\n", True)]
+
+
+@pytest.mark.parametrize(
+    "chunks", [["aaaa bbbb\n\n", "dddd"], ["aaaa bbbb\n \n", "dddd"], ["aaaa bbbb\n", "\ndddd"]]
+)
+def test_a_blank_line_at_a_chunk_edge_still_separates_long_paragraphs(chunks):
+    pieces = list(split_text_stream(chunks, "paragraph", piece_chars=10))
+    docs, cur = [], ""
+    for text, last in pieces:
+        cur += text
+        if last:
+            docs.append(cur)
+            cur = ""
+    assert [d.strip() for d in docs] == ["aaaa bbbb", "dddd"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_streamed_splitting_equals_splitting_the_whole_text(seed):
+    import random
+
+    from lmforge.data.sources import _PARAGRAPH_BREAK
+
+    rng = random.Random(seed)
+    atoms = ["word", "x", " ", "  ", "\n", "\n\n", "\n \n", "\t", "\r\n", "longerword" * 3]
+    text = "".join(rng.choice(atoms) for _ in range(3000))
+    cuts = sorted(rng.sample(range(1, len(text)), 60))
+    chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    expected = {
+        "file": [text],
+        "paragraph": [p for p in _PARAGRAPH_BREAK.split(text) if p.strip()],
+        "line": [line for line in text.split("\n") if line.strip()],
+    }
+    for mode, want in expected.items():
+        docs, cur = [], ""
+        for piece, last in split_text_stream(chunks, mode, piece_chars=rng.choice([7, 40, 500])):
+            cur += piece
+            if last:
+                docs.append(cur)
+                cur = ""
+        # A whitespace-only stretch longer than a piece may come out as a document of its own; prepare
+        # then counts it as empty.
+        assert [d for d in docs if d.strip()] == want, mode

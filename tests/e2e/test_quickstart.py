@@ -18,3 +18,17 @@ def test_quickstart_on_a_user_corpus_beats_the_unigram_baseline(corpus_dir, tmp_
     # A second run refuses to clobber the first unless asked to.
     assert main(["quickstart", "--corpus", str(corpus_dir), "--out", str(out), "--max-steps", "5"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_quickstart_on_a_single_file_holds_out_its_end(tmp_path, capsys):
+    from tests.conftest import make_text
+
+    book = tmp_path / "book.txt"
+    book.write_text("".join(make_text(30)), encoding="utf-8")
+    out = tmp_path / "qs"
+    code = main(["quickstart", "--corpus", str(book), "--out", str(out), "--preset", "test", "--vocab-size", "300",
+                 "--max-steps", "5"])
+    assert code == 0
+    assert "holding out the last 10%" in capsys.readouterr().out
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    assert manifest["options"]["split"] == "tail" and manifest["splits"]["val"]["tokens"] > 0

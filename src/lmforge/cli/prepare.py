@@ -48,7 +48,8 @@ def register(subparsers) -> None:
         "tokenizer.json (or a folder holding one)",
     )
     p.add_argument("--vocab-size", type=int, default=None, metavar="N",
-                   help="vocabulary size of a new tokenizer (default: 8192; char: every character seen)")  # fmt: skip
+                   help="vocabulary size of a new tokenizer (default: %(default)s, meaning 8192, or every "
+                   "character seen for char; unused with a tokenizer file)")  # fmt: skip
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
                    help="share of the corpus held out for validation, strictly between 0 and 1")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the document-level train/val split")

@@ -43,17 +43,26 @@ _HTML_CLOSING = re.compile(
 )
 
 
-def looks_like_html(text: str) -> bool:
-    """Whether the start of `text` is HTML: a doctype/html/head/body tag, or three different closing tags.
+_ANY_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?>")
 
-    Conservative on purpose (code or Markdown quoting an odd tag stays text); force it with html="on".
+
+def looks_like_html(text: str) -> bool:
+    """Whether the start of `text` is HTML: a doctype/html/head/body tag, or markup dense enough to be a
+    page fragment (three different closing tags, a tag every 200 characters, tags on most lines).
+
+    Conservative on purpose: code or Markdown quoting a few tags stays text. Force it with html="on".
     """
     head = text[:4096]
     if "<" not in head:
         return False
     if _HTML_STRONG.search(head):
         return True
-    return len({m.group(1).lower() for m in _HTML_CLOSING.finditer(head)}) >= 3
+    if len({m.group(1).lower() for m in _HTML_CLOSING.finditer(head)}) < 3:
+        return False
+    if len(_ANY_TAG.findall(head)) * 200 < len(head):
+        return False
+    lines = [line for line in head.splitlines() if line.strip()]
+    return 2 * sum(1 for line in lines if _ANY_TAG.search(line)) >= len(lines)
 
 
 class _TextBuilder:

@@ -28,7 +28,7 @@ from lmforge.data.clean import HTML_MODES, NORMALIZATION_FORMS, Cleaner, load_st
 from lmforge.data.dedup import DigestSet, NearDuplicateFilter
 from lmforge.data.shards import MANIFEST_FORMAT, SHARD_TOKENS, ShardWriter, token_dtype
 from lmforge.data.sources import PIECE_CHARS, Source, check_encoding, expand_inputs, iter_pieces
-from lmforge.errors import ConfigError, DataError, TokenizerError
+from lmforge.errors import ConfigError, DataError, EmptySplitError, TokenizerError
 from lmforge.tokenizers.tokenizer import KINDS, Tokenizer
 
 __all__ = ["prepare", "iter_documents"]
@@ -80,7 +80,7 @@ def _records(path: Path) -> Iterator[tuple[bytes, bool]]:
             yield fh.read(n), bool(flags & _LAST)
 
 
-def _training_texts(path: Path, limit: int) -> Iterator[str]:
+def _training_texts(path: Path, limit: int, on_bytes=None) -> Iterator[str]:
     """Cleaned text for the tokenizer: the first `limit` bytes of the record file."""
     left = limit
     for data, _ in _records(path):
@@ -89,6 +89,8 @@ def _training_texts(path: Path, limit: int) -> Iterator[str]:
         if data:
             # errors="ignore" drops a character cut in half by the byte limit.
             yield data[:left].decode("utf-8", errors="ignore")
+            if on_bytes is not None:
+                on_bytes(min(len(data), left))
             left -= len(data)
 
 
@@ -147,7 +149,8 @@ class _Pass1:
         self.docs_fh = docs_fh
         self.splits_fh = splits_fh  # one byte per kept document (1 = val) with split="doc", else None
         # Keyed by the seed: the split of a document depends on (seed, text) only.
-        self.key = hashlib.blake2b(f"lmforge-prepare-split:{opts['seed']}".encode(), digest_size=32).digest()
+        key = hashlib.blake2b(f"lmforge-prepare-split:{opts['seed']}".encode(), digest_size=32).digest()
+        self._hash0 = hashlib.blake2b(digest_size=16, key=key)  # copied for each document
         # Exact dedup: one 8-byte digest per document (O(#documents), never O(corpus bytes)).
         self.digests = DigestSet() if opts["dedup"] else None
         self.near = NearDuplicateFilter(opts["near_dedup"]) if opts["near_dedup"] else None
@@ -158,13 +161,13 @@ class _Pass1:
 
     def _start(self, source: Source) -> None:
         self.doc = self.cleaner.document(html_source=source.kind == "html")
-        self.hash = hashlib.blake2b(digest_size=16, key=self.key)
+        self.hash = self._hash0.copy()
         self.minhash = self.near.new() if self.near else None
         self.buf: list[bytes] = []
         self.buf_bytes = 0
         self.nbytes = 0
         self.has_text = False
-        self.start = self.docs_fh.tell()
+        self.start = -1  # where the document's records begin, known once one is written early
         self.written = False
 
     def _write(self, data: bytes, last: bool) -> None:
@@ -190,6 +193,8 @@ class _Pass1:
             self.buf.append(data)
             self.buf_bytes += len(data)
             if self.buf_bytes >= FLUSH_BYTES and not last:
+                if not self.written:
+                    self.start = self.docs_fh.tell()
                 self._write(b"".join(self.buf), last=False)
                 self.written = True
                 self.buf, self.buf_bytes = [], 0
@@ -453,8 +458,8 @@ def _check_options(o: dict) -> dict:
     return o
 
 
-def _load_tokenizer(spec: str, vocab_size: int | None) -> Tokenizer | None:
-    """None when `spec` is a kind to train; the loaded tokenizer when it is a path."""
+def _load_tokenizer(spec: str) -> Tokenizer | None:
+    """None when `spec` is a kind to train; the loaded tokenizer when it is a path (vocab_size is then unused)."""
     if spec in KINDS:
         return None
     if not Path(spec).exists():
@@ -462,13 +467,7 @@ def _load_tokenizer(spec: str, vocab_size: int | None) -> Tokenizer | None:
             f"--tokenizer {spec!r} is neither a tokenizer kind ({', '.join(KINDS)}) nor an existing "
             f"tokenizer.json file or folder"
         )
-    tok = Tokenizer.load(spec)
-    if vocab_size is not None:
-        raise TokenizerError(
-            f"--vocab-size applies only when training a tokenizer, and {spec} is loaded ({tok.vocab_size} tokens); "
-            f"drop --vocab-size"
-        )
-    return tok
+    return Tokenizer.load(spec)
 
 
 def _commit(tmp: Path, out: Path) -> None:
@@ -510,6 +509,9 @@ def prepare(
     """Clean `inputs`, train (or load) a tokenizer and write train/val token shards into `out`.
 
     Returns the manifest, also written to `out/manifest.json`. See `lmforge prepare --help` for the options.
+    `tokenizer` is a kind to train ("char", "bpe", "wordpiece", "unigram") or the path of a tokenizer.json
+    (or of a folder holding one) to use as it is; `vocab_size` only matters when training.
+    Raises DataError / TokenizerError / ConfigError (one sentence each) for unusable inputs or options.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -553,7 +555,7 @@ def prepare(
                     f"input {s.path} is inside {out}, which --overwrite would delete; move it or choose another --out"
                 )
     stop = load_stopwords(stopwords) if stopwords else None
-    loaded = _load_tokenizer(tokenizer, vocab_size)
+    loaded = _load_tokenizer(tokenizer)
     cleaner = Cleaner(
         html=html,
         normalize=opts["normalize"],
@@ -605,8 +607,13 @@ def _run(
     if doc_mode:
         for name in ("val", "train"):
             if p1.kept[name][0] == 0:
-                raise DataError(
-                    f"the {name} split would be empty: none of the {n} {plural} left after cleaning and "
+                if n == 1:
+                    raise EmptySplitError(
+                        f"the corpus is a single document after cleaning and deduplication, so the {name} "
+                        f"split would be empty; {advice}"
+                    )
+                raise EmptySplitError(
+                    f"the {name} split would be empty: none of the {n} documents left after cleaning and "
                     f"deduplication falls into it with --val-fraction {opts['val_fraction']}; {advice}"
                 )
     elif val_bytes == 0 or val_bytes >= p1.total_bytes:
@@ -617,13 +624,13 @@ def _run(
 
     # ---- tokenizer
     if loaded is None:
-        task = bar.task("training tokenizer", None)
+        limit = opts["tokenizer_train_bytes"]
+        task = bar.task(f"training {opts['tokenizer']} tokenizer", min(limit, p1.total_bytes))
         tok = Tokenizer.train(
             opts["tokenizer"],
-            _training_texts(records_path, opts["tokenizer_train_bytes"]),
+            _training_texts(records_path, limit, lambda n: bar.update(task, advance=n)),
             opts["vocab_size"],
         )
-        bar.update(task, total=1, completed=1)
     else:
         tok = loaded
     eos = tok.eos_id

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lmforge.errors import DataError
 
@@ -113,10 +112,13 @@ class TokenShards:
                 f"{block_size + 1}; use a smaller --model.block_size or more data"
             )
 
-    def sample_batch(
-        self, batch_size: int, block_size: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random windows (inputs, next-token targets) of `block_size` tokens; the generator is the data position."""
+    def sample_batch(self, batch_size: int, block_size: int, generator):
+        """Random windows (inputs, next-token targets) of `block_size` tokens as int64 tensors.
+
+        `generator` is a torch.Generator: its state is the data position that a resumed run restores.
+        """
+        import torch
+
         usable = np.maximum(self.lengths - block_size, 0)
         # One uniform draw over all valid window starts of all shards: shards weigh by their size.
         starts = torch.randint(int(usable.sum()), (batch_size,), generator=generator).numpy()
@@ -131,10 +133,10 @@ class TokenShards:
         t = torch.from_numpy(out)
         return t[:, :-1], t[:, 1:]
 
-    def windows(
-        self, block_size: int, batch_size: int, max_tokens: int | None = None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def windows(self, block_size: int, batch_size: int, max_tokens: int | None = None) -> Iterator[tuple]:
         """Consecutive non-overlapping windows covering the split (or its first `max_tokens` targets)."""
+        import torch
+
         budget = self.tokens if max_tokens is None else min(max_tokens, self.tokens)
         rows_x, rows_y = [], []
         for arr in self.arrays:
@@ -153,8 +155,10 @@ class TokenShards:
             yield _stack(rows_x, rows_y)
 
 
-def _stack(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack rows of possibly different lengths; short rows are padded with target -100 (ignored)."""
+def _stack(xs: list, ys: list) -> tuple:
+    """Stack rows (1-d tensors) of possibly different lengths; short rows are padded with target -100 (ignored)."""
+    import torch
+
     width = max(x.numel() for x in xs)
     x = torch.zeros(len(xs), width, dtype=torch.long)
     y = torch.full((len(xs), width), -100, dtype=torch.long)

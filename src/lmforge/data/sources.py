@@ -49,6 +49,7 @@ _WIDE_ENCODINGS = ("utf-16", "utf-32")
 
 # A run of one or more blank (whitespace-only) lines: the separator of doc_split="paragraph".
 _PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n(?:[^\S\n]*\n)*")
+_NON_SPACE = re.compile(r"\S")
 
 
 @dataclass(frozen=True)
@@ -238,11 +239,16 @@ def split_text_stream(
     in_doc = False  # whether pieces of the current document have been yielded already
 
     def overflow() -> Iterator[tuple[str, bool]]:
-        # Yield leading pieces of an unfinished document that grew past piece_chars. The cut is always
-        # before the end of the buffer, so a blank-line separator that continues in the next chunk survives.
+        # Yield leading pieces of an unfinished document that grew past piece_chars. With paragraphs, never
+        # cut into the trailing whitespace: it may be the start of a blank-line separator.
         nonlocal buf, in_doc
         while len(buf) > piece_chars:
-            cut = _cut_point(buf, piece_chars)
+            limit = piece_chars
+            if doc_split == "paragraph":
+                limit = min(limit, len(buf.rstrip()))
+                if limit <= 0:
+                    break
+            cut = _cut_point(buf, limit)
             yield buf[:cut], False
             buf = buf[cut:]
             in_doc = True
@@ -255,7 +261,7 @@ def split_text_stream(
         if doc_split == "paragraph":
             start = 0
             for m in _PARAGRAPH_BREAK.finditer(buf):
-                if m.end() == len(buf):  # the blank run may go on in the next chunk
+                if _NON_SPACE.search(buf, m.end()) is None:  # the blank run may go on in the next chunk
                     break
                 yield from _segment(buf[start : m.start()], in_doc)
                 in_doc = False
