@@ -11,17 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.reference import layers
-from lmforge.reference.gradcheck import numerical_gradient, rel_error
+from lmforge.reference.gradcheck import assert_matches, numerical_gradient, rel_error
 
 TOL = 1e-6
-
-
-def assert_matches(ours, theirs, name=""):
-    theirs = theirs.detach().numpy() if isinstance(theirs, torch.Tensor) else np.asarray(theirs)
-    assert np.shape(ours) == theirs.shape, f"{name}: shape {np.shape(ours)} != {theirs.shape}"
-    assert np.abs(theirs).max() > 0, f"{name}: reference is all zeros, the comparison would prove nothing"
-    err = rel_error(ours, theirs)
-    assert err < TOL, f"{name}: relative error {err:.2e}"
 
 
 def t(a):

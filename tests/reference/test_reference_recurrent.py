@@ -6,18 +6,10 @@ import pytest
 import torch
 
 from lmforge.reference import recurrent
-from lmforge.reference.gradcheck import numerical_gradient, rel_error
+from lmforge.reference.gradcheck import assert_matches, numerical_gradient, rel_error
 
 TOL = 1e-6
 B, T, D, H = 3, 6, 4, 5
-
-
-def assert_matches(ours, theirs, name=""):
-    theirs = theirs.detach().numpy() if isinstance(theirs, torch.Tensor) else np.asarray(theirs)
-    assert np.shape(ours) == theirs.shape, f"{name}: shape {np.shape(ours)} != {theirs.shape}"
-    assert np.abs(theirs).max() > 0, f"{name}: reference is all zeros, the comparison would prove nothing"
-    err = rel_error(ours, theirs)
-    assert err < TOL, f"{name}: relative error {err:.2e}"
 
 
 def torch_module(kind):

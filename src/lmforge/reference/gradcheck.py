@@ -33,3 +33,16 @@ def numerical_gradient(f: Callable[[], float], x: np.ndarray, h: float = 1e-6) -
         x[i] = old
         grad[i] = (plus - minus) / (2 * h)
     return grad
+
+
+def assert_matches(ours, theirs, name: str = "", tol: float = 1e-6) -> None:
+    """Assert that `ours` equals a reference (a NumPy array or a torch tensor) to relative error `tol`.
+
+    A reference that is all zeros would prove nothing, so it is refused."""
+    if hasattr(theirs, "detach"):
+        theirs = theirs.detach().numpy()
+    theirs = np.asarray(theirs)
+    assert np.shape(ours) == theirs.shape, f"{name}: shape {np.shape(ours)} != {theirs.shape}"
+    assert np.abs(theirs).max() > 0, f"{name}: reference is all zeros, the comparison would prove nothing"
+    err = rel_error(ours, theirs)
+    assert err < tol, f"{name}: relative error {err:.2e}"
