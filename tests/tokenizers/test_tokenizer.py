@@ -254,3 +254,13 @@ def test_errors_raised_while_reading_the_corpus_pass_through(kind):
 
     with pytest.raises(DataError, match="corpus.txt is not UTF-8"):
         Tokenizer.train(kind, texts())
+
+
+def test_char_fast_path_gives_the_library_ids():
+    corpus = "Hello, world!\n\t你好 🎉👩‍👩‍👧 code()\n"
+    tok = Tokenizer.train("char", [corpus])
+    samples = [corpus, "unseen ✓ chars ż and ß", "", "text with <|eos|> markup", "\n\n  indented", "🎉" * 5]
+    for text in samples:
+        assert tok.encode(text) == tok.hf.encode(text, add_special_tokens=False).ids, text
+    assert tok.encode_batch(samples) == [e.ids for e in tok.hf.encode_batch(samples, add_special_tokens=False)]
+    assert tok.unk_id in tok.encode("ż")

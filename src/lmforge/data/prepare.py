@@ -297,11 +297,7 @@ class _Encoder:
         self.eos = eos_id
         self.progress = progress
         self.task = task
-        fast = getattr(tok.hf, "encode_batch_fast", None)  # no character offsets: less time and memory
-        if fast is not None:
-            self._encode = lambda texts: [e.ids for e in fast(texts, add_special_tokens=False)]
-        else:
-            self._encode = tok.encode_batch
+        self._encode = tok.encode_batch
         self.items: list[tuple[str, str, bool]] = []  # (split, text, eos after it)
         self.batch_bytes = 0
         self.stats = {s: {"documents": 0, "bytes": 0} for s in writers}

