@@ -22,7 +22,7 @@ class LM:
         self.tokenizer = tokenizer
         self.config = config
         self.path = path
-        self.device = next(model.parameters()).device
+        self.device = next(model.parameters(), torch.empty(0)).device  # table models have no parameters
         self.amp_dtype = autocast_dtype(self.device, "auto")
 
     @classmethod

@@ -32,7 +32,7 @@ def describe(target: str, overrides: list[str] | None = None) -> dict:
 
     from lmforge.config import build_run_config
     from lmforge.errors import ConfigError
-    from lmforge.models.registry import PRESETS, build_model
+    from lmforge.models.registry import PRESETS, build_model, is_statistical
 
     info: dict = {}
     if Path(target).exists():
@@ -51,7 +51,12 @@ def describe(target: str, overrides: list[str] | None = None) -> dict:
         info["source"] = f"preset {target}"
     else:
         raise ConfigError(f"{target} is neither a checkpoint path nor a preset ({', '.join(PRESETS)})")
-    model = build_model(arch, model_cfg)
+    if is_statistical(arch) and "source" in info and Path(target).exists():
+        from lmforge.train.checkpoint import load_checkpoint
+
+        model = load_checkpoint(target)[0]  # its size is the fitted tables
+    else:
+        model = build_model(arch, model_cfg)
     flops = model.flops_per_token()
     info.update(
         arch=arch,
@@ -70,11 +75,19 @@ def run(args) -> int:
         return 0
     m = info["model"]
     print(f"{info['source']}: {info['arch']}, {info['params']:,} parameters")
+    if "order" in m:
+        print(f"  {m['order']}-gram, interpolated modified Kneser-Ney, vocab {m['vocab_size']}")
+    else:
+        _print_transformer(info)
+    if info.get("metrics"):
+        print(f"  step {info['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in info["metrics"].items()))
+    return 0
+
+
+def _print_transformer(info: dict) -> None:
+    m = info["model"]
     print(f"  {m['n_layer']} layers x {m['n_embd']} wide, {m['n_head']} heads"
           f"{' (' + str(m['n_kv_head']) + ' kv)' if m.get('n_kv_head') else ''}, context {m['block_size']}, "
           f"vocab {m['vocab_size']}, {m['position']} positions, {m['norm']}, {m['activation']}")
     print(f"  FLOPs per token: {info['forward_flops_per_token']:,} forward, "
           f"{info['flops_per_token']:,} training (forward + backward)")
-    if info.get("metrics"):
-        print(f"  step {info['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in info["metrics"].items()))
-    return 0

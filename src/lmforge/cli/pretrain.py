@@ -9,6 +9,7 @@ EXAMPLES = """\
   lmforge pretrain --data data --out run --config configs/shakespeare-char.yaml --optim.lr 3e-4
   lmforge pretrain --data data --out run --preset llama-tiny --max-minutes 10 --train.batch_size 16
   lmforge pretrain --data data --out run --resume           # continue exactly where it stopped
+  lmforge pretrain --data data --out ngram --arch ngram --model.order 5   # a Kneser-Ney 5-gram, one counting pass
 
 Any config key can be overridden with --section.key VALUE (sections: model, optim, train), e.g.
   --model.n_layer 4 --model.n_head 4 --model.n_embd 128 --model.block_size 64 --model.dropout 0
@@ -71,8 +72,11 @@ def run(args) -> int:
     if args.json:
         print_json(summary)
     else:
-        print(f"trained {result.step} steps ({result.tokens:,} tokens, {result.tokens_per_s:,.0f} tokens/s, "
-              f"{result.seconds:.0f}s; stopped by {result.stop_reason})")
+        if result.stop_reason == "fitted":
+            print(f"fitted on {result.tokens:,} tokens in {result.seconds:.1f}s ({result.tokens_per_s:,.0f} tokens/s)")
+        else:
+            print(f"trained {result.step} steps ({result.tokens:,} tokens, {result.tokens_per_s:,.0f} tokens/s, "
+                  f"{result.seconds:.0f}s; stopped by {result.stop_reason})")
         if result.metrics:
             m = result.metrics
             print(f"validation: loss {m['val_loss']:.4f}  perplexity {m['val_perplexity']:.2f}  "

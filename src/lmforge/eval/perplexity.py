@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,6 +97,10 @@ def evaluate(
             )
         if shards.tokens < 2:
             raise DataError(f"the {split} split of {data} has fewer than 2 tokens")
+        if hasattr(lm.model, "score_stream"):  # n-gram: score the stream with full sentence contexts
+            stream = np.concatenate([np.asarray(a) for a in shards.arrays])[:max_tokens]
+            nats, count = lm.model.score_stream(stream)
+            return summarize(nats, count, shards.bytes * count / shards.tokens)
         nats, count = sum_nll(lm.model, shards.windows(block, batch_size, max_tokens), lm.device, lm.amp_dtype)
         # Bytes in proportion to the tokens scored: exact for a full sweep, an estimate for a partial one.
         return summarize(nats, count, shards.bytes * count / shards.tokens)
@@ -107,6 +112,12 @@ def evaluate(
         raise DataError(f"{data} is not UTF-8 text") from None
     if not text:
         raise DataError(f"{data} is empty")
+    if hasattr(lm.model, "score_stream"):
+        ids = lm.tokenizer.encode(text)[:max_tokens]
+        nats, count = lm.model.score_stream(np.array(ids, dtype=np.int64))
+        if max_tokens is not None and max_tokens < len(ids):
+            text = lm.tokenizer.decode(ids)
+        return summarize(nats, count, len(text.encode("utf-8")))
     ids = lm.tokenizer.encode(text)
     # Start from an end-of-sequence token so the first real token is scored too, as in the training stream.
     if lm.tokenizer.eos_id is not None:

@@ -76,8 +76,11 @@ def generate_tokens(
     block = model.config.block_size
     seq = prompt
     cache, pos = None, 0
+    use_cache = use_cache and hasattr(model, "new_cache")
     for _ in range(params.max_new_tokens):
-        if use_cache:
+        if hasattr(model, "next_token_logits"):  # models that predict from the sequence directly (n-gram)
+            logits = model.next_token_logits(seq)
+        elif use_cache:
             if cache is None or pos >= block:
                 window = seq[:, -block:] if cache is None else seq[:, -max(1, block // 2) :]
                 cache = model.new_cache(seq.shape[0])

@@ -10,6 +10,7 @@ from lmforge.errors import ConfigError
 # arch -> (module, config class, model class)
 ARCHITECTURES = {
     "gpt": ("lmforge.models.gpt", "GPTConfig", "GPT"),
+    "ngram": ("lmforge.models.ngram_model", "NGramConfig", "NGram"),
 }
 
 # GPT-2 style: learned positions, LayerNorm, GELU, biases.  Llama style: RoPE, RMSNorm, SwiGLU, GQA, no biases.
@@ -63,6 +64,11 @@ def get_preset(name: str) -> tuple[str, dict]:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     arch, values, _ = PRESETS[name]
     return arch, dict(values)
+
+
+def is_statistical(arch: str) -> bool:
+    """Fitted by counting in one pass (n-gram) instead of by the gradient loop."""
+    return getattr(model_config_class(arch), "statistical", False)
 
 
 def build_model(arch: str, config):

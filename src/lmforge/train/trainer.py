@@ -27,7 +27,7 @@ from lmforge.data.shards import TokenShards, read_manifest
 from lmforge.device import autocast, autocast_dtype, pick_device
 from lmforge.errors import CheckpointError, ConfigError, TokenizerError, TrainingError
 from lmforge.eval.perplexity import sum_nll, summarize
-from lmforge.models.registry import build_model
+from lmforge.models.registry import build_model, is_statistical
 from lmforge.tokenizers import Tokenizer
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.objectives import CausalLM
@@ -77,6 +77,8 @@ def pretrain(
             raise CheckpointError(f"{run_dir} has no checkpoint to resume from; start without --resume")
         latest = ckpt.resolve_checkpoint(run_dir)
         saved = ckpt.read_config(latest)
+        if is_statistical(saved["arch"]):
+            raise ConfigError(f"a {saved['arch']} model is fitted in one pass; there is nothing to resume")
         if any(k.startswith("model.") for k in overrides) or preset or arch or config:
             raise ConfigError("a resumed run keeps its model and config; only optim.* and train.* overrides apply")
         cfg = build_run_config(base=saved["run"], overrides=overrides)
@@ -84,7 +86,20 @@ def pretrain(
     if existing or ckpt.pointed(run_dir, "latest") is not None:
         raise CheckpointError(f"{run_dir} already holds checkpoints; pass --resume to continue, or choose another --out")
     cfg = build_run_config(arch=arch, preset=preset, config_file=config, overrides=overrides)
+    if is_statistical(cfg.arch):
+        from lmforge.train.statistical import fit_statistical
+
+        return fit_statistical(cfg, Path(data), run_dir, progress=progress)
     return Trainer(cfg, data, run_dir, progress=progress).run()
+
+
+def load_prepared(data_dir: Path) -> tuple[dict, Tokenizer]:
+    """The manifest and tokenizer of a prepared data directory, checked against each other."""
+    manifest = read_manifest(data_dir)
+    tokenizer = Tokenizer.load(Path(data_dir) / "tokenizer.json")
+    if tokenizer.sha256() != manifest["tokenizer"]["sha256"]:
+        raise TokenizerError(f"{data_dir}/tokenizer.json does not match its manifest; prepare the data again")
+    return manifest, tokenizer
 
 
 class Trainer:
@@ -97,10 +112,7 @@ class Trainer:
         resume_from: Path | None = None,
     ):
         self.cfg, self.run_dir, self.data_dir = cfg, Path(run_dir), Path(data)
-        self.manifest = read_manifest(self.data_dir)
-        self.tokenizer = Tokenizer.load(self.data_dir / "tokenizer.json")
-        if self.tokenizer.sha256() != self.manifest["tokenizer"]["sha256"]:
-            raise TokenizerError(f"{self.data_dir}/tokenizer.json does not match its manifest; prepare the data again")
+        self.manifest, self.tokenizer = load_prepared(self.data_dir)
         if resume_from is not None:
             saved_sha = ckpt.read_config(resume_from)["tokenizer"]["sha256"]
             if saved_sha != self.tokenizer.sha256():
