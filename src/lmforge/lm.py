@@ -94,13 +94,15 @@ class LM:
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
         out: list[int] = []
         emitted = ""
+        # Word-level tokenizers decode words joined by spaces: the continuation needs one after the prompt.
+        sep = " " if self.tokenizer.kind == "word" and prompt and not prompt[-1].isspace() else ""
         hold = max((len(s) for s in stops), default=1) - 1
         for tok in generate_tokens(self.model, x, params, generator, use_cache):
             t = int(tok[0])
             if t == self.tokenizer.eos_id:
                 break
             out.append(t)
-            text = self.tokenizer.decode(out)
+            text = sep + self.tokenizer.decode(out)
             cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
             if cut >= 0:
                 if cut > len(emitted):
@@ -113,7 +115,7 @@ class LM:
             if ready > len(emitted):
                 yield text[len(emitted) : ready]
                 emitted = text[:ready]
-        text = self.tokenizer.decode(out)
+        text = sep + self.tokenizer.decode(out) if out else ""
         if len(text) > len(emitted):
             yield text[len(emitted) :]
 

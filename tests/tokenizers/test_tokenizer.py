@@ -45,8 +45,13 @@ def unigram() -> Tokenizer:
 
 
 @pytest.fixture(scope="module")
-def all_kinds(bpe, char, wordpiece, unigram) -> dict[str, Tokenizer]:
-    return {"bpe": bpe, "char": char, "wordpiece": wordpiece, "unigram": unigram}
+def word() -> Tokenizer:
+    return Tokenizer.train("word", ENGLISH_CORPUS, vocab_size=40)
+
+
+@pytest.fixture(scope="module")
+def all_kinds(bpe, char, wordpiece, unigram, word) -> dict[str, Tokenizer]:
+    return {"bpe": bpe, "char": char, "wordpiece": wordpiece, "unigram": unigram, "word": word}
 
 
 # ---- round trips ----------------------------------------------------------------------------------
@@ -264,3 +269,14 @@ def test_char_fast_path_gives_the_library_ids():
         assert tok.encode(text) == tok.hf.encode(text, add_special_tokens=False).ids, text
     assert tok.encode_batch(samples) == [e.ids for e in tok.hf.encode_batch(samples, add_special_tokens=False)]
     assert tok.unk_id in tok.encode("ż")
+
+
+def test_word_tokenizer_caps_the_vocabulary_with_unk():
+    text = "the cat sat on the mat\nthe dog sat\n"
+    tok = Tokenizer.train("word", [text], vocab_size=len(SPECIAL_TOKENS) + 2)  # keeps "the" (3x) and "sat" (2x)
+    assert tok.kind == "word" and tok.vocab_size == len(SPECIAL_TOKENS) + 2
+    ids = tok.encode("the cat sat on a mat")
+    assert ids[0] == tok.token_to_id("the") and ids[2] == tok.token_to_id("sat")
+    assert ids[1] == tok.unk_id and ids[4] == tok.unk_id  # "cat" fell under the cap, "a" was never seen
+    assert tok.decode(tok.encode("the  sat\nthe")) == "the sat the"
+    assert Tokenizer.from_str(tok.to_str()).kind == "word"

@@ -59,3 +59,14 @@ def test_ngram_cli_and_errors(ngram_run, char_data, tmp_path, capsys):
     assert code == 2 and "model.order must be >= 1" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="nothing to resume"):
         lmforge.pretrain(char_data, run, resume=True, progress=False)
+
+
+def test_word_level_ngram_from_prepare_to_generate(corpus_dir, tmp_path):
+    data = tmp_path / "words"
+    manifest = lmforge.prepare([str(corpus_dir)], str(data), tokenizer="word", doc_split="line", progress=False)
+    assert manifest["tokenizer"]["kind"] == "word"
+    lmforge.pretrain(data, tmp_path / "run", arch="ngram", overrides={"model.order": 3}, progress=False)
+    lm = lmforge.load(tmp_path / "run")
+    completion = lm.generate("alice sees", max_new_tokens=4, temperature=0)
+    assert completion.startswith(" ") and len(completion.split()) == 4  # words, spaced after the prompt
+    assert lm.evaluate(data)["perplexity"] < 20  # the synthetic sentences are very regular

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from lmforge.errors import LmforgeError, TokenizerError
 
-KINDS = ("bpe", "wordpiece", "unigram", "char")
+KINDS = ("bpe", "wordpiece", "unigram", "char", "word")
 
 # The special tokens lmforge adds to every tokenizer it trains, by role, in id order.
 SPECIAL_TOKENS = {
@@ -33,7 +33,7 @@ ROLE_ALIASES = {
     "mask": ["<|mask|>", "[MASK]", "<mask>"],
 }
 
-DEFAULT_VOCAB_SIZE = {"bpe": 8192, "wordpiece": 8192, "unigram": 8192, "char": None}
+DEFAULT_VOCAB_SIZE = {"bpe": 8192, "wordpiece": 8192, "unigram": 8192, "char": None, "word": None}
 
 # Byte-level BPE starts from all 256 byte symbols, so its vocabulary can never be smaller than this.
 MIN_BPE_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
@@ -59,6 +59,17 @@ def _settled(hf: HFTokenizer) -> HFTokenizer:
             return loaded
         text = again
     return HFTokenizer.from_str(text)
+
+
+def _word_tokenizer(words: list[str]) -> HFTokenizer:
+    """Whitespace-separated words, the classic word-level LM set-up (PTB, WikiText); the rest map to <|unk|>."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tok = HFTokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk"]))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # decoding joins the words with single spaces
+    tok.add_special_tokens(list(SPECIAL_TOKENS.values()))
+    return tok
 
 
 def _char_tokenizer(chars: list[str]) -> HFTokenizer:
@@ -160,6 +171,17 @@ class Tokenizer:
             if vocab_size is not None:
                 ranked = ranked[: vocab_size - len(SPECIAL_TOKENS)]
             return cls(_settled(_char_tokenizer(sorted(ranked))))
+        if kind == "word":
+            words: collections.Counter[str] = collections.Counter()
+            for text in texts:
+                words.update(text.split())
+            if not words:
+                raise TokenizerError("cannot train a tokenizer on an empty corpus")
+            # Most frequent first (ties by spelling): a capped vocabulary keeps the common words, the rest is <|unk|>.
+            ranked = sorted(words, key=lambda w: (-words[w], w))
+            if vocab_size is not None:
+                ranked = ranked[: vocab_size - len(SPECIAL_TOKENS)]
+            return cls(_settled(_word_tokenizer(ranked)))
         vocab_size = vocab_size or DEFAULT_VOCAB_SIZE[kind]
         hf, trainer = _subword_tokenizer(kind, vocab_size, min_frequency)
         seen = [0]
@@ -223,7 +245,9 @@ class Tokenizer:
     @property
     def kind(self) -> str:
         model = type(self.hf.model).__name__
-        return {"BPE": "bpe", "WordPiece": "wordpiece", "Unigram": "unigram", "WordLevel": "char"}.get(model, model)
+        if model == "WordLevel":
+            return "word" if type(self.hf.pre_tokenizer).__name__ == "WhitespaceSplit" else "char"
+        return {"BPE": "bpe", "WordPiece": "wordpiece", "Unigram": "unigram"}.get(model, model)
 
     @property
     def vocab_size(self) -> int:

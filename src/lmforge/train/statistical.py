@@ -4,6 +4,7 @@ evaluation, checkpoint folder, `latest`/`best` pointers and metrics.jsonl as a t
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -28,8 +29,8 @@ def fit_statistical(cfg: RunConfig, data_dir: Path, run_dir: Path, progress: boo
     m.bos_id = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
     cfg.validate()
     train = TokenShards(data_dir, "train")
-    say = print if progress else (lambda *a, **k: None)
-    say(f"fitting a {m.order}-gram model on {train.tokens:,} tokens")
+    if progress:
+        print(f"fitting a {m.order}-gram model on {train.tokens:,} tokens", file=sys.stderr, flush=True)
     start = time.perf_counter()
     _, model_cls = _classes(cfg.arch)
     model = model_cls.fit(m, [np.asarray(a) for a in train.arrays])
@@ -41,7 +42,6 @@ def fit_statistical(cfg: RunConfig, data_dir: Path, run_dir: Path, progress: boo
             nats, count = model.score_stream(np.concatenate([np.asarray(a) for a in val.arrays]))
             r = summarize(nats, count, val.bytes)
             metrics = {"val_loss": r["loss"], "val_perplexity": r["perplexity"], "val_bits_per_byte": r["bits_per_byte"]}
-            say(f"validation: loss {r['loss']:.4f}  perplexity {r['perplexity']:.2f}  bits/byte {r['bits_per_byte']:.3f}")
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt.clean_stale(run_dir)
     cfg.save_yaml(run_dir / "config.yaml")
