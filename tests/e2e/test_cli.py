@@ -1,5 +1,6 @@
 """Drive the `lmforge` command as a user would: the lifecycle, Ctrl-C and resume, and every bad input."""
 
+import argparse
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.cli.main import VERB_MODULES, main
+from lmforge.cli.main import build_parser, main
 
 TINY = [
     "--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32", "--model.block_size", "32",
@@ -73,7 +74,14 @@ def test_info_on_presets(capsys):
     assert code == 0 and "parameters" in out and "FLOPs per token" in out
 
 
-@pytest.mark.parametrize("verb", VERB_MODULES)
+VERBS = sorted(next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices)
+
+
+def test_the_lifecycle_verbs_exist():
+    assert {"quickstart", "prepare", "tokenizer", "pretrain", "evaluate", "generate", "info"} <= set(VERBS)
+
+
+@pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_explains_itself(verb, capsys):
     with pytest.raises(SystemExit) as exc:
         main([verb, "--help"])

@@ -70,3 +70,27 @@ def test_word_level_ngram_from_prepare_to_generate(corpus_dir, tmp_path):
     completion = lm.generate("alice sees", max_new_tokens=4, temperature=0)
     assert completion.startswith(" ") and len(completion.split()) == 4  # words, spaced after the prompt
     assert lm.evaluate(data)["perplexity"] < 20  # the synthetic sentences are very regular
+
+
+def test_arpa_export_and_import_keep_the_scores(ngram_run, char_data, corpus_dir, tmp_path, capsys):
+    data = tmp_path / "words"
+    lmforge.prepare([str(corpus_dir)], str(data), tokenizer="word", doc_split="line", progress=False)
+    lmforge.pretrain(data, tmp_path / "run", arch="ngram", overrides={"model.order": 3}, progress=False)
+    arpa = tmp_path / "m.arpa"
+    assert main(["export-arpa", str(tmp_path / "run"), str(arpa)]) == 0
+    assert arpa.read_text().lstrip().splitlines()[0].startswith(("#", "\\data\\"))
+    assert main(["import-arpa", str(arpa), "--out", str(tmp_path / "imported")]) == 0
+    capsys.readouterr()
+    original = lmforge.load(tmp_path / "run")
+    imported = lmforge.load(tmp_path / "imported")
+    text = tmp_path / "t.txt"
+    text.write_text("alice sees bob at 3 o'clock.\ncarol meets zed at 9 o'clock.\n")
+    assert imported.evaluate(text)["loss"] == pytest.approx(original.evaluate(text)["loss"], abs=1e-4)
+    # Character-level models export too: whitespace characters get code-point names.
+    run, _ = ngram_run
+    assert main(["export-arpa", str(run), str(tmp_path / "char.arpa")]) == 0
+    assert "<U+0020>" in (tmp_path / "char.arpa").read_text()
+    bad = tmp_path / "bad.arpa"
+    bad.write_text("\\data\\\nngram 1=2\n\n\\1-grams:\n-0.5\t</s>\n")
+    assert main(["import-arpa", str(bad), "--out", str(tmp_path / "bad")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

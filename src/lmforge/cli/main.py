@@ -19,6 +19,7 @@ VERB_MODULES = [
     "evaluate",
     "generate",
     "info",
+    "arpa",
 ]
 
 DESCRIPTION = """\
@@ -31,6 +32,7 @@ The lifecycle, one verb per stage:
   evaluate    loss, perplexity and bits per byte of a checkpoint
   generate    sample text from a checkpoint
   info        parameters and FLOPs of a checkpoint or preset
+  export-arpa / import-arpa   n-gram models to and from KenLM/SRILM's ARPA format
   quickstart  all of the above on a built-in corpus, in about 5 minutes
 """
 
