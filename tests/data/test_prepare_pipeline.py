@@ -431,3 +431,22 @@ def test_tokens_do_not_depend_on_how_a_long_document_is_cut(tmp_path, monkeypatc
         ids[name] = split_ids(tmp_path / name, "train").tolist()
     assert ids["cut"] == ids["whole"]
     assert ids["whole"][: len(expected) + 1] == [*expected, tok.eos_id]
+
+
+def test_val_inputs_are_the_validation_split(tmp_path):
+    from lmforge.data.prepare import prepare
+
+    train = tmp_path / "train.txt"
+    train.write_text("a b c\nb c d\na b c\n")
+    valid = tmp_path / "valid.txt"
+    valid.write_text("c d e\na b c\n")
+    manifest = prepare([str(train)], str(tmp_path / "d"), tokenizer="word", doc_split="line", dedup=False,
+                       val_inputs=[str(valid)], progress=False)
+    splits = manifest["splits"]
+    assert (splits["train"]["documents"], splits["val"]["documents"]) == (3, 2)
+    assert splits["val"]["bytes"] == len("c d ea b c")  # each line's text, its newline is the document boundary
+    assert [s.get("val", False) for s in manifest["sources"]] == [False, True]
+    from lmforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--split tail"):
+        prepare([str(train)], str(tmp_path / "e"), val_inputs=[str(valid)], split="tail", progress=False)

@@ -26,6 +26,7 @@ EXAMPLES = """\
   lmforge prepare pages/ --out data --html on --normalize NFKC
   lmforge prepare news_zh.txt --out data-zh --segment --stopwords zh --doc-split line
   cat notes.txt | lmforge prepare - --out data --tokenizer other-data/tokenizer.json
+  lmforge prepare ptb.train.txt --val ptb.valid.txt --out ptb --tokenizer word --doc-split line --no-dedup
 """
 
 
@@ -72,6 +73,9 @@ def register(subparsers) -> None:
         default="file",
         help="what a document is in text files and stdin: a whole file, a blank-line separated paragraph, or a line",
     )
+    p.add_argument("--val", action="append", metavar="INPUT",
+                   help="use this input as the validation split instead of holding out --val-fraction of the "
+                   "inputs (repeatable), e.g. a benchmark's own validation file")
     p.add_argument("--html", choices=["auto", "on", "off"], default="auto",
                    help="HTML to text: auto parses .html/.htm files and text that looks like HTML")  # fmt: skip
     p.add_argument("--normalize", choices=["NFC", "NFKC", "NFD", "NFKD", "none"], default="NFC",
@@ -142,6 +146,7 @@ def run(args) -> int:
         tokenizer_train_bytes=args.tokenizer_train_bytes,
         overwrite=args.overwrite,
         progress=True,
+        val_inputs=args.val,
     )
     if args.json:
         print_json(manifest)

@@ -13,6 +13,7 @@ any error removes the temporary folder, so a DATA_DIR either is complete or does
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -160,6 +161,8 @@ class _Pass1:
         self.documents = 0
 
     def _start(self, source: Source) -> None:
+        # With --val files the split is given: their documents are val, every other one is train.
+        self.forced_val = source.val if self.opts["val_inputs"] else None
         self.doc = self.cleaner.document(html_source=source.kind == "html")
         self.hash = self._hash0.copy()
         self.minhash = self.near.new() if self.near else None
@@ -214,6 +217,8 @@ class _Pass1:
         self._write(b"".join(self.buf), last=True)
         self.buf = []
         is_val = int.from_bytes(digest[8:], "big") / 2.0**64 < self.opts["val_fraction"]
+        if self.forced_val is not None:
+            is_val = self.forced_val
         if self.splits_fh is not None:
             self.splits_fh.write(b"\x01" if is_val else b"\x00")
             self.kept["val" if is_val else "train"][0] += 1
@@ -252,7 +257,7 @@ class _Pass1:
                         )
             done += source.size if source.size is not None else seen
             progress.update(task, completed=done, docs=self.documents)
-            per_source.append({"path": source.path, "documents": docs, "bytes": nbytes})
+            per_source.append({"path": source.path, "documents": docs, "bytes": nbytes, **({"val": True} if source.val else {})})
         return per_source
 
 
@@ -501,21 +506,28 @@ def prepare(
     tokenizer_train_bytes: int = 200_000_000,
     overwrite: bool = False,
     progress: bool = True,
+    val_inputs: list[str] | None = None,
 ) -> dict:
     """Clean `inputs`, train (or load) a tokenizer and write train/val token shards into `out`.
 
     Returns the manifest, also written to `out/manifest.json`. See `lmforge prepare --help` for the options.
     `tokenizer` is a kind to train ("char", "bpe", "wordpiece", "unigram") or the path of a tokenizer.json
     (or of a folder holding one) to use as it is; `vocab_size` only matters when training.
+    `val_inputs` (e.g. a benchmark's own validation file) become the validation split as they are, instead of
+    a held-out fraction of `inputs`.
     Raises DataError / TokenizerError / ConfigError (one sentence each) for unusable inputs or options.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     inputs = [os.fspath(i) for i in inputs]
+    val_inputs = [os.fspath(i) for i in val_inputs] if val_inputs else []
+    if val_inputs and split != "doc":
+        raise ConfigError("--val gives the validation split itself; it cannot be combined with --split tail")
     tokenizer = os.fspath(tokenizer)
     opts = _check_options(
         {
             "inputs": inputs,
+            "val_inputs": val_inputs,
             "tokenizer": tokenizer,
             "vocab_size": vocab_size,
             "val_fraction": val_fraction,
@@ -543,6 +555,8 @@ def prepare(
         )
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     sources = expand_inputs(inputs, exclude=[out, tmp])
+    if val_inputs:
+        sources += [dataclasses.replace(s, val=True) for s in expand_inputs(val_inputs, exclude=[out, tmp])]
     if overwrite and out.is_dir():
         out_real = out.resolve()
         for s in sources:

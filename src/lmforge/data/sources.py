@@ -59,6 +59,7 @@ class Source:
     path: str
     kind: str  # "text" | "html" | "json" | "csv" | "parquet" | "stdin"
     size: int | None  # bytes on disk, None for stdin
+    val: bool = False  # given with --val: every document of it goes to the validation split
 
     @property
     def tsv(self) -> bool:
