@@ -176,7 +176,7 @@ def test_every_action_has_a_description_and_examples(action, capsys):
 def _bad_inputs(tmp, corpus, tok):
     (tmp / "broken.json").write_text('{"model": ', encoding="utf-8")
     (tmp / "latin1.txt").write_bytes("caf\xe9 ol\xe9\n".encode("latin-1") * 10)
-    (tmp / "bad.jsonl").write_text('{"text": "fine"}\n{"body": "no text field"}\n', encoding="utf-8")
+    (tmp / "bad.jsonl").write_text('{"body": "no text field"}\n{"body": "nor here"}\n', encoding="utf-8")
     (tmp / "empty.txt").write_text("  \n\n", encoding="utf-8")
     (tmp / "no-text").mkdir()
     (tmp / "no-text" / "x.bin").write_bytes(b"\x00")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from collections.abc import Iterator
@@ -14,8 +13,6 @@ from lmforge.cli.common import add_verb, print_json
 from lmforge.errors import TokenizerError
 
 # Files read from a folder given to `train` (a file named explicitly is read whatever its suffix).
-TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst", ".org", ".tex", ".csv", ".tsv", ".py"}
-JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 CHUNK_CHARS = 1 << 20  # texts are handed to the trainer in pieces of about 1M characters
 
 DESCRIPTION = """\
@@ -159,91 +156,14 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 # ---- reading training text ------------------------------------------------------------------------
 
 
-def _expand_inputs(inputs: list[str]) -> list[Path]:
-    """The files to read: files as given, folders walked recursively (sorted) for text and JSONL files."""
-    files: list[Path] = []
-    for name in inputs:
-        path = Path(name)
-        if path.is_file():
-            files.append(path)
-        elif path.is_dir():
-            found = []
-            for dirpath, dirnames, filenames in os.walk(path):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for f in sorted(filenames):
-                    suffix = Path(f).suffix.lower()
-                    if not f.startswith(".") and (suffix in TEXT_SUFFIXES or suffix in JSONL_SUFFIXES):
-                        found.append(Path(dirpath) / f)
-            if not found:
-                raise TokenizerError(
-                    f"folder {name} has no text files ({', '.join(sorted(TEXT_SUFFIXES | JSONL_SUFFIXES))})"
-                )
-            files.extend(found)
-        elif not path.exists():
-            raise TokenizerError(f"no such file or folder: {name}")
-        else:
-            raise TokenizerError(f"{name} is neither a regular file nor a folder")
-    return files
+def iter_texts(inputs: list[str], text_field: str = "text") -> Iterator[str]:
+    """Stream the texts of files, folders, globs and record files (by `text_field`), in pieces of bounded
+    size, through the same readers as `lmforge prepare`."""
+    from lmforge.data.sources import expand_inputs, iter_pieces
 
-
-def _iter_text_file(path: Path) -> Iterator[str]:
-    """The text of a UTF-8 file in pieces of about CHUNK_CHARS characters, cut after a line."""
-    try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            chunk: list[str] = []
-            size = 0
-            for line in fh:
-                chunk.append(line)
-                size += len(line)
-                if size >= CHUNK_CHARS:
-                    yield "".join(chunk)
-                    chunk, size = [], 0
-            if chunk:
-                yield "".join(chunk)
-    except UnicodeDecodeError as exc:
-        raise TokenizerError(
-            f"{path} is not UTF-8 text (bad byte at offset {exc.start}); convert it to UTF-8"
-        ) from None
-    except OSError as exc:
-        raise TokenizerError(f"cannot read {path} ({exc.strerror or exc})") from None
-
-
-def _iter_jsonl_file(path: Path, field: str) -> Iterator[str]:
-    """The `field` of each record of a JSON Lines file."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TokenizerError(f"{path} line {lineno} is not valid JSON ({exc.msg})") from None
-                if not isinstance(record, dict) or field not in record:
-                    raise TokenizerError(
-                        f"{path} line {lineno} has no {field!r} field; choose the field with --text-field"
-                    )
-                text = record[field]
-                if text is None:
-                    continue
-                if not isinstance(text, str):
-                    raise TokenizerError(f"{path} line {lineno}: field {field!r} is not a string")
-                yield text
-    except UnicodeDecodeError as exc:
-        raise TokenizerError(
-            f"{path} is not UTF-8 text (bad byte at offset {exc.start}); convert it to UTF-8"
-        ) from None
-    except OSError as exc:
-        raise TokenizerError(f"cannot read {path} ({exc.strerror or exc})") from None
-
-
-def iter_texts(files: list[Path], text_field: str = "text") -> Iterator[str]:
-    """Stream the texts of files, one file after the other (JSON Lines records by `text_field`)."""
-    for path in files:
-        if path.suffix.lower() in JSONL_SUFFIXES:
-            yield from _iter_jsonl_file(path, text_field)
-        else:
-            yield from _iter_text_file(path)
+    for source in expand_inputs(inputs):
+        for piece, _ in iter_pieces(source, text_field, "file", "utf-8", CHUNK_CHARS):
+            yield piece
 
 
 # ---- the actions --------------------------------------------------------------------------------
@@ -261,8 +181,10 @@ def run_train(args) -> int:
             raise TokenizerError(f"--vocab-size must be at least {smallest} for a {args.kind} tokenizer")
     if args.min_frequency < 1:
         raise TokenizerError("--min-frequency must be 1 or more")
-    files = _expand_inputs(args.inputs)
-    tok = Tokenizer.train(args.kind, iter_texts(files, args.text_field), args.vocab_size, args.min_frequency)
+    from lmforge.data.sources import expand_inputs
+
+    files = expand_inputs(args.inputs)  # missing or unreadable inputs fail here, before any training
+    tok = Tokenizer.train(args.kind, iter_texts(args.inputs, args.text_field), args.vocab_size, args.min_frequency)
     try:
         path = tok.save(args.out)
     except OSError as exc:
