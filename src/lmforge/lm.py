@@ -65,10 +65,10 @@ class LM:
         if isinstance(prompt, list):
             if stream:
                 raise ConfigError("stream=True takes a single prompt")
-            return [
-                "".join(self._stream(p, params, stops, seed, use_cache)) for p in prompt
-            ]
-        pieces = self._stream(prompt, params, stops, seed, use_cache)
+            ids = [self._prompt_ids(p) for p in prompt]  # every prompt is checked before any work
+            return ["".join(self._stream(p, i, params, stops, seed, use_cache)) for p, i in zip(prompt, ids)]
+        # Checked here, not inside the generator, so a bad prompt fails before anything is streamed.
+        pieces = self._stream(prompt, self._prompt_ids(prompt), params, stops, seed, use_cache)
         return pieces if stream else "".join(pieces)
 
     def _prompt_ids(self, prompt: str) -> list[int]:
@@ -85,9 +85,9 @@ class LM:
         return ids
 
     def _stream(
-        self, prompt: str, params: SamplingParams, stops: list[str], seed: int | None, use_cache: bool
+        self, prompt: str, ids: list[int], params: SamplingParams, stops: list[str], seed: int | None,
+        use_cache: bool,
     ) -> Iterator[str]:
-        ids = self._prompt_ids(prompt)
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)

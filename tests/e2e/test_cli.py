@@ -147,8 +147,9 @@ def test_bad_input_gets_one_error_line_and_exit_2(tmp_path, char_data, corpus_di
         (["info", "no-such-preset"], "neither a checkpoint"),
     ]
     for args, needle in cases:
-        code, _, err = cli(capsys, *args)
+        code, out, err = cli(capsys, *args)
         assert code == 2, (args, err)
+        assert "--quiet" in args or out == "", (args, out)  # nothing half-printed on stdout either
         assert needle.lower() in one_error_line(err).lower(), (args, err)
     assert not (tmp_path / "r5" / "latest").exists()  # the NaN run left no checkpoint behind
 

@@ -69,10 +69,11 @@ def run(args) -> int:
         print_json([{"prompt": p, "completion": c} for p, c in zip(prompts, completions)])
         return 0
     for i, prompt in enumerate(prompts):
+        pieces = lm.generate(prompt, stream=True, **kwargs)  # raises on a bad prompt before printing anything
         if i:
             print("\n" + "-" * 40)
         sys.stdout.write(prompt)
-        for piece in lm.generate(prompt, stream=True, **kwargs):
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
