@@ -58,3 +58,13 @@ def test_bad_yaml_and_unknown_sections(tmp_path):
 
 def test_parse_overrides_accepts_negative_numbers_as_values():
     assert parse_overrides(["--optim.min_lr_ratio", "-0.5"]) == {"optim.min_lr_ratio": "-0.5"}
+
+
+def test_every_shipped_config_resolves():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 4
+    for path in configs:
+        cfg = build_run_config(config_file=path)
+        assert cfg.train.max_steps >= 1, path

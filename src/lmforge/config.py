@@ -36,6 +36,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.1  # cosine/linear decay down to lr * min_lr_ratio
     step_every: int = 1000  # step schedule: multiply lr by step_gamma every step_every steps
     step_gamma: float = 0.5
+    decay_start: int = 0  # step schedule: steps (after warmup) at the full lr before the first decay period
 
     def validate(self) -> None:
         _choice("optim.name", self.name, ("adamw", "sgd"))
@@ -51,6 +52,7 @@ class OptimConfig:
         _range("optim.min_lr_ratio", self.min_lr_ratio, 0, 1)
         _range("optim.step_every", self.step_every, 1, None)
         _range("optim.step_gamma", self.step_gamma, 0, 1)
+        _range("optim.decay_start", self.decay_start, 0, None)
 
 
 @dataclass

@@ -179,6 +179,9 @@ def test_lr_schedules():
     assert lr_at(110, cos, 110) == pytest.approx(0.1)
     step = OptimConfig(lr=1.0, warmup_steps=0, schedule="step", step_every=10, step_gamma=0.5)
     assert [lr_at(s, step, 100) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    # Zaremba et al.: full lr for the first epochs, then a decay every epoch (here 10 steps, decay after 30).
+    zaremba = OptimConfig(lr=1.0, warmup_steps=0, schedule="step", step_every=10, step_gamma=0.5, decay_start=20)
+    assert [lr_at(s, zaremba, 100) for s in (0, 29, 30, 39, 40)] == [1.0, 1.0, 0.5, 0.5, 0.25]
     lin = OptimConfig(lr=1.0, warmup_steps=0, schedule="linear", min_lr_ratio=0.0)
     assert lr_at(50, lin, 100) == pytest.approx(0.5)
     assert math.isclose(lr_at(7, OptimConfig(lr=2.0, warmup_steps=0, schedule="constant"), 10), 2.0)

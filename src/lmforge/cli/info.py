@@ -77,8 +77,11 @@ def run(args) -> int:
     print(f"{info['source']}: {info['arch']}, {info['params']:,} parameters")
     if "order" in m:
         print(f"  {m['order']}-gram, interpolated modified Kneser-Ney, vocab {m['vocab_size']}")
-    else:
+    elif "n_head" in m:
         _print_transformer(info)
+    else:
+        print("  " + ", ".join(f"{k} {v}" for k, v in m.items()))
+        print(f"  FLOPs per token: {info['forward_flops_per_token']:,} forward, {info['flops_per_token']:,} training")
     if info.get("metrics"):
         print(f"  step {info['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in info["metrics"].items()))
     return 0

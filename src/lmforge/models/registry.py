@@ -11,6 +11,9 @@ from lmforge.errors import ConfigError
 ARCHITECTURES = {
     "gpt": ("lmforge.models.gpt", "GPTConfig", "GPT"),
     "ngram": ("lmforge.models.ngram_model", "NGramConfig", "NGram"),
+    "rnn": ("lmforge.models.rnn", "RNNConfig", "RNNLM"),
+    "lstm": ("lmforge.models.rnn", "LSTMConfig", "RNNLM"),
+    "gru": ("lmforge.models.rnn", "GRUConfig", "RNNLM"),
 }
 
 # GPT-2 style: learned positions, LayerNorm, GELU, biases.  Llama style: RoPE, RMSNorm, SwiGLU, GQA, no biases.
@@ -39,6 +42,9 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
         dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, block_size=128, vocab_size=4096, **_LLAMA),
         "Llama-style, 4x128",
     ),
+    # Zaremba et al. 2014 (word-level PTB); train them with configs/zaremba-small.yaml / zaremba-medium.yaml.
+    "zaremba-small": ("lstm", dict(n_embd=200, n_hidden=200, n_layer=2, dropout=0.0, block_size=20), "LSTM 2x200"),
+    "zaremba-medium": ("lstm", dict(n_embd=650, n_hidden=650, n_layer=2, dropout=0.5, block_size=35), "LSTM 2x650"),
     "llama-mini": (
         "gpt",
         dict(n_layer=6, n_head=6, n_kv_head=2, n_embd=384, block_size=256, vocab_size=8192, **_LLAMA),

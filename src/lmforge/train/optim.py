@@ -35,7 +35,7 @@ def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
     if cfg.schedule == "constant":
         return cfg.lr
     if cfg.schedule == "step":
-        return cfg.lr * cfg.step_gamma ** ((step - cfg.warmup_steps) // cfg.step_every)
+        return cfg.lr * cfg.step_gamma ** (max(0, step - cfg.warmup_steps - cfg.decay_start) // cfg.step_every)
     span = max(1, max_steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     min_lr = cfg.lr * cfg.min_lr_ratio

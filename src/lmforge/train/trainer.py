@@ -8,6 +8,7 @@ the checkpoint, so `--resume` reproduces the uninterrupted run's loss curve bit 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from lmforge.eval.perplexity import sum_nll, summarize
 from lmforge.models.registry import build_model, is_statistical
 from lmforge.tokenizers import Tokenizer
 from lmforge.train import checkpoint as ckpt
-from lmforge.train.objectives import CausalLM
+from lmforge.train.objectives import TBPTT, CausalLM
 from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.progress import TrainProgress
 
@@ -130,7 +131,8 @@ class Trainer:
         self.val_data = TokenShards(self.data_dir, "val") if "val" in self.manifest["splits"] else None
         if self.val_data is not None and self.val_data.tokens < 2:
             self.val_data = None
-        self.objective = CausalLM(self.train_data, cfg.model.block_size, t.batch_size)
+        objective = TBPTT if getattr(cfg.model, "stateful", False) else CausalLM
+        self.objective = objective(self.train_data, cfg.model.block_size, t.batch_size)
         self.progress_enabled = progress
         self.resume_from = resume_from
 
@@ -165,6 +167,7 @@ class Trainer:
             "best_val": self.best_val,
             "window": dict(self.window),
             "last_eval": self.last_eval,
+            "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": {
@@ -187,6 +190,7 @@ class Trainer:
         except Exception:
             raise CheckpointError(f"{state_file} is truncated or corrupted; resume from an earlier checkpoint") from None
         self.optimizer.load_state_dict(state["optimizer"])
+        self.objective.load_state_dict(state.get("objective", {}), self.device)
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
         self.best_val, self.window, self.last_eval = state["best_val"], state["window"], state["last_eval"]
@@ -335,8 +339,12 @@ class Trainer:
         if self.val_data is None:
             return
         t = self.cfg.train
-        windows = self.val_data.windows(self.cfg.model.block_size, t.batch_size, t.eval_tokens or None)
-        nats, count = sum_nll(self.model, windows, self.device, self.amp_dtype)
+        if hasattr(self.model, "score_stream"):  # recurrent models read the split in order, state carried
+            stream = np.concatenate([np.asarray(a) for a in self.val_data.arrays])[: (t.eval_tokens or None)]
+            nats, count = self.model.score_stream(stream)
+        else:
+            windows = self.val_data.windows(self.cfg.model.block_size, t.batch_size, t.eval_tokens or None)
+            nats, count = sum_nll(self.model, windows, self.device, self.amp_dtype)
         result = summarize(nats, count, self.val_data.bytes * count / self.val_data.tokens)
         if not math.isfinite(result["loss"]):
             raise TrainingError(
@@ -405,8 +413,8 @@ class Trainer:
         lines = [
             f"# {self.run_dir.name}",
             "",
-            f"A {self.cfg.arch} language model trained with lmforge: {self.model.num_params():,} parameters, "
-            f"{m.n_layer} layers, {m.n_head} heads, width {m.n_embd}, context {m.block_size}, "
+            f"A {self.cfg.arch} language model trained with lmforge: {self.model.num_params():,} parameters "
+            f"({', '.join(f'{k} {v}' for k, v in dataclasses.asdict(m).items() if k != 'vocab_size')}), "
             f"{self.tokenizer.kind} tokenizer with {self.tokenizer.vocab_size} tokens.",
             "",
             "## Data",
