@@ -59,6 +59,7 @@ class LM:
         temperature 0 is greedy decoding. Generation ends at max_new_tokens, at the end-of-sequence token, or
         just before the first stop string. With stream=True (one prompt), yields text pieces as they are made.
         """
+        self._check_generative()
         params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
         params.validate()
         stops = [stop] if isinstance(stop, str) else list(stop or [])
@@ -70,6 +71,36 @@ class LM:
         # Checked here, not inside the generator, so a bad prompt fails before anything is streamed.
         pieces = self._stream(prompt, self._prompt_ids(prompt), params, stops, seed, use_cache)
         return pieces if stream else "".join(pieces)
+
+    def _check_generative(self) -> None:
+        if getattr(self.model.config, "bidirectional", False):
+            raise ConfigError(
+                f"{self.path or 'this model'} is a {self.config.get('arch', 'bidirectional')} encoder: it fills in "
+                "masked tokens but cannot continue text; use fill_mask(), or a gpt/rnn/ngram checkpoint to generate"
+            )
+
+    def fill_mask(self, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """The top_k (token, probability) guesses for each mask token in `text` (a masked-LM encoder only)."""
+        if not getattr(self.model.config, "bidirectional", False):
+            raise ConfigError("fill_mask needs a masked-LM encoder (arch bert); use generate() with this model")
+        mask = self.tokenizer.id_to_token(self.tokenizer.mask_id) if self.tokenizer.mask_id is not None else None
+        if mask is None or mask not in text:
+            raise ConfigError(f"the text has no mask token; write {mask or '<|mask|>'} where a token is missing")
+        ids = self.tokenizer.encode(text)
+        if self.tokenizer.bos_id is not None:
+            ids = [self.tokenizer.bos_id] + ids
+        if len(ids) > self.model.config.block_size:
+            raise ConfigError(
+                f"the text is {len(ids)} tokens long but the model's context is {self.model.config.block_size}"
+            )
+        x = torch.tensor([ids], device=self.device)
+        with torch.no_grad():
+            probs = self.model(x)[0].float().softmax(-1)
+        out = []
+        for pos in (x[0] == self.tokenizer.mask_id).nonzero().flatten().tolist():
+            p, idx = probs[pos].topk(min(top_k, probs.shape[-1]))
+            out.append([(self.tokenizer.decode([i]), float(q)) for i, q in zip(idx.tolist(), p.tolist())])
+        return out
 
     def _prompt_ids(self, prompt: str) -> list[int]:
         ids = self.tokenizer.encode(prompt)

@@ -146,15 +146,16 @@ def _steps_that_fit(data_dir: Path, preset: str, seconds: float, seed: int) -> i
     from lmforge.device import pick_device
     from lmforge.models.registry import build_model
     from lmforge.tokenizers import Tokenizer
-    from lmforge.train.objectives import CausalLM
+    from lmforge.train.objectives import build_objective
     from lmforge.train.optim import build_optimizer
 
     cfg = build_run_config(preset=preset)
-    cfg.model.vocab_size = Tokenizer.load(data_dir).vocab_size
+    tokenizer = Tokenizer.load(data_dir)
+    cfg.model.vocab_size = tokenizer.vocab_size
     device = pick_device(cfg.train.device)
     model = build_model(cfg.arch, cfg.model).to(device)
     opt = build_optimizer(model, cfg.optim, device)
-    objective = CausalLM(TokenShards(data_dir, "train"), cfg.model.block_size, cfg.train.batch_size)
+    objective = build_objective(cfg.model, TokenShards(data_dir, "train"), cfg.train.batch_size, tokenizer)
     gen = torch.Generator().manual_seed(seed)
 
     def step():

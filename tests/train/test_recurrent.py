@@ -1,8 +1,5 @@
 """Recurrent LMs: truncated BPTT with the state carried across batches, exact resume, stream evaluation."""
 
-import json
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -11,18 +8,15 @@ import lmforge
 from lmforge.data.shards import TokenShards
 from lmforge.errors import DataError
 from lmforge.models.registry import build_model
-from lmforge.train import checkpoint as ckpt
+from lmforge.models.rnn import LSTMConfig
 from lmforge.train.objectives import TBPTT
+from tests.runs import assert_resume_is_exact
 
 SMALL = {
     "model.n_embd": 32, "model.n_hidden": 32, "model.n_layer": 2, "model.block_size": 16,
     "train.batch_size": 8, "train.eval_every": 50, "train.eval_tokens": 2000, "train.log_every": 1,
     "train.tensorboard": False, "optim.lr": 2e-2, "optim.warmup_steps": 0,
 }
-
-
-def losses(run):
-    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
 @pytest.mark.parametrize("arch", ["lstm", "gru", "rnn"])
@@ -38,7 +32,7 @@ def test_recurrent_models_learn_below_the_unigram_baseline(arch, char_data, tmp_
 
 def test_tbptt_batches_are_consecutive_and_the_state_is_carried(char_data):
     data = TokenShards(char_data, "train")
-    obj = TBPTT(data, block_size=8, batch_size=3)
+    obj = TBPTT(data, LSTMConfig(block_size=8), batch_size=3)
     stream = np.concatenate([np.asarray(a) for a in data.arrays])
     width = (stream.size - 1) // 3
     x1, y1 = obj.next_batch(None)
@@ -66,16 +60,7 @@ def test_stream_scoring_in_chunks_equals_one_pass():
 
 def test_lstm_resume_is_bit_exact(char_data, tmp_path):
     overrides = dict(SMALL, **{"model.dropout": 0.2, "train.eval_every": 7})
-    lmforge.pretrain(char_data, tmp_path / "full", arch="lstm", overrides=overrides, max_steps=20, progress=False)
-    # The same run stopped after its step-14 checkpoint (later ones removed), then resumed.
-    part = tmp_path / "part"
-    lmforge.pretrain(char_data, part, arch="lstm", overrides=overrides, max_steps=20, progress=False)
-    for step, path in ckpt.list_checkpoints(part):
-        if step > 14:
-            shutil.rmtree(path)
-    ckpt.point(part, "latest", part / "ckpt-0000014")
-    lmforge.pretrain(char_data, part, resume=True, progress=False)
-    assert losses(part) == losses(tmp_path / "full")
+    assert_resume_is_exact(char_data, tmp_path, arch="lstm", overrides=overrides)
 
 
 def test_too_little_data_for_the_streams(char_data, tmp_path):

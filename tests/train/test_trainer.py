@@ -1,6 +1,5 @@
 import json
 import math
-import shutil
 
 import pytest
 import torch
@@ -8,10 +7,7 @@ import torch
 import lmforge
 from lmforge.errors import CheckpointError, ConfigError, DataError, TokenizerError, TrainingError
 from lmforge.train import checkpoint as ckpt
-
-
-def losses(run_dir):
-    return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+from tests.runs import assert_resume_is_exact, losses
 
 
 def test_tiny_model_learns_far_below_the_unigram_baseline(char_data, tmp_path, tiny_overrides):
@@ -27,19 +23,7 @@ def test_tiny_model_learns_far_below_the_unigram_baseline(char_data, tmp_path, t
 
 def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(char_data, tmp_path, tiny_overrides):
     overrides = dict(tiny_overrides, **{"model.dropout": 0.1, "train.eval_every": 7})
-    lmforge.pretrain(char_data, tmp_path / "full", overrides=overrides, max_steps=20, progress=False)
-    lmforge.pretrain(char_data, tmp_path / "part", overrides=overrides, max_steps=20, progress=False)
-    # A run interrupted after its step-14 checkpoint: drop everything after it, then resume.
-    part = tmp_path / "part"
-    for step, path in ckpt.list_checkpoints(part):
-        if step > 14:
-            shutil.rmtree(path)
-    ckpt.point(part, "latest", part / "ckpt-0000014")
-    lmforge.pretrain(char_data, part, resume=True, progress=False)
-    assert losses(part) == losses(tmp_path / "full")  # exact float equality, every step
-    a = lmforge.load(tmp_path / "full").model.state_dict()
-    b = lmforge.load(part).model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_is_exact(char_data, tmp_path, overrides=overrides)
 
 
 def test_gradient_accumulation_equals_the_large_batch(char_data, tmp_path, tiny_overrides):

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from lmforge.errors import ConfigError
-    from lmforge.eval.perplexity import evaluate
+    from lmforge.eval.perplexity import describe_scores, evaluate
 
     if args.batch_size < 1 or (args.max_tokens is not None and args.max_tokens < 1):
         raise ConfigError("--batch-size and --max-tokens must be positive")
@@ -42,6 +42,6 @@ def run(args) -> int:
     if args.json:
         print_json(result)
     else:
-        print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
-              f"bits/byte {result['bits_per_byte']:.4f}  ({result['tokens']:,} tokens, {result['bytes']:,} bytes)")
+        scored = f"{result['tokens']:,} tokens" + (f", {result['bytes']:,} bytes" if "bytes" in result else "")
+        print(f"{describe_scores(result)}  ({scored})")
     return 0

@@ -83,7 +83,7 @@ def run(args) -> int:
         print("  " + ", ".join(f"{k} {v}" for k, v in m.items()))
         print(f"  FLOPs per token: {info['forward_flops_per_token']:,} forward, {info['flops_per_token']:,} training")
     if info.get("metrics"):
-        print(f"  step {info['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in info["metrics"].items()))
+        print(f"  step {info['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in info["metrics"].items() if v is not None))
     return 0
 
 
@@ -91,6 +91,8 @@ def _print_transformer(info: dict) -> None:
     m = info["model"]
     print(f"  {m['n_layer']} layers x {m['n_embd']} wide, {m['n_head']} heads"
           f"{' (' + str(m['n_kv_head']) + ' kv)' if m.get('n_kv_head') else ''}, context {m['block_size']}, "
-          f"vocab {m['vocab_size']}, {m['position']} positions, {m['norm']}, {m['activation']}")
+          f"vocab {m['vocab_size']}, " + (
+              "bidirectional encoder (post-LN, learned positions, GELU, masked-LM head)" if info["arch"] == "bert"
+              else f"{m['position']} positions, {m['norm']}, {m['activation']}"))
     print(f"  FLOPs per token: {info['forward_flops_per_token']:,} forward, "
           f"{info['flops_per_token']:,} training (forward + backward)")

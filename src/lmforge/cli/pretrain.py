@@ -78,8 +78,8 @@ def run(args) -> int:
             print(f"trained {result.step} steps ({result.tokens:,} tokens, {result.tokens_per_s:,.0f} tokens/s, "
                   f"{result.seconds:.0f}s; stopped by {result.stop_reason})")
         if result.metrics:
-            m = result.metrics
-            print(f"validation: loss {m['val_loss']:.4f}  perplexity {m['val_perplexity']:.2f}  "
-                  f"bits/byte {m['val_bits_per_byte']:.3f}")
+            from lmforge.eval.perplexity import describe_scores
+
+            print(f"validation: {describe_scores(result.metrics)}")
         print(f"checkpoints: {result.run_dir}/latest, {result.run_dir}/best")
     return 0

@@ -52,6 +52,17 @@ def summarize(nats: float, tokens: int, n_bytes: float) -> dict:
     }
 
 
+def describe_scores(scores: dict) -> str:
+    """One human line for an evaluation result (evaluate()'s keys, or a run's val_* metrics)."""
+    s = {key.removeprefix("val_"): value for key, value in scores.items()}
+    parts = [f"loss {s['loss']:.4f}", f"perplexity {s['perplexity']:.2f}"]
+    if s.get("masked_accuracy") is not None:
+        parts.append(f"masked-token accuracy {s['masked_accuracy']:.3f}")
+    if s.get("bits_per_byte") is not None:
+        parts.append(f"bits/byte {s['bits_per_byte']:.4f}")
+    return "  ".join(parts)
+
+
 def text_windows(ids: list[int], block_size: int, batch_size: int):
     """Non-overlapping windows over one token sequence, as (inputs, targets) batches."""
     from lmforge.data.shards import _stack
@@ -67,6 +78,32 @@ def text_windows(ids: list[int], block_size: int, batch_size: int):
             xs, ys = [], []
     if xs:
         yield _stack(xs, ys)
+
+
+def is_masked_lm(model: nn.Module) -> bool:
+    return getattr(model.config, "objective", "clm") == "mlm"
+
+
+def evaluate_shards(
+    model: nn.Module, shards, tokenizer, batch_size: int, max_tokens: int | None, device, amp_dtype=None
+) -> dict:
+    """The scores of one split of a data directory, the way the model's family is scored.
+
+    Causal models: every token predicted from the ones before it (non-overlapping windows); recurrent and n-gram
+    models: the split read in order as one stream; masked LMs: masked-token loss and accuracy (objectives.MaskedLM).
+    """
+    if is_masked_lm(model):
+        from lmforge.eval.masked import masked_lm_scores
+
+        body = model.config.block_size - (tokenizer.bos_id is not None)
+        return masked_lm_scores(model, shards.windows(body, batch_size, max_tokens), tokenizer, device, amp_dtype)
+    if hasattr(model, "score_stream"):
+        stream = np.concatenate([np.asarray(a) for a in shards.arrays])[:max_tokens]
+        nats, count = model.score_stream(stream)
+    else:
+        nats, count = sum_nll(model, shards.windows(model.config.block_size, batch_size, max_tokens), device, amp_dtype)
+    # Bytes in proportion to the tokens scored: exact for a full sweep, an estimate for a partial one.
+    return summarize(nats, count, shards.bytes * count / shards.tokens)
 
 
 def evaluate(
@@ -97,13 +134,7 @@ def evaluate(
             )
         if shards.tokens < 2:
             raise DataError(f"the {split} split of {data} has fewer than 2 tokens")
-        if hasattr(lm.model, "score_stream"):  # n-gram: score the stream with full sentence contexts
-            stream = np.concatenate([np.asarray(a) for a in shards.arrays])[:max_tokens]
-            nats, count = lm.model.score_stream(stream)
-            return summarize(nats, count, shards.bytes * count / shards.tokens)
-        nats, count = sum_nll(lm.model, shards.windows(block, batch_size, max_tokens), lm.device, lm.amp_dtype)
-        # Bytes in proportion to the tokens scored: exact for a full sweep, an estimate for a partial one.
-        return summarize(nats, count, shards.bytes * count / shards.tokens)
+        return evaluate_shards(lm.model, shards, lm.tokenizer, batch_size, max_tokens, lm.device, lm.amp_dtype)
     if not path.is_file():
         raise DataError(f"{data} does not exist; give a prepared data directory or a UTF-8 text file")
     try:
@@ -112,6 +143,15 @@ def evaluate(
         raise DataError(f"{data} is not UTF-8 text") from None
     if not text:
         raise DataError(f"{data} is empty")
+    if is_masked_lm(lm.model):
+        from lmforge.eval.masked import masked_lm_scores
+
+        ids = lm.tokenizer.encode(text)[:max_tokens]
+        if not ids:
+            raise DataError(f"{data} has too little text to evaluate")
+        # The windows' inputs are what a masked LM reads; one extra id makes them cover the last real token.
+        windows = text_windows(ids + [ids[-1]], block - (lm.tokenizer.bos_id is not None), batch_size)
+        return masked_lm_scores(lm.model, windows, lm.tokenizer, lm.device, lm.amp_dtype)
     if hasattr(lm.model, "score_stream"):
         ids = lm.tokenizer.encode(text)[:max_tokens]
         nats, count = lm.model.score_stream(np.array(ids, dtype=np.int64))

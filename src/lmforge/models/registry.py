@@ -14,6 +14,7 @@ ARCHITECTURES = {
     "rnn": ("lmforge.models.rnn", "RNNConfig", "RNNLM"),
     "lstm": ("lmforge.models.rnn", "LSTMConfig", "RNNLM"),
     "gru": ("lmforge.models.rnn", "GRUConfig", "RNNLM"),
+    "bert": ("lmforge.models.bert", "BertConfig", "Bert"),
 }
 
 # GPT-2 style: learned positions, LayerNorm, GELU, biases.  Llama style: RoPE, RMSNorm, SwiGLU, GQA, no biases.
@@ -45,6 +46,15 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
     # Zaremba et al. 2014 (word-level PTB); train them with configs/zaremba-small.yaml / zaremba-medium.yaml.
     "zaremba-small": ("lstm", dict(n_embd=200, n_hidden=200, n_layer=2, dropout=0.0, block_size=20), "LSTM 2x200"),
     "zaremba-medium": ("lstm", dict(n_embd=650, n_hidden=650, n_layer=2, dropout=0.5, block_size=35), "LSTM 2x650"),
+    # BERT-style encoders (masked-LM pretraining); bert-base is the original BERT-Base shape.
+    "bert-test": ("bert", dict(n_layer=2, n_head=2, n_embd=48, block_size=64, vocab_size=512), "~0.1M params, for tests"),
+    "bert-tiny": ("bert", dict(n_layer=2, n_head=2, n_embd=128, block_size=128, vocab_size=4096), "Google's BERT-Tiny"),
+    "bert-mini": ("bert", dict(n_layer=4, n_head=4, n_embd=256, block_size=128, vocab_size=8192), "Google's BERT-Mini"),
+    "bert-base": (
+        "bert",
+        dict(n_layer=12, n_head=12, n_embd=768, block_size=512, vocab_size=30522),
+        "the BERT-Base shape (110M)",
+    ),
     "llama-mini": (
         "gpt",
         dict(n_layer=6, n_head=6, n_kv_head=2, n_embd=384, block_size=256, vocab_size=8192, **_LLAMA),

@@ -27,7 +27,7 @@ class RNNConfig:
     tie_embeddings: bool = False  # needs n_embd == n_hidden
     block_size: int = 35  # the truncated-BPTT length
 
-    stateful = True  # trained with carried hidden state (objectives.TBPTT)
+    objective = "tbptt"  # trained with carried hidden state (objectives.TBPTT)
 
     def validate(self) -> None:
         if self.cell not in ("rnn", "lstm", "gru"):

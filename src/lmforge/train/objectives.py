@@ -9,6 +9,7 @@ from torch import nn
 
 from lmforge.data.shards import TokenShards
 from lmforge.errors import DataError
+from lmforge.tokenizers import Tokenizer
 
 IGNORE_INDEX = -100
 
@@ -18,9 +19,9 @@ class CausalLM:
 
     name = "clm"
 
-    def __init__(self, data: TokenShards, block_size: int, batch_size: int):
-        data.check_block_size(block_size)
-        self.data, self.block_size, self.batch_size = data, block_size, batch_size
+    def __init__(self, data: TokenShards, model_cfg, batch_size: int, tokenizer: Tokenizer | None = None):
+        data.check_block_size(model_cfg.block_size)
+        self.data, self.block_size, self.batch_size = data, model_cfg.block_size, batch_size
 
     def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return self.data.sample_batch(self.batch_size, self.block_size, generator)
@@ -55,7 +56,8 @@ class TBPTT:
 
     name = "tbptt"
 
-    def __init__(self, data: TokenShards, block_size: int, batch_size: int):
+    def __init__(self, data: TokenShards, model_cfg, batch_size: int, tokenizer: Tokenizer | None = None):
+        block_size = model_cfg.block_size
         stream = np.concatenate([np.asarray(a) for a in data.arrays])
         width = (stream.size - 1) // batch_size
         if width < block_size + 1:
@@ -101,3 +103,47 @@ class TBPTT:
         if state is not None:
             state = tuple(s.to(device) for s in state) if isinstance(state, tuple) else state.to(device)
         self.state = state
+
+
+class MaskedLM:
+    """BERT-style masked language modelling on random windows of the token stream.
+
+    Each window starts with the beginning-of-sequence token (the position sentence-level heads later read) and is
+    corrupted by `Masker`: mask_prob of the tokens (or whole words) are chosen, 80% replaced by the mask token, 10%
+    by a random token, 10% kept; only the chosen ones are scored.
+    """
+
+    name = "mlm"
+
+    def __init__(self, data: TokenShards, model_cfg, batch_size: int, tokenizer: Tokenizer):
+        from lmforge.train.masking import Masker
+
+        if tokenizer.mask_id is None:
+            raise DataError("masked-LM training needs a tokenizer with a mask token (<|mask|>); prepare the data again")
+        self.bos = tokenizer.bos_id
+        self.body = model_cfg.block_size - (self.bos is not None)
+        data.check_block_size(self.body)
+        self.data, self.batch_size = data, batch_size
+        self.masker = Masker(tokenizer, model_cfg.mask_prob, model_cfg.whole_word_mask)
+
+    def with_bos(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bos is None:
+            return x
+        return torch.cat([torch.full((x.shape[0], 1), self.bos, dtype=x.dtype), x], dim=1)
+
+    def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x, _ = self.data.sample_batch(self.batch_size, self.body, generator)
+        return self.masker(self.with_bos(x), generator)
+
+    count_targets = staticmethod(CausalLM.count_targets)
+    loss_sum = staticmethod(CausalLM.loss_sum)
+    state_dict = CausalLM.state_dict
+    load_state_dict = CausalLM.load_state_dict
+
+
+OBJECTIVES = {"clm": CausalLM, "tbptt": TBPTT, "mlm": MaskedLM}
+
+
+def build_objective(model_cfg, data: TokenShards, batch_size: int, tokenizer: Tokenizer):
+    """The training objective an architecture declares (its config class's `objective`, "clm" by default)."""
+    return OBJECTIVES[getattr(model_cfg, "objective", "clm")](data, model_cfg, batch_size, tokenizer)

@@ -27,11 +27,11 @@ from lmforge.config import RunConfig, build_run_config, parse_overrides
 from lmforge.data.shards import TokenShards, read_manifest
 from lmforge.device import autocast, autocast_dtype, pick_device
 from lmforge.errors import CheckpointError, ConfigError, TokenizerError, TrainingError
-from lmforge.eval.perplexity import sum_nll, summarize
+from lmforge.eval.perplexity import describe_scores, evaluate_shards
 from lmforge.models.registry import build_model, is_statistical
 from lmforge.tokenizers import Tokenizer
 from lmforge.train import checkpoint as ckpt
-from lmforge.train.objectives import TBPTT, CausalLM
+from lmforge.train.objectives import build_objective
 from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.progress import TrainProgress
 
@@ -131,8 +131,7 @@ class Trainer:
         self.val_data = TokenShards(self.data_dir, "val") if "val" in self.manifest["splits"] else None
         if self.val_data is not None and self.val_data.tokens < 2:
             self.val_data = None
-        objective = TBPTT if getattr(cfg.model, "stateful", False) else CausalLM
-        self.objective = objective(self.train_data, cfg.model.block_size, t.batch_size)
+        self.objective = build_objective(cfg.model, self.train_data, t.batch_size, self.tokenizer)
         self.progress_enabled = progress
         self.resume_from = resume_from
 
@@ -339,13 +338,9 @@ class Trainer:
         if self.val_data is None:
             return
         t = self.cfg.train
-        if hasattr(self.model, "score_stream"):  # recurrent models read the split in order, state carried
-            stream = np.concatenate([np.asarray(a) for a in self.val_data.arrays])[: (t.eval_tokens or None)]
-            nats, count = self.model.score_stream(stream)
-        else:
-            windows = self.val_data.windows(self.cfg.model.block_size, t.batch_size, t.eval_tokens or None)
-            nats, count = sum_nll(self.model, windows, self.device, self.amp_dtype)
-        result = summarize(nats, count, self.val_data.bytes * count / self.val_data.tokens)
+        result = evaluate_shards(
+            self.model, self.val_data, self.tokenizer, t.batch_size, t.eval_tokens or None, self.device, self.amp_dtype
+        )
         if not math.isfinite(result["loss"]):
             raise TrainingError(
                 f"the validation loss became {result['loss']} at step {self.step}; lower --optim.lr; "
@@ -356,11 +351,10 @@ class Trainer:
             "val_perplexity": result["perplexity"],
             "val_bits_per_byte": result["bits_per_byte"],
         }
+        if "masked_accuracy" in result:
+            self.last_eval["val_masked_accuracy"] = result["masked_accuracy"]
         self._log({"step": self.step, "tokens": self.tokens, **self.last_eval}, writer)
-        bar.log(
-            f"step {self.step}: val loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
-            f"bits/byte {result['bits_per_byte']:.3f}"
-        )
+        bar.log(f"step {self.step}: {describe_scores(result)}")
 
     def _save(self, bar: TrainProgress) -> None:
         name = f"ckpt-{self.step:07d}"
@@ -396,7 +390,7 @@ class Trainer:
             fh.write(json.dumps(record) + "\n")
         if writer is not None:
             for key, value in record.items():
-                if key not in ("step", "tokens"):
+                if key not in ("step", "tokens") and value is not None:
                     writer.add_scalar(key, value, record["step"])
 
     def _tensorboard(self):
@@ -427,16 +421,9 @@ class Trainer:
         lines += ["", "## Training", "", f"- steps: {self.step:,}; tokens seen: {self.tokens:,}"]
         lines.append(f"- training time: {self.elapsed / 60:.1f} min on {self.device}")
         if self.last_eval:
-            lines += [
-                "",
-                "## Evaluation (validation split)",
-                "",
-                "| loss | perplexity | bits per byte |",
-                "|---|---|---|",
-                f"| {self.last_eval['val_loss']:.4f} | {self.last_eval['val_perplexity']:.2f} | "
-                f"{self.last_eval['val_bits_per_byte']:.3f} |",
-            ]
-        lines += ["", "## Use", "", "```", f"lmforge generate {self.run_dir} --prompt 'Hello'", "```", ""]
+            lines += ["", "## Evaluation (validation split)", "", describe_scores(self.last_eval)]
+        use = "evaluate {} --data DATA" if getattr(self.cfg.model, "bidirectional", False) else "generate {} --prompt 'Hello'"
+        lines += ["", "## Use", "", "```", "lmforge " + use.format(self.run_dir), "```", ""]
         return "\n".join(lines)
 
     # ---- signals -------------------------------------------------------------------------------------

@@ -1,0 +1,168 @@
+"""A BERT-style Transformer encoder, pretrained with masked language modelling.
+
+The layout follows the original BERT (and Hugging Face's `BertModel`) so that BERT-family checkpoints such as MiniLM
+map onto it weight for weight: word + position + token-type embeddings, a LayerNorm after the embeddings, post-LN
+blocks (attention → add → LayerNorm, feed-forward → add → LayerNorm), exact GELU, a pooler (dense + tanh on the
+first token) for sentence-level heads, and an MLM head (dense → GELU → LayerNorm → vocabulary, tied to the word
+embeddings). Attention is bidirectional; padding positions are masked out of every softmax.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.errors import ConfigError
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int = 8192  # set from the tokenizer when training
+    block_size: int = 128  # maximum sequence length (learned positions)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    mlp_hidden: int | None = None  # default: 4 * n_embd
+    dropout: float = 0.1
+    type_vocab_size: int = 2  # segment (sentence A / B) embeddings
+    norm_eps: float = 1e-12
+    tie_embeddings: bool = True
+    # Masked-language-model pretraining (objectives.MaskedLM): which tokens are hidden and how.
+    mask_prob: float = 0.15  # share of tokens selected for prediction
+    whole_word_mask: bool = False  # select whole words (jieba word boundaries; also splits Chinese text)
+
+    objective = "mlm"
+    bidirectional = True  # an encoder: it fills in masked tokens, it does not continue text
+
+    @property
+    def hidden(self) -> int:
+        return self.mlp_hidden or 4 * self.n_embd
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "type_vocab_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not 0 < self.mask_prob < 1:
+            raise ConfigError(f"model.mask_prob must be in (0, 1), got {self.mask_prob}")
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN Transformer encoder block, as in BERT."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv_proj = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.o_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.attn_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.up_proj = nn.Linear(cfg.n_embd, cfg.hidden)
+        self.down_proj = nn.Linear(cfg.hidden, cfg.n_embd)
+        self.mlp_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.dropout = cfg.dropout
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, need_weights: bool = False):
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.qkv_proj(x).split(C, -1))
+        weights = None
+        if need_weights:  # explicit softmax, so the attention map can be returned (interpretability)
+            scores = q @ k.transpose(-2, -1) / math.sqrt(C // self.n_head)
+            if attn_mask is not None:
+                scores = scores.masked_fill(~attn_mask, float("-inf"))
+            weights = scores.softmax(-1)
+            y = weights @ v
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+            )
+        y = y.transpose(1, 2).reshape(B, T, C)
+        x = self.attn_norm(x + self.drop(self.o_proj(y)))
+        h = self.down_proj(F.gelu(self.up_proj(x)))
+        return self.mlp_norm(x + self.drop(h)), weights
+
+
+class Bert(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.type_emb = nn.Embedding(cfg.type_vocab_size, cfg.n_embd)
+        self.emb_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_layer))
+        self.pooler = nn.Linear(cfg.n_embd, cfg.n_embd)
+        # MLM head: transform, then project onto the vocabulary (tied to the word embeddings) with its own bias.
+        self.mlm_dense = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.mlm_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # BERT's initialisation: N(0, 0.02) for every matrix and embedding, zero biases, unit LayerNorm gains.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def encode(
+        self,
+        idx: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ):
+        """Contextual token vectors (B, T, n_embd); with output_attentions, also each layer's (B, H, T, T) map.
+
+        attention_mask (B, T) is 1 for real tokens and 0 for padding, which no token attends to.
+        """
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
+        positions = torch.arange(T, device=idx.device)
+        types = token_type_ids if token_type_ids is not None else torch.zeros_like(idx)
+        x = self.drop(self.emb_norm(self.tok_emb(idx) + self.pos_emb(positions) + self.type_emb(types)))
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): broadcast over heads and queries
+        maps = []
+        for layer in self.layers:
+            x, weights = layer(x, mask, need_weights=output_attentions)
+            maps.append(weights)
+        return (x, maps) if output_attentions else x
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The sentence vector of BERT's classification heads: tanh(dense(first token))."""
+        return torch.tanh(self.pooler(hidden[:, 0]))
+
+    def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.mlm_norm(F.gelu(self.mlm_dense(hidden))))
+
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids=None):
+        """Masked-LM logits (B, T, vocab)."""
+        return self.mlm_logits(self.encode(idx, attention_mask, token_type_ids))
+
+    # ---- accounting ------------------------------------------------------------------------------
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> dict[str, int]:
+        """Matmul FLOPs per token at full length: every weight matrix (the MLM head included) and attention."""
+        cfg = self.config
+        matmul_params = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        matmul_params -= self.pooler.weight.numel()  # used once per sequence, not per token
+        attention = 2 * 2 * cfg.n_layer * cfg.block_size * cfg.n_embd
+        forward = 2 * matmul_params + attention
+        return {"forward": forward, "training": 3 * forward}
