@@ -20,6 +20,7 @@ VERB_MODULES = [
     "generate",
     "info",
     "arpa",
+    "hf",
 ]
 
 DESCRIPTION = """\
@@ -33,6 +34,7 @@ The lifecycle, one verb per stage:
   generate    sample text from a checkpoint
   info        parameters and FLOPs of a checkpoint or preset
   export-arpa / import-arpa   n-gram models to and from KenLM/SRILM's ARPA format
+  import-hf / export-hf       Hugging Face transformers checkpoints in and out
   quickstart  all of the above on a built-in corpus, in about 5 minutes
 """
 

@@ -134,6 +134,11 @@ class Tokenizer:
     """A Hugging Face tokenizer plus the ids of its special-token roles (bos, eos, pad, unk, mask)."""
 
     def __init__(self, hf: HFTokenizer):
+        # lmforge pads and truncates batches itself; a tokenizer.json from elsewhere (e.g. a sentence-transformers
+        # model) may switch both on, which would silently pad every encoded text.
+        if hf.padding is not None or hf.truncation is not None:
+            hf.no_padding()
+            hf.no_truncation()
         self.hf = hf
         self.special_ids: dict[str, int | None] = {}
         for role, names in ROLE_ALIASES.items():

