@@ -73,11 +73,75 @@ class LM:
         return pieces if stream else "".join(pieces)
 
     def _check_generative(self) -> None:
+        if self._is_seq2seq():
+            raise ConfigError(
+                f"{self.path or 'this model'} is an encoder-decoder (seq2seq) that rewrites a source text instead of "
+                "continuing a prompt; use transduce()"
+            )
         if getattr(self.model.config, "bidirectional", False):
             raise ConfigError(
                 f"{self.path or 'this model'} is a {self.config.get('arch', 'bidirectional')} encoder: it fills in "
                 "masked tokens but cannot continue text; use fill_mask(), or a gpt/rnn/ngram checkpoint to generate"
             )
+
+    def _is_seq2seq(self) -> bool:
+        return getattr(self.model.config, "objective", None) == "seq2seq"
+
+    def transduce(
+        self,
+        source: str | list[str],
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        use_cache: bool = True,
+    ) -> str | list[str]:
+        """The decoder's text for `source` (a string, or a list of strings decoded together as one padded batch).
+
+        For encoder-decoders (arch seq2seq). temperature 0 is greedy decoding. The output ends at the
+        end-of-sequence token or after max_new_tokens (default and limit: block_size - 1, the decoder positions
+        left after its start token). Special tokens are kept, so a span-corruption model's answer reads
+        `<|mask|>first span<|mask|>second span`, one span for each mask token of the source, in order.
+        """
+        from lmforge.models.seq2seq import decode_tokens, decoder_start_id
+
+        if not self._is_seq2seq():
+            raise ConfigError("transduce needs an encoder-decoder (arch seq2seq); use generate() with this model")
+        block = self.model.config.block_size
+        limit = block - 1
+        if max_new_tokens is not None and max_new_tokens > limit:
+            raise ConfigError(f"max_new_tokens can be at most {limit} for this model (block_size {block})")
+        params = SamplingParams(limit if max_new_tokens is None else max_new_tokens, temperature, top_k, top_p)
+        params.validate()
+        sources = [source] if isinstance(source, str) else list(source)
+        if not sources:
+            raise ConfigError("transduce needs at least one source text")
+        ids = [self.tokenizer.encode(s) for s in sources]  # every source is checked before any work
+        for i in ids:
+            if not 0 < len(i) <= block:
+                raise ConfigError(f"a source is {len(i)} tokens long; the model reads 1 to {block} tokens")
+        src = torch.full((len(ids), max(map(len, ids), default=0)), self.tokenizer.pad_id or 0, dtype=torch.long)
+        src_mask = torch.zeros(src.shape, dtype=torch.bool)
+        for row, i in enumerate(ids):
+            src[row, : len(i)], src_mask[row, : len(i)] = torch.tensor(i), True
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        eos = self.tokenizer.eos_id
+        out: list[list[int]] = [[] for _ in ids]
+        done = [False] * len(ids)
+        steps = decode_tokens(
+            self.model, src.to(self.device), src_mask.to(self.device), decoder_start_id(self.tokenizer), params,
+            generator, use_cache,
+        )
+        for tokens in steps:
+            for row, t in enumerate(tokens.tolist()):
+                if not done[row]:
+                    done[row] = t == eos
+                    out[row] += [] if done[row] else [t]
+            if all(done):
+                break
+        texts = [self.tokenizer.decode(o, skip_special_tokens=False) for o in out]
+        return texts[0] if isinstance(source, str) else texts
 
     def fill_mask(self, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
         """The top_k (token, probability) guesses for each mask token in `text` (a masked-LM encoder only)."""

@@ -89,10 +89,17 @@ def run(args) -> int:
 
 def _print_transformer(info: dict) -> None:
     m = info["model"]
-    print(f"  {m['n_layer']} layers x {m['n_embd']} wide, {m['n_head']} heads"
+    layers = f"{m['n_layer']}"
+    if info["arch"] == "bert":
+        kind = "bidirectional encoder (post-LN, learned positions, GELU, masked-LM head)"
+    elif info["arch"] == "seq2seq":
+        layers += f" + {m['n_decoder_layer'] or m['n_layer']}"
+        kind = (f"encoder-decoder ({m['norm_position']}-LN, {m['position']} positions, "
+                f"{'shared' if m['share_embeddings'] else 'separate'} embeddings)")
+    else:
+        kind = f"{m['position']} positions, {m['norm']}, {m['activation']}"
+    print(f"  {layers} layers x {m['n_embd']} wide, {m['n_head']} heads"
           f"{' (' + str(m['n_kv_head']) + ' kv)' if m.get('n_kv_head') else ''}, context {m['block_size']}, "
-          f"vocab {m['vocab_size']}, " + (
-              "bidirectional encoder (post-LN, learned positions, GELU, masked-LM head)" if info["arch"] == "bert"
-              else f"{m['position']} positions, {m['norm']}, {m['activation']}"))
+          f"vocab {m['vocab_size']}, {kind}")
     print(f"  FLOPs per token: {info['forward_flops_per_token']:,} forward, "
           f"{info['flops_per_token']:,} training (forward + backward)")

@@ -84,19 +84,72 @@ def is_masked_lm(model: nn.Module) -> bool:
     return getattr(model.config, "objective", "clm") == "mlm"
 
 
+def is_seq2seq(model: nn.Module) -> bool:
+    return getattr(model.config, "objective", "clm") == "seq2seq"
+
+
+@torch.no_grad()
+def seq2seq_scores(
+    model: nn.Module,
+    windows: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    tokenizer,
+    device: torch.device,
+    amp_dtype=None,
+    seed: int = 0,
+) -> dict:
+    """Span-corruption loss of an encoder-decoder over (inputs, targets) windows (objectives.Seq2SeqDenoise).
+
+    Only the inputs are read; the targets mark padding (-100). Each window is corrupted from its own seed, so two
+    evaluations of one model on one split agree whatever their batch size. Perplexity is exp(loss) over the
+    target tokens (hidden spans, their mask tokens and end-of-sequence, without label smoothing): it compares
+    denoisers with each other, not with causal LMs, and bits per byte do not apply.
+    """
+    from lmforge.models.seq2seq import decoder_start_id
+    from lmforge.train.objectives import IGNORE_INDEX, SpanCorruption, collate_pairs, seq2seq_loss_sum
+
+    cfg = model.config
+    corrupt = SpanCorruption(tokenizer.mask_id, tokenizer.eos_id, cfg.noise_density, cfg.mean_span_length)
+    start, pad = decoder_start_id(tokenizer), tokenizer.pad_id or 0
+    generator = torch.Generator()
+    row = 0
+    was_training = model.training
+    model.eval()
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    for x, y in windows:
+        pairs = []
+        for ids, n in zip(x.tolist(), (y != IGNORE_INDEX).sum(1).tolist()):
+            generator.manual_seed(seed * 1_000_003 + row)
+            pairs.append(corrupt(ids[:n], generator))
+            row += 1
+        batch = tuple(t.to(device) for t in collate_pairs(pairs, start, pad))
+        with autocast(device, amp_dtype):
+            nats += seq2seq_loss_sum(model, batch).double()
+        count += int((batch[-1] != IGNORE_INDEX).sum())
+    model.train(was_training)
+    if count == 0:
+        raise DataError("no text to evaluate: the split is empty")
+    loss = float(nats) / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits_per_byte": None, "tokens": count}
+
+
 def evaluate_shards(
     model: nn.Module, shards, tokenizer, batch_size: int, max_tokens: int | None, device, amp_dtype=None
 ) -> dict:
     """The scores of one split of a data directory, the way the model's family is scored.
 
     Causal models: every token predicted from the ones before it (non-overlapping windows); recurrent and n-gram
-    models: the split read in order as one stream; masked LMs: masked-token loss and accuracy (objectives.MaskedLM).
+    models: the split read in order as one stream; masked LMs: masked-token loss and accuracy (objectives.MaskedLM);
+    encoder-decoders: the loss of restoring span-corrupted windows (objectives.Seq2SeqDenoise).
     """
     if is_masked_lm(model):
         from lmforge.eval.masked import masked_lm_scores
 
         body = model.config.block_size - (tokenizer.bos_id is not None)
         return masked_lm_scores(model, shards.windows(body, batch_size, max_tokens), tokenizer, device, amp_dtype)
+    if is_seq2seq(model):
+        windows = shards.windows(model.config.block_size, batch_size, max_tokens)
+        return seq2seq_scores(model, windows, tokenizer, device, amp_dtype)
     if hasattr(model, "score_stream"):
         stream = np.concatenate([np.asarray(a) for a in shards.arrays])[:max_tokens]
         nats, count = model.score_stream(stream)
@@ -152,6 +205,12 @@ def evaluate(
         # The windows' inputs are what a masked LM reads; one extra id makes them cover the last real token.
         windows = text_windows(ids + [ids[-1]], block - (lm.tokenizer.bos_id is not None), batch_size)
         return masked_lm_scores(lm.model, windows, lm.tokenizer, lm.device, lm.amp_dtype)
+    if is_seq2seq(lm.model):
+        ids = lm.tokenizer.encode(text)[:max_tokens]
+        if not ids:
+            raise DataError(f"{data} has too little text to evaluate")
+        windows = text_windows(ids + [ids[-1]], block, batch_size)  # as above: the inputs cover every token
+        return seq2seq_scores(lm.model, windows, lm.tokenizer, lm.device, lm.amp_dtype)
     if hasattr(lm.model, "score_stream"):
         ids = lm.tokenizer.encode(text)[:max_tokens]
         nats, count = lm.model.score_stream(np.array(ids, dtype=np.int64))

@@ -123,3 +123,38 @@ class MLP(nn.Module):
         else:
             h = F.gelu(self.up_proj(x), approximate="tanh")
         return self.dropout(self.down_proj(h))
+
+
+class Attention(nn.Module):
+    """Non-causal multi-head attention of queries over a memory, where a padding mask hides memory positions.
+
+    An encoder's self-attention (the memory is its own input) or a decoder's cross-attention (the memory is the
+    encoder's output). Keys and values come from `keys_values`, so a decoder computes them once per source and
+    reuses them at every decoding step.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool):
+        super().__init__()
+        self.n_head, self.head_dim = n_head, n_embd // n_head
+        self.q_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.kv_proj = nn.Linear(n_embd, 2 * n_embd, bias=bias)
+        self.o_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, H, S, head_dim) of a memory (B, S, C)."""
+        B, S, C = memory.shape
+        k, v = self.kv_proj(memory).split(C, dim=-1)
+        return tuple(t.view(B, S, self.n_head, self.head_dim).transpose(1, 2) for t in (k, v))
+
+    def forward(
+        self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (B, T, C) attends to kv; mask (B, 1, 1, S) is True where a memory position may be attended to."""
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(
+            q, *kv, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.resid_dropout(self.o_proj(y.transpose(1, 2).contiguous().view(B, T, C)))

@@ -15,6 +15,7 @@ ARCHITECTURES = {
     "lstm": ("lmforge.models.rnn", "LSTMConfig", "RNNLM"),
     "gru": ("lmforge.models.rnn", "GRUConfig", "RNNLM"),
     "bert": ("lmforge.models.bert", "BertConfig", "Bert"),
+    "seq2seq": ("lmforge.models.seq2seq", "Seq2SeqConfig", "Seq2Seq"),
 }
 
 # GPT-2 style: learned positions, LayerNorm, GELU, biases.  Llama style: RoPE, RMSNorm, SwiGLU, GQA, no biases.
@@ -59,6 +60,17 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
         "gpt",
         dict(n_layer=6, n_head=6, n_kv_head=2, n_embd=384, block_size=256, vocab_size=8192, **_LLAMA),
         "Llama-style, 6x384",
+    ),
+    # Encoder-decoder Transformers (span-corruption pretraining, or paired text).
+    "seq2seq-test": (
+        "seq2seq",
+        dict(n_layer=2, n_head=2, n_embd=40, block_size=64, vocab_size=512),
+        "2+2 layers, ~0.1M params, for tests",
+    ),
+    "seq2seq-small": (
+        "seq2seq",
+        dict(n_layer=3, n_head=4, n_embd=256, block_size=128, vocab_size=8192),
+        "3+3 layers x 256, a small Multi30k-sized model",
     ),
 }
 

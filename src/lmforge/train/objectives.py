@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.data.shards import TokenShards
-from lmforge.errors import DataError
+from lmforge.errors import ConfigError, DataError
 from lmforge.tokenizers import Tokenizer
 
 IGNORE_INDEX = -100
@@ -141,7 +141,136 @@ class MaskedLM:
     load_state_dict = CausalLM.load_state_dict
 
 
-OBJECTIVES = {"clm": CausalLM, "tbptt": TBPTT, "mlm": MaskedLM}
+def random_segments(n_items: int, n_segments: int, generator: torch.Generator) -> list[int]:
+    """Split n_items into n_segments positive lengths, uniformly over the ways to do so (T5's segmentation)."""
+    if n_segments == 1:
+        return [n_items]
+    cuts = (torch.randperm(n_items - 1, generator=generator)[: n_segments - 1] + 1).sort().values.tolist()
+    bounds = [0, *cuts, n_items]
+    return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+class SpanCorruption:
+    """T5's span corruption of one token sequence, with one mask token instead of T5's numbered sentinels.
+
+    noise_density of the tokens (rounded, at least one) fall into spans of mean_span_length tokens on average;
+    span lengths and the kept stretches between them are drawn at random. Each span becomes one mask token in the
+    source; the target is every span in order, each preceded by the mask token, then end-of-sequence:
+
+        "alice sees bob at 3 o'clock."  ->  source  "alice <M> bob at 3 o'c<M>."
+                                            target  "<M>sees<M>lock<eos>"
+
+    Our tokenizers have a single mask token, so a span is known by its order, not by its sentinel's name. Unlike
+    T5, which always ends on a span, a coin flip decides whether the first span or the first kept stretch comes
+    first, so the last tokens of a window are not always hidden.
+    """
+
+    def __init__(self, mask_id: int, eos_id: int, noise_density: float = 0.15, mean_span_length: float = 3.0):
+        self.mask_id, self.eos_id = mask_id, eos_id
+        self.noise_density, self.mean_span_length = noise_density, mean_span_length
+
+    def counts(self, length: int) -> tuple[int, int]:
+        """(noise tokens, spans) for a sequence of `length` tokens: fixed per length, so batches need no padding."""
+        n_noise = min(max(round(length * self.noise_density), 1), max(length - 1, 1))
+        n_spans = max(round(n_noise / self.mean_span_length), 1)
+        return n_noise, min(n_spans, n_noise, max(length - n_noise, 1))
+
+    def target_length(self, length: int) -> int:
+        n_noise, n_spans = self.counts(length)
+        return n_noise + n_spans + 1
+
+    def __call__(self, ids: list[int], generator: torch.Generator) -> tuple[list[int], list[int]]:
+        """(source, target) token lists for one sequence."""
+        n_noise, n_spans = self.counts(len(ids))
+        noise = random_segments(n_noise, n_spans, generator)
+        keep = random_segments(len(ids) - n_noise, n_spans, generator)
+        noise_first = bool(torch.rand((), generator=generator) < 0.5)
+        source, target, pos = [], [], 0
+        for n_keep, n_span in zip(keep, noise):
+            for n, hidden in ((n_span, True), (n_keep, False)) if noise_first else ((n_keep, False), (n_span, True)):
+                piece = ids[pos : pos + n]
+                pos += n
+                if hidden:
+                    source.append(self.mask_id)
+                    target += [self.mask_id, *piece]
+                else:
+                    source += piece
+        return source, target + [self.eos_id]
+
+
+def collate_pairs(pairs: list[tuple[list[int], list[int]]], start_id: int, pad_id: int) -> tuple[torch.Tensor, ...]:
+    """(source, source mask, decoder input, labels) from (source, target) token lists, padded at the end.
+
+    The decoder reads the target shifted right behind the start token; labels of padding are -100 (ignored).
+    """
+    n, src_len, tgt_len = len(pairs), max(len(s) for s, _ in pairs), max(len(t) for _, t in pairs)
+    src = torch.full((n, src_len), pad_id, dtype=torch.long)
+    src_mask = torch.zeros((n, src_len), dtype=torch.bool)
+    tgt_in = torch.full((n, tgt_len), pad_id, dtype=torch.long)
+    labels = torch.full((n, tgt_len), IGNORE_INDEX, dtype=torch.long)
+    for i, (s, t) in enumerate(pairs):
+        src[i, : len(s)], src_mask[i, : len(s)] = torch.tensor(s, dtype=torch.long), True
+        tgt_in[i, : len(t)] = torch.tensor([start_id, *t[:-1]], dtype=torch.long)
+        labels[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+    return src, src_mask, tgt_in, labels
+
+
+def seq2seq_loss_sum(model: nn.Module, batch: tuple[torch.Tensor, ...], label_smoothing: float = 0.0) -> torch.Tensor:
+    """Summed target-token loss of a collate_pairs batch."""
+    src, src_mask, tgt_in, labels = batch
+    logits = model(src, tgt_in, src_mask)
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+        label_smoothing=label_smoothing,
+    )
+
+
+class Seq2SeqDenoise:
+    """Encoder-decoder pretraining on plain text: T5-style span corruption (SpanCorruption) of random windows.
+
+    The encoder reads a window of block_size tokens with its spans replaced by mask tokens; the decoder writes the
+    hidden spans. Every window draws its spans from the trainer's data generator, so a resumed run is exact.
+    """
+
+    name = "seq2seq"
+
+    def __init__(self, data: TokenShards, model_cfg, batch_size: int, tokenizer: Tokenizer):
+        from lmforge.models.seq2seq import decoder_start_id
+
+        if tokenizer.mask_id is None or tokenizer.eos_id is None:
+            raise DataError("span-corruption training needs a tokenizer with <|mask|> and <|eos|>; prepare the data again")
+        self.corrupt = SpanCorruption(
+            tokenizer.mask_id, tokenizer.eos_id, model_cfg.noise_density, model_cfg.mean_span_length
+        )
+        if self.corrupt.target_length(model_cfg.block_size) > model_cfg.block_size:
+            raise ConfigError(
+                f"model.noise_density {model_cfg.noise_density} makes targets longer than block_size "
+                f"{model_cfg.block_size}; lower the noise density"
+            )
+        data.check_block_size(model_cfg.block_size)
+        self.data, self.block_size, self.batch_size = data, model_cfg.block_size, batch_size
+        self.start_id, self.pad_id = decoder_start_id(tokenizer), tokenizer.pad_id or 0
+        self.label_smoothing = model_cfg.label_smoothing
+
+    def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        x, _ = self.data.sample_batch(self.batch_size, self.block_size, generator)
+        return collate_pairs([self.corrupt(row, generator) for row in x.tolist()], self.start_id, self.pad_id)
+
+    @staticmethod
+    def count_targets(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return (batch[-1] != IGNORE_INDEX).sum()
+
+    def loss_sum(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return seq2seq_loss_sum(model, batch, self.label_smoothing)
+
+    state_dict = CausalLM.state_dict
+    load_state_dict = CausalLM.load_state_dict
+
+
+OBJECTIVES = {"clm": CausalLM, "tbptt": TBPTT, "mlm": MaskedLM, "seq2seq": Seq2SeqDenoise}
 
 
 def build_objective(model_cfg, data: TokenShards, batch_size: int, tokenizer: Tokenizer):

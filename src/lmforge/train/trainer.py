@@ -300,7 +300,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro = [self.objective.next_batch(self.data_gen) for _ in range(t.grad_accum)]
-        micro = [(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)) for x, y in micro]
+        micro = [tuple(x.to(self.device, non_blocking=True) for x in batch) for batch in micro]
         # Normalise by the tokens of the whole accumulated batch, not per micro-batch (transformers PR #34191).
         n_tokens = sum(self.objective.count_targets(b) for b in micro).clamp(min=1)
         total = torch.zeros((), device=self.device)
