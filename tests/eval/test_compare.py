@@ -6,7 +6,7 @@ import math
 import pytest
 
 from lmforge.cli.main import main
-from lmforge.errors import ConfigError
+from lmforge.errors import CheckpointError, ConfigError
 from lmforge.eval.compare import compare
 
 # Tiny models so that a whole comparison takes a few seconds; per-family keys carry the family's name.
@@ -94,3 +94,9 @@ def test_compare_refuses_masked_lms_before_training(char_data, tmp_path, capsys)
 def test_compare_bad_requests(char_data, tmp_path, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         compare(char_data, ["ngram", "gpt"], tmp_path / "r", progress=False, **kwargs)
+
+
+def test_compare_will_not_mix_with_an_earlier_report(char_data, tmp_path):
+    (tmp_path / "r" / "runs" / "gpt").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="already holds a comparison"):
+        compare(char_data, ["ngram"], tmp_path / "r", budget_tokens=100, progress=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmforge.errors import ConfigError
+from lmforge.errors import CheckpointError, ConfigError
 
 # Defaults for a fair small comparison on a CPU: models of a few million parameters (reasonable, not tuned).
 # Under a time budget the number of steps is unknown in advance, so the learning rate stays constant after
@@ -73,6 +73,8 @@ def compare(
         if key.split(".", 1)[0] not in archs:
             raise ConfigError(f"{key} names a family that is not compared here; compare {key.split('.', 1)[0]} too or drop it")
     out = Path(out)
+    if (out / "runs").exists() or (out / "results.json").exists():
+        raise CheckpointError(f"{out} already holds a comparison; choose another --out or remove it")
     plans = {arch: _plan(arch, overrides or {}, presets or {}, budget_minutes, budget_tokens) for arch in archs}
     rows = []
     for arch, (preset, arch_overrides) in plans.items():
