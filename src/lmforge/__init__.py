@@ -32,6 +32,11 @@ def __getattr__(name):
         from lmforge.eval.perplexity import evaluate
 
         return evaluate
+    if name in ("finetune", "pipeline"):
+        from lmforge.tasks import pipeline
+        from lmforge.train import finetune
+
+        return {"finetune": finetune.finetune, "pipeline": pipeline.pipeline}[name]
     if name == "Tokenizer":
         from lmforge.tokenizers import Tokenizer
 
@@ -39,4 +44,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'lmforge' has no attribute {name!r}")
 
 
-__all__ = ["LmforgeError", "prepare", "pretrain", "load", "LM", "evaluate", "Tokenizer", "__version__"]
+__all__ = [
+    "LmforgeError", "prepare", "pretrain", "finetune", "pipeline", "load", "LM", "evaluate", "Tokenizer", "__version__",
+]

@@ -67,6 +67,7 @@ class TrainConfig:
     log_every: int = 10
     save_every: int | None = None  # default: at every evaluation
     keep_last: int = 2  # checkpoints kept besides the best one
+    patience: int | None = None  # early stop after this many evaluations without a better validation score
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16/fp16 on GPUs that support it, fp32 on CPU)
@@ -86,6 +87,8 @@ class TrainConfig:
             _range("train.max_tokens", self.max_tokens, 1, None)
         if self.threads is not None:
             _range("train.threads", self.threads, 1, None)
+        if self.patience is not None:
+            _range("train.patience", self.patience, 0, None)
         _choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
 
 

@@ -73,6 +73,9 @@ class LM:
         return pieces if stream else "".join(pieces)
 
     def _check_generative(self) -> None:
+        if getattr(self.model.config, "objective", None) == "classify":
+            raise ConfigError(f"{self.path or 'this model'} is a fine-tuned classifier: use `lmforge predict` or "
+                              "lmforge.pipeline('text-classification', model=...) instead of generate")
         if self._is_seq2seq():
             raise ConfigError(
                 f"{self.path or 'this model'} is an encoder-decoder (seq2seq) that rewrites a source text instead of "

@@ -8,6 +8,7 @@ EXAMPLES = """\
   lmforge evaluate run --data data                 # the validation split of a prepared data directory
   lmforge evaluate run/best --data notes.txt --json
   lmforge evaluate run --data data --split train --max-tokens 100000
+  lmforge evaluate sst2 --task classify --data sst2/glue_dev.tsv --report sst2-report   # + report.md and plots
 """
 
 
@@ -28,6 +29,13 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, help="score at most this many tokens")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
+    p.add_argument("--task", choices=["lm", "classify", "nli"], default="lm",
+                   help="lm: loss/perplexity/bits per byte; classify, nli: accuracy, P/R/F1, confusion matrix, "
+                   "ROC-AUC of a fine-tuned classifier on a labelled --data file")
+    p.add_argument("--report", help="classify/nli: write metrics.json, report.md and plots to this folder")
+    from lmforge.cli.finetune import add_field_options
+
+    add_field_options(p)
     p.add_argument("--json", action="store_true", help="print JSON (keys: loss, perplexity, bits_per_byte, ...)")
 
 
@@ -37,6 +45,8 @@ def run(args) -> int:
 
     if args.batch_size < 1 or (args.max_tokens is not None and args.max_tokens < 1):
         raise ConfigError("--batch-size and --max-tokens must be positive")
+    if args.task != "lm":
+        return run_classifier(args)
     result = evaluate(args.ckpt, args.data, split=args.split, max_tokens=args.max_tokens,
                       batch_size=args.batch_size, device=args.device)
     if args.json:
@@ -44,4 +54,20 @@ def run(args) -> int:
     else:
         scored = f"{result['tokens']:,} tokens" + (f", {result['bytes']:,} bytes" if "bytes" in result else "")
         print(f"{describe_scores(result)}  ({scored})")
+    return 0
+
+
+def run_classifier(args) -> int:
+    from lmforge.eval.classification import format_metrics
+    from lmforge.tasks.pipeline import evaluate_classifier
+
+    given = {"text": args.text_field, "pair": args.text_pair_field, "label": args.label_field,
+             "label_sep": args.label_sep}
+    scores = evaluate_classifier(args.ckpt, args.data, given, report=args.report, device=args.device)
+    if args.json:
+        print_json(scores)
+    else:
+        print(format_metrics(scores, list(scores["per_class"])))
+        if args.report:
+            print(f"report: {args.report}/report.md")
     return 0

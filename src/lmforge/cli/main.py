@@ -21,6 +21,7 @@ VERB_MODULES = [
     "info",
     "arpa",
     "hf",
+    "finetune",
     "compare",
 ]
 
@@ -36,6 +37,8 @@ The lifecycle, one verb per stage:
   info        parameters and FLOPs of a checkpoint or preset
   export-arpa / import-arpa   n-gram models to and from KenLM/SRILM's ARPA format
   import-hf / export-hf       Hugging Face transformers checkpoints in and out
+  finetune    fine-tune a classifier (text classification, sentiment, NLI) on a labelled file
+  predict     labels with scores from a fine-tuned classifier
   compare     train several families on the same data and budget, side by side
   quickstart  all of the above on a built-in corpus, in about 5 minutes
 """

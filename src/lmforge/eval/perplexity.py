@@ -55,12 +55,10 @@ def summarize(nats: float, tokens: int, n_bytes: float) -> dict:
 def describe_scores(scores: dict) -> str:
     """One human line for an evaluation result (evaluate()'s keys, or a run's val_* metrics)."""
     s = {key.removeprefix("val_"): value for key, value in scores.items()}
-    parts = [f"loss {s['loss']:.4f}", f"perplexity {s['perplexity']:.2f}"]
-    if s.get("masked_accuracy") is not None:
-        parts.append(f"masked-token accuracy {s['masked_accuracy']:.3f}")
-    if s.get("bits_per_byte") is not None:
-        parts.append(f"bits/byte {s['bits_per_byte']:.4f}")
-    return "  ".join(parts)
+    shown = [("loss", "loss", ".4f"), ("perplexity", "perplexity", ".2f"), ("masked_accuracy", "masked-token accuracy", ".3f"),
+             ("bits_per_byte", "bits/byte", ".4f"), ("accuracy", "accuracy", ".4f"), ("macro_f1", "macro-F1", ".4f"),
+             ("f1", "F1", ".4f"), ("exact_match", "exact match", ".4f")]
+    return "  ".join(f"{label} {s[key]:{fmt}}" for key, label, fmt in shown if s.get(key) is not None)
 
 
 def text_windows(ids: list[int], block_size: int, batch_size: int):

@@ -131,7 +131,7 @@ def download_hf(hf_id: str, cache_dir: str | None = None) -> Path:
 def import_hf(hf_dir: str | os.PathLike | None, out: str | os.PathLike, hf_id: str | None = None) -> Path:
     """Convert a local `transformers` checkpoint folder (or a Hub id) into an lmforge checkpoint folder at `out`."""
     from lmforge.models.registry import build_model
-    from lmforge.train.checkpoint import save_checkpoint
+    from lmforge.train.checkpoint import save_checkpoint, tied_aliases
 
     if Path(out).exists():
         raise CheckpointError(f"{out} already exists; choose another --out")
@@ -147,8 +147,8 @@ def import_hf(hf_dir: str | os.PathLike | None, out: str | os.PathLike, hf_id: s
     arch, model_cfg, state = converters[kind](hf, read_hf_weights(folder))
     model = build_model(arch, model_cfg)
     fresh = model.state_dict()
-    tied = getattr(model.config, "tie_embeddings", False)
-    initialised = sorted(k for k in fresh if k not in state and not (tied and k == "lm_head.weight"))
+    tied = tied_aliases(model)
+    initialised = sorted(k for k in fresh if k not in state and k not in tied)
     unknown = sorted(k for k in state if k not in fresh)
     if unknown:
         raise CheckpointError(f"{folder} has weights lmforge cannot place: {', '.join(unknown[:3])}")

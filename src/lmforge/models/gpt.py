@@ -112,8 +112,9 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, pos: int = 0) -> torch.Tensor:
-        """Logits (B, T, vocab) for token ids (B, T) that start at position `pos` (> 0 only with a cache)."""
+    def encode(self, idx: torch.Tensor, cache: KVCache | None = None, pos: int = 0) -> torch.Tensor:
+        """Final hidden states (B, T, n_embd) for token ids (B, T) that start at position `pos` (> 0 only with a
+        cache): what the output layer reads, and what a classification head pools."""
         T = idx.shape[1]
         if pos + T > self.config.block_size:
             raise ValueError(f"sequence of {pos + T} tokens is longer than block_size {self.config.block_size}")
@@ -126,7 +127,11 @@ class GPT(nn.Module):
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, rope, cache, pos)
-        return self.lm_head(self.norm(x))
+        return self.norm(x)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, pos: int = 0) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids (B, T) that start at position `pos` (> 0 only with a cache)."""
+        return self.lm_head(self.encode(idx, cache, pos))
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         cfg = self.config

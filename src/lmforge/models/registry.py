@@ -15,6 +15,7 @@ ARCHITECTURES = {
     "lstm": ("lmforge.models.rnn", "LSTMConfig", "RNNLM"),
     "gru": ("lmforge.models.rnn", "GRUConfig", "RNNLM"),
     "bert": ("lmforge.models.bert", "BertConfig", "Bert"),
+    "classifier": ("lmforge.models.classifier", "ClassifierConfig", "Classifier"),
     "seq2seq": ("lmforge.models.seq2seq", "Seq2SeqConfig", "Seq2Seq"),
 }
 

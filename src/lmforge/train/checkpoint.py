@@ -36,12 +36,22 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def tied_aliases(model: nn.Module) -> set[str]:
+    """State-dict keys that name a tensor an earlier key already holds (tied weights such as an output layer that
+    is the embedding matrix): safetensors stores each tensor once, under its first name."""
+    seen, aliases = set(), set()
+    for key, value in unwrap(model).state_dict(keep_vars=True).items():
+        ident = (value.data_ptr(), tuple(value.shape)) if value.numel() else None
+        if ident is not None and ident in seen:
+            aliases.add(key)
+        seen.add(ident)
+    return aliases
+
+
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     model = unwrap(model)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if getattr(model.config, "tie_embeddings", False):
-        state.pop("lm_head.weight", None)  # the same tensor as tok_emb.weight; safetensors stores it once
-    return state
+    aliases = tied_aliases(model)
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in aliases}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -167,8 +177,8 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{weights} is truncated or corrupted ({str(exc).splitlines()[0][:80]})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = getattr(model.config, "tie_embeddings", False)
-    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    aliases = tied_aliases(model)
+    missing = [k for k in missing if k not in aliases]
     if missing or unexpected:
         raise CheckpointError(
             f"{weights} does not fit the model in config.json (missing {missing[:3]}, unexpected {unexpected[:3]})"

@@ -41,7 +41,7 @@ class RunResult:
     run_dir: Path
     step: int
     tokens: int
-    stop_reason: str  # max_steps | max_minutes | max_tokens | interrupted
+    stop_reason: str  # max_steps | max_minutes | max_tokens | early_stop | interrupted
     latest: Path | None = None
     best: Path | None = None
     metrics: dict = field(default_factory=dict)  # the last evaluation: val_loss, val_perplexity, val_bits_per_byte
@@ -113,40 +113,29 @@ class Trainer:
         resume_from: Path | None = None,
     ):
         self.cfg, self.run_dir, self.data_dir = cfg, Path(run_dir), Path(data)
-        self.manifest, self.tokenizer = load_prepared(self.data_dir)
-        if resume_from is not None:
-            saved_sha = ckpt.read_config(resume_from)["tokenizer"]["sha256"]
-            if saved_sha != self.tokenizer.sha256():
-                raise TokenizerError(
-                    f"{self.data_dir} was tokenized differently from the run being resumed; resume with its own data"
-                )
-        cfg.model.vocab_size = self.tokenizer.vocab_size
+        self.resume_from = resume_from
+        self._setup_data()
         cfg.validate()
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
         self.device = pick_device(t.device)
         self.amp_dtype = autocast_dtype(self.device, t.precision)
-        self.train_data = TokenShards(self.data_dir, "train")
-        self.val_data = TokenShards(self.data_dir, "val") if "val" in self.manifest["splits"] else None
-        if self.val_data is not None and self.val_data.tokens < 2:
-            self.val_data = None
-        self.objective = build_objective(cfg.model, self.train_data, t.batch_size, self.tokenizer)
         self.progress_enabled = progress
-        self.resume_from = resume_from
 
         # Seed before building the model: the initial weights are a function of the seed.
         torch.manual_seed(t.seed)
         random.seed(t.seed)
         np.random.seed(t.seed % 2**32)
-        self.model = build_model(cfg.arch, cfg.model).to(self.device)
+        self.model = self._build_model().to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.data_gen = torch.Generator().manual_seed(t.seed + 1)
         self.step = 0
         self.tokens = 0
         self.elapsed = 0.0  # training wall time across resumes
-        self.best_val = math.inf
+        self.best_val = math.inf  # the selection metric of the best checkpoint, as a "lower is better" score
+        self.evals_since_best = 0
         self.window = {"loss": 0.0, "steps": 0}
         self.last_eval: dict = {}
         self.stop_signal: int | None = None
@@ -157,6 +146,58 @@ class Trainer:
         if resume_from is not None:
             self._restore(resume_from)
 
+    # ---- what a kind of run plugs in: its data, its model, its validation --------------------------------
+    # Which validation metric picks the best checkpoint (and drives early stopping), and whether lower is better.
+    selection = ("val_loss", "min")
+
+    def _setup_data(self) -> None:
+        """Tokenizer, training objective and validation data of a prepared data directory (token shards)."""
+        self.manifest, self.tokenizer = load_prepared(self.data_dir)
+        if self.resume_from is not None:
+            saved_sha = ckpt.read_config(self.resume_from)["tokenizer"]["sha256"]
+            if saved_sha != self.tokenizer.sha256():
+                raise TokenizerError(
+                    f"{self.data_dir} was tokenized differently from the run being resumed; resume with its own data"
+                )
+        self.cfg.model.vocab_size = self.tokenizer.vocab_size
+        self.cfg.model.validate()
+        self.train_data = TokenShards(self.data_dir, "train")
+        self.val_data = TokenShards(self.data_dir, "val") if "val" in self.manifest["splits"] else None
+        if self.val_data is not None and self.val_data.tokens < 2:
+            self.val_data = None
+        self.objective = build_objective(self.cfg.model, self.train_data, self.cfg.train.batch_size, self.tokenizer)
+        self.data_size = f"{self.train_data.tokens:,} training tokens"
+        self.data_info = {"dir": str(self.data_dir.resolve()), "manifest_tokens": self.manifest["splits"]["train"]["tokens"]}
+
+    def _build_model(self) -> torch.nn.Module:
+        return build_model(self.cfg.arch, self.cfg.model)
+
+    @property
+    def usage(self) -> str:
+        """The command the model card suggests, with {run} for the run directory."""
+        if getattr(self.cfg.model, "bidirectional", False):
+            return "evaluate {run} --data DATA"
+        return "generate {run} --prompt 'Hello'"
+
+    def _validate(self) -> dict | None:
+        """Scores on the validation data (keys as evaluate() returns them), or None when there is none."""
+        if self.val_data is None:
+            return None
+        t = self.cfg.train
+        return evaluate_shards(
+            self.model, self.val_data, self.tokenizer, t.batch_size, t.eval_tokens or None, self.device, self.amp_dtype
+        )
+
+    def _data_card(self) -> list[str]:
+        splits = self.manifest["splits"]
+        lines = [
+            f"- data directory: `{self.data_dir}`",
+            f"- training split: {splits['train']['documents']:,} documents, {splits['train']['tokens']:,} tokens",
+        ]
+        if "val" in splits:
+            lines.append(f"- validation split: {splits['val']['documents']:,} documents, {splits['val']['tokens']:,} tokens")
+        return lines
+
     # ---- state ---------------------------------------------------------------------------------------
     def _train_state(self) -> dict:
         return {
@@ -164,6 +205,7 @@ class Trainer:
             "tokens": self.tokens,
             "elapsed": self.elapsed,
             "best_val": self.best_val,
+            "evals_since_best": self.evals_since_best,
             "window": dict(self.window),
             "last_eval": self.last_eval,
             "objective": self.objective.state_dict(),
@@ -193,6 +235,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
         self.best_val, self.window, self.last_eval = state["best_val"], state["window"], state["last_eval"]
+        self.evals_since_best = state.get("evals_since_best", 0)
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():
@@ -219,7 +262,7 @@ class Trainer:
         bar.log(
             f"training {cfg.arch} ({self.model.num_params():,} parameters) on {self.device}"
             f"{' with ' + str(self.amp_dtype).replace('torch.', '') + ' autocast' if self.amp_dtype else ''}: "
-            f"{tokens_per_step:,} tokens/step, {self.train_data.tokens:,} training tokens"
+            f"{tokens_per_step:,} tokens/step, {self.data_size}"
         )
         save_every = t.save_every or t.eval_every
         stop_reason = "max_steps"
@@ -261,6 +304,8 @@ class Trainer:
                 last = self.step == t.max_steps or over is not None or self.stop_signal is not None
                 if self.step % t.eval_every == 0 or last:
                     self._evaluate(writer, bar)
+                    if t.patience is not None and self.evals_since_best > t.patience:
+                        over = "early_stop"
                 if self.step % save_every == 0 or last:
                     self._save(bar)
                 if self.stop_signal is not None:
@@ -335,38 +380,39 @@ class Trainer:
         return None
 
     def _evaluate(self, writer, bar: TrainProgress) -> None:
-        if self.val_data is None:
+        result = self._validate()
+        if result is None:
             return
-        t = self.cfg.train
-        result = evaluate_shards(
-            self.model, self.val_data, self.tokenizer, t.batch_size, t.eval_tokens or None, self.device, self.amp_dtype
-        )
         if not math.isfinite(result["loss"]):
             raise TrainingError(
                 f"the validation loss became {result['loss']} at step {self.step}; lower --optim.lr; "
                 "no checkpoint was written for this state"
             )
+        # Every scalar score becomes a val_* metric (loss, perplexity, bits_per_byte, accuracy, macro_f1, ...).
         self.last_eval = {
-            "val_loss": result["loss"],
-            "val_perplexity": result["perplexity"],
-            "val_bits_per_byte": result["bits_per_byte"],
+            f"val_{k}": v for k, v in result.items() if k not in ("tokens", "bytes") and (v is None or isinstance(v, (int, float)))
         }
-        if "masked_accuracy" in result:
-            self.last_eval["val_masked_accuracy"] = result["masked_accuracy"]
+        key, mode = self.selection
+        value = self.last_eval.get(key)
+        if value is not None:
+            improved = (value if mode == "min" else -value) < self.best_val
+            self.evals_since_best = 0 if improved else self.evals_since_best + 1
         self._log({"step": self.step, "tokens": self.tokens, **self.last_eval}, writer)
         bar.log(f"step {self.step}: {describe_scores(result)}")
 
     def _save(self, bar: TrainProgress) -> None:
         name = f"ckpt-{self.step:07d}"
-        val = self.last_eval.get("val_loss") if self.last_eval else None
-        is_best = val is not None and val < self.best_val
+        key, mode = self.selection
+        val = self.last_eval.get(key) if self.last_eval else None
+        score = None if val is None else (val if mode == "min" else -val)
+        is_best = score is not None and score < self.best_val
         if is_best:
-            self.best_val = val
+            self.best_val = score
         config = {
             "arch": self.cfg.arch,
             "model": self.cfg.to_dict()["model"],
             "run": self.cfg.to_dict(),
-            "data": {"dir": str(self.data_dir.resolve()), "manifest_tokens": self.manifest["splits"]["train"]["tokens"]},
+            "data": self.data_info,
             "step": self.step,
             "tokens": self.tokens,
             "metrics": self.last_eval,
@@ -381,7 +427,7 @@ class Trainer:
             card=self._model_card(),
         )
         ckpt.point(self.run_dir, "latest", path)
-        if is_best or (self.val_data is None):
+        if is_best or not self.last_eval:  # without validation, the latest is the best we know
             ckpt.point(self.run_dir, "best", path)
         ckpt.prune(self.run_dir, self.cfg.train.keep_last)
 
@@ -403,27 +449,23 @@ class Trainer:
         return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
 
     def _model_card(self) -> str:
-        m, splits = self.cfg.model, self.manifest["splits"]
+        m = self.cfg.model
         lines = [
             f"# {self.run_dir.name}",
             "",
-            f"A {self.cfg.arch} language model trained with lmforge: {self.model.num_params():,} parameters "
+            f"A {self.cfg.arch} model trained with lmforge: {self.model.num_params():,} parameters "
             f"({', '.join(f'{k} {v}' for k, v in dataclasses.asdict(m).items() if k != 'vocab_size')}), "
             f"{self.tokenizer.kind} tokenizer with {self.tokenizer.vocab_size} tokens.",
             "",
             "## Data",
             "",
-            f"- data directory: `{self.data_dir}`",
-            f"- training split: {splits['train']['documents']:,} documents, {splits['train']['tokens']:,} tokens",
+            *self._data_card(),
         ]
-        if "val" in splits:
-            lines.append(f"- validation split: {splits['val']['documents']:,} documents, {splits['val']['tokens']:,} tokens")
         lines += ["", "## Training", "", f"- steps: {self.step:,}; tokens seen: {self.tokens:,}"]
         lines.append(f"- training time: {self.elapsed / 60:.1f} min on {self.device}")
         if self.last_eval:
             lines += ["", "## Evaluation (validation split)", "", describe_scores(self.last_eval)]
-        use = "evaluate {} --data DATA" if getattr(self.cfg.model, "bidirectional", False) else "generate {} --prompt 'Hello'"
-        lines += ["", "## Use", "", "```", "lmforge " + use.format(self.run_dir), "```", ""]
+        lines += ["", "## Use", "", "```", "lmforge " + self.usage.format(run=self.run_dir), "```", ""]
         return "\n".join(lines)
 
     # ---- signals -------------------------------------------------------------------------------------

@@ -1,0 +1,144 @@
+"""`lmforge finetune` and `lmforge predict`: text classification and NLI on labelled files."""
+
+from __future__ import annotations
+
+from lmforge.cli.common import add_verb, print_json
+
+FINETUNE_EXAMPLES = """\
+  lmforge import-hf path/to/minilm --out minilm
+  lmforge finetune --task classify --model minilm --train sst2/train.tsv --dev sst2/glue_dev.tsv --out sst2 \\
+      --text-field sentence --label-field label --epochs 2 --max-length 64
+  lmforge finetune --task classify --model lstm --train ag_news.tsv --out agnews --text-field 0 --label-field 1 --folds 5
+  lmforge finetune --task nli --model minilm --train SICK_train.txt --dev SICK_trial.txt --out sick \\
+      --text-field sentence_A --text-pair-field sentence_B --label-field entailment_judgment
+--model is a checkpoint (bert or gpt, ours or imported) or `lstm`/`gru` for a BiLSTM/BiGRU trained from scratch.
+Files: .csv, .tsv (read without quoting) or .jsonl; fields by name, or by 0-based column number for files
+without a header. Other training settings: --optim.weight_decay 0.1 --train.grad_accum 2 ...
+"""
+PREDICT_EXAMPLES = """\
+  lmforge predict sst2 --input reviews.txt            # one text per line
+  echo "a gripping, funny film" | lmforge predict sst2 --input - --json
+  lmforge predict sick --input pairs.jsonl            # a labelled-file format, with the run's field names
+"""
+
+
+def add_field_options(p) -> None:
+    p.add_argument("--text-field", help="field (or column number) of the text (default: the run's, or 'text')")
+    p.add_argument("--text-pair-field", help="field of the second text of a pair (NLI: the hypothesis)")
+    p.add_argument("--label-field", help="field of the label (default: the run's, or 'label')")
+    p.add_argument("--label-sep", help="multi-label: separator of several labels in one cell")
+
+
+def fields_from(args, default=None):
+    from lmforge.tasks.examples import Fields
+
+    base = default or Fields()
+    return Fields(
+        text=args.text_field or base.text,
+        pair=args.text_pair_field or base.pair,
+        label=args.label_field or base.label,
+        label_sep=args.label_sep or base.label_sep,
+    )
+
+
+def register(subparsers) -> None:
+    p = add_verb(subparsers, "finetune", help="fine-tune a classifier (classification, sentiment, NLI)",
+                 description="Fine-tune a pretrained encoder or decoder (or a from-scratch BiLSTM) with a label head on\n"
+                 "a labelled file; the best checkpoint by dev macro-F1 is RUN/best.",
+                 examples=FINETUNE_EXAMPLES, func=run_finetune)
+    p.add_argument("--task", required=True, choices=["classify", "nli"])
+    p.add_argument("--model", required=True, help="checkpoint folder / run directory, or lstm | gru (from scratch)")
+    p.add_argument("--train", required=True, help="labelled training file (.csv, .tsv, .jsonl)")
+    p.add_argument("--dev", help="labelled dev file: evaluated every epoch, picks the best checkpoint")
+    p.add_argument("--out", required=True, help="run directory")
+    add_field_options(p)
+    p.add_argument("--multi-label", action="store_true", help="several labels per example (sigmoid per label)")
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--max-examples", type=int, help="use only the first N training examples")
+    p.add_argument("--max-length", type=int, default=128, help="longest input in tokens (longer ones are cut)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-5 pretrained, 1e-3 from scratch)")
+    p.add_argument("--class-weights", action="store_true", help="weigh classes by inverse frequency")
+    p.add_argument("--patience", type=int, help="stop after this many evaluations without a better dev macro-F1")
+    p.add_argument("--folds", type=int, help="k-fold cross-validation on --train instead of one run")
+    p.add_argument("--max-minutes", type=float, help="stop after this much training time")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(accepts_overrides=True)
+
+    p = add_verb(subparsers, "predict", help="labels for texts from a fine-tuned classifier",
+                 description="Predict labels with scores for each line of a text file (or stdin), or for each example\n"
+                 "of a .csv/.tsv/.jsonl file.", examples=PREDICT_EXAMPLES, func=run_predict)
+    p.add_argument("ckpt", metavar="RUN_OR_CKPT")
+    p.add_argument("--input", required=True, help="text file (one text per line), labelled-file format, or -")
+    add_field_options(p)
+    p.add_argument("--top-k", type=int, default=1, help="labels per text (single-label models)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+
+
+def run_finetune(args) -> int:
+    from lmforge.train.finetune import finetune
+
+    result = finetune(
+        args.task, args.model, args.train, args.out, dev=args.dev, fields=fields_from(args),
+        epochs=args.epochs, max_examples=args.max_examples, max_length=args.max_length, batch_size=args.batch_size,
+        lr=args.lr, multi_label=args.multi_label, class_weights=args.class_weights, patience=args.patience,
+        folds=args.folds, max_minutes=args.max_minutes, seed=args.seed, overrides=args.overrides,
+        progress=not args.quiet,
+    )
+    if isinstance(result, dict):  # cross-validation
+        if args.json:
+            print_json(result)
+        else:
+            mean, std = result["mean"], result["std"]
+            print(f"{result['folds']}-fold cross-validation: accuracy {mean['val_accuracy']:.4f} "
+                  f"± {std['val_accuracy']:.4f}, macro-F1 {mean['val_macro_f1']:.4f} ± {std['val_macro_f1']:.4f}")
+            print(f"details: {args.out}/cv.json")
+        return 0
+    summary = {"run_dir": str(result.run_dir), "steps": result.step, "stop_reason": result.stop_reason,
+               "seconds": round(result.seconds, 1), "best": str(result.best), **result.metrics}
+    if args.json:
+        print_json(summary)
+    else:
+        from lmforge.eval.perplexity import describe_scores
+
+        print(f"trained {result.step} steps in {result.seconds:.0f}s (stopped by {result.stop_reason})")
+        if result.metrics:
+            print(f"dev: {describe_scores(result.metrics)}")
+        print(f"best checkpoint: {result.best}")
+    return 0
+
+
+def run_predict(args) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from lmforge.errors import DataError
+    from lmforge.tasks.pipeline import TextClassificationPipeline
+
+    clf = TextClassificationPipeline(args.ckpt, device=args.device)
+    if args.input != "-" and Path(args.input).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
+        rows = clf.predict_file(args.input, fields_from(args, clf.fields))
+    else:
+        if args.input == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            try:
+                lines = Path(args.input).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise DataError(f"cannot read {args.input} as UTF-8 text ({type(exc).__name__})") from None
+        texts = [ln.strip() for ln in lines if ln.strip()]
+        if not texts:
+            raise DataError(f"{args.input} has no text to classify")
+        rows = [{"text": t, "prediction": p} for t, p in zip(texts, clf(texts, top_k=args.top_k))]
+    for row in rows:
+        if args.json:
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            pred = row["prediction"]
+            shown = ", ".join(f"{p['label']} {p['score']:.3f}" for p in (pred if isinstance(pred, list) else [pred]))
+            print(f"{shown}\t{row['text']}")
+    return 0

@@ -1,0 +1,1 @@
+"""Task-level use of models: labelled examples, input encoding, pipelines."""

@@ -1,0 +1,48 @@
+"""How a classifier reads its input: text (and an optional second text) to token ids, segment ids and batches.
+
+BERT-style backbones read `[bos] text [eos] pair [eos]` with segment ids 0 then 1, as BERT was pretrained; GPT and
+recurrent backbones read `text [eos] pair [eos]` (a GPT pools at the last token, which has then read everything).
+Over-long inputs are cut longest-text-first, so a pair keeps as much of both texts as fits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lmforge.tokenizers import Tokenizer
+
+
+class TextEncoder:
+    def __init__(self, tokenizer: Tokenizer, backbone: str, max_length: int):
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.bos = tokenizer.bos_id if backbone == "bert" else None
+        self.sep = tokenizer.eos_id
+        self.pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+
+    def __call__(self, text: str, pair: str | None = None) -> tuple[list[int], list[int]]:
+        """(token ids, segment ids) of one input, at most max_length long."""
+        a = self.tokenizer.encode(text)
+        b = self.tokenizer.encode(pair) if pair is not None else None
+        extra = (self.bos is not None) + (self.sep is not None) * (1 + (b is not None))
+        budget = max(self.max_length - extra, 2 if b is not None else 1)
+        while len(a) + (len(b) if b is not None else 0) > budget:
+            if b is not None and len(b) > len(a):
+                b = b[:-1]
+            else:
+                a = a[:-1]
+        seps = [self.sep] if self.sep is not None else []
+        first = ([self.bos] if self.bos is not None else []) + a + seps
+        second = (b + seps) if b is not None else []
+        return first + second, [0] * len(first) + [1] * len(second)
+
+    def batch(self, rows: list[tuple[list[int], list[int]]], device=None) -> tuple[torch.Tensor, ...]:
+        """(input_ids, attention_mask, token_type_ids), right-padded to the longest row."""
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        types = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (row_ids, row_types) in enumerate(rows):
+            ids[i, : len(row_ids)] = torch.tensor(row_ids)
+            types[i, : len(row_types)] = torch.tensor(row_types)
+            mask[i, : len(row_ids)] = 1
+        return tuple(t.to(device) for t in (ids, mask, types)) if device is not None else (ids, mask, types)

@@ -1,0 +1,291 @@
+"""Fine-tuning for text classification and NLI: a pretrained backbone (or a recurrent one from scratch) plus a
+label head, trained by the one training loop (trainer.Trainer) with the objective and validation of this task.
+
+    finetune("classify", model="minilm-ckpt", train="train.tsv", dev="dev.tsv", out="run",
+             fields=Fields(text="sentence", label="label"), epochs=3)
+
+The best checkpoint is chosen by the dev set's macro-F1 (early stopping with `patience`); `folds=k` runs k-fold
+cross-validation on the training file instead and reports the mean and spread of the fold scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lmforge.config import OptimConfig, RunConfig, TrainConfig, parse_overrides, set_dotted
+from lmforge.errors import ConfigError
+from lmforge.eval.classification import classification_metrics
+from lmforge.models.classifier import ClassifierConfig
+from lmforge.models.registry import build_model
+from lmforge.tasks.encoding import TextEncoder
+from lmforge.tasks.examples import Example, Fields, check_labels, label_set, read_examples
+from lmforge.tokenizers import Tokenizer
+from lmforge.train.trainer import RunResult, Trainer
+
+TASKS = ("classify", "nli")
+SCRATCH = ("lstm", "gru")  # backbones trained from scratch, with a tokenizer made from the training texts
+
+
+def targets_of(examples: list[Example], labels: list[str], multi_label: bool) -> torch.Tensor:
+    index = {name: i for i, name in enumerate(labels)}
+    if multi_label:
+        out = torch.zeros(len(examples), len(labels))
+        for row, ex in enumerate(examples):
+            out[row, [index[name] for name in ex.labels]] = 1.0
+        return out
+    return torch.tensor([index[ex.labels[0]] for ex in examples], dtype=torch.long)
+
+
+class ClassifyObjective:
+    """Shuffled epochs over the encoded training examples; cross-entropy (softmax) or per-label binary
+    cross-entropy (multi-label), optionally weighted against class imbalance."""
+
+    name = "classify"
+
+    def __init__(self, rows, targets: torch.Tensor, encoder: TextEncoder, batch_size: int, class_weights=None):
+        self.rows, self.targets, self.encoder, self.batch_size = rows, targets, encoder, batch_size
+        self.class_weights = class_weights
+        self.perm: torch.Tensor | None = None
+        self.pos = 0
+
+    def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        if self.perm is None or self.pos >= len(self.rows):  # a new epoch, in a new order
+            self.perm, self.pos = torch.randperm(len(self.rows), generator=generator), 0
+        chosen = self.perm[self.pos : self.pos + self.batch_size].tolist()
+        self.pos += self.batch_size
+        return (*self.encoder.batch([self.rows[i] for i in chosen]), self.targets[chosen])
+
+    @staticmethod
+    def count_targets(batch) -> torch.Tensor:
+        return torch.tensor(batch[0].shape[0], device=batch[0].device)
+
+    def loss_sum(self, model, batch) -> torch.Tensor:
+        ids, mask, types, y = batch
+        return example_losses(model(ids, mask, types), y, self.class_weights).sum()
+
+    def state_dict(self) -> dict:
+        return {"perm": self.perm, "pos": self.pos}
+
+    def load_state_dict(self, d: dict, device) -> None:
+        if d:
+            self.perm, self.pos = d["perm"], d["pos"]
+
+
+def example_losses(logits: torch.Tensor, y: torch.Tensor, class_weights=None) -> torch.Tensor:
+    """One loss per example: cross-entropy for one label, the mean binary cross-entropy over labels for several."""
+    weights = None if class_weights is None else class_weights.to(logits.device)
+    if y.dtype.is_floating_point:
+        return F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=weights, reduction="none").mean(-1)
+    return F.cross_entropy(logits.float(), y, weight=weights, reduction="none")
+
+
+@torch.no_grad()
+def predict_logits(model, encoder: TextEncoder, rows, device, batch_size: int = 64) -> torch.Tensor:
+    """Label logits (N, labels) for encoded rows; rows of similar length are batched together to pad less."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+    out = torch.zeros((len(rows), len(model.config.labels)))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        out[chunk] = model(*encoder.batch([rows[i] for i in chunk], device)).float().cpu()
+    model.train(was_training)
+    return out
+
+
+def probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    return logits.sigmoid() if multi_label else logits.softmax(-1)
+
+
+def score_examples(model, encoder: TextEncoder, examples: list[Example], device, batch_size: int = 64) -> dict:
+    """Loss and classification metrics of a classifier on labelled examples."""
+    cfg = model.config
+    logits = predict_logits(model, encoder, [encoder(ex.text, ex.pair) for ex in examples], device, batch_size)
+    y = targets_of(examples, cfg.labels, cfg.multi_label)
+    probs = probabilities(logits, cfg.multi_label).numpy()
+    loss = float(example_losses(logits, y).mean())
+    return {"loss": loss, **classification_metrics(y.numpy(), probs, list(cfg.labels), cfg.multi_label)}
+
+
+class FineTuner(Trainer):
+    """The training loop with a labelled training file instead of token shards, and dev-set metrics."""
+
+    selection = ("val_macro_f1", "max")
+    usage = "predict {run} --input texts.txt"
+
+    def __init__(self, cfg: RunConfig, run_dir, tokenizer: Tokenizer, train: list[Example], dev: list[Example] | None,
+                 backbone_state: dict | None, info: dict, class_weights: bool = False, progress: bool = True):
+        self.task_tokenizer, self.train_examples, self.dev_examples = tokenizer, train, dev
+        self.backbone_state, self.info, self.use_class_weights = backbone_state, info, class_weights
+        super().__init__(cfg, info["train"], run_dir, progress=progress)
+
+    def _setup_data(self) -> None:
+        m = self.cfg.model
+        self.tokenizer = self.task_tokenizer
+        m.vocab_size = self.tokenizer.vocab_size
+        self.encoder = TextEncoder(self.tokenizer, m.backbone, m.block_size)
+        rows = [self.encoder(ex.text, ex.pair) for ex in self.train_examples]
+        targets = targets_of(self.train_examples, m.labels, m.multi_label)
+        weights = None
+        if self.use_class_weights:  # inverse frequency, so that every class weighs the same in the loss
+            counts = targets.sum(0) if m.multi_label else torch.bincount(targets, minlength=len(m.labels)).float()
+            weights = (len(targets) / (len(m.labels) * counts.clamp(min=1))).float()
+            if m.multi_label:  # BCE's pos_weight: negatives over positives per label
+                weights = ((len(targets) - counts) / counts.clamp(min=1)).float()
+        self.objective = ClassifyObjective(rows, targets, self.encoder, self.cfg.train.batch_size, weights)
+        self.data_size = f"{len(rows):,} training examples"
+        self.data_info = self.info
+
+    def _build_model(self) -> torch.nn.Module:
+        model = build_model(self.cfg.arch, self.cfg.model)
+        if self.backbone_state is not None:
+            missing, unexpected = model.backbone.load_state_dict(self.backbone_state, strict=False)
+            if unexpected or [k for k in missing if "lm_head" not in k]:
+                raise ConfigError("the backbone checkpoint does not fit its own config; it may be corrupted")
+        return model
+
+    def _validate(self) -> dict | None:
+        if not self.dev_examples:
+            return None
+        return score_examples(self.model, self.encoder, self.dev_examples, self.device)
+
+    def _data_card(self) -> list[str]:
+        lines = [f"- task: {self.info['task']}; labels: {', '.join(self.cfg.model.labels)}",
+                 f"- training file: `{self.info['train']}` ({len(self.train_examples):,} examples)"]
+        if self.dev_examples:
+            lines.append(f"- dev file: `{self.info['dev']}` ({len(self.dev_examples):,} examples)")
+        return lines
+
+
+def _looks_chinese(examples: list[Example]) -> bool:
+    sample = "".join(ex.text for ex in examples[:500])
+    cjk = sum("\u4e00" <= ch <= "\u9fff" for ch in sample)
+    return cjk > 0.3 * max(1, len(sample.replace(" ", "")))
+
+
+def _backbone(model: str, train: list[Example]) -> tuple[str, dict, Tokenizer, dict | None, int]:
+    """(backbone arch, its config, tokenizer, pretrained weights or None, longest input it allows)."""
+    from lmforge.train.checkpoint import load_checkpoint
+
+    if model in SCRATCH:
+        texts = [t for ex in train for t in (ex.text, ex.pair) if t]
+        # Chinese has no spaces between words: characters are the units of a from-scratch model.
+        kind = "char" if _looks_chinese(train) else "word"
+        return model, {}, Tokenizer.train(kind, texts, vocab_size=20000 if kind == "word" else None), None, 10**6
+    if not Path(model).exists():
+        raise ConfigError(f"--model {model!r} is neither a checkpoint nor one of {', '.join(SCRATCH)} (from scratch)")
+    backbone, tokenizer, config = load_checkpoint(model)
+    arch = config["arch"]
+    if arch not in ("bert", "gpt"):
+        raise ConfigError(f"{model} is a {arch} checkpoint; classifiers sit on bert or gpt checkpoints (or lstm/gru)")
+    return arch, dataclasses.asdict(backbone.config), tokenizer, backbone.state_dict(), backbone.config.block_size
+
+
+def finetune(
+    task: str,
+    model: str,
+    train: str | os.PathLike,
+    out: str | os.PathLike,
+    dev: str | os.PathLike | None = None,
+    fields: Fields | None = None,
+    epochs: float = 3,
+    max_examples: int | None = None,
+    max_length: int = 128,
+    batch_size: int = 32,
+    lr: float | None = None,
+    multi_label: bool = False,
+    class_weights: bool = False,
+    patience: int | None = None,
+    folds: int | None = None,
+    max_minutes: float | None = None,
+    seed: int = 0,
+    overrides: dict | list[str] | None = None,
+    progress: bool = True,
+) -> RunResult | dict:
+    """Fine-tune a classifier; returns the run's result (or, with `folds`, the cross-validation summary)."""
+    if task not in TASKS:
+        raise ConfigError(f"--task {task!r} is not supported here; choose one of {', '.join(TASKS)}")
+    fields = fields or Fields()
+    if task == "nli" and fields.pair is None:
+        raise ConfigError("NLI classifies text pairs: give --text-pair-field (e.g. the hypothesis column)")
+    train_examples = read_examples(train, fields, max_examples=max_examples)
+    dev_examples = read_examples(dev, fields) if dev else None
+    if any(len(ex.labels) != 1 for ex in train_examples) and not multi_label:
+        raise ConfigError("some examples have several labels; pass --multi-label")
+    if folds is not None:
+        return cross_validate(task, model, train_examples, Path(out), fields, folds, seed, progress=progress,
+                              epochs=epochs, max_length=max_length, batch_size=batch_size, lr=lr,
+                              multi_label=multi_label, class_weights=class_weights, patience=patience,
+                              max_minutes=max_minutes, overrides=overrides, source=str(train))
+    return _run(task, model, train_examples, dev_examples, Path(out), fields, epochs, max_length, batch_size, lr,
+                multi_label, class_weights, patience, max_minutes, seed, overrides, progress,
+                {"train": str(train), "dev": str(dev) if dev else None})
+
+
+def _run(task, model, train_examples, dev_examples, out: Path, fields, epochs, max_length, batch_size, lr,
+         multi_label, class_weights, patience, max_minutes, seed, overrides, progress, files) -> RunResult:
+    from lmforge.train import checkpoint as ckpt
+
+    if ckpt.list_checkpoints(out) or ckpt.pointed(out, "latest") is not None:
+        raise ConfigError(f"{out} already holds checkpoints; choose another --out")
+    labels = label_set(train_examples)
+    if dev_examples:
+        check_labels(dev_examples, labels, files["dev"])
+    arch, encoder_cfg, tokenizer, state, longest = _backbone(model, train_examples)
+    scratch = state is None
+    if epochs <= 0 or batch_size < 1 or max_length < 4:
+        raise ConfigError("--epochs must be positive, --batch-size at least 1 and --max-length at least 4")
+    steps_per_epoch = math.ceil(len(train_examples) / batch_size)
+    steps = max(1, math.ceil(epochs * steps_per_epoch))
+    cfg = RunConfig(
+        arch="classifier",
+        model=ClassifierConfig(backbone=arch, encoder=encoder_cfg, labels=labels, multi_label=multi_label,
+                               block_size=min(max_length, longest)),
+        optim=OptimConfig(lr=lr or (1e-3 if scratch else 5e-5), weight_decay=0.01, beta2=0.999,
+                          warmup_steps=0 if scratch else steps // 10, schedule="linear", min_lr_ratio=0.0),
+        train=TrainConfig(batch_size=batch_size, max_steps=steps, eval_every=max(1, min(steps_per_epoch, steps)),
+                          max_minutes=max_minutes, patience=patience, seed=seed, keep_last=1, tensorboard=False),
+    )
+    for key, value in parse_overrides(overrides).items():
+        set_dotted(cfg, key, value)
+    info = {"task": task, **files, "fields": dataclasses.asdict(fields), "backbone": model}
+    tuner = FineTuner(cfg, out, tokenizer, train_examples, dev_examples, state, info, class_weights, progress)
+    return tuner.run()
+
+
+def cross_validate(task, model, examples: list[Example], out: Path, fields, folds: int, seed: int,
+                   progress: bool = True, source: str = "", **kw) -> dict:
+    """k-fold cross-validation: k runs, each validated on the fold it did not train on (stratified by label)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if folds < 2 or folds > len(examples):
+        raise ConfigError(f"--folds must be between 2 and the number of examples ({len(examples)}), got {folds}")
+    single = [ex.labels[0] if len(ex.labels) == 1 else "|".join(ex.labels) for ex in examples]
+    counts = {label: single.count(label) for label in set(single)}
+    splitter = (StratifiedKFold if min(counts.values()) >= folds else KFold)(folds, shuffle=True, random_state=seed)
+    scores = []
+    for k, (train_idx, val_idx) in enumerate(splitter.split(np.zeros(len(examples)), single)):
+        result = _run(task, model, [examples[i] for i in train_idx], [examples[i] for i in val_idx],
+                      out / f"fold-{k}", fields, kw["epochs"], kw["max_length"], kw["batch_size"], kw["lr"],
+                      kw["multi_label"], kw["class_weights"], kw["patience"], kw["max_minutes"], seed,
+                      kw["overrides"], progress, {"train": f"{source} (fold {k} of {folds})", "dev": None})
+        scores.append(result.metrics)
+    keys = [k for k in scores[0] if all(isinstance(s.get(k), (int, float)) for s in scores)]
+    summary = {
+        "folds": folds,
+        "runs": [str(out / f"fold-{k}") for k in range(folds)],
+        "per_fold": scores,
+        "mean": {k: statistics.fmean(s[k] for s in scores) for k in keys},
+        "std": {k: statistics.pstdev(s[k] for s in scores) for k in keys},
+    }
+    (out / "cv.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary
