@@ -151,3 +151,27 @@ def test_bad_labelled_files(sentiment, tmp_path, capsys):
     headerless.write_text('It #39;s "quoted" text\tSci/Tech\nmarkets fall\tBusiness\n', encoding="utf-8")
     examples = read_examples(headerless, Fields(text="0", label="1"))
     assert examples[0].text == 'It #39;s "quoted" text' and examples[1].labels == ["Business"]
+
+
+def test_lora_merge_is_exact_and_only_adapters_and_head_learn(sentiment, tiny_backbones, tmp_path):
+    from lmforge.train.lora import LoRALinear, apply_lora, merge_lora, trainable_parameters
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))  # not a target
+    net = torch.nn.ModuleDict({"attn": torch.nn.ModuleDict({"qkv_proj": torch.nn.Linear(8, 8)}), "out": block})
+    assert apply_lora(net, r=2, alpha=4, dropout=0.0) == 1 and isinstance(net["attn"]["qkv_proj"], LoRALinear)
+    assert trainable_parameters(net) == 2 * 8 + 8 * 2
+    x = torch.randn(3, 8)
+    torch.nn.init.normal_(net["attn"]["qkv_proj"].lora_B)  # as if trained
+    merged = merge_lora(net)
+    assert isinstance(merged["attn"]["qkv_proj"], torch.nn.Linear)
+    assert torch.allclose(net["attn"]["qkv_proj"](x), merged["attn"]["qkv_proj"](x), atol=1e-6)
+
+    base = lmforge.load(tiny_backbones["bert"]).model.state_dict()
+    result = lmforge.finetune("classify", str(tiny_backbones["bert"]), sentiment / "train.tsv", tmp_path / "run",
+                              dev=sentiment / "dev.tsv", fields=FIELDS, epochs=6, batch_size=16, lr=1e-2, lora=True,
+                              lora_r=4, progress=False)
+    assert result.metrics["val_accuracy"] > 0.85, result.metrics
+    tuned = lmforge.load(tmp_path / "run").model.backbone.state_dict()  # adapters merged: plain weight names
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert changed and all(k.endswith(("qkv_proj.weight", "o_proj.weight")) for k in changed), changed

@@ -8,6 +8,7 @@ FINETUNE_EXAMPLES = """\
   lmforge import-hf path/to/minilm --out minilm
   lmforge finetune --task classify --model minilm --train sst2/train.tsv --dev sst2/glue_dev.tsv --out sst2 \\
       --text-field sentence --label-field label --epochs 2 --max-length 64
+  lmforge finetune --task classify --model minilm --train sst2/train.tsv --out sst2-lora --text-field sentence --lora
   lmforge finetune --task classify --model lstm --train ag_news.tsv --out agnews --text-field 0 --label-field 1 --folds 5
   lmforge finetune --task nli --model minilm --train SICK_train.txt --dev SICK_trial.txt --out sick \\
       --text-field sentence_A --text-pair-field sentence_B --label-field entailment_judgment
@@ -59,6 +60,10 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, help="peak learning rate (default 5e-5 pretrained, 1e-3 from scratch)")
     p.add_argument("--class-weights", action="store_true", help="weigh classes by inverse frequency")
+    p.add_argument("--lora", action="store_true",
+                   help="train low-rank adapters of the attention projections and the head only (merged when saved)")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
+    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale numerator (updates scale by alpha/r)")
     p.add_argument("--patience", type=int, help="stop after this many evaluations without a better dev macro-F1")
     p.add_argument("--folds", type=int, help="k-fold cross-validation on --train instead of one run")
     p.add_argument("--max-minutes", type=float, help="stop after this much training time")
@@ -84,7 +89,8 @@ def run_finetune(args) -> int:
     result = finetune(
         args.task, args.model, args.train, args.out, dev=args.dev, fields=fields_from(args),
         epochs=args.epochs, max_examples=args.max_examples, max_length=args.max_length, batch_size=args.batch_size,
-        lr=args.lr, multi_label=args.multi_label, class_weights=args.class_weights, patience=args.patience,
+        lr=args.lr, multi_label=args.multi_label, class_weights=args.class_weights, lora=args.lora,
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha, patience=args.patience,
         folds=args.folds, max_minutes=args.max_minutes, seed=args.seed, overrides=args.overrides,
         progress=not args.quiet,
     )

@@ -126,6 +126,7 @@ class FineTuner(Trainer):
                  backbone_state: dict | None, info: dict, class_weights: bool = False, progress: bool = True):
         self.task_tokenizer, self.train_examples, self.dev_examples = tokenizer, train, dev
         self.backbone_state, self.info, self.use_class_weights = backbone_state, info, class_weights
+        self.lora = info.get("lora")  # {"r", "alpha"} or None for full fine-tuning
         super().__init__(cfg, info["train"], run_dir, progress=progress)
 
     def _setup_data(self) -> None:
@@ -151,7 +152,18 @@ class FineTuner(Trainer):
             missing, unexpected = model.backbone.load_state_dict(self.backbone_state, strict=False)
             if unexpected or [k for k in missing if "lm_head" not in k]:
                 raise ConfigError("the backbone checkpoint does not fit its own config; it may be corrupted")
+        if self.lora:
+            from lmforge.train.lora import apply_lora
+
+            apply_lora(model.backbone, r=self.lora["r"], alpha=self.lora["alpha"])
         return model
+
+    def _model_to_save(self) -> torch.nn.Module:
+        if not self.lora:
+            return self.model
+        from lmforge.train.lora import merge_lora
+
+        return merge_lora(self.model)  # an ordinary classifier: loads, predicts and exports like a full fine-tune
 
     def _validate(self) -> dict | None:
         if not self.dev_examples:
@@ -204,6 +216,9 @@ def finetune(
     lr: float | None = None,
     multi_label: bool = False,
     class_weights: bool = False,
+    lora: bool = False,
+    lora_r: int = 8,
+    lora_alpha: float = 16.0,
     patience: int | None = None,
     folds: int | None = None,
     max_minutes: float | None = None,
@@ -211,10 +226,16 @@ def finetune(
     overrides: dict | list[str] | None = None,
     progress: bool = True,
 ) -> RunResult | dict:
-    """Fine-tune a classifier; returns the run's result (or, with `folds`, the cross-validation summary)."""
+    """Fine-tune a classifier; returns the run's result (or, with `folds`, the cross-validation summary).
+
+    lora=True trains rank-`lora_r` adapters of the backbone's attention projections and the head only (the saved
+    checkpoints have the adapters merged in)."""
     if task not in TASKS:
         raise ConfigError(f"--task {task!r} is not supported here; choose one of {', '.join(TASKS)}")
     fields = fields or Fields()
+    lora_cfg = {"r": lora_r, "alpha": lora_alpha} if lora else None
+    if lora and model in SCRATCH:
+        raise ConfigError("LoRA adapts a pretrained backbone; a from-scratch lstm/gru trains fully")
     if task == "nli" and fields.pair is None:
         raise ConfigError("NLI classifies text pairs: give --text-pair-field (e.g. the hypothesis column)")
     train_examples = read_examples(train, fields, max_examples=max_examples)
@@ -225,10 +246,10 @@ def finetune(
         return cross_validate(task, model, train_examples, Path(out), fields, folds, seed, progress=progress,
                               epochs=epochs, max_length=max_length, batch_size=batch_size, lr=lr,
                               multi_label=multi_label, class_weights=class_weights, patience=patience,
-                              max_minutes=max_minutes, overrides=overrides, source=str(train))
+                              max_minutes=max_minutes, overrides=overrides, source=str(train), lora=lora_cfg)
     return _run(task, model, train_examples, dev_examples, Path(out), fields, epochs, max_length, batch_size, lr,
                 multi_label, class_weights, patience, max_minutes, seed, overrides, progress,
-                {"train": str(train), "dev": str(dev) if dev else None})
+                {"train": str(train), "dev": str(dev) if dev else None, "lora": lora_cfg})
 
 
 def _run(task, model, train_examples, dev_examples, out: Path, fields, epochs, max_length, batch_size, lr,
@@ -250,7 +271,9 @@ def _run(task, model, train_examples, dev_examples, out: Path, fields, epochs, m
         arch="classifier",
         model=ClassifierConfig(backbone=arch, encoder=encoder_cfg, labels=labels, multi_label=multi_label,
                                block_size=min(max_length, longest)),
-        optim=OptimConfig(lr=lr or (1e-3 if scratch else 5e-5), weight_decay=0.01, beta2=0.999,
+        # From scratch and LoRA adapters take larger steps than a full fine-tune of pretrained weights.
+        optim=OptimConfig(lr=lr or (1e-3 if scratch else 5e-4 if files.get("lora") else 5e-5), weight_decay=0.01,
+                          beta2=0.999,
                           warmup_steps=0 if scratch else steps // 10, schedule="linear", min_lr_ratio=0.0),
         train=TrainConfig(batch_size=batch_size, max_steps=steps, eval_every=max(1, min(steps_per_epoch, steps)),
                           max_minutes=max_minutes, patience=patience, seed=seed, keep_last=1, tensorboard=False),
@@ -277,7 +300,8 @@ def cross_validate(task, model, examples: list[Example], out: Path, fields, fold
         result = _run(task, model, [examples[i] for i in train_idx], [examples[i] for i in val_idx],
                       out / f"fold-{k}", fields, kw["epochs"], kw["max_length"], kw["batch_size"], kw["lr"],
                       kw["multi_label"], kw["class_weights"], kw["patience"], kw["max_minutes"], seed,
-                      kw["overrides"], progress, {"train": f"{source} (fold {k} of {folds})", "dev": None})
+                      kw["overrides"], progress,
+                      {"train": f"{source} (fold {k} of {folds})", "dev": None, "lora": kw.get("lora")})
         scores.append(result.metrics)
     keys = [k for k in scores[0] if all(isinstance(s.get(k), (int, float)) for s in scores)]
     summary = {

@@ -172,6 +172,13 @@ class Trainer:
     def _build_model(self) -> torch.nn.Module:
         return build_model(self.cfg.arch, self.cfg.model)
 
+    def _trainable_note(self) -> str:
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return "" if trainable == self.model.num_params() else f", {trainable:,} of them trained"
+
+    def _model_to_save(self) -> torch.nn.Module:
+        return self.model
+
     @property
     def usage(self) -> str:
         """The command the model card suggests, with {run} for the run directory."""
@@ -260,7 +267,7 @@ class Trainer:
         bar = TrainProgress(t.max_steps, self.step, enabled=self.progress_enabled, max_seconds=max_seconds)
         tokens_per_step = t.batch_size * t.grad_accum * cfg.model.block_size
         bar.log(
-            f"training {cfg.arch} ({self.model.num_params():,} parameters) on {self.device}"
+            f"training {cfg.arch} ({self.model.num_params():,} parameters{self._trainable_note()}) on {self.device}"
             f"{' with ' + str(self.amp_dtype).replace('torch.', '') + ' autocast' if self.amp_dtype else ''}: "
             f"{tokens_per_step:,} tokens/step, {self.data_size}"
         )
@@ -419,7 +426,7 @@ class Trainer:
         }
         path = ckpt.save_checkpoint(
             self.run_dir / name,
-            self.model,
+            self._model_to_save(),
             self.tokenizer,
             config,
             train_state=self._train_state(),
