@@ -82,3 +82,19 @@ def test_help_has_examples(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "examples:" in out and "lmforge prepare" in out and "--near-dedup" in out
+
+
+def test_add_eos_puts_one_eos_after_every_line_and_keeps_repeats(tmp_path, capsys):
+    text = tmp_path / "ptb.txt"
+    text.write_text("the cat sat\nthe dog ran\nthe cat sat\n", encoding="utf-8")
+    val = tmp_path / "valid.txt"
+    val.write_text("the dog sat\n", encoding="utf-8")
+    args = ["prepare", str(text), "--out", str(tmp_path / "d"), "--tokenizer", "word", "--val", str(val), "--add-eos"]
+    assert cli_main.main(args) == 0
+    ids = [int(i) for a in TokenShards(tmp_path / "d", "train").arrays for i in a]
+    from lmforge.tokenizers import Tokenizer
+
+    tok = Tokenizer.load(tmp_path / "d")
+    assert ids.count(tok.eos_id) == 3 and len(ids) == 12  # 9 words + 3 <eos>, the repeated line kept
+    assert cli_main.main(args[:2] + ["--out", str(tmp_path / "e"), "--add-eos", "--doc-split", "paragraph"]) == 2
+    assert "--add-eos" in capsys.readouterr().err

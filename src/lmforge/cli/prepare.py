@@ -26,7 +26,7 @@ EXAMPLES = """\
   lmforge prepare pages/ --out data --html on --normalize NFKC
   lmforge prepare news_zh.txt --out data-zh --segment --stopwords zh --doc-split line
   cat notes.txt | lmforge prepare - --out data --tokenizer other-data/tokenizer.json
-  lmforge prepare ptb.train.txt --val ptb.valid.txt --out ptb --tokenizer word --doc-split line --no-dedup
+  lmforge prepare ptb.train.txt --val ptb.valid.txt --out ptb --tokenizer word --add-eos
 """
 
 
@@ -73,6 +73,9 @@ def register(subparsers) -> None:
         default="file",
         help="what a document is in text files and stdin: a whole file, a blank-line separated paragraph, or a line",
     )
+    p.add_argument("--add-eos", action="store_true",
+                   help="one end-of-sequence token after every line, the PTB/WikiText convention for word-level "
+                   "perplexity (shorthand for --doc-split line --no-dedup: repeated lines are kept)")
     p.add_argument("--val", action="append", metavar="INPUT",
                    help="use this input as the validation split instead of holding out --val-fraction of the "
                    "inputs (repeatable), e.g. a benchmark's own validation file")
@@ -124,6 +127,12 @@ def summary(manifest: dict, out: str) -> str:
 
 def run(args) -> int:
     from lmforge.data.prepare import prepare  # imports numpy/torch: only when the verb runs
+    from lmforge.errors import ConfigError
+
+    if args.add_eos:
+        if args.doc_split not in ("file", "line"):
+            raise ConfigError("--add-eos makes every line a document; it cannot be combined with --doc-split paragraph")
+        args.doc_split, args.dedup = "line", False
 
     manifest = prepare(
         args.inputs,
