@@ -16,6 +16,8 @@ ARCHITECTURES = {
     "gru": ("lmforge.models.rnn", "GRUConfig", "RNNLM"),
     "bert": ("lmforge.models.bert", "BertConfig", "Bert"),
     "classifier": ("lmforge.models.classifier", "ClassifierConfig", "Classifier"),
+    "span_qa": ("lmforge.models.span_qa", "SpanQAConfig", "SpanQA"),
+    "tagger": ("lmforge.models.tagger", "TaggerConfig", "Tagger"),
     "seq2seq": ("lmforge.models.seq2seq", "Seq2SeqConfig", "Seq2Seq"),
 }
 

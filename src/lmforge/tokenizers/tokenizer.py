@@ -284,6 +284,11 @@ class Tokenizer:
             return self._char_ids(text).tolist()
         return self.hf.encode(text, add_special_tokens=False).ids
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids and, for each, the (start, end) characters of `text` it came from (for span extraction)."""
+        enc = self.hf.encode(text, add_special_tokens=False)
+        return enc.ids, [tuple(o) for o in enc.offsets]
+
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of many texts at once (parallel in the Rust library)."""
         if self.kind == "char":
