@@ -23,6 +23,7 @@ VERB_MODULES = [
     "hf",
     "finetune",
     "compare",
+    "quantize",
 ]
 
 DESCRIPTION = """\
@@ -40,6 +41,7 @@ The lifecycle, one verb per stage:
   finetune    fine-tune a classifier (text classification, sentiment, NLI) on a labelled file
   predict     labels with scores from a fine-tuned classifier
   compare     train several families on the same data and budget, side by side
+  quantize    int8 / int4 quantization of a checkpoint, with a size / speed / perplexity report
   quickstart  all of the above on a built-in corpus, in about 5 minutes
 """
 

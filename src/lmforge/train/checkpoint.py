@@ -165,6 +165,10 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
             "restore the checkpoint's original tokenizer.json"
         )
     model = build_model(config["arch"], config["model"])
+    if config.get("quantization"):  # empty quantized modules first, so the packed weights below fit them
+        from lmforge.compress.quantize import prepare_quantized
+
+        prepare_quantized(model, config["quantization"])
     if tokenizer.vocab_size > model.config.vocab_size:
         raise TokenizerError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
