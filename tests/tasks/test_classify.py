@@ -175,3 +175,29 @@ def test_lora_merge_is_exact_and_only_adapters_and_head_learn(sentiment, tiny_ba
     tuned = lmforge.load(tmp_path / "run").model.backbone.state_dict()  # adapters merged: plain weight names
     changed = {k for k in base if not torch.equal(base[k], tuned[k])}
     assert changed and all(k.endswith(("qkv_proj.weight", "o_proj.weight")) for k in changed), changed
+
+
+def test_chinese_text_end_to_end_with_a_character_model(tmp_path, capsys):
+    rng = random.Random(3)
+    good, bad, fill = ["好看", "精彩", "感人"], ["无聊", "难看", "失望"], ["这部", "电影", "真的", "非常", "剧情", "演员"]
+    rows = ["text\tlabel"]
+    for _ in range(300):
+        label = rng.choice(["正面", "负面"])
+        words = rng.sample(fill, 3) + [rng.choice(good if label == "正面" else bad)]
+        rng.shuffle(words)
+        rows.append("".join(words) + f"\t{label}")  # no spaces, as Chinese is written
+    (tmp_path / "zh.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    result = lmforge.finetune("classify", "lstm", tmp_path / "zh.tsv", tmp_path / "run", dev=tmp_path / "zh.tsv",
+                              epochs=4, batch_size=16, progress=False)
+    assert result.metrics["val_accuracy"] > 0.9
+    clf = lmforge.pipeline("sentiment-analysis", model=tmp_path / "run")
+    assert clf.lm.tokenizer.kind == "char"  # no spaces between Chinese words: characters are the units
+    assert clf("这部电影真的非常精彩")["label"] == "正面"
+
+
+def test_a_checkpoint_that_is_not_a_classifier_is_refused(tiny_backbones, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="not a fine-tuned classifier"):
+        lmforge.pipeline("text-classification", model=tiny_backbones["gpt"])
+    (tmp_path / "t.txt").write_text("hello\n", encoding="utf-8")
+    assert main(["predict", str(tiny_backbones["bert"]), "--input", str(tmp_path / "t.txt")]) == 2
+    assert "not a fine-tuned classifier" in capsys.readouterr().err
