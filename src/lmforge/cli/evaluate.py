@@ -9,6 +9,7 @@ EXAMPLES = """\
   lmforge evaluate run/best --data notes.txt --json
   lmforge evaluate run --data data --split train --max-tokens 100000
   lmforge evaluate sst2 --task classify --data sst2/glue_dev.tsv --report sst2-report   # + report.md and plots
+  lmforge evaluate conll --task ner --data conll2003/valid.txt --json                   # entity P/R/F1 per type
 """
 
 
@@ -29,10 +30,11 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, help="score at most this many tokens")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
-    p.add_argument("--task", choices=["lm", "classify", "nli"], default="lm",
+    p.add_argument("--task", choices=["lm", "classify", "nli", "ner"], default="lm",
                    help="lm: loss/perplexity/bits per byte; classify, nli: accuracy, P/R/F1, confusion matrix, "
-                   "ROC-AUC of a fine-tuned classifier on a labelled --data file")
-    p.add_argument("--report", help="classify/nli: write metrics.json, report.md and plots to this folder")
+                   "ROC-AUC of a fine-tuned classifier on a labelled --data file; ner: entity P/R/F1 (seqeval, "
+                   "strict) of a tagger on a CoNLL --data file")
+    p.add_argument("--report", help="classify/nli/ner: write metrics.json, report.md and plots to this folder")
     from lmforge.cli.finetune import add_field_options
 
     add_field_options(p)
@@ -45,6 +47,10 @@ def run(args) -> int:
 
     if args.batch_size < 1 or (args.max_tokens is not None and args.max_tokens < 1):
         raise ConfigError("--batch-size and --max-tokens must be positive")
+    if args.task == "ner":
+        from lmforge.cli.ner import run_evaluate_ner
+
+        return run_evaluate_ner(args)
     if args.task != "lm":
         return run_classifier(args)
     result = evaluate(args.ckpt, args.data, split=args.split, max_tokens=args.max_tokens,

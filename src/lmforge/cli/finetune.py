@@ -12,6 +12,7 @@ FINETUNE_EXAMPLES = """\
   lmforge finetune --task classify --model lstm --train ag_news.tsv --out agnews --text-field 0 --label-field 1 --folds 5
   lmforge finetune --task nli --model minilm --train SICK_train.txt --dev SICK_trial.txt --out sick \\
       --text-field sentence_A --text-pair-field sentence_B --label-field entailment_judgment
+  lmforge finetune --task ner --model minilm --train conll2003/train.txt --dev conll2003/valid.txt --out conll
 --model is a checkpoint (bert or gpt, ours or imported) or `lstm`/`gru` for a BiLSTM/BiGRU trained from scratch.
 Files: .csv, .tsv (read without quoting) or .jsonl; fields by name, or by 0-based column number for files
 without a header. Other training settings: --optim.weight_decay 0.1 --train.grad_accum 2 ...
@@ -20,6 +21,7 @@ PREDICT_EXAMPLES = """\
   lmforge predict sst2 --input reviews.txt            # one text per line
   echo "a gripping, funny film" | lmforge predict sst2 --input - --json
   lmforge predict sick --input pairs.jsonl            # a labelled-file format, with the run's field names
+  lmforge predict conll --task ner --input news.txt --json   # entities with character offsets, per line
 """
 
 
@@ -47,7 +49,8 @@ def register(subparsers) -> None:
                  description="Fine-tune a pretrained encoder or decoder (or a from-scratch BiLSTM) with a label head on\n"
                  "a labelled file; the best checkpoint by dev macro-F1 is RUN/best.",
                  examples=FINETUNE_EXAMPLES, func=run_finetune)
-    p.add_argument("--task", required=True, choices=["classify", "nli"])
+    p.add_argument("--task", required=True, choices=["classify", "nli", "ner"],
+                   help="ner: a tagger on CoNLL files (word ... TAG per line), scored by entity F1")
     p.add_argument("--model", required=True, help="checkpoint folder / run directory, or lstm | gru (from scratch)")
     p.add_argument("--train", required=True, help="labelled training file (.csv, .tsv, .jsonl)")
     p.add_argument("--dev", help="labelled dev file: evaluated every epoch, picks the best checkpoint")
@@ -76,6 +79,8 @@ def register(subparsers) -> None:
                  description="Predict labels with scores for each line of a text file (or stdin), or for each example\n"
                  "of a .csv/.tsv/.jsonl file.", examples=PREDICT_EXAMPLES, func=run_predict)
     p.add_argument("ckpt", metavar="RUN_OR_CKPT")
+    p.add_argument("--task", choices=["classify", "ner"], default="classify",
+                   help="ner: the entities {type, text, start, end, score} of each line")
     p.add_argument("--input", required=True, help="text file (one text per line), labelled-file format, or -")
     add_field_options(p)
     p.add_argument("--top-k", type=int, default=1, help="labels per text (single-label models)")
@@ -125,6 +130,10 @@ def run_predict(args) -> int:
     from lmforge.errors import DataError
     from lmforge.tasks.pipeline import TextClassificationPipeline
 
+    if args.task == "ner":
+        from lmforge.cli.ner import run_predict_ner
+
+        return run_predict_ner(args)
     clf = TextClassificationPipeline(args.ckpt, device=args.device)
     if args.input != "-" and Path(args.input).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
         rows = clf.predict_file(args.input, fields_from(args, clf.fields))

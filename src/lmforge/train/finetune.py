@@ -31,7 +31,7 @@ from lmforge.tasks.examples import Example, Fields, check_labels, label_set, rea
 from lmforge.tokenizers import Tokenizer
 from lmforge.train.trainer import RunResult, Trainer
 
-TASKS = ("classify", "nli")
+TASKS = ("classify", "nli", "ner")
 SCRATCH = ("lstm", "gru")  # backbones trained from scratch, with a tokenizer made from the training texts
 
 
@@ -230,6 +230,14 @@ def finetune(
 
     lora=True trains rank-`lora_r` adapters of the backbone's attention projections and the head only (the saved
     checkpoints have the adapters merged in)."""
+    if task == "ner":  # a tagger on CoNLL files: its own module (train/finetune_ner.py)
+        from lmforge.train.finetune_ner import finetune_ner
+
+        if folds or multi_label or class_weights or lora:
+            raise ConfigError("--folds, --multi-label, --class-weights and --lora are for classification, not ner")
+        return finetune_ner(model, train, out, dev=dev, epochs=epochs, max_examples=max_examples,
+                            max_length=max_length, batch_size=batch_size, lr=lr, patience=patience,
+                            max_minutes=max_minutes, seed=seed, overrides=overrides, progress=progress)
     if task not in TASKS:
         raise ConfigError(f"--task {task!r} is not supported here; choose one of {', '.join(TASKS)}")
     fields = fields or Fields()
