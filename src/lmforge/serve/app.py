@@ -1,0 +1,568 @@
+"""`create_app(CKPT)`: an OpenAI-compatible HTTP server for one checkpoint (FastAPI).
+
+A generative LM serves `/v1/completions` and `/v1/chat/completions` (both with `stream: true` as server-sent events
+in OpenAI's chunk format, ending with `data: [DONE]`); a fine-tuned classifier serves `/v1/classify`. The endpoint
+of the other kind answers 400 saying what this model serves. Every server has `/v1/models`, `/health`, a Prometheus
+`/metrics` and a playground page at `/`.
+
+Chat messages become one plain-text prompt. A checkpoint whose config.json carries a `chat_template` (a Jinja
+template in Hugging Face's convention: `messages`, `add_generation_prompt`) is rendered with it; otherwise with
+the simple template
+
+    System: …
+    User: …
+    Assistant: …
+    Assistant:
+
+and generation also stops before the model starts a new "\\nUser:" or "\\nSystem:" turn.
+
+Any `model` name in a request is accepted: the server has one model. Errors use OpenAI's shape
+`{"error": {"message", "type", "code", "param"}}`; a request the server cannot serve is a 4xx, never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lmforge.errors import ConfigError, LmforgeError
+from lmforge.generate.sampling import SamplingParams
+from lmforge.serve.batching import Batcher, CallJob, GenerateJob
+from lmforge.serve.metrics import Metrics
+
+MAX_BODY_BYTES = 1 << 20
+MAX_PROMPTS = 64  # prompts in one completion request, texts in one classify request
+MAX_STOPS = 4  # as OpenAI
+CHAT_STOPS = ["\nUser:", "\nSystem:"]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
+
+
+def error_response(status: int, message: str, type: str = "invalid_request_error", code: str | None = None,
+                   param: str | None = None, headers: dict | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type, "code": code, "param": param}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# ---- request bodies --------------------------------------------------------------------------------------
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (user, logprobs, ...)
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class Sampling(_Body):
+    model: str | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None  # the chat API's newer name for max_tokens
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None  # an extension: OpenAI has no top-k
+    repetition_penalty: float | None = None  # an extension
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str]
+
+
+class ChatMessage(_Body):
+    role: str
+    content: str | list[dict] | None = None
+
+
+class ChatRequest(Sampling):
+    messages: list[ChatMessage]
+
+
+class ClassifyRequest(_Body):
+    model: str | None = None
+    input: str | dict | list[str | dict]
+
+
+# ---- what the checkpoint serves ------------------------------------------------------------------------------
+@dataclass
+class Served:
+    lm: object
+    name: str
+    kind: str  # "generate", "classify" or "none"
+    why_not_generate: str = ""
+    classifier: object = None
+    chat_template: object = None
+
+    @property
+    def endpoints(self) -> list[str]:
+        return {"generate": ["/v1/completions", "/v1/chat/completions"], "classify": ["/v1/classify"]}.get(self.kind, [])
+
+    def require(self, kind: str) -> None:
+        if self.kind == kind:
+            return
+        if self.kind == "classify":
+            serves = "it is a fine-tuned classifier: use /v1/classify"
+        elif self.kind == "generate":
+            serves = "it is a generative language model: use /v1/completions or /v1/chat/completions"
+        else:
+            serves = self.why_not_generate
+        raise ApiError(400, f"this server's model {self.name} cannot do that; {serves}", code="wrong_model_kind")
+
+
+def load_served(model, device: str = "auto") -> Served:
+    """A checkpoint path, an `LM` or a text-classification pipeline, with what it can serve."""
+    from lmforge.lm import LM, load
+    from lmforge.tasks.pipeline import TextClassificationPipeline
+
+    if isinstance(model, (str, os.PathLike)):
+        from lmforge.train.checkpoint import read_config, resolve_checkpoint
+
+        # Known from the config so that a classifier's weights are loaded once, by its pipeline.
+        if read_config(resolve_checkpoint(model)).get("arch") == "classifier":
+            model = TextClassificationPipeline(model, device=device)
+        else:
+            model = load(model, device=device)
+    if isinstance(model, TextClassificationPipeline):
+        return Served(model.lm, _name(model.lm), "classify", classifier=model)
+    if not isinstance(model, LM):
+        raise ConfigError("serve needs a checkpoint path, an LM or a text-classification pipeline")
+    if getattr(model.model.config, "objective", None) == "classify":
+        return load_served(model.path, device)
+    try:
+        model._check_generative()
+    except ConfigError as exc:
+        return Served(model, _name(model), "none", why_not_generate=str(exc))
+    return Served(model, _name(model), "generate", chat_template=_compile_template(model.config.get("chat_template")))
+
+
+def _name(lm) -> str:
+    if lm.path is None:
+        return "lmforge"
+    path = Path(lm.path)
+    # A run directory's checkpoints are named best/latest/step-N: the run's name says more.
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def _compile_template(source: str | None):
+    if not source:
+        return None
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(source)
+    except TemplateError as exc:
+        raise ConfigError(f"the checkpoint's chat_template does not compile: {exc}") from None
+
+
+# ---- turning requests into jobs ---------------------------------------------------------------------------
+@dataclass
+class Limits:
+    max_tokens: int = 1024
+    timeout: float = 60.0
+
+
+def sampling_params(req: Sampling, limits: Limits, default_max_tokens: int) -> SamplingParams:
+    if req.n not in (None, 1):
+        raise ApiError(400, "n must be 1: this server makes one completion per prompt", param="n")
+    max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
+    max_tokens = default_max_tokens if max_tokens is None else max_tokens
+    if not 1 <= max_tokens <= limits.max_tokens:
+        raise ApiError(400, f"max_tokens must be between 1 and {limits.max_tokens}, got {max_tokens}",
+                       param="max_tokens")
+    temperature = 1.0 if req.temperature is None else req.temperature
+    if not 0 <= temperature <= 2:
+        raise ApiError(400, f"temperature must be between 0 and 2, got {temperature}", param="temperature")
+    top_p = 1.0 if req.top_p is None else req.top_p
+    if not 0 < top_p <= 1:
+        raise ApiError(400, f"top_p must be in (0, 1], got {top_p}", param="top_p")
+    if req.top_k is not None and req.top_k < 1:
+        raise ApiError(400, f"top_k must be at least 1, got {req.top_k}", param="top_k")
+    penalty = 1.0 if req.repetition_penalty is None else req.repetition_penalty
+    if penalty <= 0:
+        raise ApiError(400, f"repetition_penalty must be > 0, got {penalty}", param="repetition_penalty")
+    return SamplingParams(max_tokens, temperature, req.top_k, None if top_p == 1 else top_p, penalty)
+
+
+def stop_strings(stop: str | list[str] | None) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > MAX_STOPS or any(not s for s in stops):
+        raise ApiError(400, f"stop takes up to {MAX_STOPS} non-empty strings", param="stop")
+    return stops
+
+
+def make_job(served: Served, prompt: str, params: SamplingParams, stops: list[str], seed: int | None) -> GenerateJob:
+    try:
+        ids = served.lm._prompt_ids(prompt)  # the LM's own context check
+    except ConfigError as exc:
+        raise ApiError(400, str(exc), code="context_length_exceeded", param="prompt") from None
+    return GenerateJob(prompt, ids, params, stops, seed)
+
+
+def chat_prompt(served: Served, messages: list[ChatMessage]) -> str:
+    if not messages:
+        raise ApiError(400, "messages must hold at least one message", param="messages")
+    plain = [{"role": m.role, "content": _text_of(m.content)} for m in messages]
+    if served.chat_template is None:
+        turns = [f"{m['role'].strip().capitalize() or 'User'}: {m['content']}" for m in plain]
+        return "\n".join(turns + ["Assistant:"])
+    from jinja2 import TemplateError
+
+    try:
+        return served.chat_template.render(messages=plain, add_generation_prompt=True, bos_token="", eos_token="")
+    except TemplateError as exc:
+        raise ApiError(400, f"the model's chat template refused these messages: {exc}", param="messages") from None
+
+
+def _text_of(content: str | list[dict] | None) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if any(part.get("type") != "text" for part in content):
+        raise ApiError(400, "only text message parts are supported", param="messages")
+    return "".join(str(part.get("text", "")) for part in content)
+
+
+def usage(jobs: list[GenerateJob], completions) -> dict:
+    prompt = sum(len(j.ids) for j in jobs)
+    done = sum(c.completion_tokens for c in completions)
+    return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
+
+
+# ---- the app ----------------------------------------------------------------------------------------------
+def create_app(model, api_key: str | None = None, max_batch_size: int = 8, batch_window: float = 0.01,
+               max_tokens_limit: int = 1024, timeout: float = 60.0, device: str = "auto",
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The server for `model` (a checkpoint path, an `LM` or a text-classification pipeline).
+
+    api_key (or the environment variable LMFORGE_API_KEY) makes /v1/* require `Authorization: Bearer KEY`.
+    Concurrent non-streaming completions with the same sampling settings wait up to `batch_window` seconds to be
+    decoded together, up to `max_batch_size` at a time. A request still generating after `timeout` seconds stops
+    and answers 504.
+    """
+    served = load_served(model, device)
+    # api_key="" turns the check off even when the environment has a key.
+    api_key = (api_key if api_key is not None else os.environ.get("LMFORGE_API_KEY")) or None
+    batcher = Batcher(served.lm, max_batch_size, batch_window)
+    metrics = Metrics(batcher.stats)
+    limits = Limits(max_tokens_limit, timeout)
+
+    app = FastAPI(title="lmforge", summary=f"lmforge serving {served.name}", docs_url="/docs", redoc_url=None)
+    app.state.served, app.state.batcher, app.state.metrics = served, batcher, metrics
+    app.router.add_event_handler("shutdown", batcher.close)
+    _add_error_handlers(app)
+    router = APIRouter(prefix="/v1", dependencies=[Depends(_key_checker(api_key))])
+    _add_generation_routes(router, served, batcher, limits)
+    _add_classify_route(router, served, batcher, limits)
+
+    @router.get("/models")
+    async def models():
+        return {"object": "list", "data": [_model_card(served)]}
+
+    app.include_router(router)
+    _add_plain_routes(app, served, metrics)
+    # Outermost first: the body limit refuses a huge request before anything reads it, metrics see every answer.
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def _model_card(served: Served) -> dict:
+    return {"id": served.name, "object": "model", "created": int(time.time()), "owned_by": "lmforge",
+            "kind": served.kind, "endpoints": served.endpoints}
+
+
+def _key_checker(api_key: str | None):
+    async def check(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(token.encode(), api_key.encode()):
+            raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
+                           type="authentication_error", code="invalid_api_key")
+
+    return check
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request, exc: ApiError):
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return error_response(exc.status, exc.message, exc.type, exc.code, exc.param, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            return error_response(400, "the request body is not valid JSON", code="invalid_json")
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return error_response(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", param=where or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail), code=str(exc.status_code))
+
+    @app.exception_handler(LmforgeError)
+    async def user_error(request, exc: LmforgeError):
+        return error_response(400, str(exc))
+
+    @app.exception_handler(Exception)
+    async def bug(request, exc: Exception):  # still OpenAI's shape, so clients can show it
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
+
+
+def _add_generation_routes(router: APIRouter, served: Served, batcher: Batcher, limits: Limits) -> None:
+    @router.post("/completions")
+    async def completions(req: CompletionRequest):
+        served.require("generate")
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not 1 <= len(prompts) <= MAX_PROMPTS:
+            raise ApiError(400, f"prompt must be a string or a list of 1 to {MAX_PROMPTS} strings", param="prompt")
+        params, stops = sampling_params(req, limits, 16), stop_strings(req.stop)
+        jobs = [make_job(served, p, params, stops, req.seed) for p in prompts]
+        reply = _Reply("text_completion", served.name)
+        if req.stream:
+            if len(jobs) > 1:
+                raise ApiError(400, "stream takes a single prompt", param="prompt")
+            return _stream(batcher, jobs[0], reply, limits.timeout, _include_usage(req))
+        results = await _run_all(batcher, jobs, limits.timeout)
+        choices = [{"text": r.text, "index": i, "logprobs": None, "finish_reason": r.finish_reason}
+                   for i, r in enumerate(results)]
+        return reply.body(choices, usage(jobs, results))
+
+    @router.post("/chat/completions")
+    async def chat_completions(req: ChatRequest):
+        served.require("generate")
+        params = sampling_params(req, limits, limits.max_tokens)
+        stops = stop_strings(req.stop) + (CHAT_STOPS if served.chat_template is None else [])
+        job = make_job(served, chat_prompt(served, req.messages), params, stops, req.seed)
+        reply = _Reply("chat.completion", served.name)
+        if req.stream:
+            return _stream(batcher, job, reply, limits.timeout, _include_usage(req))
+        (result,) = await _run_all(batcher, [job], limits.timeout)
+        choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
+                  "finish_reason": result.finish_reason}
+        return reply.body([choice], usage([job], [result]))
+
+
+def _include_usage(req: Sampling) -> bool:
+    return bool(req.stream_options and req.stream_options.include_usage)
+
+
+async def _run_all(batcher: Batcher, jobs: list, timeout: float) -> list:
+    try:
+        return await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(batcher.submit(j)) for j in jobs)), timeout)
+    except asyncio.TimeoutError:
+        raise ApiError(504, f"the request took longer than {timeout:g} s and was stopped", type="timeout",
+                       code="timeout") from None
+    finally:  # a timeout or a client that went away: the worker drops what is left of these jobs
+        for j in jobs:
+            batcher.cancel(j)
+
+
+class _Reply:
+    """The envelope of one response: its id, object type, creation time and model."""
+
+    def __init__(self, object: str, model: str):
+        prefix = "chatcmpl" if object.startswith("chat") else "cmpl"
+        self.id, self.object, self.model, self.created = f"{prefix}-{uuid.uuid4().hex}", object, model, int(time.time())
+
+    @property
+    def chat(self) -> bool:
+        return self.object.startswith("chat")
+
+    def body(self, choices: list, usage: dict | None = None, object: str | None = None) -> dict:
+        out = {"id": self.id, "object": object or self.object, "created": self.created, "model": self.model,
+               "choices": choices}
+        if usage is not None:
+            out["usage"] = usage
+        return out
+
+    def chunk(self, text: str | None = None, finish_reason: str | None = None, role: bool = False) -> dict:
+        if self.chat:
+            delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text is not None else {})
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return self.body([choice], object="chat.completion.chunk")
+        return self.body([{"text": text or "", "index": 0, "logprobs": None, "finish_reason": finish_reason}])
+
+
+def _sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+class _JobStream(StreamingResponse):
+    """A streaming response that stops its job when the response ends for any reason (the client went away)."""
+
+    def __init__(self, content, on_close):
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
+def _stream(batcher: Batcher, job: GenerateJob, reply: _Reply, timeout: float, include_usage: bool):
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue = asyncio.Queue()
+
+    def put(item) -> None:  # called in the worker thread
+        try:
+            loop.call_soon_threadsafe(pieces.put_nowait, item)
+        except RuntimeError:  # the event loop is gone: nobody is listening any more
+            job.cancelled.set()
+
+    job.on_piece = put
+    future = batcher.submit(job)
+    future.add_done_callback(lambda _: put(None))  # after every piece: the worker queues them in order
+
+    async def events():
+        deadline = loop.time() + timeout
+        if reply.chat:
+            yield _sse(reply.chunk(role=True))
+        while (piece := await asyncio.wait_for(pieces.get(), max(0.0, deadline - loop.time()))) is not None:
+            yield _sse(reply.chunk(piece))
+        result = future.result()
+        yield _sse(reply.chunk(None if reply.chat else "", result.finish_reason))
+        if include_usage:
+            yield _sse(reply.body([], usage([job], [result]), object=reply.object + (".chunk" if reply.chat else "")))
+        yield "data: [DONE]\n\n"
+
+    async def guarded():
+        # The status line is sent already: a failure mid-stream becomes an error event, as OpenAI does.
+        try:
+            async for event in events():
+                yield event
+        except asyncio.TimeoutError:
+            yield _sse({"error": {"message": f"the request took longer than {timeout:g} s and was stopped",
+                                  "type": "timeout", "code": "timeout", "param": None}})
+        except Exception as exc:  # noqa: BLE001 - a stream cannot change its status any more
+            yield _sse({"error": {"message": str(exc), "type": "server_error", "code": None, "param": None}})
+
+    return _JobStream(guarded(), on_close=lambda: batcher.cancel(job))
+
+
+def _add_classify_route(router: APIRouter, served: Served, batcher: Batcher, limits: Limits) -> None:
+    @router.post("/classify")
+    async def classify(req: ClassifyRequest):
+        served.require("classify")
+        texts = req.input if isinstance(req.input, list) else [req.input]
+        if not 1 <= len(texts) <= MAX_PROMPTS:
+            raise ApiError(400, f"input must be a text or a list of 1 to {MAX_PROMPTS} texts", param="input")
+        clf = served.classifier
+        job = CallJob(lambda: clf([{"text": t} if isinstance(t, str) else t for t in texts], top_k=None))
+        try:
+            predictions = await asyncio.wait_for(asyncio.wrap_future(batcher.submit(job)), limits.timeout)
+        except ConfigError as exc:
+            raise ApiError(400, str(exc), param="input") from None
+        except asyncio.TimeoutError:
+            raise ApiError(504, f"the request took longer than {limits.timeout:g} s", type="timeout") from None
+        data = []
+        for i, ranked in enumerate(predictions):
+            item = {"index": i, "labels": ranked}
+            if not clf.multi_label:
+                item.update(ranked[0])  # the best label and its score
+            data.append(item)
+        return {"object": "list", "model": served.name, "multi_label": clf.multi_label, "data": data}
+
+
+def _add_plain_routes(app: FastAPI, served: Served, metrics: Metrics) -> None:
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": served.name, "kind": served.kind, "endpoints": served.endpoints}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def playground():
+        return HTMLResponse(resources.files("lmforge.serve").joinpath("static/index.html").read_text("utf-8"))
+
+
+# ---- middleware (plain ASGI: it must not buffer or break streaming responses) ---------------------------
+class BodyLimit:
+    """Answers 413 to a request body larger than `max_bytes`, whether or not it declares its length."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._too_large(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # afterwards the app may wait for http.disconnect
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope, receive, send):
+        response = error_response(413, f"the request body is larger than {self.max_bytes} bytes",
+                                  code="request_too_large")
+        await response(scope, receive, send)
+
+
+class MetricsMiddleware:
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.observe(scope["path"], status, time.perf_counter() - start)

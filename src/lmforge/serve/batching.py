@@ -1,0 +1,250 @@
+"""Dynamic batching: one worker thread owns the model; requests queue up and compatible ones decode together.
+
+The worker takes the oldest request, then keeps gathering for a short window (or until `max_batch_size`) the
+queued requests that can share its decode: non-streaming, unseeded (or greedy) and with the same sampling
+settings. Those are split by prompt length and each group is decoded as one batch, (B, T) ids through the model
+once per step. Prompts of equal length need no padding, so every row sees exactly what it would see alone; the
+models have no attention mask to make left padding exact, which is why prompts of different lengths do not share a
+forward pass. Seeded sampling runs alone so that a seed gives the same text as `LM.generate(..., seed=...)`.
+
+Everything touching the model runs in the worker thread: torch releases the GIL, the event loop stays responsive,
+and the model never sees two callers at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from lmforge.generate.sampling import SamplingParams, generate_tokens
+
+
+@dataclass
+class Completion:
+    text: str = ""
+    completion_tokens: int = 0
+    finish_reason: str = "length"  # "stop" at the end-of-sequence token or a stop string
+
+
+@dataclass
+class GenerateJob:
+    """One prompt to continue. `on_piece` (streaming) gets text pieces as they are ready, in the worker thread."""
+
+    prompt: str
+    ids: list[int]
+    params: SamplingParams
+    stops: list[str]
+    seed: int | None = None
+    on_piece: Callable[[str], None] | None = None
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def batch_key(self) -> tuple | None:
+        """Jobs with equal keys may share a decode; None: this job decodes alone."""
+        p = self.params
+        if self.on_piece is not None or (self.seed is not None and p.temperature > 0):
+            return None
+        return (p.temperature, p.top_k, p.top_p, p.repetition_penalty)
+
+
+@dataclass
+class CallJob:
+    """Any other model call (classification), run in the worker so the model has one caller at a time."""
+
+    fn: Callable[[], object]
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+class _Row:
+    """The decoding state of one job inside a batch, mirroring `LM._stream`'s rules for what text is ready."""
+
+    def __init__(self, job: GenerateJob, tokenizer):
+        self.job, self.tok = job, tokenizer
+        # Word-level tokenizers decode words joined by spaces: the continuation needs one after the prompt.
+        self.sep = " " if tokenizer.kind == "word" and job.prompt and not job.prompt[-1].isspace() else ""
+        self.hold = max((len(s) for s in job.stops), default=1) - 1
+        self.out: list[int] = []
+        self.emitted = ""
+        self.result = Completion()
+        self.done = False
+
+    def step(self, token: int) -> None:
+        if self.done:
+            return
+        self.result.completion_tokens += 1
+        if token == self.tok.eos_id:
+            self._finish("stop")
+            return
+        self.out.append(token)
+        text = self.sep + self.tok.decode(self.out)
+        cut = min((i for i in (text.find(s) for s in self.job.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self._emit(text[:cut])
+            self.done, self.result.finish_reason = True, "stop"
+            return
+        # Hold back an unfinished UTF-8 sequence and anything that may be the start of a stop string.
+        ready = len(text) - self.hold if self.job.stops else len(text)
+        while ready > len(self.emitted) and text[ready - 1] == "\ufffd":
+            ready -= 1
+        self._emit(text[:ready])
+        if self.result.completion_tokens >= self.job.params.max_new_tokens:
+            self._finish("length")
+
+    def _finish(self, reason: str) -> None:
+        self._emit(self.sep + self.tok.decode(self.out) if self.out else "")
+        self.done, self.result.finish_reason = True, reason
+
+    def _emit(self, text: str) -> None:
+        if len(text) > len(self.emitted):
+            piece = text[len(self.emitted) :]
+            self.emitted = text
+            if self.job.on_piece is not None:
+                self.job.on_piece(piece)
+
+    def close(self) -> Completion:
+        if not self.done:  # max_new_tokens 0, or the job was cancelled
+            self._finish("length")
+        self.result.text = self.emitted
+        return self.result
+
+
+def decode_batch(lm, jobs: list[GenerateJob]) -> list[Completion]:
+    """Continue prompts of equal token length together, one forward pass per step for the whole batch."""
+    assert len({len(j.ids) for j in jobs}) == 1, "a batch needs prompts of equal length"
+    rows = [_Row(j, lm.tokenizer) for j in jobs]
+    first = jobs[0].params
+    params = SamplingParams(max(j.params.max_new_tokens for j in jobs), first.temperature, first.top_k, first.top_p,
+                            first.repetition_penalty)
+    generator = torch.Generator(device=lm.device).manual_seed(jobs[0].seed) if jobs[0].seed is not None else None
+    x = torch.tensor([j.ids for j in jobs], dtype=torch.long, device=lm.device)
+    if params.max_new_tokens > 0:
+        steps = generate_tokens(lm.model, x, params, generator)
+        for tokens in steps:
+            for row, t in zip(rows, tokens.tolist()):
+                row.done = row.done or row.job.cancelled.is_set()
+                row.step(t)
+            if all(r.done for r in rows):
+                steps.close()  # a cancelled or finished batch stops computing at once
+                break
+    return [r.close() for r in rows]
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0  # decode calls (each one forward pass per step)
+    batched_requests: int = 0  # requests that shared their decode call with at least one other
+    largest_batch: int = 0
+    cancelled: int = 0
+    generated_tokens: int = 0
+
+
+class Batcher:
+    def __init__(self, lm, max_batch_size: int = 8, window: float = 0.01):
+        self.lm = lm
+        self.max_batch_size = max(1, max_batch_size)
+        self.window = window
+        self.stats = BatchStats()
+        self._queue: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # ---- submitting ---------------------------------------------------------------------------------
+    def submit(self, job: GenerateJob | CallJob) -> concurrent.futures.Future:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="lmforge-serve-worker", daemon=True)
+                self._thread.start()
+            self._queue.append(job)
+            self._cond.notify()
+        return job.future
+
+    def cancel(self, job: GenerateJob | CallJob) -> None:
+        """Stop a job; a no-op once it has finished. (Its future may already be cancelled by asyncio.)"""
+        finished = job.future.done() and not job.future.cancelled()
+        if isinstance(job, GenerateJob) and not finished and not job.cancelled.is_set():
+            job.cancelled.set()
+            self.stats.cancelled += 1
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # ---- the worker -----------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed and not self._queue:
+                    return
+                job = self._queue.popleft()
+            if isinstance(job, CallJob):
+                self._resolve([job], lambda j=job: [j.fn()])
+                continue
+            batch = self._gather(job)
+            for group in _by_length(batch):
+                self._resolve(group, lambda g=group: self._decode(g))
+
+    def _gather(self, first: GenerateJob) -> list[GenerateJob]:
+        """The first job plus queued jobs that can share its decode, waiting up to `window` for more to come."""
+        key = first.batch_key()
+        batch = [first]
+        if key is None or self.max_batch_size == 1:
+            return batch
+        deadline = time.monotonic() + self.window
+        with self._cond:
+            while len(batch) < self.max_batch_size:
+                for other in list(self._queue):
+                    if len(batch) < self.max_batch_size and isinstance(other, GenerateJob) and other.batch_key() == key:
+                        self._queue.remove(other)
+                        batch.append(other)
+                left = deadline - time.monotonic()
+                if left <= 0 or len(batch) >= self.max_batch_size:
+                    break
+                self._cond.wait(left)
+        return batch
+
+    def _decode(self, group: list[GenerateJob]) -> list[Completion]:
+        live = [j for j in group if not j.cancelled.is_set()]
+        done = dict(zip(map(id, live), decode_batch(self.lm, live))) if live else {}
+        self.stats.batches += bool(live)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(live))
+        self.stats.batched_requests += len(live) if len(live) > 1 else 0
+        self.stats.generated_tokens += sum(c.completion_tokens for c in done.values())
+        return [done.get(id(j), Completion(finish_reason="cancelled")) for j in group]
+
+    @staticmethod
+    def _resolve(jobs: list, compute: Callable[[], list]) -> None:
+        try:
+            results = compute()
+        except BaseException as exc:  # the request gets the error; the worker keeps serving
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_exception(exc)
+            return
+        for j, r in zip(jobs, results):
+            if not j.future.done():
+                j.future.set_result(r)
+
+
+def _by_length(jobs: list[GenerateJob]) -> list[list[GenerateJob]]:
+    groups: dict[int, list[GenerateJob]] = {}
+    for j in jobs:
+        groups.setdefault(len(j.ids), []).append(j)
+    return list(groups.values())
