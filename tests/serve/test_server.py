@@ -19,7 +19,8 @@ from tests.conftest import TINY
 def lm(char_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("serve") / "run"
     # A 64-token context holds the chat template's prompts.
-    lmforge.pretrain(char_data, run, overrides={**TINY, "model.block_size": 64}, max_steps=60, progress=False)
+    overrides = {**TINY, "model.block_size": 64, "train.eval_every": 60}
+    lmforge.pretrain(char_data, run, overrides=overrides, max_steps=60, progress=False)
     return lmforge.load(run)
 
 
@@ -228,6 +229,19 @@ def test_concurrent_requests_are_decoded_together(app, client, lm):
         lm.generate(p, max_new_tokens=10, temperature=0) for p in prompts]
     assert batcher.stats.batches - before[0] == 2  # one decode per prompt length
     assert batcher.stats.batched_requests - before[1] == 6 and batcher.stats.largest_batch >= 4
+
+
+def test_a_request_that_takes_too_long_is_stopped_with_504(lm):
+    app = create_app(lm, api_key="", timeout=0.2)
+    gate = threading.Event()
+    with TestClient(app) as c:
+        app.state.batcher.submit(CallJob(gate.wait))  # the worker is busy past the request's deadline
+        try:
+            assert_error(complete(c, prompt="alice ", max_tokens=5), 504, "timeout")
+        finally:
+            gate.set()
+        assert app.state.batcher.stats.cancelled == 1
+        assert complete(c, prompt="alice ", max_tokens=5).status_code == 200
 
 
 def test_many_concurrent_mixed_requests_all_succeed(client, lm):
