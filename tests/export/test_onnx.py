@@ -1,6 +1,8 @@
 """ONNX export: logits parity with onnxruntime, KV-cache greedy decoding through decode.onnx, classifiers, CLI."""
 
+import contextlib
 import dataclasses
+import io
 import json
 
 import numpy as np
@@ -30,11 +32,43 @@ def checkpoint(folder, tok, arch, cfg):
     return save_checkpoint(folder, model, tok, {"arch": arch, "model": dataclasses.asdict(model.config)})
 
 
+def gpt_config(tok, style):
+    return dict(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32,
+                **(LLAMA if style == "llama" else {}))
+
+
+@pytest.fixture(scope="module")
+def cli_export(tok, tmp_path_factory):
+    """A GPT-2 style decoder exported through the CLI with --check --json (exports are slow: done once)."""
+    folder = tmp_path_factory.mktemp("cli")
+    ckpt = checkpoint(folder / "gpt", tok, "gpt", gpt_config(tok, "gpt2"))
+    out, printed = folder / "onnx", io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["export", str(ckpt), "--format", "onnx", "--out", str(out), "--check", "--json"]) == 0
+    return ckpt, out, json.loads(printed.getvalue())
+
+
+def test_cli_export_check_json_and_bad_input(cli_export, capsys):
+    ckpt, out, printed = cli_export
+    check = printed["check"]
+    assert check["ok"] and check["onnxruntime_ms"] > 0 and check["torch_ms"] > 0 and "model.onnx" in printed["files"]
+    for argv, expected in (
+        (["export", str(ckpt), "--format", "tflite", "--out", str(out.parent / "a")], "unknown export format"),
+        (["export", str(ckpt), "--format", "onnx", "--out", str(out)], "not empty"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and expected in err[0]
+    assert not (out.parent / "a").exists()
+
+
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
-def test_gpt_prefill_and_kv_cache_decode_match_pytorch(tok, tmp_path, style):
-    cfg = dict(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32, **(LLAMA if style == "llama" else {}))
-    ckpt = checkpoint(tmp_path / "gpt", tok, "gpt", cfg)
-    out = export_onnx(ckpt, tmp_path / "onnx")
+def test_gpt_prefill_and_kv_cache_decode_match_pytorch(tok, tmp_path, style, cli_export):
+    if style == "gpt2":
+        ckpt, out, _ = cli_export
+    else:
+        ckpt = checkpoint(tmp_path / "gpt", tok, "gpt", gpt_config(tok, style))
+        out = export_onnx(ckpt, tmp_path / "onnx")
     assert {"model.onnx", "decode.onnx", "tokenizer.json", "config.json"} <= {p.name for p in out.iterdir()}
     result = check_onnx(out, ckpt, repeats=2)
     assert result["ok"] and result["max_abs_diff"] <= 1e-4 and result["greedy_tokens_match"]
@@ -71,18 +105,3 @@ def test_classifier_logits_match_pytorch(tok, tmp_path, backbone):
     with torch.no_grad():
         assert np.abs(logits - model(ids, mask).numpy()).max() <= 1e-4
 
-
-def test_cli_export_check_json_and_bad_input(tok, tmp_path, capsys):
-    ckpt = checkpoint(tmp_path / "gpt", tok, "gpt", dict(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2,
-                                                         n_embd=16))
-    assert main(["export", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "o"), "--check", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    check = result["check"]
-    assert check["ok"] and check["onnxruntime_ms"] > 0 and check["torch_ms"] > 0 and "model.onnx" in result["files"]
-    for argv, expected in (
-        (["export", str(ckpt), "--format", "tflite", "--out", str(tmp_path / "a")], "unknown export format"),
-        (["export", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "o")], "not empty"),
-    ):
-        assert main(argv) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("error:") and expected in err[0]
