@@ -24,6 +24,8 @@ VERB_MODULES = [
     "finetune",
     "compare",
     "quantize",
+    "export",
+    "serve",
 ]
 
 DESCRIPTION = """\
@@ -42,6 +44,8 @@ The lifecycle, one verb per stage:
   predict     labels with scores from a fine-tuned classifier
   compare     train several families on the same data and budget, side by side
   quantize    int8 / int4 quantization of a checkpoint, with a size / speed / perplexity report
+  export      a GPT or classifier as ONNX graphs for onnxruntime (--format onnx)
+  serve       an OpenAI-compatible HTTP server (and playground) for a checkpoint
   quickstart  all of the above on a built-in corpus, in about 5 minutes
 """
 
