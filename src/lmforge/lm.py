@@ -13,6 +13,13 @@ from lmforge.errors import ConfigError
 from lmforge.generate.sampling import SamplingParams, generate_tokens
 from lmforge.tokenizers import Tokenizer
 
+# Objectives of fine-tuned task models: (what it is, its --task, its pipeline name). They predict, not generate.
+TASK_MODELS = {
+    "classify": ("classification", "classify", "text-classification"),
+    "tag": ("token-classification (NER)", "ner", "ner"),
+    "span": ("question-answering", "qa", "question-answering"),
+}
+
 
 class LM:
     """A trained language model and its tokenizer."""
@@ -73,9 +80,10 @@ class LM:
         return pieces if stream else "".join(pieces)
 
     def _check_generative(self) -> None:
-        if getattr(self.model.config, "objective", None) == "classify":
-            raise ConfigError(f"{self.path or 'this model'} is a fine-tuned classifier: use `lmforge predict` or "
-                              "lmforge.pipeline('text-classification', model=...) instead of generate")
+        task = TASK_MODELS.get(getattr(self.model.config, "objective", None))
+        if task is not None:
+            raise ConfigError(f"{self.path or 'this model'} is a fine-tuned {task[0]} model: use `lmforge predict "
+                              f"--task {task[1]}` or lmforge.pipeline('{task[2]}', model=...) instead of generate")
         if self._is_seq2seq():
             raise ConfigError(
                 f"{self.path or 'this model'} is an encoder-decoder (seq2seq) that rewrites a source text instead of "

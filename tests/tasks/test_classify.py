@@ -94,7 +94,7 @@ def test_cli_finetune_evaluate_report_predict(sentiment, tmp_path, capsys):
     lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
     assert [ln["prediction"]["label"] for ln in lines] == ["pos", "neg"]
     assert main(["generate", str(run), "--prompt", "x"]) == 2
-    assert "classifier" in capsys.readouterr().err
+    assert "fine-tuned classification model" in capsys.readouterr().err
 
 
 def test_text_pairs_get_segments_and_are_cut_longest_first():
@@ -201,3 +201,12 @@ def test_a_checkpoint_that_is_not_a_classifier_is_refused(tiny_backbones, tmp_pa
     (tmp_path / "t.txt").write_text("hello\n", encoding="utf-8")
     assert main(["predict", str(tiny_backbones["bert"]), "--input", str(tmp_path / "t.txt")]) == 2
     assert "not a fine-tuned classifier" in capsys.readouterr().err
+
+
+def test_task_models_refuse_generation_and_language_model_evaluation(sentiment, tmp_path, capsys):
+    run = tmp_path / "run"
+    lmforge.finetune("classify", "lstm", sentiment / "train.tsv", run, fields=FIELDS, epochs=1, progress=False)
+    assert main(["generate", str(run), "--prompt", "x"]) == 2
+    assert "predict --task classify" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--data", str(sentiment / "dev.tsv")]) == 2
+    assert "--task classify" in capsys.readouterr().err

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.device import autocast
-from lmforge.errors import DataError, TokenizerError
+from lmforge.errors import ConfigError, DataError, TokenizerError
 
 
 @torch.no_grad()
@@ -170,9 +170,13 @@ def evaluate(
     Returns {"loss", "perplexity", "bits_per_byte", "tokens", "bytes"}.
     """
     from lmforge.data.shards import TokenShards
-    from lmforge.lm import LM, load
+    from lmforge.lm import LM, TASK_MODELS, load
 
     lm = model_or_path if isinstance(model_or_path, LM) else load(model_or_path, device=device)
+    task = TASK_MODELS.get(getattr(lm.model.config, "objective", None))
+    if task is not None:
+        raise ConfigError(f"{lm.path or 'this model'} is a fine-tuned {task[0]} model: evaluate it with "
+                          f"--task {task[1]} on a labelled file")
     block = lm.model.config.block_size
     path = Path(data)
     if path.is_dir():
