@@ -235,6 +235,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     axes[0].set_xlabel("training tokens")
     axes[1].set_xlabel("training time (s)")
     for ax in axes:
+        ax.set_xlim(left=0)  # budgets start from nothing; a zoomed axis hides how little of it a curve covers
         ax.set_ylabel("validation loss (nats/token)")
         ax.grid(alpha=0.3)
         ax.legend()
