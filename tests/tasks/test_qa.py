@@ -113,3 +113,24 @@ def test_a_tiny_encoder_learns_to_extract_the_answer(qa_data, tmp_path):
         qa(question="", context=context)
     with pytest.raises(ConfigError, match="bert"):
         finetune_qa(tmp_path / "run", qa_data / "train.json", tmp_path / "again", progress=False)
+
+
+def test_cli_finetune_evaluate_predict_qa(qa_data, tmp_path, capsys):
+    import lmforge
+    from lmforge.cli.main import main
+
+    run = tmp_path / "run"
+    assert main(["finetune", "--task", "qa", "--model", str(qa_data / "bert"), "--train", str(qa_data / "train.json"),
+                 "--dev", str(qa_data / "dev.json"), "--out", str(run), "--epochs", "3", "--max-length", "32",
+                 "--doc-stride", "12", "--batch-size", "16", "--lr", "3e-3", "--quiet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["val_f1"] > 75
+    assert main(["evaluate", str(run), "--task", "qa", "--data", str(qa_data / "dev.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["f1"] > 75
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": QUESTION, "context": "fans came to see 57 at the stadium"}) + "\n")
+    assert main(["predict", str(run), "--task", "qa", "--input", str(questions), "--json"]) == 0
+    assert "57" in json.loads(capsys.readouterr().out)["answer"]
+    assert "61" in lmforge.pipeline("question-answering", model=run)(question=QUESTION, context="it was 61")["answer"]
+    questions.write_text("not json\n")
+    assert main(["predict", str(run), "--task", "qa", "--input", str(questions)]) == 2
+    assert "q.jsonl:1" in capsys.readouterr().err

@@ -10,6 +10,7 @@ EXAMPLES = """\
   lmforge evaluate run --data data --split train --max-tokens 100000
   lmforge evaluate sst2 --task classify --data sst2/glue_dev.tsv --report sst2-report   # + report.md and plots
   lmforge evaluate conll --task ner --data conll2003/valid.txt --json                   # entity P/R/F1 per type
+  lmforge evaluate squad --task qa --data squad-dev.json --json                         # exact match and F1
 """
 
 
@@ -30,7 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, help="score at most this many tokens")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
-    p.add_argument("--task", choices=["lm", "classify", "nli", "ner"], default="lm",
+    p.add_argument("--task", choices=["lm", "classify", "nli", "ner", "qa"], default="lm",
                    help="lm: loss/perplexity/bits per byte; classify, nli: accuracy, P/R/F1, confusion matrix, "
                    "ROC-AUC of a fine-tuned classifier on a labelled --data file; ner: entity P/R/F1 (seqeval, "
                    "strict) of a tagger on a CoNLL --data file")
@@ -51,6 +52,10 @@ def run(args) -> int:
         from lmforge.cli.ner import run_evaluate_ner
 
         return run_evaluate_ner(args)
+    if args.task == "qa":
+        from lmforge.cli.qa import run_evaluate_qa
+
+        return run_evaluate_qa(args)
     if args.task != "lm":
         return run_classifier(args)
     result = evaluate(args.ckpt, args.data, split=args.split, max_tokens=args.max_tokens,

@@ -13,6 +13,7 @@ FINETUNE_EXAMPLES = """\
   lmforge finetune --task nli --model minilm --train SICK_train.txt --dev SICK_trial.txt --out sick \\
       --text-field sentence_A --text-pair-field sentence_B --label-field entailment_judgment
   lmforge finetune --task ner --model minilm --train conll2003/train.txt --dev conll2003/valid.txt --out conll
+  lmforge finetune --task qa --model minilm --train squad-train.json --dev squad-dev.json --out squad --max-length 256
 --model is a checkpoint (bert or gpt, ours or imported) or `lstm`/`gru` for a BiLSTM/BiGRU trained from scratch.
 Files: .csv, .tsv (read without quoting) or .jsonl; fields by name, or by 0-based column number for files
 without a header. Other training settings: --optim.weight_decay 0.1 --train.grad_accum 2 ...
@@ -22,6 +23,7 @@ PREDICT_EXAMPLES = """\
   echo "a gripping, funny film" | lmforge predict sst2 --input - --json
   lmforge predict sick --input pairs.jsonl            # a labelled-file format, with the run's field names
   lmforge predict conll --task ner --input news.txt --json   # entities with character offsets, per line
+  lmforge predict squad --task qa --input questions.jsonl    # {"question": ..., "context": ...} per line
 """
 
 
@@ -49,8 +51,11 @@ def register(subparsers) -> None:
                  description="Fine-tune a pretrained encoder or decoder (or a from-scratch BiLSTM) with a label head on\n"
                  "a labelled file; the best checkpoint by dev macro-F1 is RUN/best.",
                  examples=FINETUNE_EXAMPLES, func=run_finetune)
-    p.add_argument("--task", required=True, choices=["classify", "nli", "ner"],
-                   help="ner: a tagger on CoNLL files (word ... TAG per line), scored by entity F1")
+    p.add_argument("--task", required=True, choices=["classify", "nli", "ner", "qa"],
+                   help="ner: a tagger on CoNLL files (word ... TAG per line), scored by entity F1; qa: extractive "
+                   "question answering on SQuAD-format JSON, scored by exact match and F1")
+    p.add_argument("--doc-stride", type=int, default=128,
+                   help="qa: tokens between the starts of consecutive windows over a long context")
     p.add_argument("--model", required=True, help="checkpoint folder / run directory, or lstm | gru (from scratch)")
     p.add_argument("--train", required=True, help="labelled training file (.csv, .tsv, .jsonl)")
     p.add_argument("--dev", help="labelled dev file: evaluated every epoch, picks the best checkpoint")
@@ -79,8 +84,9 @@ def register(subparsers) -> None:
                  description="Predict labels with scores for each line of a text file (or stdin), or for each example\n"
                  "of a .csv/.tsv/.jsonl file.", examples=PREDICT_EXAMPLES, func=run_predict)
     p.add_argument("ckpt", metavar="RUN_OR_CKPT")
-    p.add_argument("--task", choices=["classify", "ner"], default="classify",
-                   help="ner: the entities {type, text, start, end, score} of each line")
+    p.add_argument("--task", choices=["classify", "ner", "qa"], default="classify",
+                   help="ner: the entities {type, text, start, end, score} of each line; qa: the answer to each "
+                   "{\"question\", \"context\"} line of a JSON Lines file (or every question of a SQuAD file)")
     p.add_argument("--input", required=True, help="text file (one text per line), labelled-file format, or -")
     add_field_options(p)
     p.add_argument("--top-k", type=int, default=1, help="labels per text (single-label models)")
@@ -97,7 +103,7 @@ def run_finetune(args) -> int:
         lr=args.lr, multi_label=args.multi_label, class_weights=args.class_weights, lora=args.lora,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, patience=args.patience,
         folds=args.folds, max_minutes=args.max_minutes, seed=args.seed, overrides=args.overrides,
-        progress=not args.quiet,
+        doc_stride=args.doc_stride, progress=not args.quiet,
     )
     if isinstance(result, dict):  # cross-validation
         if args.json:
@@ -134,6 +140,10 @@ def run_predict(args) -> int:
         from lmforge.cli.ner import run_predict_ner
 
         return run_predict_ner(args)
+    if args.task == "qa":
+        from lmforge.cli.qa import run_predict_qa
+
+        return run_predict_qa(args)
     clf = TextClassificationPipeline(args.ckpt, device=args.device)
     if args.input != "-" and Path(args.input).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
         rows = clf.predict_file(args.input, fields_from(args, clf.fields))

@@ -25,6 +25,8 @@ TASK_ALIASES = {
     "zero-shot-nli": "nli",
     "ner": "ner",
     "token-classification": "ner",
+    "question-answering": "qa",
+    "qa": "qa",
 }
 
 
@@ -93,12 +95,16 @@ class TextClassificationPipeline:
 
 
 def pipeline(task: str, model: str | os.PathLike, device: str = "auto", **kw):
-    """A prediction function for `task` ("sentiment-analysis", "text-classification", "nli", "ner") from a
-    checkpoint."""
+    """A prediction function for `task` ("sentiment-analysis", "text-classification", "nli", "ner",
+    "question-answering") from a checkpoint."""
     if task not in TASK_ALIASES:
         raise ConfigError(f"unknown pipeline task {task!r}; choose one of {', '.join(TASK_ALIASES)}")
     if not Path(model).exists():
         raise ConfigError(f"{model} does not exist; give a fine-tuned checkpoint folder or run directory")
+    if TASK_ALIASES[task] == "qa":
+        from lmforge.train.finetune_qa import QuestionAnsweringPipeline
+
+        return QuestionAnsweringPipeline(model, device=device)
     if TASK_ALIASES[task] == "ner":
         from lmforge.tasks.ner_pipeline import TokenClassificationPipeline
 

@@ -31,7 +31,7 @@ from lmforge.tasks.examples import Example, Fields, check_labels, label_set, rea
 from lmforge.tokenizers import Tokenizer
 from lmforge.train.trainer import RunResult, Trainer
 
-TASKS = ("classify", "nli", "ner")
+TASKS = ("classify", "nli", "ner", "qa")
 SCRATCH = ("lstm", "gru")  # backbones trained from scratch, with a tokenizer made from the training texts
 
 
@@ -224,12 +224,23 @@ def finetune(
     max_minutes: float | None = None,
     seed: int = 0,
     overrides: dict | list[str] | None = None,
+    doc_stride: int = 128,
     progress: bool = True,
 ) -> RunResult | dict:
-    """Fine-tune a classifier; returns the run's result (or, with `folds`, the cross-validation summary).
+    """Fine-tune a classifier (or, with task "ner" / "qa", a tagger / an extractive QA model); returns the run's
+    result (or, with `folds`, the cross-validation summary).
 
     lora=True trains rank-`lora_r` adapters of the backbone's attention projections and the head only (the saved
     checkpoints have the adapters merged in)."""
+    if task == "qa":  # SQuAD-format files: its own module (train/finetune_qa.py)
+        from lmforge.train.finetune_qa import finetune_qa
+
+        if folds or multi_label or class_weights or lora:
+            raise ConfigError("--folds, --multi-label, --class-weights and --lora are for classification, not qa")
+        return finetune_qa(model, train, out, dev=dev, epochs=epochs, max_examples=max_examples,
+                           max_length=max_length, doc_stride=doc_stride, batch_size=batch_size, lr=lr or 5e-5,
+                           patience=patience, max_minutes=max_minutes, seed=seed, overrides=overrides,
+                           progress=progress)
     if task == "ner":  # a tagger on CoNLL files: its own module (train/finetune_ner.py)
         from lmforge.train.finetune_ner import finetune_ner
 
