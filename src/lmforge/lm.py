@@ -10,6 +10,7 @@ import torch
 
 from lmforge.device import autocast_dtype, pick_device
 from lmforge.errors import ConfigError
+from lmforge.generate.beam import BeamParams
 from lmforge.generate.sampling import SamplingParams, generate_tokens
 from lmforge.tokenizers import Tokenizer
 
@@ -107,13 +108,23 @@ class LM:
         top_p: float | None = None,
         seed: int | None = None,
         use_cache: bool = True,
-    ) -> str | list[str]:
+        num_beams: int | None = None,
+        length_penalty: float = 1.0,
+        early_stopping: bool = True,
+        no_repeat_ngram_size: int = 0,
+        min_new_tokens: int = 0,
+        num_return_sequences: int = 1,
+    ) -> str | list[str] | list[list[str]]:
         """The decoder's text for `source` (a string, or a list of strings decoded together as one padded batch).
 
         For encoder-decoders (arch seq2seq). temperature 0 is greedy decoding. The output ends at the
         end-of-sequence token or after max_new_tokens (default and limit: block_size - 1, the decoder positions
         left after its start token). Special tokens are kept, so a span-corruption model's answer reads
         `<|mask|>first span<|mask|>second span`, one span for each mask token of the source, in order.
+
+        num_beams switches to beam search (generate/beam.py; length_penalty, early_stopping, no_repeat_ngram_size
+        and min_new_tokens belong to it); num_beams=1 is greedy decoding. With num_return_sequences > 1 each source
+        gets a list of that many outputs, best first.
         """
         from lmforge.models.seq2seq import decode_tokens, decoder_start_id
 
@@ -136,6 +147,14 @@ class LM:
         src_mask = torch.zeros(src.shape, dtype=torch.bool)
         for row, i in enumerate(ids):
             src[row, : len(i)], src_mask[row, : len(i)] = torch.tensor(i), True
+        if num_beams is not None:
+            texts = self._beam_texts(src, src_mask, BeamParams(
+                num_beams, params.max_new_tokens, length_penalty, early_stopping, no_repeat_ngram_size,
+                min_new_tokens, num_return_sequences,
+            ))
+            return texts[0] if isinstance(source, str) else texts
+        if num_return_sequences != 1:
+            raise ConfigError("num_return_sequences > 1 needs beam search; give num_beams")
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         eos = self.tokenizer.eos_id
         out: list[list[int]] = [[] for _ in ids]
@@ -153,6 +172,18 @@ class LM:
                 break
         texts = [self.tokenizer.decode(o, skip_special_tokens=False) for o in out]
         return texts[0] if isinstance(source, str) else texts
+
+    def _beam_texts(self, src: torch.Tensor, src_mask: torch.Tensor, params) -> list[str] | list[list[str]]:
+        from lmforge.generate.beam import beam_search
+        from lmforge.models.seq2seq import decoder_start_id
+
+        if self.tokenizer.eos_id is None:
+            raise ConfigError("beam search needs a tokenizer with an <|eos|> token")
+        beams = beam_search(self.model, src.to(self.device), src_mask.to(self.device),
+                            decoder_start_id(self.tokenizer), self.tokenizer.eos_id, params)
+        n = params.num_return_sequences
+        texts = [[self.tokenizer.decode(h.tokens, skip_special_tokens=False) for h in hyps[:n]] for hyps in beams]
+        return [t[0] for t in texts] if n == 1 else texts
 
     def fill_mask(self, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
         """The top_k (token, probability) guesses for each mask token in `text` (a masked-LM encoder only)."""

@@ -137,6 +137,15 @@ class DecoderState:
     cache: KVCache  # the decoder's self-attention keys and values so far
     pos: int = 0
 
+    def reorder(self, indices: torch.Tensor) -> None:
+        """Make row i continue what row indices[i] decoded so far (a beam search reselecting its beams).
+
+        Only the self-attention cache moves: a beam search reselects beams of the same source, whose cross-attention
+        keys, values and source mask are identical rows, so those stay as they are."""
+        for layer in range(len(self.cache.k)):
+            self.cache.k[layer] = self.cache.k[layer].index_select(0, indices)
+            self.cache.v[layer] = self.cache.v[layer].index_select(0, indices)
+
 
 class Seq2Seq(nn.Module):
     def __init__(self, cfg: Seq2SeqConfig):

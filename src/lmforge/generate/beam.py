@@ -1,0 +1,151 @@
+"""Batched beam search for the encoder-decoder (models.seq2seq), on top of its cached decoding step.
+
+Each source keeps `num_beams` running hypotheses. At every step all beams of all sources are extended by one token
+in one decoder call; of the 2·num_beams best (beam, token) candidates per source, those ending in end-of-sequence
+become finished hypotheses and the best others the next beams (the decoder cache is reordered to follow them).
+
+A hypothesis is scored as in GNMT / Hugging Face: the sum of its tokens' log-probabilities (its end-of-sequence
+token included) divided by length**length_penalty, length counting those same tokens. length_penalty > 0 favours
+longer outputs, < 0 shorter ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lmforge.errors import ConfigError
+
+
+@dataclass
+class BeamParams:
+    num_beams: int = 4
+    max_new_tokens: int = 100
+    length_penalty: float = 1.0
+    # True: a source is done once it has num_beams finished hypotheses. False: also keep going while a running
+    # beam could still beat the worst finished one (judged at its current length, Hugging Face's heuristic).
+    early_stopping: bool = True
+    no_repeat_ngram_size: int = 0  # 0: off; n: never produce an n-gram that already occurs in the output
+    min_new_tokens: int = 0  # end-of-sequence is forbidden before this many tokens
+    num_return_sequences: int = 1
+
+    def validate(self) -> None:
+        if self.num_beams < 1:
+            raise ConfigError(f"num_beams must be >= 1, got {self.num_beams}")
+        if not 1 <= self.num_return_sequences <= self.num_beams:
+            raise ConfigError(
+                f"num_return_sequences must be between 1 and num_beams ({self.num_beams}), got {self.num_return_sequences}"
+            )
+        if self.max_new_tokens < 0 or self.min_new_tokens < 0 or self.no_repeat_ngram_size < 0:
+            raise ConfigError("max_new_tokens, min_new_tokens and no_repeat_ngram_size must be >= 0")
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # the output, without the start token and without end-of-sequence
+    logprob: float  # sum of the log-probabilities of tokens (+ end-of-sequence when finished)
+    score: float  # logprob / length**length_penalty
+    finished: bool  # ended with end-of-sequence (False: stopped by max_new_tokens)
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens) + self.finished
+
+
+def _score(logprob: float, length: int, alpha: float) -> float:
+    return logprob / max(length, 1) ** alpha
+
+
+def _banned_ngram_tokens(seq: list[int], n: int) -> list[int]:
+    """Tokens that would repeat an n-gram of `seq` if appended to it."""
+    if len(seq) < n:
+        return []
+    prefix = tuple(seq[len(seq) - n + 1 :]) if n > 1 else ()
+    return [seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i : i + n - 1]) == prefix]
+
+
+@torch.no_grad()
+def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, start_id: int, eos_id: int,
+                params: BeamParams) -> list[list[Hypothesis]]:
+    """For each source of the batch (B, S), its hypotheses in descending score order (num_beams of them)."""
+    params.validate()
+    model.eval()
+    B, K = src.shape[0], params.num_beams
+    alpha = params.length_penalty
+    device = src.device
+    memory = model.encode(src, src_mask).repeat_interleave(K, dim=0)
+    mask = None if src_mask is None else src_mask.repeat_interleave(K, dim=0)
+    state = model.start_decoding(memory, mask)
+    # Only the first beam is live at the start: the others would be copies of it and fill the beam with duplicates.
+    beam_logprob = torch.full((B, K), float("-inf"), device=device)
+    beam_logprob[:, 0] = 0.0
+    seqs: list[list[int]] = [[] for _ in range(B * K)]
+    last = torch.full((B * K, 1), start_id, dtype=torch.long, device=device)
+    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    done = [False] * B
+
+    for step in range(params.max_new_tokens):
+        logp = model.decode_step(last, state)[:, -1].float().log_softmax(-1)  # (B*K, V)
+        if step < params.min_new_tokens:
+            logp[:, eos_id] = float("-inf")
+        if params.no_repeat_ngram_size:
+            for row, seq in enumerate(seqs):
+                banned = _banned_ngram_tokens(seq, params.no_repeat_ngram_size)
+                if banned:
+                    logp[row, banned] = float("-inf")
+        V = logp.shape[-1]
+        cand = (beam_logprob[:, :, None] + logp.view(B, K, V)).view(B, K * V)
+        top_lp, top_idx = cand.topk(min(2 * K, K * V), dim=-1)
+        top_lp, top_idx = top_lp.tolist(), top_idx.tolist()
+        next_rows, next_tokens, next_lp = [], [], []
+        for b in range(B):
+            chosen: list[tuple[int, int, float]] = []
+            for rank, (lp, idx) in enumerate(zip(top_lp[b], top_idx[b])):
+                beam, token = divmod(idx, V)
+                row = b * K + beam
+                if lp == float("-inf"):
+                    break
+                if token == eos_id:
+                    # As in Hugging Face: an end-of-sequence candidate counts only if it ranks among the num_beams
+                    # best, so a beam of 1 ends exactly where greedy decoding ends.
+                    if rank < K and not done[b]:
+                        finished[b].append(Hypothesis(list(seqs[row]), lp, _score(lp, step + 1, alpha), True))
+                    continue
+                chosen.append((row, token, lp))
+                if len(chosen) == K:
+                    break
+            while len(chosen) < K:  # too few live candidates (a tiny vocabulary, bans): pad with dead beams
+                chosen.append((b * K, eos_id, float("-inf")))
+            done[b] = done[b] or _is_done(finished[b], chosen[0][2], step + 1, params)
+            for row, token, lp in chosen:
+                next_rows.append(row)
+                next_tokens.append(token)
+                next_lp.append(lp)
+        if all(done):
+            break
+        index = torch.tensor(next_rows, device=device)
+        state.reorder(index)
+        seqs = [seqs[r] + [t] for r, t in zip(next_rows, next_tokens)]
+        beam_logprob = torch.tensor(next_lp, device=device).view(B, K)
+        last = torch.tensor(next_tokens, dtype=torch.long, device=device)[:, None]
+
+    for b in range(B):
+        if not done[b]:  # stopped by max_new_tokens: the running beams compete with the finished ones
+            for k in range(K):
+                lp = float(beam_logprob[b, k])
+                if lp > float("-inf"):
+                    seq = seqs[b * K + k]
+                    finished[b].append(Hypothesis(list(seq), lp, _score(lp, len(seq), alpha), False))
+        finished[b].sort(key=lambda h: h.score, reverse=True)
+        finished[b] = finished[b][:K]
+    return finished
+
+
+def _is_done(finished: list[Hypothesis], best_running: float, length: int, params: BeamParams) -> bool:
+    if len(finished) < params.num_beams:
+        return False
+    if params.early_stopping:
+        return True
+    worst = min(h.score for h in finished)
+    return _score(best_running, length, params.length_penalty) <= worst

@@ -1,0 +1,130 @@
+"""Beam search for the encoder-decoder: a beam of one is greedy decoding, scores are what they claim to be, the
+n-gram ban holds, and the cache follows reselected beams."""
+
+import pytest
+import torch
+
+from lmforge.errors import ConfigError
+from lmforge.generate.beam import BeamParams, beam_search
+from lmforge.generate.sampling import SamplingParams
+from lmforge.models.seq2seq import Seq2Seq, Seq2SeqConfig, decode_tokens
+
+START, EOS = 2, 3
+
+
+def tiny(seed=0) -> Seq2Seq:
+    """A random model whose outputs vary and sometimes end: an untrained model with shared embeddings only repeats
+    its start token, so the head is separate, sharper, and has a bias towards end-of-sequence."""
+    torch.manual_seed(seed)
+    cfg = Seq2SeqConfig(vocab_size=30, block_size=24, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
+                        share_embeddings=False)
+    model = Seq2Seq(cfg).eval()
+    head = torch.nn.Linear(32, 30)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight * 3)
+        head.bias.zero_()
+        head.bias[EOS] = 5.0
+    model.lm_head = head
+    return model
+
+
+def sources():
+    torch.manual_seed(1)
+    src = torch.randint(5, 30, (4, 9))
+    mask = torch.ones(4, 9, dtype=torch.bool)
+    mask[1, 5:] = mask[3, 7:] = False
+    return src, mask
+
+
+def greedy(model, src, mask, n) -> list[list[int]]:
+    steps = torch.stack(list(decode_tokens(model, src, mask, START, SamplingParams(n, temperature=0.0))), 1)
+    out = []
+    for row in steps.tolist():
+        out.append(row[: row.index(EOS)] if EOS in row else row)
+    return out
+
+
+def teacher_forced_logprob(model, src, mask, tokens: list[int], finished: bool) -> float:
+    target = tokens + [EOS] * finished
+    tgt_in = torch.tensor([[START, *target[:-1]]])
+    with torch.no_grad():
+        logp = model(src[None], tgt_in, mask[None])[0].float().log_softmax(-1)
+    return float(logp[torch.arange(len(target)), torch.tensor(target)].sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_beam_of_one_is_greedy_decoding(seed):
+    model = tiny(seed)
+    src, mask = sources()
+    beams = beam_search(model, src, mask, START, EOS, BeamParams(num_beams=1, max_new_tokens=20))
+    expected = greedy(model, src, mask, 20)
+    assert [hyps[0].tokens for hyps in beams] == expected
+    assert [hyps[0].finished for hyps in beams] == [len(t) < 20 for t in expected]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 0.6])
+def test_beams_are_sorted_and_scores_are_teacher_forced_logprobs_over_length(alpha):
+    model = tiny()
+    src, mask = sources()
+    beams = beam_search(model, src, mask, START, EOS, BeamParams(num_beams=4, max_new_tokens=12, length_penalty=alpha))
+    assert {h.finished for hyps in beams for h in hyps} == {True, False}  # both kinds of hypotheses are checked
+    for b, hyps in enumerate(beams):
+        assert len(hyps) == 4
+        scores = [h.score for h in hyps]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) + (h.finished,) for h in hyps}) == 4  # distinct hypotheses
+        for h in hyps:
+            # Recomputed from scratch: catches a cache that was not reordered with its beam.
+            lp = teacher_forced_logprob(model, src[b, mask[b]], mask[b, mask[b]], h.tokens, h.finished)
+            assert h.logprob == pytest.approx(lp, abs=1e-4)
+            assert h.score == pytest.approx(lp / max(h.length, 1) ** alpha, abs=1e-4)
+    # Beam search finds at least as likely an output as greedy decoding (at alpha 0 the score is the log-prob).
+    if alpha == 0.0:
+        for b, tokens in enumerate(greedy(model, src, mask, 12)):
+            finished = len(tokens) < 12
+            lp = teacher_forced_logprob(model, src[b, mask[b]], mask[b, mask[b]], tokens, finished)
+            assert beams[b][0].score >= lp - 1e-4
+
+
+def has_repeated_ngram(tokens: list[int], n: int) -> bool:
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def test_no_repeat_ngram_size_prevents_repeats_and_min_new_tokens_delays_the_end():
+    model = tiny()
+    src, mask = sources()
+    free = beam_search(model, src, mask, START, EOS, BeamParams(num_beams=3, max_new_tokens=20, min_new_tokens=20))
+    assert any(has_repeated_ngram(h.tokens, 2) for hyps in free for h in hyps)  # without the ban there are repeats
+    assert all(len(h.tokens) == 20 for hyps in free for h in hyps)
+    banned = beam_search(model, src, mask, START, EOS,
+                         BeamParams(num_beams=3, max_new_tokens=20, no_repeat_ngram_size=2, min_new_tokens=20))
+    assert not any(has_repeated_ngram(h.tokens, 2) for hyps in banned for h in hyps)
+
+
+def test_bad_beam_settings_are_config_errors():
+    model = tiny()
+    src, mask = sources()
+    with pytest.raises(ConfigError, match="num_beams"):
+        beam_search(model, src, mask, START, EOS, BeamParams(num_beams=0))
+    with pytest.raises(ConfigError, match="num_return_sequences"):
+        beam_search(model, src, mask, START, EOS, BeamParams(num_beams=2, num_return_sequences=3))
+
+
+def test_transduce_with_beams():
+    from lmforge.lm import LM
+    from lmforge.tokenizers import Tokenizer
+
+    tok = Tokenizer.train("char", ["abcdefghijklmnopqrstuvwxy"])
+    assert (tok.bos_id, tok.eos_id, tok.vocab_size) == (START, EOS, 30)
+    lm = LM(tiny(2), tok, {"arch": "seq2seq"})
+    texts = ["abcde", "xyq", "hello", "mmm"]
+    assert lm.transduce(texts, max_new_tokens=15, num_beams=1) == lm.transduce(texts, max_new_tokens=15)
+    best = lm.transduce(texts, max_new_tokens=15, num_beams=3, num_return_sequences=3)
+    assert [len(b) for b in best] == [3] * 4
+    assert [b[0] for b in best] == lm.transduce(texts, max_new_tokens=15, num_beams=3)
+    assert isinstance(lm.transduce("abc", max_new_tokens=5, num_beams=2), str)
+    with pytest.raises(ConfigError, match="num_beams"):
+        lm.transduce("abc", num_beams=0)
+    with pytest.raises(ConfigError, match="num_beams"):
+        lm.transduce("abc", num_return_sequences=2)
