@@ -1,7 +1,6 @@
 """Zaremba, Sutskever & Vinyals (2014) LSTMs on word-level Penn Treebank, with the configs in configs/.
 
     .venv/bin/python benchmarks/zaremba_ptb.py --size small [--max-minutes 40] [--threads 1] [--work /tmp/zaremba]
-        [--paper-loss-scale]
 
 Prepares PTB the usual word-level way (one `</s>` per line, the train split's vocabulary, its own valid file),
 trains `configs/zaremba-SIZE.yaml` (optionally cut short by a time limit: the schedule stays the full run's, so
@@ -12,8 +11,7 @@ and at the end. Published validation perplexity: small 120.7, medium 86.2.
 lmforge's loss is the mean over every token of the batch; Zaremba et al.'s (and the TensorFlow tutorial's) is
 summed over the BPTT steps and averaged over the batch only, so their gradient is block_size times ours. Their
 "SGD lr 1, clip the norm at 5" is therefore lr = block_size and clip = 5 / block_size here (the PyTorch example's
-lr 20 / clip 0.25 is the same translation). `--paper-loss-scale` trains with that translation; without it the
-configs run exactly as written.
+lr 20 / clip 0.25 is the same translation); the configs carry that translation.
 """
 
 from __future__ import annotations
@@ -34,8 +32,6 @@ def main() -> None:
     ap.add_argument("--size", choices=sorted(PUBLISHED_VALID_PPL), default="small")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop the run after this much training time")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--paper-loss-scale", action="store_true",
-                    help="scale the config's lr by block_size and its clip by 1/block_size (see above)")
     ap.add_argument("--work", default="/tmp/lmforge-zaremba", help="where the data and the run go (not the repo)")
     args = ap.parse_args()
 
@@ -50,9 +46,6 @@ def main() -> None:
     config = REPO / "configs" / f"zaremba-{args.size}.yaml"
     cfg = build_run_config(config_file=config)
     overrides = {"train.threads": args.threads}
-    if args.paper_loss_scale:
-        overrides["optim.lr"] = cfg.optim.lr * cfg.model.block_size
-        overrides["optim.grad_clip"] = cfg.optim.grad_clip / cfg.model.block_size
     run_dir = work / f"zaremba-{args.size}-{time.strftime('%Y%m%d-%H%M%S')}"
     start = time.perf_counter()
     run = lmforge.pretrain(data=data, out=run_dir, config=config, max_minutes=args.max_minutes, overrides=overrides,
@@ -72,7 +65,6 @@ def main() -> None:
         "machine": machine(),
         "config": str(config.relative_to(REPO)),
         "threads": args.threads,
-        "paper_loss_scale": args.paper_loss_scale,
         "lr": overrides.get("optim.lr", cfg.optim.lr),
         "grad_clip": overrides.get("optim.grad_clip", cfg.optim.grad_clip),
         "max_minutes": args.max_minutes,
