@@ -24,6 +24,7 @@ VERB_MODULES = [
     "finetune",
     "compare",
     "quantize",
+    "prune",
     "export",
     "serve",
 ]
@@ -44,6 +45,7 @@ The lifecycle, one verb per stage:
   predict     labels with scores from a fine-tuned classifier
   compare     train several families on the same data and budget, side by side
   quantize    int8 / int4 quantization of a checkpoint, with a size / speed / perplexity report
+  prune       magnitude or structured (heads, MLP neurons) pruning of a checkpoint, with the same report
   export      a GPT or classifier as ONNX graphs for onnxruntime (--format onnx)
   serve       an OpenAI-compatible HTTP server (and playground) for a checkpoint
   quickstart  all of the above on a built-in corpus, in about 5 minutes

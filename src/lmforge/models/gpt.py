@@ -25,6 +25,7 @@ class GPTConfig:
     n_kv_head: int | None = None  # grouped-query attention: fewer key/value heads (default: n_head)
     n_embd: int = 128
     mlp_hidden: int | None = None  # default: 4 * n_embd (GELU) or the Llama size for SwiGLU
+    head_dim: int | None = None  # default: n_embd / n_head; set when heads were pruned and n_embd kept
     dropout: float = 0.0
     bias: bool = True
     norm: str = "layernorm"  # layernorm | rmsnorm
@@ -39,6 +40,10 @@ class GPTConfig:
         return self.n_kv_head or self.n_head
 
     @property
+    def head_size(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
     def hidden(self) -> int:
         if self.mlp_hidden:
             return self.mlp_hidden
@@ -50,11 +55,13 @@ class GPTConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_embd % self.n_head:
+        if self.head_dim is None and self.n_embd % self.n_head:
             raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
         if self.n_head % self.kv_heads:
             raise ConfigError(f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.kv_heads})")
-        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
+        if self.head_dim is not None and self.head_dim < 1:
+            raise ConfigError(f"model.head_dim must be >= 1, got {self.head_dim}")
+        if self.position == "rope" and self.head_size % 2:
             raise ConfigError("rotary positions need an even head size (model.n_embd / model.n_head)")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
@@ -71,7 +78,9 @@ class Block(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
         self.attn_norm = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
-        self.attn = CausalSelfAttention(cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.dropout, cfg.bias, layer)
+        self.attn = CausalSelfAttention(
+            cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.dropout, cfg.bias, layer, cfg.head_size
+        )
         self.mlp_norm = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
         self.mlp = MLP(cfg.n_embd, cfg.hidden, cfg.activation, cfg.dropout, cfg.bias)
 
@@ -94,7 +103,7 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if cfg.position == "rope":
-            cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_theta)
+            cos, sin = rope_tables(cfg.head_size, cfg.block_size, cfg.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
@@ -137,7 +146,7 @@ class GPT(nn.Module):
         cfg = self.config
         p = self.tok_emb.weight
         return KVCache(
-            cfg.n_layer, batch, cfg.kv_heads, max_len or cfg.block_size, cfg.n_embd // cfg.n_head, p.device, p.dtype
+            cfg.n_layer, batch, cfg.kv_heads, max_len or cfg.block_size, cfg.head_size, p.device, p.dtype
         )
 
     # ---- accounting ------------------------------------------------------------------------------

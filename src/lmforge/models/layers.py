@@ -59,9 +59,12 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     """Multi-head (or grouped-query, when n_kv_head < n_head) causal self-attention."""
 
-    def __init__(self, n_embd: int, n_head: int, n_kv_head: int, dropout: float, bias: bool, layer: int):
+    def __init__(
+        self, n_embd: int, n_head: int, n_kv_head: int, dropout: float, bias: bool, layer: int,
+        head_dim: int | None = None,
+    ):
         super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, n_embd // n_head
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, head_dim or n_embd // n_head
         self.layer = layer
         # One fused projection for queries, keys and values: a single larger matmul is faster than three.
         self.qkv_proj = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
@@ -78,7 +81,7 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         B, T, C = x.shape
         kv_width = self.n_kv_head * self.head_dim
-        q, k, v = self.qkv_proj(x).split([C, kv_width, kv_width], dim=-1)
+        q, k, v = self.qkv_proj(x).split([self.n_head * self.head_dim, kv_width, kv_width], dim=-1)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
@@ -101,7 +104,7 @@ class CausalSelfAttention(nn.Module):
             is_causal=causal,
             enable_gqa=self.n_kv_head != self.n_head,
         )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.o_proj(y))
 
 
