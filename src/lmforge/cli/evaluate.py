@@ -11,6 +11,8 @@ EXAMPLES = """\
   lmforge evaluate sst2 --task classify --data sst2/glue_dev.tsv --report sst2-report   # + report.md and plots
   lmforge evaluate conll --task ner --data conll2003/valid.txt --json                   # entity P/R/F1 per type
   lmforge evaluate squad --task qa --data squad-dev.json --json                         # exact match and F1
+  lmforge evaluate wmt --task translate --data test.tsv --num-beams 4 --json            # BLEU and chrF
+  lmforge evaluate cnn --task summarize --data test.jsonl --report cnn-report           # ROUGE-1/2/L F
 """
 
 
@@ -31,14 +33,19 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, help="score at most this many tokens")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
-    p.add_argument("--task", choices=["lm", "classify", "nli", "ner", "qa"], default="lm",
+    p.add_argument("--task", choices=["lm", "classify", "nli", "ner", "qa", "translate", "summarize"], default="lm",
                    help="lm: loss/perplexity/bits per byte; classify, nli: accuracy, P/R/F1, confusion matrix, "
                    "ROC-AUC of a fine-tuned classifier on a labelled --data file; ner: entity P/R/F1 (seqeval, "
-                   "strict) of a tagger on a CoNLL --data file")
-    p.add_argument("--report", help="classify/nli/ner: write metrics.json, report.md and plots to this folder")
+                   "strict) of a tagger on a CoNLL --data file; translate: BLEU and chrF, summarize: ROUGE-1/2/L F of a seq2seq "
+                   "model's outputs on a TSV/JSONL pairs file")
+    p.add_argument("--report", help="classify/nli/ner/translate/summarize: write metrics.json, report.md and plots to this folder")
     from lmforge.cli.finetune import add_field_options
 
     add_field_options(p)
+    from lmforge.cli.seq2seq_tasks import add_beam_option, add_pair_options
+
+    add_pair_options(p)
+    add_beam_option(p)
     p.add_argument("--json", action="store_true", help="print JSON (keys: loss, perplexity, bits_per_byte, ...)")
 
 
@@ -56,6 +63,10 @@ def run(args) -> int:
         from lmforge.cli.qa import run_evaluate_qa
 
         return run_evaluate_qa(args)
+    if args.task in ("translate", "summarize"):
+        from lmforge.cli.seq2seq_tasks import run_evaluate_seq2seq
+
+        return run_evaluate_seq2seq(args)
     if args.task != "lm":
         return run_classifier(args)
     result = evaluate(args.ckpt, args.data, split=args.split, max_tokens=args.max_tokens,
