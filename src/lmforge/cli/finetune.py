@@ -14,6 +14,8 @@ FINETUNE_EXAMPLES = """\
       --text-field sentence_A --text-pair-field sentence_B --label-field entailment_judgment
   lmforge finetune --task ner --model minilm --train conll2003/train.txt --dev conll2003/valid.txt --out conll
   lmforge finetune --task qa --model minilm --train squad-train.json --dev squad-dev.json --out squad --max-length 256
+  lmforge finetune --task translate --model seq2seq-small --train de-en.tsv --dev dev.tsv --out de-en --epochs 20
+  lmforge finetune --task summarize --model t5ish --train news.jsonl --out sum --source-field article --target-field summary
 --model is a checkpoint (bert or gpt, ours or imported) or `lstm`/`gru` for a BiLSTM/BiGRU trained from scratch.
 Files: .csv, .tsv (read without quoting) or .jsonl; fields by name, or by 0-based column number for files
 without a header. Other training settings: --optim.weight_decay 0.1 --train.grad_accum 2 ...
@@ -51,16 +53,21 @@ def register(subparsers) -> None:
                  description="Fine-tune a pretrained encoder or decoder (or a from-scratch BiLSTM) with a label head on\n"
                  "a labelled file; the best checkpoint by dev macro-F1 is RUN/best.",
                  examples=FINETUNE_EXAMPLES, func=run_finetune)
-    p.add_argument("--task", required=True, choices=["classify", "nli", "ner", "qa"],
+    p.add_argument("--task", required=True, choices=["classify", "nli", "ner", "qa", "translate", "summarize"],
                    help="ner: a tagger on CoNLL files (word ... TAG per line), scored by entity F1; qa: extractive "
-                   "question answering on SQuAD-format JSON, scored by exact match and F1")
+                   "question answering on SQuAD-format JSON, scored by exact match and F1; translate/summarize: an "
+                   "encoder-decoder (seq2seq checkpoint or preset) on TSV/JSONL pairs, scored by BLEU/ROUGE-L")
     p.add_argument("--doc-stride", type=int, default=128,
                    help="qa: tokens between the starts of consecutive windows over a long context")
-    p.add_argument("--model", required=True, help="checkpoint folder / run directory, or lstm | gru (from scratch)")
+    p.add_argument("--model", required=True, help="checkpoint folder / run directory, or lstm | gru (from scratch); "
+                   "translate/summarize: a seq2seq checkpoint or preset (seq2seq-test, seq2seq-small)")
     p.add_argument("--train", required=True, help="labelled training file (.csv, .tsv, .jsonl)")
     p.add_argument("--dev", help="labelled dev file: evaluated every epoch, picks the best checkpoint")
     p.add_argument("--out", required=True, help="run directory")
     add_field_options(p)
+    from lmforge.cli.seq2seq_tasks import add_pair_options
+
+    add_pair_options(p)
     p.add_argument("--multi-label", action="store_true", help="several labels per example (sigmoid per label)")
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--max-examples", type=int, help="use only the first N training examples")
@@ -103,7 +110,8 @@ def run_finetune(args) -> int:
         lr=args.lr, multi_label=args.multi_label, class_weights=args.class_weights, lora=args.lora,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, patience=args.patience,
         folds=args.folds, max_minutes=args.max_minutes, seed=args.seed, overrides=args.overrides,
-        doc_stride=args.doc_stride, progress=not args.quiet,
+        doc_stride=args.doc_stride, progress=not args.quiet, source_field=args.source_field,
+        target_field=args.target_field,
     )
     if isinstance(result, dict):  # cross-validation
         if args.json:

@@ -57,7 +57,8 @@ def describe_scores(scores: dict) -> str:
     s = {key.removeprefix("val_"): value for key, value in scores.items()}
     shown = [("loss", "loss", ".4f"), ("perplexity", "perplexity", ".2f"), ("masked_accuracy", "masked-token accuracy", ".3f"),
              ("bits_per_byte", "bits/byte", ".4f"), ("accuracy", "accuracy", ".4f"), ("macro_f1", "macro-F1", ".4f"),
-             ("f1", "F1", ".4f"), ("exact_match", "exact match", ".4f")]
+             ("f1", "F1", ".4f"), ("exact_match", "exact match", ".4f"), ("bleu", "BLEU", ".2f"), ("chrf", "chrF", ".2f"),
+             ("rougeL", "ROUGE-L", ".2f")]
     return "  ".join(f"{label} {s[key]:{fmt}}" for key, label, fmt in shown if s.get(key) is not None)
 
 

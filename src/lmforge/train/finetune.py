@@ -31,7 +31,7 @@ from lmforge.tasks.examples import Example, Fields, check_labels, label_set, rea
 from lmforge.tokenizers import Tokenizer
 from lmforge.train.trainer import RunResult, Trainer
 
-TASKS = ("classify", "nli", "ner", "qa")
+TASKS = ("classify", "nli", "ner", "qa", "translate", "summarize")
 SCRATCH = ("lstm", "gru")  # backbones trained from scratch, with a tokenizer made from the training texts
 
 
@@ -226,12 +226,24 @@ def finetune(
     overrides: dict | list[str] | None = None,
     doc_stride: int = 128,
     progress: bool = True,
+    source_field: str = "src",
+    target_field: str = "tgt",
 ) -> RunResult | dict:
-    """Fine-tune a classifier (or, with task "ner" / "qa", a tagger / an extractive QA model); returns the run's
+    """Fine-tune a classifier (or, with task "ner" / "qa", a tagger / an extractive QA model; with "translate" /
+    "summarize", an encoder-decoder on source/target pairs, `source_field` and `target_field`); returns the run's
     result (or, with `folds`, the cross-validation summary).
 
     lora=True trains rank-`lora_r` adapters of the backbone's attention projections and the head only (the saved
     checkpoints have the adapters merged in)."""
+    if task in ("translate", "summarize"):  # an encoder-decoder on paired text: train/finetune_seq2seq.py
+        from lmforge.train.finetune_seq2seq import finetune_seq2seq
+
+        if folds or multi_label or class_weights or lora:
+            raise ConfigError(f"--folds, --multi-label, --class-weights and --lora are for classification, not {task}")
+        return finetune_seq2seq(task, model, train, out, dev=dev, source_field=source_field,
+                                target_field=target_field, epochs=epochs, max_examples=max_examples,
+                                batch_size=batch_size, lr=lr, patience=patience, max_minutes=max_minutes, seed=seed,
+                                overrides=overrides, progress=progress)
     if task == "qa":  # SQuAD-format files: its own module (train/finetune_qa.py)
         from lmforge.train.finetune_qa import finetune_qa
 
