@@ -8,6 +8,8 @@ EXAMPLES = """\
   lmforge prune run/best --method magnitude --amount 0.5 --out run-sparse
   lmforge prune run/best --method magnitude --amount 0.3 --per-layer --out run-sparse --report --data data --json
   lmforge prune run/best --method structured --amount 0.25 --out run-small --data data      # |w*grad| scores
+  lmforge prune run/best --method structured --amount 0.25 --out run-small --score l2 --report --data data
+  lmforge prune run/best --method magnitude --amount 0.7 --out run-sparse --recover-steps 200 --data data
   lmforge prune run/best --method structured --amount 0.5 --out sweep --report --data held_out.txt \\
       --amounts 0.2,0.4,0.6                                  # a table and sweep/perplexity.png
 """
@@ -33,7 +35,12 @@ def register(subparsers) -> None:
     p.add_argument("--amount", type=float, required=True, help="fraction to remove, in [0, 1)")
     p.add_argument("--out", required=True, help="checkpoint folder to write (with --amounts: a folder of them)")
     p.add_argument("--per-layer", action="store_true", help="magnitude: the same fraction in every layer")
+    p.add_argument("--score", default="auto",
+                   help="structured: importance by l2 (weight norms) or taylor (sum |w*grad| on --data); "
+                   "auto: taylor when --data is given")
     p.add_argument("--data", help="text file or prepared data directory: --report's perplexity, structured scores")
+    p.add_argument("--recover-steps", type=int, default=0,
+                   help="fine-tune the pruned model this many steps on --data DIR (zeros stay zero)")
     p.add_argument("--report", action="store_true",
                    help="compare size, parameters, sparsity, greedy tokens/s and perplexity, original vs pruned")
     p.add_argument("--amounts", help="with --report: comma-separated amounts to sweep instead of --amount")
@@ -66,7 +73,8 @@ def run(args) -> int:
     if args.amounts and not args.report:
         raise ConfigError("--amounts sweeps for a report; add --report --data FILE")
     if args.amounts:
-        rows = sweep(args.ckpt, args.out, args.method, _amounts(args.amounts), args.per_layer, args.data)
+        rows = sweep(args.ckpt, args.out, args.method, _amounts(args.amounts), args.per_layer, args.data, args.score,
+                     args.recover_steps)
         png = plot(rows, args.method, Path(args.out) / "perplexity.png")
         if args.json:
             print_json({"out": args.out, "method": args.method, "plot": str(png), "rows": rows})
@@ -75,7 +83,8 @@ def run(args) -> int:
         _table(rows)
         return 0
 
-    out = prune_checkpoint(args.ckpt, args.out, args.method, args.amount, args.per_layer, args.data)
+    out = prune_checkpoint(args.ckpt, args.out, args.method, args.amount, args.per_layer, args.data, args.score,
+                           args.recover_steps)
     result = {"out": str(out), **read_config(out)["pruning"]}
     if args.report:
         result["report"] = {"original": describe(args.ckpt, args.data), "pruned": describe(out, args.data)}

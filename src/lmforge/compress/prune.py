@@ -25,6 +25,7 @@ from torch.nn.utils import prune as torch_prune
 from lmforge.errors import ConfigError, DataError, TokenizerError
 
 METHODS = ("magnitude", "structured")
+SCORES = ("auto", "l2", "taylor")  # auto: taylor when there is data to take gradients on, else l2
 OUTPUT_LAYERS = ("lm_head", "head")
 CALIBRATION_BATCHES = 4
 
@@ -176,6 +177,50 @@ def structured_prune(model: nn.Module, amount: float, batches: list | None = Non
     return small.eval(), record
 
 
+# ---- recovery fine-tune ----------------------------------------------------------------------------------
+
+
+def recover(model: nn.Module, tokenizer, config: dict, data: str | os.PathLike, steps: int) -> nn.Module:
+    """A short fine-tune of a pruned model on a prepared data directory, by the one training loop.
+
+    Zero weights stay zero: each Linear weight trains behind its pruning mask (torch.nn.utils.prune's
+    reparametrization), folded back in at the end. The run's own optimizer settings apply, with a cosine decay
+    over `steps`; its checkpoints go to a temporary folder (they carry the `_orig`/`_mask` names) and are dropped.
+    """
+    import tempfile
+
+    from lmforge.config import build_run_config
+    from lmforge.train.trainer import Trainer, load_prepared
+
+    if steps < 1:
+        raise ConfigError(f"--recover-steps must be >= 1, got {steps}")
+    if not Path(data).is_dir():
+        raise DataError("--recover-steps trains on a prepared data directory (lmforge prepare); --data is not one")
+    _, data_tokenizer = load_prepared(Path(data))
+    if data_tokenizer.sha256() != tokenizer.sha256():
+        raise TokenizerError(f"{data} was tokenized with a different tokenizer than the model's")
+    run = config.get("run") or {}
+    train = {k: v for k, v in (run.get("train") or {}).items() if k in ("batch_size", "grad_accum", "seed", "threads")}
+    base = {"arch": config["arch"], "model": config["model"], "optim": run.get("optim") or {}, "train": train}
+    cfg = build_run_config(base=base, overrides={
+        "train.max_steps": steps, "train.eval_every": steps, "train.tensorboard": False, "train.keep_last": 1,
+        "optim.warmup_steps": min(steps // 10, (run.get("optim") or {}).get("warmup_steps", 100)),
+    })
+    layers = prunable_layers(model)
+    for _, m in layers:
+        torch_prune.custom_from_mask(m, "weight", m.weight.detach() != 0)
+
+    class Recovery(Trainer):
+        def _build_model(self):
+            return model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        Recovery(cfg, data, Path(tmp) / "run", progress=False).run()
+    for _, m in layers:
+        torch_prune.remove(m, "weight")
+    return model.cpu().eval()
+
+
 # ---- checkpoints -----------------------------------------------------------------------------------------
 
 
@@ -186,6 +231,8 @@ def prune_checkpoint(
     amount: float,
     per_layer: bool = False,
     data: str | os.PathLike | None = None,
+    score: str = "auto",
+    recover_steps: int = 0,
 ) -> Path:
     """Prune a checkpoint and save the result as a new checkpoint folder that `lmforge.load` reads back."""
     import dataclasses
@@ -197,6 +244,10 @@ def prune_checkpoint(
     if method not in METHODS:
         raise ConfigError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
     check_amount(amount)
+    if score not in SCORES:
+        raise ConfigError(f"unknown importance score {score!r}; choose one of {', '.join(SCORES)}")
+    if score == "taylor" and data is None:
+        raise ConfigError("--score taylor needs --data (a text file or a prepared data directory) for gradients")
     src = resolve_checkpoint(ckpt)
     config = read_config(src)
     if config.get("arch") and is_statistical(config["arch"]):
@@ -213,11 +264,17 @@ def prune_checkpoint(
         with torch.no_grad():
             record = magnitude_prune(model, amount, per_layer)
     else:
-        batches = calibration_batches(lm, data) if data is not None else None
+        taylor = score == "taylor" or (score == "auto" and data is not None)
+        batches = calibration_batches(lm, data) if taylor else None
         model, record = structured_prune(model, amount, batches)
         config["model"] = dataclasses.asdict(model.config)
         if isinstance(config.get("run"), dict):
             config["run"] = {**config["run"], "model": config["model"]}
+    if recover_steps:
+        if data is None:
+            raise ConfigError("--recover-steps needs --data DIR, a prepared data directory to train on")
+        model = recover(model, lm.tokenizer, config, data, recover_steps)
+        record["recover_steps"] = recover_steps
     record.update(sparsity(model))
     config = {k: v for k, v in config.items() if k not in ("lmforge_version", "tokenizer")}
     config["pruning"] = record
@@ -240,11 +297,13 @@ def describe(ckpt: str | os.PathLike, data: str | os.PathLike | None) -> dict:
     return out
 
 
-def sweep(ckpt, out_dir, method: str, amounts: list[float], per_layer: bool, data) -> list[dict]:
+def sweep(ckpt, out_dir, method: str, amounts: list[float], per_layer: bool, data, score: str = "auto",
+          recover_steps: int = 0) -> list[dict]:
     """Prune at each amount into out_dir/amount-X and describe each result (the original first, as amount 0)."""
     rows = [{"amount": 0.0, **describe(ckpt, data)}]
     for amount in amounts:
-        path = prune_checkpoint(ckpt, Path(out_dir) / f"amount-{amount:g}", method, amount, per_layer, data)
+        path = prune_checkpoint(ckpt, Path(out_dir) / f"amount-{amount:g}", method, amount, per_layer, data, score,
+                                recover_steps)
         rows.append({"amount": amount, **describe(path, data)})
     return rows
 
