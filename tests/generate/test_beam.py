@@ -128,3 +128,14 @@ def test_transduce_with_beams():
         lm.transduce("abc", num_beams=0)
     with pytest.raises(ConfigError, match="num_beams"):
         lm.transduce("abc", num_return_sequences=2)
+
+
+def test_without_early_stopping_the_search_goes_on_while_a_beam_can_still_win():
+    model = tiny(2)
+    src, mask = sources()
+    early = beam_search(model, src, mask, START, EOS, BeamParams(num_beams=3, max_new_tokens=15, length_penalty=0.0))
+    full = beam_search(model, src, mask, START, EOS,
+                       BeamParams(num_beams=3, max_new_tokens=15, length_penalty=0.0, early_stopping=False))
+    # Without a length penalty a running beam's log-probability only falls, so the longer search is exact, never worse.
+    for a, b in zip(early, full):
+        assert b[0].score >= a[0].score - 1e-6

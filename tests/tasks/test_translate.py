@@ -122,6 +122,10 @@ def test_translation_fine_tuning_reaches_high_bleu_greedy_and_with_beams(transla
     assert "| BLEU |" in (tmp_path / "report-4" / "report.md").read_text(encoding="utf-8")
     lm = lmforge.load(result.best)
     assert lm.transduce("red cat", num_beams=4) == lm.transduce("red cat") == "dero taco"
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("sun moon\n\nblue dog tree\n", encoding="utf-8")
+    assert main(["predict", str(folder / "run"), "--task", "translate", "--input", str(sentences), "--num-beams", "3"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["nuso noomo", "eulbo godo eerto"]
 
 
 def test_cli_fine_tunes_a_checkpoint_on_jsonl_fields(translator, tmp_path, capsys):

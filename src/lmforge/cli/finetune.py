@@ -26,6 +26,7 @@ PREDICT_EXAMPLES = """\
   lmforge predict sick --input pairs.jsonl            # a labelled-file format, with the run's field names
   lmforge predict conll --task ner --input news.txt --json   # entities with character offsets, per line
   lmforge predict squad --task qa --input questions.jsonl    # {"question": ..., "context": ...} per line
+  lmforge predict de-en --task translate --input sentences.txt --num-beams 4   # one translation per line
 """
 
 
@@ -91,12 +92,17 @@ def register(subparsers) -> None:
                  description="Predict labels with scores for each line of a text file (or stdin), or for each example\n"
                  "of a .csv/.tsv/.jsonl file.", examples=PREDICT_EXAMPLES, func=run_predict)
     p.add_argument("ckpt", metavar="RUN_OR_CKPT")
-    p.add_argument("--task", choices=["classify", "ner", "qa"], default="classify",
+    p.add_argument("--task", choices=["classify", "ner", "qa", "translate", "summarize"], default="classify",
                    help="ner: the entities {type, text, start, end, score} of each line; qa: the answer to each "
-                   "{\"question\", \"context\"} line of a JSON Lines file (or every question of a SQuAD file)")
+                   "{\"question\", \"context\"} line of a JSON Lines file (or every question of a SQuAD file); "
+                   "translate/summarize: a seq2seq model's output for each line (or --source-field of a .jsonl)")
     p.add_argument("--input", required=True, help="text file (one text per line), labelled-file format, or -")
     add_field_options(p)
     p.add_argument("--top-k", type=int, default=1, help="labels per text (single-label models)")
+    from lmforge.cli.seq2seq_tasks import add_beam_option, add_pair_options
+
+    add_pair_options(p)
+    add_beam_option(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON lines")
 
@@ -152,6 +158,10 @@ def run_predict(args) -> int:
         from lmforge.cli.qa import run_predict_qa
 
         return run_predict_qa(args)
+    if args.task in ("translate", "summarize"):
+        from lmforge.cli.seq2seq_tasks import run_predict_seq2seq
+
+        return run_predict_seq2seq(args)
     clf = TextClassificationPipeline(args.ckpt, device=args.device)
     if args.input != "-" and Path(args.input).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
         rows = clf.predict_file(args.input, fields_from(args, clf.fields))

@@ -35,3 +35,53 @@ def run_evaluate_seq2seq(args) -> int:
     if args.report and not args.json:
         print(f"report: {args.report}/report.md")
     return 0
+
+
+def _sources(source: str, field: str) -> list[str]:
+    """One source per non-empty line of a text file (or stdin), or the `field` of each line of a .jsonl file."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from lmforge.errors import DataError
+
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {source} as UTF-8 text ({type(exc).__name__})") from None
+    jsonl = source != "-" and Path(source).suffix.lower() == ".jsonl"
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if jsonl:
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                item = None
+            value = item.get(field) if isinstance(item, dict) else None
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(f"{source}:{n} has no text in field {field!r}")
+            line = value
+        out.append(line.strip())
+    if not out:
+        raise DataError(f"{source} has no source text")
+    return out
+
+
+def run_predict_seq2seq(args) -> int:
+    import json
+
+    from lmforge.errors import ConfigError
+    from lmforge.eval.seq2seq_metrics import decode_texts
+    from lmforge.lm import load
+
+    if args.num_beams < 1:
+        raise ConfigError(f"--num-beams must be >= 1, got {args.num_beams}")
+    lm = load(args.ckpt, device=args.device)
+    if getattr(lm.model.config, "objective", None) != "seq2seq":
+        raise ConfigError(f"{args.ckpt} is not an encoder-decoder; --task {args.task} needs a seq2seq checkpoint")
+    sources = _sources(args.input, args.source_field)
+    for source, output in zip(sources, decode_texts(lm.model, lm.tokenizer, sources, args.num_beams)):
+        print(json.dumps({"source": source, "output": output}, ensure_ascii=False) if args.json else output)
+    return 0
