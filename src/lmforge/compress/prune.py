@@ -276,7 +276,8 @@ def prune_checkpoint(
         model = recover(model, lm.tokenizer, config, data, recover_steps)
         record["recover_steps"] = recover_steps
     record.update(sparsity(model))
-    config = {k: v for k, v in config.items() if k not in ("lmforge_version", "tokenizer")}
+    # The source's validation metrics describe the unpruned weights; `lmforge info` must not show them as ours.
+    config = {k: v for k, v in config.items() if k not in ("lmforge_version", "tokenizer", "metrics")}
     config["pruning"] = record
     config["pruned_from"] = str(src)
     return save_checkpoint(out, model, lm.tokenizer, config)
