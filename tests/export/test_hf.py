@@ -168,3 +168,30 @@ def test_the_real_minilm_encoder_matches_transformers(tmp_path):
     real = enc["attention_mask"].bool()
     assert torch.allclose(mine[real], theirs.last_hidden_state[real], atol=1e-4)
     assert torch.allclose(lm.model.pool(mine), theirs.pooler_output, atol=1e-4)
+
+
+def test_a_head_pruned_llama_exports_with_its_head_dim_and_gpt2_style_refuses(tmp_path, tokenizer):
+    import dataclasses
+
+    from lmforge.compress.prune import structured_prune
+    from lmforge.config import build_run_config
+
+    for preset, ok in (("llama-test", True), ("test", False)):
+        cfg = build_run_config(preset=preset)
+        cfg.model.vocab_size = tokenizer.vocab_size
+        torch.manual_seed(0)
+        pruned, _ = structured_prune(build_model(cfg.arch, cfg.model).eval(), 0.5)
+        pruned.eval()
+        assert pruned.config.head_size * pruned.config.n_head != pruned.config.n_embd
+        ckpt = save_checkpoint(tmp_path / preset, pruned, tokenizer,
+                               {"arch": "gpt", "model": dataclasses.asdict(pruned.config)})
+        if not ok:
+            with pytest.raises(ConfigError, match="pruned"):
+                export_hf(ckpt, tmp_path / f"hf-{preset}")
+            continue
+        hf = transformers.AutoModelForCausalLM.from_pretrained(export_hf(ckpt, tmp_path / f"hf-{preset}")).eval()
+        x, _ = batch(tokenizer.vocab_size)
+        with torch.no_grad():
+            assert torch.allclose(pruned(x), hf(x).logits, atol=1e-4)
+        back = load(import_hf(tmp_path / f"hf-{preset}", tmp_path / f"back-{preset}")).model
+        assert back.config.head_size == pruned.config.head_size

@@ -237,14 +237,13 @@ def _llama_from_hf(hf: dict, w: dict) -> tuple[str, dict, dict]:
     theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
     n_head = hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or hf["hidden_size"] // n_head
-    if head_dim * n_head != hf["hidden_size"]:
-        raise ConfigError("Llama checkpoints whose head_dim x heads differs from the hidden size cannot be imported")
     cfg = dict(
         vocab_size=hf["vocab_size"], block_size=hf["max_position_embeddings"], n_layer=hf["num_hidden_layers"],
         n_head=n_head, n_kv_head=hf.get("num_key_value_heads") or n_head, n_embd=hf["hidden_size"],
         mlp_hidden=hf["intermediate_size"], dropout=0.0, bias=bool(hf.get("attention_bias", False)),
         norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), activation="swiglu", position="rope",
         rope_theta=float(theta), tie_embeddings=tie,
+        head_dim=head_dim if head_dim * n_head != hf["hidden_size"] else None,  # e.g. Gemma-like or pruned heads
     )
     if bool(hf.get("mlp_bias", False)) != cfg["bias"]:
         raise ConfigError("Llama checkpoints with attention_bias != mlp_bias cannot be imported")
@@ -317,6 +316,9 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
 def _gpt_to_hf(cfg, ours: dict) -> tuple[dict, dict]:
     common = dict(tie_word_embeddings=cfg.tie_embeddings)
     if cfg.position == "learned" and cfg.norm == "layernorm" and cfg.activation == "gelu":
+        if cfg.head_size * cfg.n_head != cfg.n_embd:
+            raise ConfigError("GPT-2 needs heads of n_embd / n_head; this model's heads were pruned, so it has no "
+                              "GPT2LMHeadModel counterpart (a Llama-style model exports with its head_dim)")
         state = {theirs: ours[o] for o, theirs in _GPT2.items() if o in ours}
         for i in range(cfg.n_layer):
             for o, theirs in _GPT2_LAYER.items():
@@ -335,7 +337,7 @@ def _gpt_to_hf(cfg, ours: dict) -> tuple[dict, dict]:
         ), state
     if cfg.position == "rope" and cfg.norm == "rmsnorm" and cfg.activation == "swiglu":
         state = {theirs: ours[o] for o, theirs in _LLAMA.items() if o in ours}
-        head_dim = cfg.n_embd // cfg.n_head
+        head_dim = cfg.head_size
         sizes = [cfg.n_head * head_dim, cfg.kv_heads * head_dim, cfg.kv_heads * head_dim]
         for i in range(cfg.n_layer):
             for o, theirs in _LLAMA_LAYER.items():

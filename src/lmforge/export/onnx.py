@@ -63,9 +63,8 @@ def decoder_hidden(gpt, input_ids: torch.Tensor, past: torch.Tensor | None = Non
     for i, block in enumerate(gpt.blocks):
         attn = block.attn
         h = block.attn_norm(x)
-        C = h.shape[-1]
-        kv_width = attn.n_kv_head * attn.head_dim
-        q, k, v = attn.qkv_proj(h).split([C, kv_width, kv_width], dim=-1)
+        q_width, kv_width = attn.n_head * attn.head_dim, attn.n_kv_head * attn.head_dim  # head_dim may be pruned
+        q, k, v = attn.qkv_proj(h).split([q_width, kv_width, kv_width], dim=-1)
         q = q.view(B, T, attn.n_head, attn.head_dim).transpose(1, 2)
         k = k.view(B, T, attn.n_kv_head, attn.head_dim).transpose(1, 2)
         v = v.view(B, T, attn.n_kv_head, attn.head_dim).transpose(1, 2)
@@ -78,7 +77,7 @@ def decoder_hidden(gpt, input_ids: torch.Tensor, past: torch.Tensor | None = Non
             k = k.repeat_interleave(attn.n_head // attn.n_kv_head, dim=1)
             v = v.repeat_interleave(attn.n_head // attn.n_kv_head, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past is None)
-        x = x + attn.o_proj(y.transpose(1, 2).reshape(B, T, C))
+        x = x + attn.o_proj(y.transpose(1, 2).reshape(B, T, q_width))
         x = x + block.mlp(block.mlp_norm(x))
     return gpt.norm(x), torch.stack(presents)
 
@@ -183,7 +182,7 @@ def _export_decoder(gpt, out: Path, config: dict, batch, seq) -> None:
     config.update(kind="decoder", model="model.onnx", decode_model="decode.onnx", inputs=["input_ids"],
                   outputs=["logits", "present"], decode_inputs=["input_ids", "past"],
                   past_layout="(n_layer, 2, batch, kv_heads, length, head_dim); 0 = keys, 1 = values",
-                  n_layer=cfg.n_layer, kv_heads=cfg.kv_heads, head_dim=cfg.n_embd // cfg.n_head)
+                  n_layer=cfg.n_layer, kv_heads=cfg.kv_heads, head_dim=cfg.head_size)
     ids = torch.randint(0, cfg.vocab_size, (2, 5))
     _export(Prefill(gpt), (ids,), out / "model.onnx", ["input_ids"], ["logits", "present"],
             {"input_ids": {0: batch, 1: seq}})
