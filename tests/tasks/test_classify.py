@@ -210,3 +210,7 @@ def test_task_models_refuse_generation_and_language_model_evaluation(sentiment, 
     assert "predict --task classify" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--data", str(sentiment / "dev.tsv")]) == 2
     assert "--task classify" in capsys.readouterr().err
+    from lmforge.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):  # a second run never overwrites one
+        lmforge.finetune("classify", "lstm", sentiment / "train.tsv", run, fields=FIELDS, epochs=1, progress=False)

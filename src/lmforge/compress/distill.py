@@ -108,13 +108,10 @@ def distill(
 ) -> RunResult:
     """Train a `student_preset` GPT on a prepared data directory against the teacher checkpoint; runs go to `out`."""
     from lmforge.config import build_run_config, parse_overrides
-    from lmforge.errors import CheckpointError
     from lmforge.train import checkpoint as ckpt
 
     check_settings(temperature, alpha)
-    run_dir = Path(out)
-    if ckpt.list_checkpoints(run_dir) or ckpt.pointed(run_dir, "latest") is not None:
-        raise CheckpointError(f"{run_dir} already holds checkpoints; choose another --out")
+    run_dir = ckpt.require_new_run_dir(out)
     lm = load_teacher(teacher, data)
     overrides = parse_overrides(overrides)
     if max_steps is not None:

@@ -226,6 +226,14 @@ def pointed(run_dir: Path, name: str) -> Path | None:
     return None
 
 
+def require_new_run_dir(run_dir: str | os.PathLike) -> Path:
+    """A run directory that holds no checkpoint yet (fine-tuning and distillation start fresh; pretrain resumes)."""
+    run_dir = Path(run_dir)
+    if list_checkpoints(run_dir) or pointed(run_dir, "latest") is not None:
+        raise CheckpointError(f"{run_dir} already holds checkpoints; choose another --out")
+    return run_dir
+
+
 def prune(run_dir: Path, keep_last: int) -> None:
     """Delete old checkpoints, keeping the newest `keep_last` and whatever `latest` / `best` point to."""
     keep = {p.resolve() for p in (pointed(run_dir, "latest"), pointed(run_dir, "best")) if p is not None}

@@ -29,9 +29,10 @@ from lmforge.models.registry import build_model
 from lmforge.tasks.encoding import TextEncoder
 from lmforge.tasks.examples import Example, Fields, check_labels, label_set, read_examples
 from lmforge.tokenizers import Tokenizer
+from lmforge.train.objectives import ShuffledEpochs
 from lmforge.train.trainer import RunResult, Trainer
 
-TASKS = ("classify", "nli", "ner", "qa", "translate", "summarize")
+TASKS = ("classify", "nli", "ner", "qa", "translate", "summarize", "chat")
 SCRATCH = ("lstm", "gru")  # backbones trained from scratch, with a tokenizer made from the training texts
 
 
@@ -45,23 +46,18 @@ def targets_of(examples: list[Example], labels: list[str], multi_label: bool) ->
     return torch.tensor([index[ex.labels[0]] for ex in examples], dtype=torch.long)
 
 
-class ClassifyObjective:
+class ClassifyObjective(ShuffledEpochs):
     """Shuffled epochs over the encoded training examples; cross-entropy (softmax) or per-label binary
     cross-entropy (multi-label), optionally weighted against class imbalance."""
 
     name = "classify"
 
     def __init__(self, rows, targets: torch.Tensor, encoder: TextEncoder, batch_size: int, class_weights=None):
-        self.rows, self.targets, self.encoder, self.batch_size = rows, targets, encoder, batch_size
-        self.class_weights = class_weights
-        self.perm: torch.Tensor | None = None
-        self.pos = 0
+        super().__init__(len(rows), batch_size)
+        self.rows, self.targets, self.encoder, self.class_weights = rows, targets, encoder, class_weights
 
     def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        if self.perm is None or self.pos >= len(self.rows):  # a new epoch, in a new order
-            self.perm, self.pos = torch.randperm(len(self.rows), generator=generator), 0
-        chosen = self.perm[self.pos : self.pos + self.batch_size].tolist()
-        self.pos += self.batch_size
+        chosen = self.next_indices(generator)
         return (*self.encoder.batch([self.rows[i] for i in chosen]), self.targets[chosen])
 
     @staticmethod
@@ -71,13 +67,6 @@ class ClassifyObjective:
     def loss_sum(self, model, batch) -> torch.Tensor:
         ids, mask, types, y = batch
         return example_losses(model(ids, mask, types), y, self.class_weights).sum()
-
-    def state_dict(self) -> dict:
-        return {"perm": self.perm, "pos": self.pos}
-
-    def load_state_dict(self, d: dict, device) -> None:
-        if d:
-            self.perm, self.pos = d["perm"], d["pos"]
 
 
 def example_losses(logits: torch.Tensor, y: torch.Tensor, class_weights=None) -> torch.Tensor:
@@ -148,10 +137,7 @@ class FineTuner(Trainer):
 
     def _build_model(self) -> torch.nn.Module:
         model = build_model(self.cfg.arch, self.cfg.model)
-        if self.backbone_state is not None:
-            missing, unexpected = model.backbone.load_state_dict(self.backbone_state, strict=False)
-            if unexpected or [k for k in missing if "lm_head" not in k]:
-                raise ConfigError("the backbone checkpoint does not fit its own config; it may be corrupted")
+        load_backbone(model, self.backbone_state)
         if self.lora:
             from lmforge.train.lora import apply_lora
 
@@ -176,6 +162,15 @@ class FineTuner(Trainer):
         if self.dev_examples:
             lines.append(f"- dev file: `{self.info['dev']}` ({len(self.dev_examples):,} examples)")
         return lines
+
+
+def load_backbone(model: torch.nn.Module, state: dict | None) -> None:
+    """Put a pretrained backbone's weights into a task model (its head stays freshly initialised)."""
+    if state is None:
+        return
+    missing, unexpected = model.backbone.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:  # an LM head the checkpoint ties need not be saved
+        raise ConfigError("the backbone checkpoint does not fit its own config; it may be corrupted")
 
 
 def _looks_chinese(examples: list[Example]) -> bool:
@@ -244,6 +239,14 @@ def finetune(
                                 target_field=target_field, epochs=epochs, max_examples=max_examples,
                                 batch_size=batch_size, lr=lr, patience=patience, max_minutes=max_minutes, seed=seed,
                                 overrides=overrides, progress=progress)
+    if task == "chat":  # multi-turn conversations for a GPT: train/finetune_chat.py
+        from lmforge.train.finetune_chat import finetune_chat
+
+        if folds or multi_label or class_weights or lora:
+            raise ConfigError("--folds, --multi-label, --class-weights and --lora are for classification, not chat")
+        return finetune_chat(model, train, out, dev=dev, epochs=epochs, max_examples=max_examples,
+                             batch_size=batch_size, lr=lr, patience=patience, max_minutes=max_minutes, seed=seed,
+                             overrides=overrides, progress=progress)
     if task == "qa":  # SQuAD-format files: its own module (train/finetune_qa.py)
         from lmforge.train.finetune_qa import finetune_qa
 
@@ -287,8 +290,7 @@ def _run(task, model, train_examples, dev_examples, out: Path, fields, epochs, m
          multi_label, class_weights, patience, max_minutes, seed, overrides, progress, files) -> RunResult:
     from lmforge.train import checkpoint as ckpt
 
-    if ckpt.list_checkpoints(out) or ckpt.pointed(out, "latest") is not None:
-        raise ConfigError(f"{out} already holds checkpoints; choose another --out")
+    ckpt.require_new_run_dir(out)
     labels = label_set(train_examples)
     if dev_examples:
         check_labels(dev_examples, labels, files["dev"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,25 +23,22 @@ from lmforge.tasks.conll import Sentence, check_tags, read_conll, scheme_of, tag
 from lmforge.tasks.examples import Example
 from lmforge.tasks.word_encoding import IGNORE, WordEncoder
 from lmforge.tokenizers import Tokenizer
-from lmforge.train.finetune import SCRATCH, _backbone
+from lmforge.train.finetune import SCRATCH, _backbone, load_backbone
+from lmforge.train.objectives import ShuffledEpochs
 from lmforge.train.trainer import RunResult, Trainer
 
 
-class TagObjective:
+class TagObjective(ShuffledEpochs):
     """Shuffled epochs over the encoded training sentences; cross-entropy over the words' first sub-tokens."""
 
     name = "tag"
 
     def __init__(self, rows, encoder: WordEncoder, batch_size: int):
-        self.rows, self.encoder, self.batch_size = rows, encoder, batch_size
-        self.perm: torch.Tensor | None = None
-        self.pos = 0
+        super().__init__(len(rows), batch_size)
+        self.rows, self.encoder = rows, encoder
 
     def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        if self.perm is None or self.pos >= len(self.rows):  # a new epoch, in a new order
-            self.perm, self.pos = torch.randperm(len(self.rows), generator=generator), 0
-        chosen = self.perm[self.pos : self.pos + self.batch_size].tolist()
-        self.pos += self.batch_size
+        chosen = self.next_indices(generator)
         return self.encoder.batch([self.rows[i] for i in chosen])
 
     @staticmethod
@@ -53,13 +49,6 @@ class TagObjective:
         ids, mask, labels = batch
         logits = model(ids, mask)
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
-
-    def state_dict(self) -> dict:
-        return {"perm": self.perm, "pos": self.pos}
-
-    def load_state_dict(self, d: dict, device) -> None:
-        if d:
-            self.perm, self.pos = d["perm"], d["pos"]
 
 
 @torch.no_grad()
@@ -132,10 +121,7 @@ class NERTuner(Trainer):
 
     def _build_model(self) -> torch.nn.Module:
         model = build_model(self.cfg.arch, self.cfg.model)
-        if self.backbone_state is not None:
-            missing, unexpected = model.backbone.load_state_dict(self.backbone_state, strict=False)
-            if unexpected or [k for k in missing if "lm_head" not in k]:
-                raise ConfigError("the backbone checkpoint does not fit its own config; it may be corrupted")
+        load_backbone(model, self.backbone_state)
         return model
 
     def _validate(self) -> dict | None:
@@ -181,9 +167,7 @@ def finetune_ner(
     """Fine-tune a tagger on a CoNLL file (`max_examples`: its first N sentences); returns the run's result."""
     from lmforge.train import checkpoint as ckpt
 
-    out = Path(out)
-    if ckpt.list_checkpoints(out) or ckpt.pointed(out, "latest") is not None:
-        raise ConfigError(f"{out} already holds checkpoints; choose another --out")
+    out = ckpt.require_new_run_dir(out)
     if epochs <= 0 or batch_size < 1 or max_length < 4:
         raise ConfigError("--epochs must be positive, --batch-size at least 1 and --max-length at least 4")
     train_sentences = read_conll(train, max_sentences=max_examples)

@@ -22,24 +22,22 @@ from lmforge.models.registry import build_model
 from lmforge.models.span_qa import SpanQAConfig
 from lmforge.tasks.qa import Window, best_spans, collate, make_windows, window_logits
 from lmforge.tasks.squad import QAExample, read_squad, squad_scores
+from lmforge.train.finetune import load_backbone
+from lmforge.train.objectives import ShuffledEpochs
 from lmforge.train.trainer import RunResult, Trainer
 
 
-class SpanObjective:
+class SpanObjective(ShuffledEpochs):
     """Shuffled epochs over training windows; the mean of the start and end cross-entropies per window."""
 
     name = "span"
 
     def __init__(self, windows: list[Window], pad: int, batch_size: int):
-        self.windows, self.pad, self.batch_size = windows, pad, batch_size
-        self.perm: torch.Tensor | None = None
-        self.pos = 0
+        super().__init__(len(windows), batch_size)
+        self.windows, self.pad = windows, pad
 
     def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        if self.perm is None or self.pos >= len(self.windows):
-            self.perm, self.pos = torch.randperm(len(self.windows), generator=generator), 0
-        chosen = [self.windows[i] for i in self.perm[self.pos : self.pos + self.batch_size].tolist()]
-        self.pos += self.batch_size
+        chosen = [self.windows[i] for i in self.next_indices(generator)]
         positions = torch.tensor([[w.start, w.end] for w in chosen], dtype=torch.long)
         return (*collate(chosen, self.pad), positions)
 
@@ -54,13 +52,6 @@ class SpanObjective:
         start = F.cross_entropy(logits[..., 0], positions[:, 0], reduction="sum")
         end = F.cross_entropy(logits[..., 1], positions[:, 1], reduction="sum")
         return (start + end) / 2
-
-    def state_dict(self) -> dict:
-        return {"perm": self.perm, "pos": self.pos}
-
-    def load_state_dict(self, d: dict, device) -> None:
-        if d:
-            self.perm, self.pos = d["perm"], d["pos"]
 
 
 def predict(model, tokenizer, examples: list[QAExample], device, batch_size: int = 32) -> list[dict]:
@@ -100,9 +91,7 @@ class QAFineTuner(Trainer):
 
     def _build_model(self) -> torch.nn.Module:
         model = build_model(self.cfg.arch, self.cfg.model)
-        missing, unexpected = model.backbone.load_state_dict(self.backbone_state, strict=False)
-        if unexpected or [k for k in missing if "lm_head" not in k]:
-            raise ConfigError("the backbone checkpoint does not fit its own config; it may be corrupted")
+        load_backbone(model, self.backbone_state)
         return model
 
     def _validate(self) -> dict | None:
@@ -137,9 +126,7 @@ def finetune_qa(
 ) -> RunResult:
     from lmforge.train import checkpoint as ckpt
 
-    out = Path(out)
-    if ckpt.list_checkpoints(out) or ckpt.pointed(out, "latest") is not None:
-        raise ConfigError(f"{out} already holds checkpoints; choose another --out")
+    out = ckpt.require_new_run_dir(out)
     if not Path(model).exists():
         raise ConfigError(f"--model {model} does not exist; give a bert checkpoint (e.g. one made by import-hf)")
     backbone, tokenizer, config = ckpt.load_checkpoint(model)

@@ -23,7 +23,7 @@ from lmforge.eval.seq2seq_metrics import decode_texts, score_outputs
 from lmforge.models.registry import PRESETS, build_model, get_preset, model_config_class
 from lmforge.tasks.pairs import Pair, read_pairs
 from lmforge.tokenizers import Tokenizer
-from lmforge.train.objectives import IGNORE_INDEX, collate_pairs, seq2seq_loss_sum
+from lmforge.train.objectives import IGNORE_INDEX, ShuffledEpochs, collate_pairs, seq2seq_loss_sum
 from lmforge.train.trainer import RunResult, Trainer
 
 SELECTION = {"translate": ("val_bleu", "max"), "summarize": ("val_rougeL", "max")}
@@ -39,23 +39,18 @@ def encode_pairs(pairs: list[Pair], tokenizer: Tokenizer, block_size: int) -> li
     return out
 
 
-class PairsObjective:
+class PairsObjective(ShuffledEpochs):
     """Shuffled epochs over (source, target) token pairs; summed target-token cross-entropy."""
 
     name = "pairs"
 
     def __init__(self, pairs: list[tuple[list[int], list[int]]], start_id: int, pad_id: int, batch_size: int,
                  label_smoothing: float = 0.0):
-        self.pairs, self.start_id, self.pad_id, self.batch_size = pairs, start_id, pad_id, batch_size
-        self.label_smoothing = label_smoothing
-        self.perm: torch.Tensor | None = None
-        self.pos = 0
+        super().__init__(len(pairs), batch_size)
+        self.pairs, self.start_id, self.pad_id, self.label_smoothing = pairs, start_id, pad_id, label_smoothing
 
     def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        if self.perm is None or self.pos >= len(self.pairs):  # a new epoch, in a new order
-            self.perm, self.pos = torch.randperm(len(self.pairs), generator=generator), 0
-        chosen = self.perm[self.pos : self.pos + self.batch_size].tolist()
-        self.pos += self.batch_size
+        chosen = self.next_indices(generator)
         return collate_pairs([self.pairs[i] for i in chosen], self.start_id, self.pad_id)
 
     @staticmethod
@@ -64,13 +59,6 @@ class PairsObjective:
 
     def loss_sum(self, model, batch) -> torch.Tensor:
         return seq2seq_loss_sum(model, batch, self.label_smoothing)
-
-    def state_dict(self) -> dict:
-        return {"perm": self.perm, "pos": self.pos}
-
-    def load_state_dict(self, d: dict, device) -> None:
-        if d:
-            self.perm, self.pos = d["perm"], d["pos"]
 
 
 class Seq2SeqFineTuner(Trainer):
@@ -178,9 +166,7 @@ def finetune_seq2seq(
 
     if task not in SELECTION:
         raise ConfigError(f"task must be one of {', '.join(SELECTION)}, got {task!r}")
-    out = Path(out)
-    if ckpt.list_checkpoints(out) or ckpt.pointed(out, "latest") is not None:
-        raise ConfigError(f"{out} already holds checkpoints; choose another --out")
+    out = ckpt.require_new_run_dir(out)
     if epochs <= 0 or batch_size < 1:
         raise ConfigError("--epochs must be positive and --batch-size at least 1")
     train_pairs = read_pairs(train, source_field, target_field, max_pairs=max_examples)

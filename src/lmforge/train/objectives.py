@@ -270,6 +270,30 @@ class Seq2SeqDenoise:
     load_state_dict = CausalLM.load_state_dict
 
 
+class ShuffledEpochs:
+    """Base of the fine-tuning objectives: labelled examples in shuffled epochs. Each epoch's order is drawn from
+    the trainer's data generator, and the order and position are saved, so a resumed run continues the epoch."""
+
+    def __init__(self, n_examples: int, batch_size: int):
+        self.n_examples, self.batch_size = n_examples, batch_size
+        self.perm: torch.Tensor | None = None
+        self.pos = 0
+
+    def next_indices(self, generator: torch.Generator) -> list[int]:
+        if self.perm is None or self.pos >= self.n_examples:  # a new epoch, in a new order
+            self.perm, self.pos = torch.randperm(self.n_examples, generator=generator), 0
+        chosen = self.perm[self.pos : self.pos + self.batch_size].tolist()
+        self.pos += self.batch_size
+        return chosen
+
+    def state_dict(self) -> dict:
+        return {"perm": self.perm, "pos": self.pos}
+
+    def load_state_dict(self, d: dict, device: torch.device) -> None:
+        if d:
+            self.perm, self.pos = d["perm"], d["pos"]
+
+
 OBJECTIVES = {"clm": CausalLM, "tbptt": TBPTT, "mlm": MaskedLM, "seq2seq": Seq2SeqDenoise}
 
 
