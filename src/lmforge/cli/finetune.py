@@ -15,6 +15,7 @@ FINETUNE_EXAMPLES = """\
   lmforge finetune --task ner --model minilm --train conll2003/train.txt --dev conll2003/valid.txt --out conll
   lmforge finetune --task qa --model minilm --train squad-train.json --dev squad-dev.json --out squad --max-length 256
   lmforge finetune --task translate --model seq2seq-small --train de-en.tsv --dev dev.tsv --out de-en --epochs 20
+  lmforge finetune --task chat --model gpt-ckpt --train chats.jsonl --dev dev.jsonl --out chat --epochs 3
   lmforge finetune --task summarize --model t5ish --train news.jsonl --out sum --source-field article --target-field summary
 --model is a checkpoint (bert or gpt, ours or imported) or `lstm`/`gru` for a BiLSTM/BiGRU trained from scratch.
 Files: .csv, .tsv (read without quoting) or .jsonl; fields by name, or by 0-based column number for files
@@ -54,8 +55,11 @@ def register(subparsers) -> None:
                  description="Fine-tune a pretrained encoder or decoder (or a from-scratch BiLSTM) with a label head on\n"
                  "a labelled file; the best checkpoint by dev macro-F1 is RUN/best.",
                  examples=FINETUNE_EXAMPLES, func=run_finetune)
-    p.add_argument("--task", required=True, choices=["classify", "nli", "ner", "qa", "translate", "summarize"],
-                   help="ner: a tagger on CoNLL files (word ... TAG per line), scored by entity F1; qa: extractive "
+    p.add_argument("--task", required=True,
+                   choices=["classify", "nli", "ner", "qa", "translate", "summarize", "chat"],
+                   help="chat: a gpt checkpoint on JSONL conversations ({\"messages\": [{\"role\", \"content\"}]}),"
+                   " loss on assistant turns only, scored by dev loss; ner: a tagger on CoNLL files (word ... TAG "
+                   "per line), scored by entity F1; qa: extractive "
                    "question answering on SQuAD-format JSON, scored by exact match and F1; translate/summarize: an "
                    "encoder-decoder (seq2seq checkpoint or preset) on TSV/JSONL pairs, scored by BLEU/ROUGE-L")
     p.add_argument("--doc-stride", type=int, default=128,

@@ -18,6 +18,7 @@ VERB_MODULES = [
     "pretrain",
     "evaluate",
     "generate",
+    "chat",
     "info",
     "arpa",
     "hf",
@@ -39,6 +40,7 @@ The lifecycle, one verb per stage:
   pretrain    train a model on token shards (resumable)
   evaluate    loss, perplexity and bits per byte of a checkpoint
   generate    sample text from a checkpoint
+  chat        an interactive chat with a chat fine-tuned checkpoint (history, streaming, /reset, /system)
   info        parameters and FLOPs of a checkpoint or preset
   export-arpa / import-arpa   n-gram models to and from KenLM/SRILM's ARPA format
   import-hf / export-hf       Hugging Face transformers checkpoints in and out

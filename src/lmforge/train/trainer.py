@@ -195,6 +195,10 @@ class Trainer:
             self.model, self.val_data, self.tokenizer, t.batch_size, t.eval_tokens or None, self.device, self.amp_dtype
         )
 
+    def _config_extras(self) -> dict:
+        """Top-level keys a kind of run adds to every checkpoint's config.json (e.g. a chat fine-tune's template)."""
+        return {}
+
     def _data_card(self) -> list[str]:
         splits = self.manifest["splits"]
         lines = [
@@ -423,6 +427,7 @@ class Trainer:
             "step": self.step,
             "tokens": self.tokens,
             "metrics": self.last_eval,
+            **self._config_extras(),
         }
         path = ckpt.save_checkpoint(
             self.run_dir / name,
