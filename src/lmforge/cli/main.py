@@ -38,14 +38,14 @@ The lifecycle, one verb per stage:
   prepare     clean text, train a tokenizer, write token shards
   tokenizer   train / encode / decode / inspect tokenizers
   pretrain    train a model on token shards (resumable)
-  evaluate    loss, perplexity and bits per byte of a checkpoint
+  evaluate    loss, perplexity and bits per byte of a checkpoint (--task: classification, NER, QA, BLEU/ROUGE)
   generate    sample text from a checkpoint
   chat        an interactive chat with a chat fine-tuned checkpoint (history, streaming, /reset, /system)
   info        parameters and FLOPs of a checkpoint or preset
   export-arpa / import-arpa   n-gram models to and from KenLM/SRILM's ARPA format
   import-hf / export-hf       Hugging Face transformers checkpoints in and out
-  finetune    fine-tune a classifier (text classification, sentiment, NLI) on a labelled file
-  predict     labels with scores from a fine-tuned classifier
+  finetune    fine-tune for a task: classify, nli, ner, qa, translate, summarize, chat
+  predict     predictions of a fine-tuned model (labels, entities, answers, translations)
   compare     train several families on the same data and budget, side by side
   quantize    int8 / int4 quantization of a checkpoint, with a size / speed / perplexity report
   prune       magnitude or structured (heads, MLP neurons) pruning of a checkpoint, with the same report
