@@ -214,3 +214,12 @@ def test_task_models_refuse_generation_and_language_model_evaluation(sentiment, 
 
     with pytest.raises(CheckpointError, match="already holds checkpoints"):  # a second run never overwrites one
         lmforge.finetune("classify", "lstm", sentiment / "train.tsv", run, fields=FIELDS, epochs=1, progress=False)
+
+
+def test_options_that_do_not_apply_to_a_task_are_refused_not_ignored(sentiment, tmp_path):
+    with pytest.raises(ConfigError, match="--max-length does not apply to translate"):
+        lmforge.finetune("translate", "seq2seq-test", sentiment / "train.tsv", tmp_path / "r", max_length=64,
+                         progress=False)
+    with pytest.raises(ConfigError, match="not ner"):
+        lmforge.finetune("ner", "lstm", sentiment / "train.tsv", tmp_path / "r", folds=3, progress=False)
+    assert not (tmp_path / "r").exists()

@@ -76,7 +76,9 @@ def register(subparsers) -> None:
     p.add_argument("--multi-label", action="store_true", help="several labels per example (sigmoid per label)")
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--max-examples", type=int, help="use only the first N training examples")
-    p.add_argument("--max-length", type=int, default=128, help="longest input in tokens (longer ones are cut)")
+    p.add_argument("--max-length", type=int,
+                   help="longest input in tokens, longer ones are cut (default 128; qa 384; translate, summarize "
+                   "and chat use the model's context)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, help="peak learning rate (default 5e-5 pretrained, 1e-3 from scratch)")
     p.add_argument("--class-weights", action="store_true", help="weigh classes by inverse frequency")

@@ -93,8 +93,10 @@ def build_backbone(cfg: ClassifierConfig) -> nn.Module:
     return build_model(cfg.backbone, dict(cfg.encoder))
 
 
-class Classifier(nn.Module):
-    def __init__(self, cfg: ClassifierConfig):
+class BackboneWithHead(nn.Module):
+    """A backbone that reads the tokens and a linear head over `config.labels` (classifiers and taggers)."""
+
+    def __init__(self, cfg):
         super().__init__()
         cfg.validate()
         self.config = cfg
@@ -105,16 +107,30 @@ class Classifier(nn.Module):
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
+    def hidden(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        if self.config.backbone == "bert":
+            return self.backbone.encode(input_ids, attention_mask, token_type_ids)
+        if self.config.backbone == "gpt":
+            return self.backbone.encode(input_ids)  # causal: right padding never reaches the real tokens
+        return self.backbone.encode(input_ids, attention_mask)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> dict[str, int]:
+        if hasattr(self.backbone, "flops_per_token"):
+            return self.backbone.flops_per_token()
+        # the recurrent encoder: its matrices, read once per token
+        forward = 2 * sum(p.numel() for n, p in self.backbone.rnn.named_parameters() if "weight" in n)
+        return {"forward": forward, "training": 3 * forward}
+
+
+class Classifier(BackboneWithHead):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         """Label logits (B, labels)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if self.config.backbone == "bert":
-            hidden = self.backbone.encode(input_ids, attention_mask, token_type_ids)
-        elif self.config.backbone == "gpt":
-            hidden = self.backbone.encode(input_ids)  # causal: right padding never reaches the real tokens
-        else:
-            hidden = self.backbone.encode(input_ids, attention_mask)
+        hidden = self.hidden(input_ids, attention_mask, token_type_ids)
         return self.head(self.drop(self.pooled(hidden, attention_mask)))
 
     def pooled(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -127,15 +143,3 @@ class Classifier(nn.Module):
             return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).max(1).values
         last = mask.sum(1).clamp(min=1) - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def flops_per_token(self) -> dict[str, int]:
-        if hasattr(self.backbone, "flops_per_token"):
-            inner = self.backbone.flops_per_token()
-        else:  # the recurrent encoder: its matrices, read once per token
-            inner = {"forward": 2 * sum(p.numel() for n, p in self.backbone.rnn.named_parameters() if "weight" in n)}
-            inner["training"] = 3 * inner["forward"]
-        return inner
-

@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from lmforge.errors import ConfigError
-from lmforge.models.classifier import build_backbone
+from lmforge.models.classifier import BackboneWithHead
 
 BACKBONES = ("bert", "lstm", "gru")
 
@@ -42,33 +41,9 @@ class TaggerConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
-class Tagger(nn.Module):
-    def __init__(self, cfg: TaggerConfig):
-        super().__init__()
-        cfg.validate()
-        self.config = cfg
-        self.backbone = build_backbone(cfg)
-        width = getattr(self.backbone, "width", None) or self.backbone.config.n_embd
-        self.drop = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(width, len(cfg.labels))
-        nn.init.normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
-
+class Tagger(BackboneWithHead):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         """Tag logits (B, T, tags)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if self.config.backbone == "bert":
-            hidden = self.backbone.encode(input_ids, attention_mask, token_type_ids)
-        else:
-            hidden = self.backbone.encode(input_ids, attention_mask)
-        return self.head(self.drop(hidden))
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def flops_per_token(self) -> dict[str, int]:
-        if hasattr(self.backbone, "flops_per_token"):
-            return self.backbone.flops_per_token()
-        forward = 2 * sum(p.numel() for n, p in self.backbone.rnn.named_parameters() if "weight" in n)
-        return {"forward": forward, "training": 3 * forward}
+        return self.head(self.drop(self.hidden(input_ids, attention_mask, token_type_ids)))

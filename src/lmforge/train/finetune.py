@@ -206,7 +206,7 @@ def finetune(
     fields: Fields | None = None,
     epochs: float = 3,
     max_examples: int | None = None,
-    max_length: int = 128,
+    max_length: int | None = None,
     batch_size: int = 32,
     lr: float | None = None,
     multi_label: bool = False,
@@ -229,12 +229,18 @@ def finetune(
     result (or, with `folds`, the cross-validation summary).
 
     lora=True trains rank-`lora_r` adapters of the backbone's attention projections and the head only (the saved
-    checkpoints have the adapters merged in)."""
+    checkpoints have the adapters merged in). `max_length` defaults to 128 tokens (384 for qa); translate,
+    summarize and chat use the model's own context instead and refuse it."""
+    if task not in TASKS:
+        raise ConfigError(f"--task {task!r} is not supported here; choose one of {', '.join(TASKS)}")
+    if task not in ("classify", "nli") and (folds or multi_label or class_weights or lora):
+        raise ConfigError(f"--folds, --multi-label, --class-weights and --lora are for classification, not {task}")
+    if task in ("translate", "summarize", "chat") and max_length is not None:
+        raise ConfigError(f"--max-length does not apply to {task}: the model's own context is the limit")
+    max_length = max_length or (384 if task == "qa" else 128)
     if task in ("translate", "summarize"):  # an encoder-decoder on paired text: train/finetune_seq2seq.py
         from lmforge.train.finetune_seq2seq import finetune_seq2seq
 
-        if folds or multi_label or class_weights or lora:
-            raise ConfigError(f"--folds, --multi-label, --class-weights and --lora are for classification, not {task}")
         return finetune_seq2seq(task, model, train, out, dev=dev, source_field=source_field,
                                 target_field=target_field, epochs=epochs, max_examples=max_examples,
                                 batch_size=batch_size, lr=lr, patience=patience, max_minutes=max_minutes, seed=seed,
@@ -242,16 +248,12 @@ def finetune(
     if task == "chat":  # multi-turn conversations for a GPT: train/finetune_chat.py
         from lmforge.train.finetune_chat import finetune_chat
 
-        if folds or multi_label or class_weights or lora:
-            raise ConfigError("--folds, --multi-label, --class-weights and --lora are for classification, not chat")
         return finetune_chat(model, train, out, dev=dev, epochs=epochs, max_examples=max_examples,
                              batch_size=batch_size, lr=lr, patience=patience, max_minutes=max_minutes, seed=seed,
                              overrides=overrides, progress=progress)
     if task == "qa":  # SQuAD-format files: its own module (train/finetune_qa.py)
         from lmforge.train.finetune_qa import finetune_qa
 
-        if folds or multi_label or class_weights or lora:
-            raise ConfigError("--folds, --multi-label, --class-weights and --lora are for classification, not qa")
         return finetune_qa(model, train, out, dev=dev, epochs=epochs, max_examples=max_examples,
                            max_length=max_length, doc_stride=doc_stride, batch_size=batch_size, lr=lr or 5e-5,
                            patience=patience, max_minutes=max_minutes, seed=seed, overrides=overrides,
@@ -259,13 +261,9 @@ def finetune(
     if task == "ner":  # a tagger on CoNLL files: its own module (train/finetune_ner.py)
         from lmforge.train.finetune_ner import finetune_ner
 
-        if folds or multi_label or class_weights or lora:
-            raise ConfigError("--folds, --multi-label, --class-weights and --lora are for classification, not ner")
         return finetune_ner(model, train, out, dev=dev, epochs=epochs, max_examples=max_examples,
                             max_length=max_length, batch_size=batch_size, lr=lr, patience=patience,
                             max_minutes=max_minutes, seed=seed, overrides=overrides, progress=progress)
-    if task not in TASKS:
-        raise ConfigError(f"--task {task!r} is not supported here; choose one of {', '.join(TASKS)}")
     fields = fields or Fields()
     lora_cfg = {"r": lora_r, "alpha": lora_alpha} if lora else None
     if lora and model in SCRATCH:
