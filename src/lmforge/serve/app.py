@@ -1,9 +1,11 @@
 """`create_app(CKPT)`: an OpenAI-compatible HTTP server for one checkpoint (FastAPI).
 
 A generative LM serves `/v1/completions` and `/v1/chat/completions` (both with `stream: true` as server-sent events
-in OpenAI's chunk format, ending with `data: [DONE]`); a fine-tuned classifier serves `/v1/classify`. The endpoint
-of the other kind answers 400 saying what this model serves. Every server has `/v1/models`, `/health`, a Prometheus
-`/metrics` and a playground page at `/`.
+in OpenAI's chunk format, ending with `data: [DONE]`). Fine-tuned task models serve their task's endpoint (see
+serve/tasks.py): a classifier `/v1/classify`, an NER tagger `/v1/ner`, a question-answering model `/v1/qa`, an
+encoder-decoder `/v1/translate` (a summarizer `/v1/summarize`). GPT and BERT-style checkpoints, and classifiers' and
+taggers' backbones, also serve OpenAI's `/v1/embeddings`. An endpoint the model does not serve answers 400 saying
+what it serves. Every server has `/v1/models`, `/health`, a Prometheus `/metrics` and a playground page at `/`.
 
 Chat messages become one plain-text prompt. A checkpoint whose config.json carries a `chat_template` (a Jinja
 template in Hugging Face's convention: `messages`, `add_generation_prompt`) is rendered with it; otherwise with
@@ -40,11 +42,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.generate.sampling import SamplingParams
-from lmforge.serve.batching import Batcher, CallJob, GenerateJob
+from lmforge.serve.batching import Batcher, GenerateJob
 from lmforge.serve.metrics import Metrics
 
 MAX_BODY_BYTES = 1 << 20
-MAX_PROMPTS = 64  # prompts in one completion request, texts in one classify request
+MAX_PROMPTS = 64  # prompts in one completion request, inputs in one task or embeddings request
 MAX_STOPS = 4  # as OpenAI
 CHAT_STOPS = ["\nUser:", "\nSystem:"]
 
@@ -99,61 +101,76 @@ class ChatRequest(Sampling):
     messages: list[ChatMessage]
 
 
-class ClassifyRequest(_Body):
-    model: str | None = None
-    input: str | dict | list[str | dict]
-
-
 # ---- what the checkpoint serves ------------------------------------------------------------------------------
+KINDS = {  # kind: (what the model is, its endpoints)
+    "generate": ("a generative language model", ["/v1/completions", "/v1/chat/completions"]),
+    "classify": ("a fine-tuned classifier", ["/v1/classify"]),
+    "ner": ("a fine-tuned NER tagger", ["/v1/ner"]),
+    "qa": ("a fine-tuned extractive question-answering model", ["/v1/qa"]),
+    "translate": ("a text-to-text (translation) model", ["/v1/translate"]),
+    "summarize": ("a fine-tuned summarizer", ["/v1/summarize"]),
+    "embed": ("a text encoder", []),
+}
+
+
 @dataclass
 class Served:
     lm: object
     name: str
-    kind: str  # "generate", "classify" or "none"
+    kind: str  # a key of KINDS, or "none"
     why_not_generate: str = ""
-    classifier: object = None
+    pipeline: object = None  # the task pipeline of a classify, ner or qa checkpoint
     chat_template: object = None
+    embedder: object = None  # set when the model also serves /v1/embeddings
 
     @property
     def endpoints(self) -> list[str]:
-        return {"generate": ["/v1/completions", "/v1/chat/completions"], "classify": ["/v1/classify"]}.get(self.kind, [])
+        own = KINDS.get(self.kind, ("", []))[1]
+        return own + (["/v1/embeddings"] if self.embedder is not None else [])
 
     def require(self, kind: str) -> None:
-        if self.kind == kind:
+        """Refuses (400) a request for an endpoint of `kind` ("embed": /v1/embeddings) that this model cannot serve."""
+        if self.kind == kind or (kind == "embed" and self.embedder is not None):
             return
-        if self.kind == "classify":
-            serves = "it is a fine-tuned classifier: use /v1/classify"
-        elif self.kind == "generate":
-            serves = "it is a generative language model: use /v1/completions or /v1/chat/completions"
+        if self.endpoints:
+            serves = f"it is {KINDS[self.kind][0]}: use {' or '.join(self.endpoints)}"
         else:
             serves = self.why_not_generate
         raise ApiError(400, f"this server's model {self.name} cannot do that; {serves}", code="wrong_model_kind")
 
 
 def load_served(model, device: str = "auto") -> Served:
-    """A checkpoint path, an `LM` or a text-classification pipeline, with what it can serve."""
-    from lmforge.lm import LM, load
-    from lmforge.tasks.pipeline import TextClassificationPipeline
+    """A checkpoint path, an `LM` or a task pipeline (`lmforge.pipeline(...)`), with what it can serve."""
+    from lmforge.lm import LM, TASK_MODELS, load
+    from lmforge.serve.tasks import Embedder, is_pipeline
+    from lmforge.tasks.pipeline import pipeline
 
     if isinstance(model, (str, os.PathLike)):
+        from lmforge.models.registry import ARCHITECTURES, model_config_class
         from lmforge.train.checkpoint import read_config, resolve_checkpoint
 
-        # Known from the config so that a classifier's weights are loaded once, by its pipeline.
-        if read_config(resolve_checkpoint(model)).get("arch") == "classifier":
-            model = TextClassificationPipeline(model, device=device)
-        else:
-            model = load(model, device=device)
-    if isinstance(model, TextClassificationPipeline):
-        return Served(model.lm, _name(model.lm), "classify", classifier=model)
+        # Known from the config so that a task model's weights are loaded once, by its pipeline.
+        arch = read_config(resolve_checkpoint(model)).get("arch")
+        task = TASK_MODELS.get(getattr(model_config_class(arch), "objective", None)) if arch in ARCHITECTURES else None
+        model = pipeline(task[1], model, device=device) if task else load(model, device=device)
+    if is_pipeline(model):
+        kind = TASK_MODELS[model.lm.model.config.objective][1]
+        return Served(model.lm, _name(model.lm), kind, pipeline=model, embedder=Embedder.of(model.lm))
     if not isinstance(model, LM):
-        raise ConfigError("serve needs a checkpoint path, an LM or a text-classification pipeline")
-    if getattr(model.model.config, "objective", None) == "classify":
+        raise ConfigError("serve needs a checkpoint path, an LM or a task pipeline (classify, ner or qa)")
+    if getattr(model.model.config, "objective", None) in TASK_MODELS:
         return load_served(model.path, device)
+    embedder = Embedder.of(model)
+    task = model.config.get("data", {}).get("task")
+    if model._is_seq2seq() or task in ("translate", "summarize"):  # what transduce() serves
+        return Served(model, _name(model), "summarize" if task == "summarize" else "translate", embedder=embedder)
     try:
         model._check_generative()
     except ConfigError as exc:
-        return Served(model, _name(model), "none", why_not_generate=str(exc))
-    return Served(model, _name(model), "generate", chat_template=_compile_template(model.config.get("chat_template")))
+        return Served(model, _name(model), "embed" if embedder else "none", why_not_generate=str(exc),
+                      embedder=embedder)
+    return Served(model, _name(model), "generate", chat_template=_compile_template(model.config.get("chat_template")),
+                  embedder=embedder)
 
 
 def _name(lm) -> str:
@@ -258,7 +275,7 @@ def usage(jobs: list[GenerateJob], completions) -> dict:
 def create_app(model, api_key: str | None = None, max_batch_size: int = 8, batch_window: float = 0.01,
                max_tokens_limit: int = 1024, timeout: float = 60.0, device: str = "auto",
                max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The server for `model` (a checkpoint path, an `LM` or a text-classification pipeline).
+    """The server for `model` (a checkpoint path, an `LM` or a classify, ner or qa pipeline).
 
     api_key (or the environment variable LMFORGE_API_KEY) makes /v1/* require `Authorization: Bearer KEY`.
     Concurrent non-streaming completions with the same sampling settings wait up to `batch_window` seconds to be
@@ -278,7 +295,9 @@ def create_app(model, api_key: str | None = None, max_batch_size: int = 8, batch
     _add_error_handlers(app)
     router = APIRouter(prefix="/v1", dependencies=[Depends(_key_checker(api_key))])
     _add_generation_routes(router, served, batcher, limits)
-    _add_classify_route(router, served, batcher, limits)
+    from lmforge.serve.tasks import add_task_routes  # it builds on this module
+
+    add_task_routes(router, served, batcher, limits)
 
     @router.get("/models")
     async def models():
@@ -468,30 +487,6 @@ def _stream(batcher: Batcher, job: GenerateJob, reply: _Reply, timeout: float, i
             yield _sse({"error": {"message": str(exc), "type": "server_error", "code": None, "param": None}})
 
     return _JobStream(guarded(), on_close=lambda: batcher.cancel(job))
-
-
-def _add_classify_route(router: APIRouter, served: Served, batcher: Batcher, limits: Limits) -> None:
-    @router.post("/classify")
-    async def classify(req: ClassifyRequest):
-        served.require("classify")
-        texts = req.input if isinstance(req.input, list) else [req.input]
-        if not 1 <= len(texts) <= MAX_PROMPTS:
-            raise ApiError(400, f"input must be a text or a list of 1 to {MAX_PROMPTS} texts", param="input")
-        clf = served.classifier
-        job = CallJob(lambda: clf([{"text": t} if isinstance(t, str) else t for t in texts], top_k=None))
-        try:
-            predictions = await asyncio.wait_for(asyncio.wrap_future(batcher.submit(job)), limits.timeout)
-        except ConfigError as exc:
-            raise ApiError(400, str(exc), param="input") from None
-        except asyncio.TimeoutError:
-            raise ApiError(504, f"the request took longer than {limits.timeout:g} s", type="timeout") from None
-        data = []
-        for i, ranked in enumerate(predictions):
-            item = {"index": i, "labels": ranked}
-            if not clf.multi_label:
-                item.update(ranked[0])  # the best label and its score
-            data.append(item)
-        return {"object": "list", "model": served.name, "multi_label": clf.multi_label, "data": data}
 
 
 def _add_plain_routes(app: FastAPI, served: Served, metrics: Metrics) -> None:
