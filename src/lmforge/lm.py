@@ -117,19 +117,24 @@ class LM:
     ) -> str | list[str] | list[list[str]]:
         """The decoder's text for `source` (a string, or a list of strings decoded together as one padded batch).
 
-        For encoder-decoders (arch seq2seq). temperature 0 is greedy decoding. The output ends at the
-        end-of-sequence token or after max_new_tokens (default and limit: block_size - 1, the decoder positions
-        left after its start token). Special tokens are kept, so a span-corruption model's answer reads
-        `<|mask|>first span<|mask|>second span`, one span for each mask token of the source, in order.
+        For encoder-decoders (arch seq2seq), and for decoder-only models (gpt) fine-tuned with `lmforge finetune
+        --task translate|summarize`, which continue the prompt `<|eos|> source separator` their config keeps
+        (tasks/pair_prompts.py; prompts of one length are batched together, and a prompt longer than the context
+        is a ConfigError). temperature 0 is greedy decoding. The output ends at the end-of-sequence token or after
+        max_new_tokens (default and limit: block_size - 1, the decoder positions left after its start token; a
+        decoder-only model's output also ends when the context is full). Special tokens are kept, so a
+        span-corruption model's answer reads `<|mask|>first span<|mask|>second span`, one span for each mask
+        token of the source, in order.
 
         num_beams switches to beam search (generate/beam.py; length_penalty, early_stopping, no_repeat_ngram_size
         and min_new_tokens belong to it); num_beams=1 is greedy decoding. With num_return_sequences > 1 each source
         gets a list of that many outputs, best first.
         """
+        from lmforge.generate.beam import tokens_until
         from lmforge.models.seq2seq import decode_tokens, decoder_start_id
+        from lmforge.tasks.pair_prompts import check_transducer
 
-        if not self._is_seq2seq():
-            raise ConfigError("transduce needs an encoder-decoder (arch seq2seq); use generate() with this model")
+        prompt = check_transducer(self, "transduce (use generate() to continue a text)")  # None: an encoder-decoder
         block = self.model.config.block_size
         limit = block - 1
         if max_new_tokens is not None and max_new_tokens > limit:
@@ -139,6 +144,17 @@ class LM:
         sources = [source] if isinstance(source, str) else list(source)
         if not sources:
             raise ConfigError("transduce needs at least one source text")
+        beams = None if num_beams is None else BeamParams(
+            num_beams, params.max_new_tokens, length_penalty, early_stopping, no_repeat_ngram_size, min_new_tokens,
+            num_return_sequences,
+        )
+        if beams is None and num_return_sequences != 1:
+            raise ConfigError("num_return_sequences > 1 needs beam search; give num_beams")
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        if prompt is not None:  # a decoder-only model continues each source's prompt
+            texts = self._prompted_texts([prompt.prompt_ids(self.tokenizer, s) for s in sources], params, beams,
+                                         generator, use_cache)
+            return texts[0] if isinstance(source, str) else texts
         ids = [self.tokenizer.encode(s) for s in sources]  # every source is checked before any work
         for i in ids:
             if not 0 < len(i) <= block:
@@ -147,31 +163,26 @@ class LM:
         src_mask = torch.zeros(src.shape, dtype=torch.bool)
         for row, i in enumerate(ids):
             src[row, : len(i)], src_mask[row, : len(i)] = torch.tensor(i), True
-        if num_beams is not None:
-            texts = self._beam_texts(src, src_mask, BeamParams(
-                num_beams, params.max_new_tokens, length_penalty, early_stopping, no_repeat_ngram_size,
-                min_new_tokens, num_return_sequences,
-            ))
+        if beams is not None:
+            texts = self._beam_texts(src, src_mask, beams)
             return texts[0] if isinstance(source, str) else texts
-        if num_return_sequences != 1:
-            raise ConfigError("num_return_sequences > 1 needs beam search; give num_beams")
-        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        eos = self.tokenizer.eos_id
-        out: list[list[int]] = [[] for _ in ids]
-        done = [False] * len(ids)
         steps = decode_tokens(
             self.model, src.to(self.device), src_mask.to(self.device), decoder_start_id(self.tokenizer), params,
             generator, use_cache,
         )
-        for tokens in steps:
-            for row, t in enumerate(tokens.tolist()):
-                if not done[row]:
-                    done[row] = t == eos
-                    out[row] += [] if done[row] else [t]
-            if all(done):
-                break
-        texts = [self.tokenizer.decode(o, skip_special_tokens=False) for o in out]
+        texts = [self.tokenizer.decode(o, skip_special_tokens=False)
+                 for o in tokens_until(steps, len(ids), self.tokenizer.eos_id)]
         return texts[0] if isinstance(source, str) else texts
+
+    def _prompted_texts(self, prompts: list[list[int]], params: SamplingParams, beams: BeamParams | None,
+                        generator, use_cache: bool) -> list[str] | list[list[str]]:
+        from lmforge.generate.beam import beam_search_prompts, continue_prompts
+
+        if beams is not None:
+            return self._hypothesis_texts(beam_search_prompts(self.model, prompts, self.tokenizer.eos_id, beams),
+                                          beams.num_return_sequences)
+        out = continue_prompts(self.model, prompts, self.tokenizer.eos_id, params, generator, use_cache)
+        return [self.tokenizer.decode(o, skip_special_tokens=False) for o in out]
 
     def _beam_texts(self, src: torch.Tensor, src_mask: torch.Tensor, params) -> list[str] | list[list[str]]:
         from lmforge.generate.beam import beam_search
@@ -181,7 +192,10 @@ class LM:
             raise ConfigError("beam search needs a tokenizer with an <|eos|> token")
         beams = beam_search(self.model, src.to(self.device), src_mask.to(self.device),
                             decoder_start_id(self.tokenizer), self.tokenizer.eos_id, params)
-        n = params.num_return_sequences
+        return self._hypothesis_texts(beams, params.num_return_sequences)
+
+    def _hypothesis_texts(self, beams, n: int) -> list[str] | list[list[str]]:
+        """Each source's n best hypotheses as text (a string each when n is 1)."""
         texts = [[self.tokenizer.decode(h.tokens, skip_special_tokens=False) for h in hyps[:n]] for hyps in beams]
         return [t[0] for t in texts] if n == 1 else texts
 

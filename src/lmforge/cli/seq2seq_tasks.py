@@ -73,15 +73,14 @@ def run_predict_seq2seq(args) -> int:
     import json
 
     from lmforge.errors import ConfigError
-    from lmforge.eval.seq2seq_metrics import decode_texts
     from lmforge.lm import load
+    from lmforge.tasks.pair_prompts import check_transducer, decode_sources
 
     if args.num_beams < 1:
         raise ConfigError(f"--num-beams must be >= 1, got {args.num_beams}")
     lm = load(args.ckpt, device=args.device)
-    if getattr(lm.model.config, "objective", None) != "seq2seq":
-        raise ConfigError(f"{args.ckpt} is not an encoder-decoder; --task {args.task} needs a seq2seq checkpoint")
+    check_transducer(lm, f"--task {args.task}")
     sources = _sources(args.input, args.source_field)
-    for source, output in zip(sources, decode_texts(lm.model, lm.tokenizer, sources, args.num_beams)):
+    for source, output in zip(sources, decode_sources(lm, sources, args.num_beams)):
         print(json.dumps({"source": source, "output": output}, ensure_ascii=False) if args.json else output)
     return 0

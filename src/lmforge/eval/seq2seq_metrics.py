@@ -132,9 +132,11 @@ def write_report(folder: str | os.PathLike, task: str, scores: dict, sources: li
 def evaluate_seq2seq(model: str | os.PathLike, data: str | os.PathLike, task: str, num_beams: int = 1,
                      source_field: str = "src", target_field: str = "tgt", report: str | os.PathLike | None = None,
                      batch_size: int = 32, device: str = "auto") -> dict:
-    """BLEU and chrF (translate) or ROUGE (summarize) of a seq2seq checkpoint's outputs on a pairs file."""
+    """BLEU and chrF (translate) or ROUGE (summarize) of a seq2seq checkpoint's outputs on a pairs file (or of a gpt
+    fine-tuned on prompted pairs: tasks/pair_prompts.py)."""
     from lmforge.errors import ConfigError
     from lmforge.lm import load
+    from lmforge.tasks.pair_prompts import check_transducer, decode_sources
     from lmforge.tasks.pairs import read_pairs
 
     if task not in TASK_METRICS:
@@ -142,11 +144,10 @@ def evaluate_seq2seq(model: str | os.PathLike, data: str | os.PathLike, task: st
     if num_beams < 1:
         raise ConfigError(f"--num-beams must be >= 1, got {num_beams}")
     lm = load(model, device=device)
-    if getattr(lm.model.config, "objective", None) != "seq2seq":
-        raise ConfigError(f"{model} is not an encoder-decoder; --task {task} needs a seq2seq checkpoint")
+    check_transducer(lm, f"--task {task}")
     pairs = read_pairs(data, source_field, target_field)
     sources, references = [p.source for p in pairs], [p.target for p in pairs]
-    outputs = decode_texts(lm.model, lm.tokenizer, sources, num_beams, batch_size)
+    outputs = decode_sources(lm, sources, num_beams, batch_size)
     scores = {**score_outputs(task, outputs, references), "pairs": len(pairs), "num_beams": num_beams}
     if report:
         write_report(report, task, scores, sources, outputs, references)

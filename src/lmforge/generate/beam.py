@@ -1,21 +1,30 @@
-"""Batched beam search for the encoder-decoder (models.seq2seq), on top of its cached decoding step.
+"""Batched beam search, for the encoder-decoder (models.seq2seq) and for decoder-only models (models.gpt), on top
+of their cached decoding steps; and greedy or sampled continuation of prompts for decoder-only models.
 
 Each source keeps `num_beams` running hypotheses. At every step all beams of all sources are extended by one token
 in one decoder call; of the 2·num_beams best (beam, token) candidates per source, those ending in end-of-sequence
-become finished hypotheses and the best others the next beams (the decoder cache is reordered to follow them).
+become finished hypotheses and the best others the next beams (the cache of keys and values is reordered to follow
+them).
 
 A hypothesis is scored as in GNMT / Hugging Face: the sum of its tokens' log-probabilities (its end-of-sequence
 token included) divided by length**length_penalty, length counting those same tokens. length_penalty > 0 favours
 longer outputs, < 0 shorter ones.
+
+A decoder-only model reads its prompt and its output in one context: a GPT has no padding mask, so prompts are
+batched with prompts of the same length only (the outputs are those of one prompt at a time), and an output ends
+when the context is full (block_size + 1 - prompt length tokens, its end-of-sequence included). A prompt longer
+than the context is a ConfigError before any work.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 import torch
 
 from lmforge.errors import ConfigError
+from lmforge.generate.sampling import SamplingParams, generate_tokens
 
 
 @dataclass
@@ -71,22 +80,125 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, start_i
     """For each source of the batch (B, S), its hypotheses in descending score order (num_beams of them)."""
     params.validate()
     model.eval()
-    B, K = src.shape[0], params.num_beams
-    alpha = params.length_penalty
-    device = src.device
+    K = params.num_beams
     memory = model.encode(src, src_mask).repeat_interleave(K, dim=0)
     mask = None if src_mask is None else src_mask.repeat_interleave(K, dim=0)
     state = model.start_decoding(memory, mask)
+    first = torch.full((src.shape[0] * K, 1), start_id, dtype=torch.long, device=src.device)
+    return _search(lambda last: model.decode_step(last, state)[:, -1], state.reorder, first, src.shape[0], eos_id,
+                   params, src.device)
+
+
+@torch.no_grad()
+def beam_search_prompts(model, prompts: list[list[int]], eos_id: int, params: BeamParams,
+                        batch_size: int = 32) -> list[list[Hypothesis]]:
+    """For each prompt (token ids) of a decoder-only model, its hypotheses in descending score order: the
+    continuations of the prompt, without the prompt."""
+    params.validate()
+    model.eval()
+    out: list[list[Hypothesis]] = [[] for _ in prompts]
+    for rows, batch in same_length_batches(model, prompts, batch_size):
+        state = _CachedPrompts(model, batch, params.num_beams)
+        steps = replace(params, max_new_tokens=min(params.max_new_tokens, state.room))
+        for row, hyps in zip(rows, _search(state.step, state.reorder, None, len(rows), eos_id, steps, batch.device)):
+            out[row] = hyps
+    return out
+
+
+@torch.no_grad()
+def continue_prompts(model, prompts: list[list[int]], eos_id: int | None, params: SamplingParams,
+                     generator: torch.Generator | None = None, use_cache: bool = True,
+                     batch_size: int = 32) -> list[list[int]]:
+    """Greedy (temperature 0) or sampled continuations of a decoder-only model's prompts, each up to its
+    end-of-sequence token (left out), max_new_tokens, or the end of the context."""
+    params.validate()
+    out: list[list[int]] = [[] for _ in prompts]
+    block = model.config.block_size
+    for rows, batch in same_length_batches(model, prompts, batch_size):
+        steps = replace(params, max_new_tokens=min(params.max_new_tokens, block + 1 - batch.shape[1]))
+        for row, tokens in zip(rows, tokens_until(generate_tokens(model, batch, steps, generator, use_cache),
+                                                  len(rows), eos_id)):
+            out[row] = tokens
+    return out
+
+
+def tokens_until(steps: Iterable[torch.Tensor], rows: int, eos_id: int | None) -> list[list[int]]:
+    """Each row's tokens from a decoder's steps (one (rows,) tensor a step), up to its end-of-sequence token (left
+    out); stops pulling steps once every row has ended."""
+    out: list[list[int]] = [[] for _ in range(rows)]
+    done = [False] * rows
+    for tokens in steps:
+        for row, t in enumerate(tokens.tolist()):
+            if not done[row]:
+                done[row] = t == eos_id
+                out[row] += [] if done[row] else [t]
+        if all(done):
+            break
+    return out
+
+
+def same_length_batches(model, prompts: list[list[int]], batch_size: int):
+    """(prompt indices, ids (n, T)) of prompts of one length T, at most batch_size at a time, after checking that
+    every prompt fits the model's context (one ConfigError for all that do not)."""
+    block = model.config.block_size
+    if any(not p for p in prompts):
+        raise ConfigError("a prompt is empty; a decoder-only model continues at least one token")
+    long = [len(p) for p in prompts if len(p) > block]
+    if long:
+        raise ConfigError(f"{len(long)} of {len(prompts)} prompt(s) are longer than the model's context of {block} "
+                          f"tokens (the longest: {max(long)}); shorten the source text")
+    device = next(model.parameters()).device
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    for length in sorted(by_length):
+        rows = by_length[length]
+        for first in range(0, len(rows), batch_size):
+            chunk = rows[first : first + batch_size]
+            yield chunk, torch.tensor([prompts[i] for i in chunk], dtype=torch.long, device=device)
+
+
+class _CachedPrompts:
+    """A decoder-only model's KV cache after prompts (B, T) of one length, its rows widened to K beams each. The
+    first step returns the logits the prompts ended with; later steps feed each beam's newest token."""
+
+    def __init__(self, model, prompts: torch.Tensor, K: int):
+        B, T = prompts.shape
+        self.model, self.pos, self.room = model, T, model.config.block_size + 1 - T
+        self.cache = model.new_cache(B)
+        self.pending = model(prompts, self.cache, 0)[:, -1].repeat_interleave(K, dim=0)
+        self.reorder(torch.arange(B, device=prompts.device).repeat_interleave(K))
+
+    def step(self, last: torch.Tensor | None) -> torch.Tensor:
+        if self.pending is not None:
+            logits, self.pending = self.pending, None
+            return logits
+        logits = self.model(last, self.cache, self.pos)[:, -1]
+        self.pos += 1
+        return logits
+
+    def reorder(self, indices: torch.Tensor) -> None:
+        """Row i of the cache continues what row indices[i] held (a beam search reselecting its beams)."""
+        for layer in range(len(self.cache.k)):
+            self.cache.k[layer] = self.cache.k[layer].index_select(0, indices)
+            self.cache.v[layer] = self.cache.v[layer].index_select(0, indices)
+
+
+def _search(next_logits, reorder, last: torch.Tensor | None, B: int, eos_id: int, params: BeamParams,
+            device) -> list[list[Hypothesis]]:
+    """The search itself. next_logits(last tokens (B*K, 1)) gives the next logits (B*K, V) of every beam (row b*K + k is
+    beam k of source b); reorder(indices) makes row i of the decoder's cache continue row indices[i]."""
+    K = params.num_beams
+    alpha = params.length_penalty
     # Only the first beam is live at the start: the others would be copies of it and fill the beam with duplicates.
     beam_logprob = torch.full((B, K), float("-inf"), device=device)
     beam_logprob[:, 0] = 0.0
     seqs: list[list[int]] = [[] for _ in range(B * K)]
-    last = torch.full((B * K, 1), start_id, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     done = [False] * B
 
     for step in range(params.max_new_tokens):
-        logp = model.decode_step(last, state)[:, -1].float().log_softmax(-1)  # (B*K, V)
+        logp = next_logits(last).float().log_softmax(-1)  # (B*K, V)
         if step < params.min_new_tokens:
             logp[:, eos_id] = float("-inf")
         if params.no_repeat_ngram_size:
@@ -125,7 +237,7 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, start_i
         if all(done):
             break
         index = torch.tensor(next_rows, device=device)
-        state.reorder(index)
+        reorder(index)
         seqs = [seqs[r] + [t] for r, t in zip(next_rows, next_tokens)]
         beam_logprob = torch.tensor(next_lp, device=device).view(B, K)
         last = torch.tensor(next_tokens, dtype=torch.long, device=device)[:, None]
