@@ -183,7 +183,7 @@ def test_models_health_playground_and_metrics(lm):
     with TestClient(create_app(lm, api_key="")) as c:
         models = c.get("/v1/models").json()
         assert models["object"] == "list" and models["data"][0]["kind"] == "generate"
-        assert c.get("/health").json()["endpoints"] == ["/v1/completions", "/v1/chat/completions"]
+        assert c.get("/health").json()["endpoints"] == ["/v1/completions", "/v1/chat/completions", "/v1/embeddings"]
         page = c.get("/")
         assert page.status_code == 200 and "textContent" in page.text and ".innerHTML" not in page.text
         for _ in range(3):
