@@ -1,9 +1,10 @@
 """`lmforge chat CKPT`: an interactive chat in the terminal (or over a pipe) with a chat fine-tuned checkpoint.
 
 Each line read is a user turn, unless it is a command: /reset forgets the conversation, /system TEXT sets the system
-message (and resets), /quit ends. Replies stream as they are generated. The history loses its oldest turns when it
-no longer fits the model's context next to room for the reply. With --sentiment-model, a sentiment classifier reads
-every user turn and the system message states what it found and how to answer.
+message (and resets), /quit (or end of input, Ctrl-D) ends. Replies stream as they are generated; Ctrl-C stops a
+reply and the chat goes on. The history loses its oldest turns when it no longer fits the model's context next to
+room for the reply. With --sentiment-model, a sentiment classifier reads every user turn and the system message
+states what it found and how to answer.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ class ChatSession:
 def register(subparsers) -> None:
     p = add_verb(subparsers, "chat", help="chat with a checkpoint in the terminal",
                  description="An interactive chat with a chat fine-tuned checkpoint (`lmforge finetune --task chat`).\n"
-                 "Commands: /reset, /system TEXT, /quit. Reads stdin line by line, so it also works over a pipe.",
+                 "Commands: /reset, /system TEXT, /quit (or Ctrl-D). Ctrl-C stops a reply; the chat goes on.\n"
+                 "Reads stdin line by line, so it also works over a pipe.",
                  examples=EXAMPLES, func=run)
     p.add_argument("ckpt", metavar="RUN_OR_CKPT")
     p.add_argument("--system", help="system message (e.g. the assistant's persona)")
@@ -117,7 +119,9 @@ def run(args) -> int:
         if tty:
             print("you> ", end="", flush=True)
         line = sys.stdin.readline()
-        if not line:  # end of input
+        if not line:  # end of input (Ctrl-D in a terminal)
+            if tty:
+                print(flush=True)  # end the prompt's line, so the shell's prompt starts on a line of its own
             break
         text = line.strip()
         if not tty and text:
@@ -155,9 +159,13 @@ def _reply(session: ChatSession, text: str, args) -> None:
         print(f"[prompt] {prompt!r}", flush=True)
     print("assistant> ", end="", flush=True)
     pieces = []
-    for piece in session.lm.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                     top_k=args.top_k, stop=session.stops(), seed=args.seed, stream=True):
-        pieces.append(piece)
-        print(piece, end="", flush=True)
+    try:
+        for piece in session.lm.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                         top_k=args.top_k, stop=session.stops(), seed=args.seed, stream=True):
+            pieces.append(piece)
+            print(piece, end="", flush=True)
+    except KeyboardInterrupt:  # Ctrl-C stops this reply, not the chat; the cut-off turn is not remembered
+        print("\n(reply interrupted)", flush=True)
+        return
     print(flush=True)
     session.remember(text, "".join(pieces).strip())
