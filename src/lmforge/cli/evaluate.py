@@ -36,8 +36,9 @@ def register(subparsers) -> None:
     p.add_argument("--task", choices=["lm", "classify", "nli", "ner", "qa", "translate", "summarize"], default="lm",
                    help="lm: loss/perplexity/bits per byte; classify, nli: accuracy, P/R/F1, confusion matrix, "
                    "ROC-AUC of a fine-tuned classifier on a labelled --data file; ner: entity P/R/F1 (seqeval, "
-                   "strict) of a tagger on a CoNLL --data file; translate: BLEU and chrF, summarize: ROUGE-1/2/L F of a seq2seq "
-                   "model's outputs on a TSV/JSONL pairs file")
+                   "strict) of a tagger on a CoNLL --data file; translate: BLEU and chrF, summarize: ROUGE-1/2/L F of "
+                   "the outputs of a model fine-tuned for that task (encoder-decoder or decoder-only gpt) on a "
+                   "TSV/JSONL pairs file")
     p.add_argument("--report", help="classify/nli/ner/translate/summarize: write metrics.json, report.md and plots to this folder")
     from lmforge.cli.finetune import add_field_options
 

@@ -1,4 +1,5 @@
-"""`lmforge finetune` and `lmforge predict`: text classification and NLI on labelled files."""
+"""`lmforge finetune` and `lmforge predict`: task models (classification, NLI, NER, QA, translation, summarization,
+chat) trained on labelled files, and their predictions."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ FINETUNE_EXAMPLES = """\
   lmforge finetune --task ner --model minilm --train conll2003/train.txt --dev conll2003/valid.txt --out conll
   lmforge finetune --task qa --model minilm --train squad-train.json --dev squad-dev.json --out squad --max-length 256
   lmforge finetune --task translate --model seq2seq-small --train de-en.tsv --dev dev.tsv --out de-en --epochs 20
+  lmforge finetune --task translate --model gpt-ckpt --train de-en.tsv --dev dev.tsv --out de-en-gpt   # decoder-only
   lmforge finetune --task chat --model gpt-ckpt --train chats.jsonl --dev dev.jsonl --out chat --epochs 3
   lmforge finetune --task summarize --model t5ish --train news.jsonl --out sum --source-field article --target-field summary
 --model is a checkpoint (bert or gpt, ours or imported) or `lstm`/`gru` for a BiLSTM/BiGRU trained from scratch.
@@ -51,9 +53,10 @@ def fields_from(args, default=None):
 
 
 def register(subparsers) -> None:
-    p = add_verb(subparsers, "finetune", help="fine-tune a classifier (classification, sentiment, NLI)",
+    p = add_verb(subparsers, "finetune", help="fine-tune for a task (classify, NLI, NER, QA, translate, summarize, chat)",
                  description="Fine-tune a pretrained encoder or decoder (or a from-scratch BiLSTM) with a label head on\n"
-                 "a labelled file; the best checkpoint by dev macro-F1 is RUN/best.",
+                 "a labelled file (classify, nli, ner, qa), a seq2seq or gpt model on text pairs (translate,\n"
+                 "summarize) or a gpt on conversations (chat); the best checkpoint by the task's dev score is RUN/best.",
                  examples=FINETUNE_EXAMPLES, func=run_finetune)
     p.add_argument("--task", required=True,
                    choices=["classify", "nli", "ner", "qa", "translate", "summarize", "chat"],
@@ -61,11 +64,13 @@ def register(subparsers) -> None:
                    " loss on assistant turns only, scored by dev loss; ner: a tagger on CoNLL files (word ... TAG "
                    "per line), scored by entity F1; qa: extractive "
                    "question answering on SQuAD-format JSON, scored by exact match and F1; translate/summarize: an "
-                   "encoder-decoder (seq2seq checkpoint or preset) on TSV/JSONL pairs, scored by BLEU/ROUGE-L")
+                   "encoder-decoder (seq2seq checkpoint or preset) or a decoder-only gpt checkpoint (source "
+                   "and target as one sequence, loss on the target only) on TSV/JSONL pairs, scored by BLEU/ROUGE-L")
     p.add_argument("--doc-stride", type=int, default=128,
                    help="qa: tokens between the starts of consecutive windows over a long context")
     p.add_argument("--model", required=True, help="checkpoint folder / run directory, or lstm | gru (from scratch); "
-                   "translate/summarize: a seq2seq checkpoint or preset (seq2seq-test, seq2seq-small)")
+                   "translate/summarize: a seq2seq checkpoint or preset (seq2seq-test, seq2seq-small), or a gpt "
+                   "checkpoint (decoder-only, prompted with the source)")
     p.add_argument("--train", required=True, help="labelled training file (.csv, .tsv, .jsonl)")
     p.add_argument("--dev", help="labelled dev file: evaluated every epoch, picks the best checkpoint")
     p.add_argument("--out", required=True, help="run directory")
@@ -101,7 +106,8 @@ def register(subparsers) -> None:
     p.add_argument("--task", choices=["classify", "ner", "qa", "translate", "summarize"], default="classify",
                    help="ner: the entities {type, text, start, end, score} of each line; qa: the answer to each "
                    "{\"question\", \"context\"} line of a JSON Lines file (or every question of a SQuAD file); "
-                   "translate/summarize: a seq2seq model's output for each line (or --source-field of a .jsonl)")
+                   "translate/summarize: the output of a model fine-tuned for that task (encoder-decoder or gpt) "
+                   "for each line (or --source-field of a .jsonl)")
     p.add_argument("--input", required=True, help="text file (one text per line), labelled-file format, or -")
     add_field_options(p)
     p.add_argument("--top-k", type=int, default=1, help="labels per text (single-label models)")

@@ -8,14 +8,20 @@ EXAMPLES = """\
   lmforge serve run                                  # then open http://127.0.0.1:8000/
   lmforge serve run --port 8080 --api-key secret --max-batch-size 16
   lmforge serve sst2-run/best                        # a fine-tuned classifier: POST /v1/classify
+  lmforge serve de-en/best                           # a translate fine-tune (seq2seq or gpt): POST /v1/translate
+  curl localhost:8000/v1/translate -H 'Content-Type: application/json' -d '{"text": "ein Haus", "num_beams": 4}'
+  curl localhost:8000/v1/embeddings -H 'Content-Type: application/json' -d '{"input": ["a text", "another"]}'
   curl localhost:8000/v1/completions -H 'Content-Type: application/json' \\
        -d '{"prompt": "Once upon a time", "max_tokens": 50, "temperature": 0}'
 """
 
 DESCRIPTION = """\
 Serve a checkpoint over HTTP. A language model answers OpenAI's /v1/completions and /v1/chat/completions (with
-"stream": true as server-sent events), so OpenAI clients work with base_url http://HOST:PORT/v1; a fine-tuned
-classifier answers /v1/classify. Also /v1/models, /health, Prometheus /metrics and a playground page at /.
+"stream": true as server-sent events), so OpenAI clients work with base_url http://HOST:PORT/v1. A fine-tuned task
+model answers its task's endpoint: a classifier (or NLI model) /v1/classify, an NER tagger /v1/ner, an extractive QA
+model /v1/qa, a translate or summarize fine-tune (encoder-decoder or gpt) /v1/translate or /v1/summarize. GPT and
+BERT-style checkpoints, and classifiers' and taggers' backbones, also answer OpenAI's /v1/embeddings. Also
+/v1/models, /health (which lists the model's endpoints), Prometheus /metrics and a playground page at /.
 Concurrent requests with the same sampling settings are decoded together (dynamic batching)."""
 
 

@@ -225,8 +225,10 @@ def finetune(
     target_field: str = "tgt",
 ) -> RunResult | dict:
     """Fine-tune a classifier (or, with task "ner" / "qa", a tagger / an extractive QA model; with "translate" /
-    "summarize", an encoder-decoder on source/target pairs, `source_field` and `target_field`); returns the run's
-    result (or, with `folds`, the cross-validation summary).
+    "summarize", a model on source/target pairs, `source_field` and `target_field`: an encoder-decoder, or a
+    decoder-only GPT checkpoint trained on "source separator target" sequences with the loss on the target only,
+    tasks/pair_prompts.py; with "chat", a GPT on conversations); returns the run's result (or, with `folds`, the
+    cross-validation summary).
 
     lora=True trains rank-`lora_r` adapters of the backbone's attention projections and the head only (the saved
     checkpoints have the adapters merged in). `max_length` defaults to 128 tokens (384 for qa); translate,
