@@ -75,6 +75,18 @@ def check_settings(temperature: float, alpha: float) -> None:
         raise ConfigError(f"--alpha must be in [0, 1], got {alpha}")
 
 
+def run_overrides(overrides: dict | list[str] | None, max_steps: int | None, max_minutes: float | None) -> dict:
+    """The --model.* / --optim.* / --train.* overrides as a dict, with --max-steps and --max-minutes in it."""
+    from lmforge.config import parse_overrides
+
+    overrides = parse_overrides(overrides)
+    if max_steps is not None:
+        overrides["train.max_steps"] = max_steps
+    if max_minutes is not None:
+        overrides["train.max_minutes"] = max_minutes
+    return overrides
+
+
 def load_teacher(teacher: str | os.PathLike, data: str | os.PathLike):
     """The teacher LM (on the CPU), checked to be a causal neural LM that reads the data's tokens."""
     import lmforge
@@ -82,6 +94,9 @@ def load_teacher(teacher: str | os.PathLike, data: str | os.PathLike):
     from lmforge.train.checkpoint import read_config, resolve_checkpoint
 
     config = read_config(resolve_checkpoint(teacher))
+    if config.get("arch") == "classifier":
+        raise ConfigError(f"{teacher} is a fine-tuned classifier; give its labelled --train file (and --dev) "
+                          "instead of --data to distill it")
     if config.get("arch") and is_statistical(config["arch"]):
         raise ConfigError(f"{teacher} is an n-gram model; distill from a neural language model")
     lm = lmforge.load(teacher, device="cpu")
@@ -107,18 +122,13 @@ def distill(
     progress: bool = True,
 ) -> RunResult:
     """Train a `student_preset` GPT on a prepared data directory against the teacher checkpoint; runs go to `out`."""
-    from lmforge.config import build_run_config, parse_overrides
+    from lmforge.config import build_run_config
     from lmforge.train import checkpoint as ckpt
 
     check_settings(temperature, alpha)
     run_dir = ckpt.require_new_run_dir(out)
     lm = load_teacher(teacher, data)
-    overrides = parse_overrides(overrides)
-    if max_steps is not None:
-        overrides["train.max_steps"] = max_steps
-    if max_minutes is not None:
-        overrides["train.max_minutes"] = max_minutes
-    cfg = build_run_config(preset=student_preset, overrides=overrides)
+    cfg = build_run_config(preset=student_preset, overrides=run_overrides(overrides, max_steps, max_minutes))
     if cfg.arch != "gpt":
         raise ConfigError(f"preset {student_preset!r} is a {cfg.arch} model; the student must be a GPT preset")
     if cfg.model.block_size > lm.model.config.block_size:
