@@ -75,6 +75,10 @@ class LM:
             if stream:
                 raise ConfigError("stream=True takes a single prompt")
             ids = [self._prompt_ids(p) for p in prompt]  # every prompt is checked before any work
+            # Batched while every row fits the context: past it, each row would slide its window at its own step.
+            fits = max(map(len, ids)) + max_new_tokens <= self.model.config.block_size
+            if hasattr(self.model, "new_cache") and len(ids) > 1 and fits:
+                return self._generate_batch(prompt, ids, params, stops, seed, use_cache)
             return ["".join(self._stream(p, i, params, stops, seed, use_cache)) for p, i in zip(prompt, ids)]
         # Checked here, not inside the generator, so a bad prompt fails before anything is streamed.
         pieces = self._stream(prompt, self._prompt_ids(prompt), params, stops, seed, use_cache)
@@ -235,21 +239,47 @@ class LM:
             )
         return ids
 
+    def _generator(self, seed: int | None) -> torch.Generator | None:
+        return None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
+
     def _stream(
         self, prompt: str, ids: list[int], params: SamplingParams, stops: list[str], seed: int | None,
         use_cache: bool,
     ) -> Iterator[str]:
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        tokens = (int(tok[0]) for tok in generate_tokens(self.model, x, params, self._generator(seed), use_cache))
+        return self._pieces(prompt, tokens, stops)
+
+    def _generate_batch(
+        self, prompts: list[str], ids: list[list[int]], params: SamplingParams, stops: list[str], seed: int | None,
+        use_cache: bool,
+    ) -> list[str]:
+        """Continue several prompts in one batch, left-padded to one length: one forward pass per step for all.
+        Greedy results equal one-at-a-time generation; sampled ones are reproducible with a seed."""
+        width = max(len(i) for i in ids)
+        pad = ids[0][0]  # any id: padded positions are masked out
+        x = torch.tensor([[pad] * (width - len(i)) + i for i in ids], dtype=torch.long, device=self.device)
+        mask = torch.tensor([[False] * (width - len(i)) + [True] * len(i) for i in ids], device=self.device)
+        rows: list[list[int]] = [[] for _ in ids]
+        done = [False] * len(ids)
+        eos = self.tokenizer.eos_id
+        for step in generate_tokens(self.model, x, params, self._generator(seed), use_cache, prompt_mask=mask):
+            for r, t in enumerate(step.tolist()):
+                if not done[r]:
+                    done[r] = t == eos
+                    rows[r].append(t)
+            if all(done):
+                break
+        return ["".join(self._pieces(p, iter(r), stops)) for p, r in zip(prompts, rows)]
+
+    def _pieces(self, prompt: str, tokens: Iterator[int], stops: list[str]) -> Iterator[str]:
+        """Text pieces of a continuation as its tokens arrive: up to the end-of-sequence token or a stop string."""
         out: list[int] = []
         emitted = ""
         # Word-level tokenizers decode words joined by spaces: the continuation needs one after the prompt.
         sep = " " if self.tokenizer.kind == "word" and prompt and not prompt[-1].isspace() else ""
         hold = max((len(s) for s in stops), default=1) - 1
-        for tok in generate_tokens(self.model, x, params, generator, use_cache):
-            t = int(tok[0])
+        for t in tokens:
             if t == self.tokenizer.eos_id:
                 break
             out.append(t)

@@ -65,32 +65,44 @@ def generate_tokens(
     params: SamplingParams,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    prompt_mask: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token ids (B,) one step at a time after prompt ids (B, T).
 
     With the cache, the prompt is processed once and each step feeds only the newest token. When the context
     fills the model's block size, the cache is rebuilt from the last half block (the uncached path always sees
     the last block_size tokens; both agree while the sequence fits the block).
+
+    `prompt_mask` (B, T), True at real tokens, batches prompts of different lengths left-padded to one length
+    (GPT models): every row then continues exactly as it would alone.
     """
     model.eval()
     block = model.config.block_size
-    seq = prompt
+    seq, mask = prompt, prompt_mask
     cache, pos = None, 0
     use_cache = use_cache and hasattr(model, "new_cache")
+
+    def keys(n: int) -> dict:  # the padding mask of the last n positions, for the models that take one
+        return {} if mask is None else {"key_mask": mask[:, -n:]}
+
     for _ in range(params.max_new_tokens):
-        if hasattr(model, "next_token_logits"):  # models that predict from the sequence directly (n-gram)
+        if hasattr(model, "next_token_logits"):  # models that predict from the sequence directly (n-gram, RNN)
             logits = model.next_token_logits(seq)
         elif use_cache:
             if cache is None or pos >= block:
-                window = seq[:, -block:] if cache is None else seq[:, -max(1, block // 2) :]
+                keep = min(seq.shape[1], block if cache is None else max(1, block // 2))
                 cache = model.new_cache(seq.shape[0])
-                logits = model(window, cache, 0)[:, -1]
-                pos = window.shape[1]
+                logits = model(seq[:, -keep:], cache, 0, last_only=True, **keys(keep))[:, -1]
+                pos = keep
             else:
-                logits = model(seq[:, -1:], cache, pos)[:, -1]
+                logits = model(seq[:, -1:], cache, pos, **keys(pos + 1))[:, -1]
                 pos += 1
         else:
-            logits = model(seq[:, -block:])[:, -1]
-        nxt = next_token(logits, seq, params, generator)
+            logits = model(seq[:, -block:], **keys(min(block, seq.shape[1])))[:, -1]
+        # Padding is not part of a row's text: the repetition penalty sees the row's last token in its place.
+        seen = seq if mask is None else torch.where(mask, seq, seq[:, -1:])
+        nxt = next_token(logits, seen, params, generator)
         seq = torch.cat([seq, nxt[:, None]], dim=1)
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         yield nxt

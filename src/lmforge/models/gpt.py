@@ -84,8 +84,8 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
         self.mlp = MLP(cfg.n_embd, cfg.hidden, cfg.activation, cfg.dropout, cfg.bias)
 
-    def forward(self, x, rope=None, cache=None, pos=0):
-        x = x + self.attn(self.attn_norm(x), rope, cache, pos)
+    def forward(self, x, rope=None, cache=None, pos=0, mask=None):
+        x = x + self.attn(self.attn_norm(x), rope, cache, pos, mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -121,26 +121,50 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def encode(self, idx: torch.Tensor, cache: KVCache | None = None, pos: int = 0) -> torch.Tensor:
+    def encode(
+        self, idx: torch.Tensor, cache: KVCache | None = None, pos: int = 0, key_mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
         """Final hidden states (B, T, n_embd) for token ids (B, T) that start at position `pos` (> 0 only with a
-        cache): what the output layer reads, and what a classification head pools."""
-        T = idx.shape[1]
+        cache): what the output layer reads, and what a classification head pools.
+
+        `key_mask` (B, pos + T), True at real tokens, allows left-padded rows (prompts of different lengths in one
+        batch): each row's positions count from its first real token and no token attends to padding.
+        `last_only` keeps the last position only (the prefill of generation needs nothing else).
+        """
+        B, T = idx.shape
         if pos + T > self.config.block_size:
             raise ValueError(f"sequence of {pos + T} tokens is longer than block_size {self.config.block_size}")
+        mask = positions = None
+        if key_mask is not None:
+            positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, pos : pos + T]
+            causal = torch.ones(T, pos + T, dtype=torch.bool, device=idx.device).tril(diagonal=pos)
+            # A padding query would see no key at all (NaN in softmax); it may see itself, and is never read.
+            keys = torch.arange(pos + T, device=idx.device)
+            itself = keys[None, :] == keys[pos:, None]
+            mask = ((causal & key_mask[:, None, :]) | itself)[:, None]
         x = self.tok_emb(idx)
         rope = None
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(pos, pos + T, device=idx.device))
-        else:
+            x = x + self.pos_emb(torch.arange(pos, pos + T, device=idx.device) if positions is None else positions)
+        elif positions is None:
             rope = (self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T])
+        else:
+            rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, rope, cache, pos)
+            x = block(x, rope, cache, pos, mask)
+        if last_only:
+            x = x[:, -1:]
         return self.norm(x)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, pos: int = 0) -> torch.Tensor:
-        """Logits (B, T, vocab) for token ids (B, T) that start at position `pos` (> 0 only with a cache)."""
-        return self.lm_head(self.encode(idx, cache, pos))
+    def forward(
+        self, idx: torch.Tensor, cache: KVCache | None = None, pos: int = 0, key_mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids (B, T) that start at position `pos` (> 0 only with a cache); see
+        encode() for `key_mask` (left-padded batches) and `last_only` (logits of the last position only)."""
+        return self.lm_head(self.encode(idx, cache, pos, key_mask, last_only))
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         cfg = self.config

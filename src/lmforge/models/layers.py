@@ -34,7 +34,7 @@ def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor,
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, T, D) queries or keys by position; cos/sin are (T, D)."""
+    """Rotate (B, H, T, D) queries or keys by position; cos/sin are (T, D), or (B, 1, T, D) for per-row positions."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x * cos + rotated * sin).to(x.dtype)
@@ -78,7 +78,10 @@ class CausalSelfAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
         pos: int = 0,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """x (B, T, C) at positions pos.. pos+T-1. `mask` (B, 1, T, pos+T), True where a query may attend to a key,
+        replaces the causal mask when rows are padded (batched prompts of different lengths)."""
         B, T, C = x.shape
         kv_width = self.n_kv_head * self.head_dim
         q, k, v = self.qkv_proj(x).split([self.n_head * self.head_dim, kv_width, kv_width], dim=-1)
@@ -90,8 +93,8 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, pos, k, v)
-        mask, causal = None, T > 1
-        if T > 1 and pos > 0:
+        causal = T > 1 and mask is None
+        if causal and pos > 0:
             # New tokens after a cached prefix: each sees the whole prefix and the new tokens up to itself.
             mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
             causal = False
