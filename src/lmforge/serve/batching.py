@@ -2,10 +2,11 @@
 
 The worker takes the oldest request, then keeps gathering for a short window (or until `max_batch_size`) the
 queued requests that can share its decode: non-streaming, unseeded (or greedy) and with the same sampling
-settings. Those are split by prompt length and each group is decoded as one batch, (B, T) ids through the model
-once per step. Prompts of equal length need no padding, so every row sees exactly what it would see alone; the
-models have no attention mask to make left padding exact, which is why prompts of different lengths do not share a
-forward pass. Seeded sampling runs alone so that a seed gives the same text as `LM.generate(..., seed=...)`.
+settings. They are decoded as one batch, (B, T) ids through the model once per step, prompts of different lengths
+left-padded with a padding mask (GPT models), so every row sees exactly what it would see alone. Only when the
+padded batch would outgrow the context (each row would then slide its window at its own step) are the requests
+split by prompt length. Seeded sampling runs alone so that a seed gives the same text as
+`LM.generate(..., seed=...)`.
 
 Everything touching the model runs in the worker thread: torch releases the GIL, the event loop stays responsive,
 and the model never sees two callers at once.
@@ -115,16 +116,20 @@ class _Row:
 
 
 def decode_batch(lm, jobs: list[GenerateJob]) -> list[Completion]:
-    """Continue prompts of equal token length together, one forward pass per step for the whole batch."""
-    assert len({len(j.ids) for j in jobs}) == 1, "a batch needs prompts of equal length"
+    """Continue prompts together, one forward pass per step for the whole batch (left-padded when their lengths
+    differ; `_groups` makes sure such a batch fits the context)."""
     rows = [_Row(j, lm.tokenizer) for j in jobs]
     first = jobs[0].params
     params = SamplingParams(max(j.params.max_new_tokens for j in jobs), first.temperature, first.top_k, first.top_p,
                             first.repetition_penalty)
     generator = torch.Generator(device=lm.device).manual_seed(jobs[0].seed) if jobs[0].seed is not None else None
-    x = torch.tensor([j.ids for j in jobs], dtype=torch.long, device=lm.device)
+    width = max(len(j.ids) for j in jobs)
+    x = torch.tensor([[j.ids[0]] * (width - len(j.ids)) + j.ids for j in jobs], dtype=torch.long, device=lm.device)
+    mask = None
+    if any(len(j.ids) < width for j in jobs):
+        mask = torch.tensor([[False] * (width - len(j.ids)) + [True] * len(j.ids) for j in jobs], device=lm.device)
     if params.max_new_tokens > 0:
-        steps = generate_tokens(lm.model, x, params, generator)
+        steps = generate_tokens(lm.model, x, params, generator, prompt_mask=mask)
         for tokens in steps:
             for row, t in zip(rows, tokens.tolist()):
                 row.done = row.done or row.job.cancelled.is_set()
@@ -198,7 +203,7 @@ class Batcher:
                 self._resolve([job], lambda j=job: [j.fn()])
                 continue
             batch = self._gather(job)
-            for group in _by_length(batch):
+            for group in _groups(batch, self.lm.model):
                 self._resolve(group, lambda g=group: self._decode(g))
 
     def _gather(self, first: GenerateJob) -> list[GenerateJob]:
@@ -243,7 +248,13 @@ class Batcher:
                 j.future.set_result(r)
 
 
-def _by_length(jobs: list[GenerateJob]) -> list[list[GenerateJob]]:
+def _groups(jobs: list[GenerateJob], model) -> list[list[GenerateJob]]:
+    """One left-padded batch when the model takes a padding mask and the batch fits its context, else one batch
+    per prompt length."""
+    width = max(len(j.ids) for j in jobs)
+    new = max(j.params.max_new_tokens for j in jobs)
+    if hasattr(model, "new_cache") and width + new <= model.config.block_size:
+        return [jobs]
     groups: dict[int, list[GenerateJob]] = {}
     for j in jobs:
         groups.setdefault(len(j.ids), []).append(j)
