@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import platform
 import resource
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -53,3 +55,30 @@ def machine() -> dict:
 
 def emit(result: dict) -> None:
     print(json.dumps(result, indent=2))
+
+
+# ---- side-by-side contenders, each in its own process (its own peak RSS, threads and compile caches) ----------
+
+
+def start_worker(target, *args):
+    """Start `target(*args, conn)` in a spawned process; returns (process, connection, its first message)."""
+    parent, child = mp.get_context("spawn").Pipe()
+    proc = mp.get_context("spawn").Process(target=target, args=(*args, child), daemon=True)
+    proc.start()
+    return proc, parent, ask(proc, parent)
+
+
+def ask(proc, conn, message=None, timeout: float = 3600.0):
+    """Send a message to a worker (if any) and wait for its reply; a worker that died is an error, not a hang."""
+    if message is not None:
+        conn.send(message)
+    end = time.monotonic() + timeout
+    while not conn.poll(1.0):
+        if not proc.is_alive() or time.monotonic() > end:
+            sys.exit(f"error: benchmark worker {proc.name} exited (code {proc.exitcode}); see its traceback above")
+    return conn.recv()
+
+
+def stop_worker(proc, conn, *_) -> None:
+    conn.send(None)
+    proc.join(timeout=30)

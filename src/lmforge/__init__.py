@@ -9,7 +9,7 @@ The Python API mirrors the command line:
     print(lm.generate("Once upon a time", max_new_tokens=40))
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from lmforge.errors import LmforgeError  # noqa: E402
 

@@ -207,17 +207,22 @@ def _bert_from_hf(hf: dict, w: dict) -> tuple[str, dict, dict]:
     return "bert", cfg, state
 
 
+# transformers' GPT-2 activation names -> ours (gelu_new and gelu_pytorch_tanh are the same function).
+GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+
+
 def _gpt2_from_hf(hf: dict, w: dict) -> tuple[str, dict, dict]:
     act = hf.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ConfigError(f"GPT-2 with activation_function {act!r} cannot be imported (lmforge's uses tanh GELU)")
+    if act not in GPT2_ACTIVATIONS:
+        raise ConfigError(f"GPT-2 with activation_function {act!r} cannot be imported (lmforge has the exact GELU "
+                          "and its tanh approximation)")
     prefix = "" if any(k.startswith("transformer.") for k in w) else "transformer."  # GPT2Model has no prefix
     w = {k if k.startswith(("transformer.", "lm_head")) else prefix + k: v for k, v in w.items()}
     tie = hf.get("tie_word_embeddings", True)
     cfg = dict(
         vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"], n_head=hf["n_head"],
         n_embd=hf["n_embd"], mlp_hidden=hf.get("n_inner"), dropout=hf.get("resid_pdrop", 0.0), bias=True,
-        norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation="gelu", position="learned",
+        norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation=GPT2_ACTIVATIONS[act], position="learned",
         tie_embeddings=tie,
     )
     state = {ours: w[theirs] for ours, theirs in _GPT2.items() if theirs in w and not (tie and ours == "lm_head.weight")}
@@ -315,7 +320,7 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
 
 def _gpt_to_hf(cfg, ours: dict) -> tuple[dict, dict]:
     common = dict(tie_word_embeddings=cfg.tie_embeddings)
-    if cfg.position == "learned" and cfg.norm == "layernorm" and cfg.activation == "gelu":
+    if cfg.position == "learned" and cfg.norm == "layernorm" and cfg.activation in ("gelu", "gelu_tanh"):
         if cfg.head_size * cfg.n_head != cfg.n_embd:
             raise ConfigError("GPT-2 needs heads of n_embd / n_head; this model's heads were pruned, so it has no "
                               "GPT2LMHeadModel counterpart (a Llama-style model exports with its head_dim)")
@@ -331,7 +336,8 @@ def _gpt_to_hf(cfg, ours: dict) -> tuple[dict, dict]:
             state.pop("lm_head.weight", None)
         return dict(
             model_type="gpt2", architectures=["GPT2LMHeadModel"], n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-            n_head=cfg.n_head, n_positions=cfg.block_size, n_inner=cfg.mlp_hidden, activation_function="gelu_new",
+            n_head=cfg.n_head, n_positions=cfg.block_size, n_inner=cfg.mlp_hidden,
+            activation_function="gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
             layer_norm_epsilon=cfg.norm_eps, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
             attn_pdrop=cfg.dropout, **common,
         ), state

@@ -1,6 +1,6 @@
 """The GPT decoder: one implementation, configurable as GPT-2 style or Llama style.
 
-GPT-2 style: learned positions, LayerNorm, GELU, biases.  Llama style: rotary positions (RoPE), RMSNorm, SwiGLU,
+GPT-2 style: learned positions, LayerNorm, GELU (exact; `gelu_tanh` is GPT-2's own approximation), biases.  Llama style: rotary positions (RoPE), RMSNorm, SwiGLU,
 grouped-query attention, no biases.  Both use `scaled_dot_product_attention` and a KV cache for generation.
 """
 
@@ -30,7 +30,7 @@ class GPTConfig:
     bias: bool = True
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5
-    activation: str = "gelu"  # gelu | swiglu
+    activation: str = "gelu"  # gelu (exact) | gelu_tanh (GPT-2's approximation) | swiglu
     position: str = "learned"  # learned | rope
     rope_theta: float = 10000.0
     tie_embeddings: bool = True
@@ -67,7 +67,7 @@ class GPTConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         for key, value, choices in (
             ("norm", self.norm, ("layernorm", "rmsnorm")),
-            ("activation", self.activation, ("gelu", "swiglu")),
+            ("activation", self.activation, ("gelu", "gelu_tanh", "swiglu")),
             ("position", self.position, ("learned", "rope")),
         ):
             if value not in choices:

@@ -104,7 +104,7 @@ class EncoderLayer(nn.Module):
         self.attn_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
         self.attn = Attention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias)
         self.mlp_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
-        self.mlp = MLP(cfg.n_embd, cfg.hidden, "gelu", cfg.dropout, cfg.bias)
+        self.mlp = MLP(cfg.n_embd, cfg.hidden, "gelu_tanh", cfg.dropout, cfg.bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         x = residual(x, self.attn_norm, lambda h: self.attn(h, self.attn.keys_values(h), mask), self.pre)
@@ -120,7 +120,7 @@ class DecoderLayer(nn.Module):
         self.cross_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
         self.cross_attn = Attention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias)
         self.mlp_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
-        self.mlp = MLP(cfg.n_embd, cfg.hidden, "gelu", cfg.dropout, cfg.bias)
+        self.mlp = MLP(cfg.n_embd, cfg.hidden, "gelu_tanh", cfg.dropout, cfg.bias)
 
     def forward(self, x, memory_kv, mask, cache: KVCache | None = None, pos: int = 0) -> torch.Tensor:
         x = residual(x, self.self_norm, lambda h: self.self_attn(h, None, cache, pos), self.pre)

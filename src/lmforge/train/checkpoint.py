@@ -144,9 +144,21 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 def read_config(ckpt: Path) -> dict:
     try:
-        return json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"{ckpt}/config.json is unreadable or corrupted; use another checkpoint") from None
+    if config.get("lmforge_version") == "0.1.0":
+        _tanh_gelu(config)
+    return config
+
+
+def _tanh_gelu(config) -> None:
+    """lmforge 0.1.0 called GPT-2's tanh approximation "gelu"; since 0.2.0 that name is the exact GELU."""
+    if isinstance(config, dict):
+        if config.get("activation") == "gelu":
+            config["activation"] = "gelu_tanh"
+        for value in config.values():
+            _tanh_gelu(value)
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, Tokenizer, dict]:

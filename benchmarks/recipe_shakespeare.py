@@ -1,6 +1,10 @@
 """nanoGPT's CPU recipe through lmforge: tiny Shakespeare, character level, 4x128, block 64, batch 12, 2000 steps.
 
-    .venv/bin/python benchmarks/shakespeare_char.py [--max-steps 2000] [--out /tmp/lmforge-shakespeare]
+    .venv/bin/python benchmarks/recipe_shakespeare.py [--max-steps 2000] [--out /tmp/lmforge-shakespeare]
+    .venv/bin/python benchmarks/recipe_shakespeare.py --fast
+
+`--fast` trains the same model (4 layers x 128 wide, 4 heads, block 64: the same parameters) with lmforge's
+fastest configuration that reaches nanoGPT's validation loss of 1.886: configs/shakespeare-char-fast.yaml.
 
 Prints JSON: wall time of training, tokens/s, final validation loss on the whole validation split (the last 10%
 of the characters, as nanoGPT splits it), and peak memory.
@@ -39,9 +43,11 @@ def nanogpt_style_estimate(ckpt: Path, data: Path, eval_iters: int = 20, seed: i
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--max-steps", type=int, default=2000)
+    ap.add_argument("--fast", action="store_true", help="configs/shakespeare-char-fast.yaml instead of the recipe")
+    ap.add_argument("--max-steps", type=int, default=None, help="default: the config's")
     ap.add_argument("--out", default="/tmp/lmforge-shakespeare")
-    ap.add_argument("--compile", action="store_true", help="train with torch.compile")
+    ap.add_argument("--compile", choices=("auto", "true", "false"), default=None,
+                    help="train.compile (default: the config's)")
     ap.add_argument("--seed", type=int, default=1337, help="train.seed (nanoGPT's default is 1337)")
     args = ap.parse_args()
 
@@ -53,20 +59,25 @@ def main() -> None:
     data = out / "data"
     lmforge.prepare([str(shared("tinyshakespeare/input.txt"))], str(data), tokenizer="char", split="tail",
                     val_fraction=0.1, progress=False)
+    config = "shakespeare-char-fast.yaml" if args.fast else "shakespeare-char.yaml"
+    overrides = {"train.tensorboard": False, "train.seed": args.seed}
+    if args.compile is not None:
+        overrides["train.compile"] = args.compile
     start = time.perf_counter()
     result = lmforge.pretrain(
         data=str(data),
         out=str(out / "run"),
-        config=str(REPO / "configs" / "shakespeare-char.yaml"),
+        config=str(REPO / "configs" / config),
         max_steps=args.max_steps,
-        overrides={"train.compile": args.compile, "train.tensorboard": False, "train.seed": args.seed},
+        overrides=overrides,
         progress=False,
     )
     wall = time.perf_counter() - start
     final = evaluate(out / "run" / "latest", str(data))
     estimate = nanogpt_style_estimate(out / "run" / "latest", data)
     emit({
-        "benchmark": "shakespeare_char (nanoGPT CPU recipe)",
+        "benchmark": "recipe_shakespeare" + (" --fast" if args.fast else " (nanoGPT's CPU recipe)"),
+        "config": config,
         "steps": result.step,
         "train_seconds": round(result.seconds, 1),
         "wall_seconds_incl_evals_and_checkpoints": round(wall, 1),
