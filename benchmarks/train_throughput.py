@@ -38,7 +38,7 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     return n_layer, n_embd, block, batch
 
 
-def matmul_peak_gflops(size: int = 1024, seconds: float = 2.0) -> float:
+def matmul_peak_gflops(size: int = 2048, seconds: float = 3.0) -> float:
     """Best fp32 GFLOP/s of a square matmul on this machine with torch's threads."""
     import torch
 
@@ -131,6 +131,10 @@ def worker(kind: str, shape, threads: int, conn) -> None:
 
 
 def run_shape(name: str, shape, contenders: list[str], rounds: int, steps: int, warmup: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    peak = matmul_peak_gflops()  # before the workers exist, and again after them: the better of the two
     workers = {kind: start_worker(worker, kind, shape, threads) for kind in contenders}
     _, _, block, batch = shape
     times: dict[str, list[float]] = {k: [] for k in contenders}
@@ -144,7 +148,7 @@ def run_shape(name: str, shape, contenders: list[str], rounds: int, steps: int, 
             rss[kind] = reply["peak_rss_mb"]
     for w in workers.values():
         stop_worker(*w)
-    peak = matmul_peak_gflops()
+    peak = max(peak, matmul_peak_gflops())
     rows = {}
     for kind in contenders:
         tps = steps * batch * block / statistics.median(times[kind])

@@ -71,7 +71,9 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16/fp16 on GPUs that support it, fp32 on CPU)
-    compile: bool = False  # torch.compile the model for training
+    # torch.compile the training model: auto = on CUDA; off on CPU, where it measured no faster than eager for
+    # our GPT (benchmarks/train_throughput.py) and costs a minute of compilation. true | false force it.
+    compile: str = "auto"
     tensorboard: bool = True
     threads: int | None = None  # CPU threads for torch (default: torch's choice)
 
@@ -90,6 +92,10 @@ class TrainConfig:
         if self.patience is not None:
             _range("train.patience", self.patience, 0, None)
         _choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        # Configs of earlier releases hold a boolean here.
+        self.compile = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(
+            str(self.compile).lower(), str(self.compile).lower())
+        _choice("train.compile", self.compile, ("auto", "true", "false"))
 
 
 @dataclass

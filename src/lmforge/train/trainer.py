@@ -141,7 +141,7 @@ class Trainer:
         self.stop_signal: int | None = None
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.train_model = self.model
-        if t.compile:
+        if t.compile == "true" or (t.compile == "auto" and self.device.type == "cuda"):
             self.train_model = torch.compile(self.model)
         if resume_from is not None:
             self._restore(resume_from)
