@@ -85,13 +85,14 @@ def generate_tokens(
     def keys(n: int) -> dict:  # the padding mask of the last n positions, for the models that take one
         return {} if mask is None else {"key_mask": mask[:, -n:]}
 
-    for _ in range(params.max_new_tokens):
+    for step in range(params.max_new_tokens):
         if hasattr(model, "next_token_logits"):  # models that predict from the sequence directly (n-gram, RNN)
             logits = model.next_token_logits(seq)
         elif use_cache:
-            if cache is None or pos >= block:
+            if cache is None or pos >= cache.max_len:
                 keep = min(seq.shape[1], block if cache is None else max(1, block // 2))
-                cache = model.new_cache(seq.shape[0])
+                # Only as long as this generation needs: a full-block cache of a large model is hundreds of MB.
+                cache = model.new_cache(seq.shape[0], min(block, keep + params.max_new_tokens - step))
                 logits = model(seq[:, -keep:], cache, 0, last_only=True, **keys(keep))[:, -1]
                 pos = keep
             else:
