@@ -75,6 +75,9 @@ class TrainConfig:
     # our GPT (benchmarks/train_throughput.py) and costs a minute of compilation. true | false force it.
     compile: str = "auto"
     tensorboard: bool = True
+    # Fine-tuning: batches of similar lengths (less padding). Off by default, as in transformers: on a small data
+    # set, length can correlate with the label and length-sorted batches then learn worse (measured in the tests).
+    group_by_length: bool = False
     threads: int | None = None  # CPU threads for torch (default: torch's choice)
 
     def validate(self) -> None:

@@ -52,8 +52,9 @@ class ClassifyObjective(ShuffledEpochs):
 
     name = "classify"
 
-    def __init__(self, rows, targets: torch.Tensor, encoder: TextEncoder, batch_size: int, class_weights=None):
-        super().__init__(len(rows), batch_size)
+    def __init__(self, rows, targets: torch.Tensor, encoder: TextEncoder, batch_size: int, class_weights=None,
+                 group_by_length: bool = False):
+        super().__init__(len(rows), batch_size, lengths=[len(r[0]) for r in rows] if group_by_length else None)
         self.rows, self.targets, self.encoder, self.class_weights = rows, targets, encoder, class_weights
 
     def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -131,7 +132,8 @@ class FineTuner(Trainer):
             weights = (len(targets) / (len(m.labels) * counts.clamp(min=1))).float()
             if m.multi_label:  # BCE's pos_weight: negatives over positives per label
                 weights = ((len(targets) - counts) / counts.clamp(min=1)).float()
-        self.objective = ClassifyObjective(rows, targets, self.encoder, self.cfg.train.batch_size, weights)
+        self.objective = ClassifyObjective(rows, targets, self.encoder, self.cfg.train.batch_size, weights,
+                                           self.cfg.train.group_by_length)
         self.data_size = f"{len(rows):,} training examples"
         self.data_info = self.info
 

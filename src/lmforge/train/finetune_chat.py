@@ -69,8 +69,8 @@ class ChatObjective(ShuffledEpochs):
 
     name = "chat"
 
-    def __init__(self, rows, pad_id: int, batch_size: int):
-        super().__init__(len(rows), batch_size)
+    def __init__(self, rows, pad_id: int, batch_size: int, group_by_length: bool = False):
+        super().__init__(len(rows), batch_size, lengths=[len(x) for x, _ in rows] if group_by_length else None)
         self.rows, self.pad_id = rows, pad_id
 
     def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +108,7 @@ class ChatFineTuner(Trainer):
         if self.dev_chats:
             self.dev_rows = encode_conversations(self.dev_chats, self.template, self.tokenizer, block)[0]
         pad = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else self.tokenizer.eos_id
-        self.objective = ChatObjective(rows, pad, self.cfg.train.batch_size)
+        self.objective = ChatObjective(rows, pad, self.cfg.train.batch_size, self.cfg.train.group_by_length)
         self.skipped = skipped
         self.data_size = f"{len(rows):,} training conversations"
         self.data_info = {**self.info, "chat": self.template.to_dict()}

@@ -33,8 +33,8 @@ class TagObjective(ShuffledEpochs):
 
     name = "tag"
 
-    def __init__(self, rows, encoder: WordEncoder, batch_size: int):
-        super().__init__(len(rows), batch_size)
+    def __init__(self, rows, encoder: WordEncoder, batch_size: int, group_by_length: bool = False):
+        super().__init__(len(rows), batch_size, lengths=[len(r[0]) for r in rows] if group_by_length else None)
         self.rows, self.encoder = rows, encoder
 
     def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -115,7 +115,7 @@ class NERTuner(Trainer):
         index = {t: i for i, t in enumerate(m.labels)}
         rows = [self.encoder(s.words, [index[t] for t in s.tags]) for s in self.train_sentences]
         self.dev_pieces = [self.encoder.pieces(s.words) for s in self.dev_sentences or []]  # encoded once
-        self.objective = TagObjective(rows, self.encoder, self.cfg.train.batch_size)
+        self.objective = TagObjective(rows, self.encoder, self.cfg.train.batch_size, self.cfg.train.group_by_length)
         self.data_size = f"{len(rows):,} training sentences"
         self.data_info = self.info
 

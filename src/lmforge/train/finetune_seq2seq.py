@@ -50,8 +50,9 @@ class PairsObjective(ShuffledEpochs):
     name = "pairs"
 
     def __init__(self, pairs: list[tuple[list[int], list[int]]], start_id: int, pad_id: int, batch_size: int,
-                 label_smoothing: float = 0.0):
-        super().__init__(len(pairs), batch_size)
+                 label_smoothing: float = 0.0, group_by_length: bool = False):
+        lengths = [len(s) + len(t) for s, t in pairs] if group_by_length else None
+        super().__init__(len(pairs), batch_size, lengths=lengths)
         self.pairs, self.start_id, self.pad_id, self.label_smoothing = pairs, start_id, pad_id, label_smoothing
 
     def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -88,7 +89,7 @@ class Seq2SeqFineTuner(Trainer):
         m.vocab_size = self.tokenizer.vocab_size
         rows = encode_pairs(self.train_pairs, self.tokenizer, m.block_size)
         self.objective = PairsObjective(rows, decoder_start_id(self.tokenizer), self.tokenizer.pad_id or 0,
-                                        self.cfg.train.batch_size, m.label_smoothing)
+                                        self.cfg.train.batch_size, m.label_smoothing, self.cfg.train.group_by_length)
         self.dev_rows = encode_pairs(self.dev_pairs[:DEV_DECODES], self.tokenizer, m.block_size) if self.dev_pairs else []
         self.data_size = f"{len(rows):,} training pairs"
         self.data_info = self.info
@@ -155,7 +156,8 @@ class PromptedPairsFineTuner(Seq2SeqFineTuner):
             self.dev_rows = self.prompt.training_rows(self.tokenizer, self.dev_pairs[:DEV_DECODES], block,
                                                       self.info["dev"])
         pad = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else self.tokenizer.eos_id
-        self.objective = ChatObjective(rows, pad, self.cfg.train.batch_size)  # (ids, labels) rows, summed loss
+        # (ids, labels) rows, summed loss
+        self.objective = ChatObjective(rows, pad, self.cfg.train.batch_size, self.cfg.train.group_by_length)
         self.data_size = f"{len(rows):,} training pairs"
         self.data_info = {**self.info, CONFIG_KEY: self.prompt.to_dict()}
 

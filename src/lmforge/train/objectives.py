@@ -270,18 +270,39 @@ class Seq2SeqDenoise:
     load_state_dict = CausalLM.load_state_dict
 
 
+BUCKET_BATCHES = 50  # batches sorted by length together: similar lengths in a batch, a different mix each epoch
+
+
 class ShuffledEpochs:
     """Base of the fine-tuning objectives: labelled examples in shuffled epochs. Each epoch's order is drawn from
-    the trainer's data generator, and the order and position are saved, so a resumed run continues the epoch."""
+    the trainer's data generator, and the order and position are saved, so a resumed run continues the epoch.
 
-    def __init__(self, n_examples: int, batch_size: int):
+    With the examples' token `lengths`, batches are length-bucketed: each run of BUCKET_BATCHES batches of the
+    shuffled order is sorted by length and cut into batches, whose order is shuffled again. Batches are padded to
+    their longest example, so similar lengths in a batch spend less compute on padding.
+    """
+
+    def __init__(self, n_examples: int, batch_size: int, lengths: list[int] | None = None):
         self.n_examples, self.batch_size = n_examples, batch_size
+        self.lengths = None if lengths is None else torch.tensor(lengths)
         self.perm: torch.Tensor | None = None
         self.pos = 0
 
+    def _epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        perm = torch.randperm(self.n_examples, generator=generator)
+        if self.lengths is None or self.n_examples <= self.batch_size:
+            return perm
+        span = self.batch_size * BUCKET_BATCHES
+        chunks = [perm[i : i + span] for i in range(0, self.n_examples, span)]
+        ordered = torch.cat([c[torch.argsort(self.lengths[c], stable=True)] for c in chunks])
+        batches = list(ordered.split(self.batch_size))
+        last = [batches.pop()] if len(batches[-1]) < self.batch_size else []  # a short batch stays last
+        shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return torch.cat(shuffled + last)
+
     def next_indices(self, generator: torch.Generator) -> list[int]:
         if self.perm is None or self.pos >= self.n_examples:  # a new epoch, in a new order
-            self.perm, self.pos = torch.randperm(self.n_examples, generator=generator), 0
+            self.perm, self.pos = self._epoch_order(generator), 0
         chosen = self.perm[self.pos : self.pos + self.batch_size].tolist()
         self.pos += self.batch_size
         return chosen
