@@ -44,7 +44,7 @@ def main() -> None:
     rows = []
     for batch in (1, 16):
         for beams in (1, 4):
-            def run() -> float:
+            def run(batch: int = batch, beams: int = beams) -> float:
                 t0 = time.perf_counter()
                 lm.transduce(sources[:batch], max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                              num_beams=beams)
