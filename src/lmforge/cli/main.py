@@ -49,7 +49,7 @@ The lifecycle, one verb per stage:
   compare     train several families on the same data and budget, side by side
   quantize    int8 / int4 quantization of a checkpoint, with a size / speed / perplexity report
   prune       magnitude or structured (heads, MLP neurons) pruning of a checkpoint, with the same report
-  distill     train a smaller GPT against a teacher's soft targets, with a teacher-vs-student report
+  distill     train a smaller GPT or classifier against a teacher's soft targets, teacher vs student report
   export      a GPT or classifier as ONNX graphs for onnxruntime (--format onnx)
   serve       an OpenAI-compatible HTTP server (and playground) for a checkpoint
   quickstart  all of the above on a built-in corpus, in about 5 minutes
