@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from lmforge.train.objectives import ShuffledEpochs
@@ -77,3 +78,13 @@ def test_fine_tuning_groups_by_length_only_when_asked(tmp_path):
     finally:
         ft.ClassifyObjective.__init__ = real
     assert seen == [False, True]
+
+
+def test_group_by_length_is_refused_where_it_would_be_ignored(char_data, tmp_path, tiny_overrides):
+    import lmforge
+    from lmforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.group_by_length applies to fine-tuning"):
+        lmforge.pretrain(char_data, tmp_path / "run", overrides={**tiny_overrides, "train.group_by_length": True},
+                         max_steps=2, progress=False)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("ckpt-*"))

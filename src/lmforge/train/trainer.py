@@ -116,6 +116,11 @@ class Trainer:
         self.resume_from = resume_from
         self._setup_data()
         cfg.validate()
+        if cfg.train.group_by_length and getattr(self.objective, "lengths", None) is None:
+            raise ConfigError(
+                f"train.group_by_length applies to fine-tuning on labelled examples (classify, nli, ner, chat, "
+                f"translate, summarize); this run's objective ({self.objective.name}) draws no such batches"
+            )
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
