@@ -36,6 +36,23 @@ def test_tsv_and_jsonl_pairs_and_their_errors(tmp_path):
         read_pairs(tmp_path / "empty.tsv")
 
 
+def test_csv_pairs_with_multi_line_cells_and_tsv_headers(tmp_path):
+    csv_file = tmp_path / "d.csv"
+    csv_file.write_text('id,dialogue,summary\n1,"#P1#: hi, you\n#P2#: ""hello""",They greet.\n\n'
+                        '2,"#P1#: bye",One leaves.\n', encoding="utf-8")
+    assert read_pairs(csv_file, "dialogue", "summary") == [Pair('#P1#: hi, you\n#P2#: "hello"', "They greet."),
+                                                           Pair("#P1#: bye", "One leaves.")]
+    assert read_pairs(csv_file, "2", "0", max_pairs=1) == [Pair("They greet.", "1")]
+    with pytest.raises(DataError, match="no target column 'summ' in the header \\(id, dialogue, summary\\)"):
+        read_pairs(csv_file, "dialogue", "summ")
+    (tmp_path / "e.csv").write_text('src,tgt\nok,fine\n"",empty\n', encoding="utf-8")
+    with pytest.raises(DataError, match="e.csv:3 has an empty or missing source"):
+        read_pairs(tmp_path / "e.csv")
+    tsv = tmp_path / "h.tsv"
+    tsv.write_text("id\ttarget\tsource\n7\ta house\tein Haus\n", encoding="utf-8")
+    assert read_pairs(tsv, "source", "target") == [Pair("ein Haus", "a house")]  # the header is not a pair
+
+
 def test_parallel_files(tmp_path):
     (tmp_path / "s").write_text("a\nb\nc\n", encoding="utf-8")
     (tmp_path / "t").write_text("A\nB\nC\n", encoding="utf-8")
@@ -46,6 +63,13 @@ def test_parallel_files(tmp_path):
     (tmp_path / "gap").write_text("A\n\nC\n", encoding="utf-8")
     with pytest.raises(DataError, match="gap:2 is empty"):
         read_parallel(tmp_path / "s", tmp_path / "gap")
+    (tmp_path / "train.de").write_text("ein Haus\nzwei\n", encoding="utf-8")
+    (tmp_path / "train.en").write_text("a house\ntwo\n", encoding="utf-8")
+    assert read_pairs(tmp_path / "train", source_lang="de", target_lang="en") == [Pair("ein Haus", "a house"),
+                                                                                 Pair("zwei", "two")]
+    assert read_pairs(tmp_path / "train", source_lang="en", target_lang="de", max_pairs=1) == [Pair("a house", "ein Haus")]
+    with pytest.raises(DataError, match="both --source-lang and --target-lang"):
+        read_pairs(tmp_path / "train", source_lang="de")
 
 
 def test_bleu_chrf_rouge_on_hand_made_strings():
@@ -144,6 +168,29 @@ def test_cli_fine_tunes_a_checkpoint_on_jsonl_fields(translator, tmp_path, capsy
     assert main([*argv[:6], str(bad), "--out", str(tmp_path / "bad-run"), "--source-field", "en",
                  "--target-field", "xx"]) == 2
     assert "bad.jsonl:2 has an empty or missing source" in capsys.readouterr().err
+
+
+def test_cli_reads_parallel_files_by_language_suffix(translator, tmp_path, capsys):
+    folder, result = translator
+    lines = [ln.split("\t") for ln in translation_pairs(40, 4).splitlines()]
+    for split in ("train", "val"):
+        (tmp_path / f"{split}.xx").write_text("".join(t + "\n" for _, t in lines), encoding="utf-8")
+        (tmp_path / f"{split}.en").write_text("".join(s + "\n" for s, _ in lines), encoding="utf-8")
+    langs = ["--source-lang", "en", "--target-lang", "xx"]
+    assert main(["finetune", "--task", "translate", "--model", str(result.best), "--train", str(tmp_path / "train"),
+                 "--dev", str(tmp_path / "val"), *langs, "--out", str(tmp_path / "run"), "--epochs", "1", "--json",
+                 "--quiet", "--train.threads", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["val_bleu"] > 50
+    assert main(["evaluate", str(tmp_path / "run"), "--task", "translate", "--data", str(tmp_path / "val"), *langs,
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pairs"] == 40
+    assert main(["predict", str(tmp_path / "run"), "--task", "translate", "--input", str(tmp_path / "val"),
+                 "--source-lang", "en"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == lines[0][1]
+    (tmp_path / "val.en").write_text("red\n", encoding="utf-8")
+    assert main(["evaluate", str(tmp_path / "run"), "--task", "translate", "--data", str(tmp_path / "val"),
+                 *langs]) == 2
+    assert "val.en has 1 lines but" in capsys.readouterr().err
 
 
 def summary_pairs(n: int, seed: int) -> list[dict]:

@@ -16,6 +16,8 @@ FINETUNE_EXAMPLES = """\
   lmforge finetune --task ner --model minilm --train conll2003/train.txt --dev conll2003/valid.txt --out conll
   lmforge finetune --task qa --model minilm --train squad-train.json --dev squad-dev.json --out squad --max-length 256
   lmforge finetune --task translate --model seq2seq-small --train de-en.tsv --dev dev.tsv --out de-en --epochs 20
+  lmforge finetune --task translate --model seq2seq-small --train multi30k/train --dev multi30k/val \
+      --source-lang de --target-lang en --out de-en --max-minutes 60
   lmforge finetune --task translate --model gpt-ckpt --train de-en.tsv --dev dev.tsv --out de-en-gpt   # decoder-only
   lmforge finetune --task chat --model gpt-ckpt --train chats.jsonl --dev dev.jsonl --out chat --epochs 3
   lmforge finetune --task summarize --model t5ish --train news.jsonl --out sum --source-field article --target-field summary
@@ -129,7 +131,7 @@ def run_finetune(args) -> int:
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, patience=args.patience,
         folds=args.folds, max_minutes=args.max_minutes, seed=args.seed, overrides=args.overrides,
         doc_stride=args.doc_stride, progress=not args.quiet, source_field=args.source_field,
-        target_field=args.target_field,
+        target_field=args.target_field, source_lang=args.source_lang, target_lang=args.target_lang,
     )
     if isinstance(result, dict):  # cross-validation
         if args.json:

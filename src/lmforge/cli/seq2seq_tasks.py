@@ -12,6 +12,9 @@ def add_pair_options(p) -> None:
                    help="translate/summarize: JSONL field (or TSV column number) of the source text")
     p.add_argument("--target-field", default="tgt",
                    help="translate/summarize: JSONL field (or TSV column number) of the target text")
+    p.add_argument("--source-lang", help="translate/summarize: read parallel files PATH.SOURCE_LANG and "
+                   "PATH.TARGET_LANG (e.g. --train data/train --source-lang de --target-lang en)")
+    p.add_argument("--target-lang", help="translate/summarize: the target language suffix of parallel files")
 
 
 def add_beam_option(p) -> None:
@@ -24,6 +27,7 @@ def run_evaluate_seq2seq(args) -> int:
 
     scores = evaluate_seq2seq(args.ckpt, args.data, args.task, num_beams=args.num_beams,
                               source_field=args.source_field, target_field=args.target_field, report=args.report,
+                              source_lang=args.source_lang, target_lang=args.target_lang,
                               batch_size=args.batch_size, device=args.device)
     if args.json:
         print_json(scores)
@@ -80,7 +84,9 @@ def run_predict_seq2seq(args) -> int:
         raise ConfigError(f"--num-beams must be >= 1, got {args.num_beams}")
     lm = load(args.ckpt, device=args.device)
     check_transducer(lm, f"--task {args.task}")
-    sources = _sources(args.input, args.source_field)
+    # The source side of parallel files: --input data/val --source-lang de reads data/val.de.
+    source = f"{args.input}.{args.source_lang}" if args.source_lang and args.input != "-" else args.input
+    sources = _sources(source, args.source_field)
     for source, output in zip(sources, decode_sources(lm, sources, args.num_beams)):
         print(json.dumps({"source": source, "output": output}, ensure_ascii=False) if args.json else output)
     return 0

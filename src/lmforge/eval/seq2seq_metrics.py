@@ -131,7 +131,8 @@ def write_report(folder: str | os.PathLike, task: str, scores: dict, sources: li
 
 def evaluate_seq2seq(model: str | os.PathLike, data: str | os.PathLike, task: str, num_beams: int = 1,
                      source_field: str = "src", target_field: str = "tgt", report: str | os.PathLike | None = None,
-                     batch_size: int = 32, device: str = "auto") -> dict:
+                     batch_size: int = 32, device: str = "auto", source_lang: str | None = None,
+                     target_lang: str | None = None) -> dict:
     """BLEU and chrF (translate) or ROUGE (summarize) of a seq2seq checkpoint's outputs on a pairs file (or of a gpt
     fine-tuned on prompted pairs: tasks/pair_prompts.py)."""
     from lmforge.errors import ConfigError
@@ -145,7 +146,7 @@ def evaluate_seq2seq(model: str | os.PathLike, data: str | os.PathLike, task: st
         raise ConfigError(f"--num-beams must be >= 1, got {num_beams}")
     lm = load(model, device=device)
     check_transducer(lm, f"--task {task}")
-    pairs = read_pairs(data, source_field, target_field)
+    pairs = read_pairs(data, source_field, target_field, source_lang=source_lang, target_lang=target_lang)
     sources, references = [p.source for p in pairs], [p.target for p in pairs]
     outputs = decode_sources(lm, sources, num_beams, batch_size)
     scores = {**score_outputs(task, outputs, references), "pairs": len(pairs), "num_beams": num_beams}

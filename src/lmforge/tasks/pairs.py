@@ -1,12 +1,16 @@
-"""Paired texts (source → target) for translation and summarization: TSV, JSON Lines, or two parallel files.
+"""Paired texts (source → target) for translation and summarization: TSV, CSV, JSON Lines, or two parallel files.
 
-    sources.tsv   "ein Haus\ta house"                (no header: column 0 is the source, column 1 the target)
+    sources.tsv   "ein Haus\ta house"                (column 0 is the source, column 1 the target; a first line
+                                                     naming both fields is a header and picks the columns)
+    pairs.csv     a header row naming the fields; quoted cells may span lines (DialogSum's dialogues do)
     pairs.jsonl   {"src": "ein Haus", "tgt": "a house"}  (field names are options)
     parallel      train.de + train.en, line i of one is the translation of line i of the other
+                  (read_pairs("train", source_lang="de", target_lang="en"))
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from dataclasses import dataclass
@@ -38,14 +42,31 @@ def _checked(path: Path, n: int, source, target) -> Pair:
 
 
 def read_pairs(path: str | os.PathLike, source_field: str = "src", target_field: str = "tgt",
-               max_pairs: int | None = None) -> list[Pair]:
-    """Pairs of a .jsonl file (by field name) or of a TSV file (columns 0 and 1, or the column numbers given as
-    fields). Blank lines are skipped; a line without a source or a target is a DataError naming it."""
+               max_pairs: int | None = None, source_lang: str | None = None,
+               target_lang: str | None = None) -> list[Pair]:
+    """Pairs of a .jsonl file (by field name), a .csv file (header names or column numbers), a TSV file (columns 0
+    and 1, the column numbers given as fields, or the columns a header line names), or, with both languages given,
+    the parallel files PATH.SOURCE_LANG and PATH.TARGET_LANG. Blank lines are skipped; a line without a source or a
+    target is a DataError naming it."""
+    if source_lang or target_lang:
+        if not (source_lang and target_lang):
+            raise DataError("parallel files need both --source-lang and --target-lang")
+        pairs = read_parallel(f"{path}.{source_lang}", f"{path}.{target_lang}")
+        return pairs[:max_pairs] if max_pairs is not None else pairs
     path = Path(path)
+    if path.suffix.lower() == ".csv":
+        return _read_csv(path, source_field, target_field, max_pairs)
     pairs: list[Pair] = []
     jsonl = path.suffix.lower() in (".jsonl", ".json")
+    lines = _lines(path)
     columns = (int(source_field), int(target_field)) if source_field.isdigit() and target_field.isdigit() else (0, 1)
-    for n, line in enumerate(_lines(path), 1):
+    first = next((n for n, line in enumerate(lines) if line.strip()), None)
+    if not jsonl and first is not None:
+        header = lines[first].split("\t")
+        if source_field in header and target_field in header:
+            columns = (header.index(source_field), header.index(target_field))
+            lines = [""] * (first + 1) + lines[first + 1:]  # keep the line numbers of the rest
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         if jsonl:
@@ -63,6 +84,40 @@ def read_pairs(path: str | os.PathLike, source_field: str = "src", target_field:
             pairs.append(_checked(path, n, cells[columns[0]], cells[columns[1]]))
         if max_pairs is not None and len(pairs) >= max_pairs:
             break
+    if not pairs:
+        raise DataError(f"{path} has no source-target pairs")
+    return pairs
+
+
+def _read_csv(path: Path, source_field: str, target_field: str, max_pairs: int | None) -> list[Pair]:
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path} has no source-target pairs")
+            columns = []
+            for kind, field in (("source", source_field), ("target", target_field)):
+                if field.isdigit():
+                    columns.append(int(field))
+                elif field in header:
+                    columns.append(header.index(field))
+                else:
+                    raise DataError(f"{path}: no {kind} column {field!r} in the header ({', '.join(header)}); "
+                                    f"name it with --{kind}-field")
+            pairs = []
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                if len(row) <= max(columns):
+                    raise DataError(f"{path}:{reader.line_num} has {len(row)} column(s); the header has {len(header)}")
+                pairs.append(_checked(path, reader.line_num, row[columns[0]], row[columns[1]]))
+                if max_pairs is not None and len(pairs) >= max_pairs:
+                    break
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {path} as UTF-8 CSV ({type(exc).__name__}: {exc})") from None
     if not pairs:
         raise DataError(f"{path} has no source-target pairs")
     return pairs

@@ -225,9 +225,12 @@ def finetune(
     progress: bool = True,
     source_field: str = "src",
     target_field: str = "tgt",
+    source_lang: str | None = None,
+    target_lang: str | None = None,
 ) -> RunResult | dict:
     """Fine-tune a classifier (or, with task "ner" / "qa", a tagger / an extractive QA model; with "translate" /
-    "summarize", a model on source/target pairs, `source_field` and `target_field`: an encoder-decoder, or a
+    "summarize", a model on source/target pairs, `source_field` and `target_field` (or parallel files
+    TRAIN.`source_lang` and TRAIN.`target_lang`): an encoder-decoder, or a
     decoder-only GPT checkpoint trained on "source separator target" sequences with the loss on the target only,
     tasks/pair_prompts.py; with "chat", a GPT on conversations); returns the run's result (or, with `folds`, the
     cross-validation summary).
@@ -239,6 +242,8 @@ def finetune(
         raise ConfigError(f"--task {task!r} is not supported here; choose one of {', '.join(TASKS)}")
     if task not in ("classify", "nli") and (folds or multi_label or class_weights or lora):
         raise ConfigError(f"--folds, --multi-label, --class-weights and --lora are for classification, not {task}")
+    if (source_lang or target_lang) and task not in ("translate", "summarize"):
+        raise ConfigError(f"--source-lang and --target-lang are for translate and summarize, not {task}")
     if task in ("translate", "summarize", "chat") and max_length is not None:
         raise ConfigError(f"--max-length does not apply to {task}: the model's own context is the limit")
     max_length = max_length or (384 if task == "qa" else 128)
@@ -246,7 +251,8 @@ def finetune(
         from lmforge.train.finetune_seq2seq import finetune_seq2seq
 
         return finetune_seq2seq(task, model, train, out, dev=dev, source_field=source_field,
-                                target_field=target_field, epochs=epochs, max_examples=max_examples,
+                                target_field=target_field, source_lang=source_lang, target_lang=target_lang,
+                                epochs=epochs, max_examples=max_examples,
                                 batch_size=batch_size, lr=lr, patience=patience, max_minutes=max_minutes, seed=seed,
                                 overrides=overrides, progress=progress)
     if task == "chat":  # multi-turn conversations for a GPT: train/finetune_chat.py

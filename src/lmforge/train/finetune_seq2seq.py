@@ -219,6 +219,8 @@ def finetune_seq2seq(
     dev: str | os.PathLike | None = None,
     source_field: str = "src",
     target_field: str = "tgt",
+    source_lang: str | None = None,
+    target_lang: str | None = None,
     epochs: float = 10,
     max_examples: int | None = None,
     batch_size: int = 32,
@@ -237,8 +239,9 @@ def finetune_seq2seq(
     out = ckpt.require_new_run_dir(out)
     if epochs <= 0 or batch_size < 1:
         raise ConfigError("--epochs must be positive and --batch-size at least 1")
-    train_pairs = read_pairs(train, source_field, target_field, max_pairs=max_examples)
-    dev_pairs = read_pairs(dev, source_field, target_field) if dev else None
+    langs = {"source_lang": source_lang, "target_lang": target_lang}
+    train_pairs = read_pairs(train, source_field, target_field, max_pairs=max_examples, **langs)
+    dev_pairs = read_pairs(dev, source_field, target_field, **langs) if dev else None
     arch, values, tokenizer, state = _starting_point(model, train_pairs, vocab_size)
     if arch == "seq2seq":
         values["vocab_size"] = tokenizer.vocab_size
@@ -256,6 +259,6 @@ def finetune_seq2seq(
     for key, value in parse_overrides(overrides).items():
         set_dotted(cfg, key, value)
     info = {"task": task, "train": str(train), "dev": str(dev) if dev else None, "model": str(model),
-            "fields": {"source": source_field, "target": target_field}}
+            "fields": {"source": source_field, "target": target_field}, **langs}
     tuner = PromptedPairsFineTuner if arch == "gpt" else Seq2SeqFineTuner
     return tuner(cfg, out, tokenizer, train_pairs, dev_pairs, state, info, progress).run()
