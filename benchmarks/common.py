@@ -82,3 +82,27 @@ def ask(proc, conn, message=None, timeout: float = 3600.0):
 def stop_worker(proc, conn, *_) -> None:
     conn.send(None)
     proc.join(timeout=30)
+
+
+# ---- translate / summarize benchmarks: `lmforge finetune` then `lmforge evaluate`, both through the CLI ---------
+def finetune_and_score(task: str, model: str, train: list[str], dev: list[str], test: list[str], fields: list[str],
+                       out: Path, epochs: float, max_minutes: float, num_beams: int = 4,
+                       extra: list[str] = (), threads: int | None = None) -> dict:
+    """Fine-tune `model` for `task` (train/dev/test are the CLI's file arguments, e.g. ["PATH"] or parallel-file
+    prefixes whose language options are in `fields`), then score the best checkpoint on `test` with beam search.
+    Returns the evaluation JSON plus the fine-tuning wall time and the dev scores by step. `threads` caps torch's
+    threads (OMP_NUM_THREADS), e.g. to run two benchmarks side by side on this 2-core machine."""
+    lmforge = [sys.executable, "-m", "lmforge"]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    start = time.perf_counter()
+    subprocess.run([*lmforge, "finetune", "--task", task, "--model", model, "--train", *train, "--dev", *dev,
+                    "--out", str(out), *fields, "--epochs", str(epochs), "--max-minutes", str(max_minutes), *extra],
+                   check=True, cwd=REPO, env=env)
+    wall = time.perf_counter() - start
+    report = subprocess.run([*lmforge, "evaluate", str(out), "--task", task, "--data", *test, *fields,
+                             "--num-beams", str(num_beams), "--json", "--report", str(out / "test-report")],
+                            check=True, capture_output=True, text=True, cwd=REPO, env=env)
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    dev_scores = [{k: v for k, v in ln.items() if k == "step" or k.startswith("val_")}
+                  for ln in lines if any(k.startswith("val_") for k in ln)]
+    return {**json.loads(report.stdout), "finetune_wall_seconds": round(wall, 1), "dev_by_step": dev_scores}

@@ -74,6 +74,19 @@ class GPTConfig:
                 raise ConfigError(f"model.{key} must be one of {', '.join(choices)}, got {value!r}")
 
 
+def segment_positions_and_mask(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions counted from each document's first token, and the (B, 1, T, T) block-diagonal causal mask, of
+    packed rows whose tokens carry a document number (B, T); consecutive tokens with one number are one document."""
+    B, T = segments.shape
+    index = torch.arange(T, device=segments.device).expand(B, T)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    first = torch.where(starts, index, 0).cummax(dim=-1).values
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    same = segments[:, :, None] == segments[:, None, :]
+    return index - first, (causal & same)[:, None]
+
+
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
@@ -123,7 +136,7 @@ class GPT(nn.Module):
 
     def encode(
         self, idx: torch.Tensor, cache: KVCache | None = None, pos: int = 0, key_mask: torch.Tensor | None = None,
-        last_only: bool = False,
+        last_only: bool = False, segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states (B, T, n_embd) for token ids (B, T) that start at position `pos` (> 0 only with a
         cache): what the output layer reads, and what a classification head pools.
@@ -131,6 +144,8 @@ class GPT(nn.Module):
         `key_mask` (B, pos + T), True at real tokens, allows left-padded rows (prompts of different lengths in one
         batch): each row's positions count from its first real token and no token attends to padding.
         `last_only` keeps the last position only (the prefill of generation needs nothing else).
+        `segments` (B, T), a document number per token, is for packed training rows (several examples in one row,
+        no cache): each token attends only to earlier tokens of its own document, whose positions start at 0.
         """
         B, T = idx.shape
         if pos + T > self.config.block_size:
@@ -143,6 +158,10 @@ class GPT(nn.Module):
             keys = torch.arange(pos + T, device=idx.device)
             itself = keys[None, :] == keys[pos:, None]
             mask = ((causal & key_mask[:, None, :]) | itself)[:, None]
+        elif segments is not None:
+            if cache is not None or pos:
+                raise ValueError("segments describe whole packed rows; they do not combine with a cache")
+            positions, mask = segment_positions_and_mask(segments)
         x = self.tok_emb(idx)
         rope = None
         if self.pos_emb is not None:
@@ -160,11 +179,12 @@ class GPT(nn.Module):
 
     def forward(
         self, idx: torch.Tensor, cache: KVCache | None = None, pos: int = 0, key_mask: torch.Tensor | None = None,
-        last_only: bool = False,
+        last_only: bool = False, segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids (B, T) that start at position `pos` (> 0 only with a cache); see
-        encode() for `key_mask` (left-padded batches) and `last_only` (logits of the last position only)."""
-        return self.lm_head(self.encode(idx, cache, pos, key_mask, last_only))
+        encode() for `key_mask` (left-padded batches), `last_only` (logits of the last position only) and
+        `segments` (packed rows of several documents)."""
+        return self.lm_head(self.encode(idx, cache, pos, key_mask, last_only, segments))
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         cfg = self.config
