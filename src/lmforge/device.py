@@ -28,6 +28,16 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def use_compile(setting: str | bool, device: torch.device) -> bool:
+    """Whether to torch.compile: "true"/"false" (or a bool) as given; "auto" only on CUDA, where compiling pays off
+    quickly, while on a CPU it costs tens of seconds that short jobs never earn back."""
+    value = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(
+        str(setting).lower(), str(setting).lower())
+    if value not in ("auto", "true", "false"):
+        raise ConfigError(f"compile must be auto, true or false, got {setting!r}")
+    return value == "true" or (value == "auto" and device.type == "cuda")
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has bf16 arithmetic instructions (AVX512-BF16 or AMX); without them bf16 is emulated

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.device import autocast_dtype, pick_device
+from lmforge.device import autocast_dtype, pick_device, use_compile
 from lmforge.errors import ConfigError
 from lmforge.generate.beam import BeamParams
 from lmforge.generate.sampling import SamplingParams, generate_tokens
@@ -25,21 +25,26 @@ TASK_MODELS = {
 class LM:
     """A trained language model and its tokenizer."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, config: dict, path: Path | None = None):
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, config: dict, path: Path | None = None,
+                 compile: str | bool = "auto"):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config
         self.path = path
         self.device = next(model.parameters(), torch.empty(0)).device  # table models have no parameters
         self.amp_dtype = autocast_dtype(self.device, "auto")
+        # Cached decoding's one-token steps through torch.compile (generate/sampling.py DecodeStep).
+        self.compile_decoding = use_compile(compile, self.device)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str = "auto") -> LM:
+    def from_pretrained(cls, path: str | os.PathLike, device: str = "auto", compile: str | bool = "auto") -> LM:
+        """`compile`: torch.compile the decoding step (auto: on CUDA only; true also pays off on a CPU for long
+        generations and servers, after a compile of tens of seconds)."""
         from lmforge.train.checkpoint import load_checkpoint, resolve_checkpoint
 
         ckpt = resolve_checkpoint(path)
         model, tokenizer, config = load_checkpoint(ckpt, pick_device(device))
-        return cls(model, tokenizer, config, ckpt)
+        return cls(model, tokenizer, config, ckpt, compile)
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write a checkpoint folder (weights, tokenizer, config; no training state)."""
@@ -247,7 +252,9 @@ class LM:
         use_cache: bool,
     ) -> Iterator[str]:
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        tokens = (int(tok[0]) for tok in generate_tokens(self.model, x, params, self._generator(seed), use_cache))
+        steps = generate_tokens(self.model, x, params, self._generator(seed), use_cache,
+                                compile=self.compile_decoding)
+        tokens = (int(tok[0]) for tok in steps)
         return self._pieces(prompt, tokens, stops)
 
     def _generate_batch(
@@ -263,7 +270,8 @@ class LM:
         rows: list[list[int]] = [[] for _ in ids]
         done = [False] * len(ids)
         eos = self.tokenizer.eos_id
-        for step in generate_tokens(self.model, x, params, self._generator(seed), use_cache, prompt_mask=mask):
+        for step in generate_tokens(self.model, x, params, self._generator(seed), use_cache, prompt_mask=mask,
+                                    compile=self.compile_decoding):
             for r, t in enumerate(step.tolist()):
                 if not done[r]:
                     done[r] = t == eos
@@ -314,6 +322,7 @@ class LM:
         return f"LM({self.path}, {self.num_params():,} params, {self.tokenizer!r})"
 
 
-def load(path: str | os.PathLike, device: str = "auto") -> LM:
-    """Load a checkpoint folder or a run directory (its latest checkpoint) as an LM."""
-    return LM.from_pretrained(path, device=device)
+def load(path: str | os.PathLike, device: str = "auto", compile: str | bool = "auto") -> LM:
+    """Load a checkpoint folder or a run directory (its latest checkpoint) as an LM (`compile`: see
+    LM.from_pretrained)."""
+    return LM.from_pretrained(path, device=device, compile=compile)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from lmforge.cli.common import add_verb
+from lmforge.cli.common import add_compile_option, add_verb
 from lmforge.errors import ConfigError
 
 EXAMPLES = """\
@@ -98,6 +98,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--show-prompt", action="store_true", help="print each prompt sent to the model (debugging)")
     p.add_argument("--device", default="auto")
+    add_compile_option(p)
 
 
 def run(args) -> int:
@@ -105,7 +106,7 @@ def run(args) -> int:
 
     if args.max_turn_chars < 1 or args.max_new_tokens < 1:
         raise ConfigError("--max-turn-chars and --max-new-tokens must be at least 1")
-    lm = lmforge.load(args.ckpt, device=args.device)
+    lm = lmforge.load(args.ckpt, device=args.device, compile=args.compile)
     lm._check_generative()
     classifier = None
     if args.sentiment_model:

@@ -27,3 +27,9 @@ def add_verb(subparsers, name: str, help: str, description: str, examples: str, 
 def print_json(obj) -> None:
     json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
+
+
+def add_compile_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
+                   help="torch.compile the decoding step: auto = on CUDA only; true on a CPU compiles for tens of "
+                   "seconds first, then decodes faster (worth it for servers and long outputs)")

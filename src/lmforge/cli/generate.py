@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from lmforge.cli.common import add_verb, print_json
+from lmforge.cli.common import add_compile_option, add_verb, print_json
 
 EXAMPLES = """\
   lmforge generate run --prompt "Once upon a time"
@@ -35,6 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, help="random seed for reproducible sampling")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context every step")
     p.add_argument("--device", default="auto")
+    add_compile_option(p)
     p.add_argument("--json", action="store_true", help="print JSON: [{prompt, completion}, ...]")
 
 
@@ -44,7 +45,7 @@ def run(args) -> int:
     from lmforge.errors import DataError
     from lmforge.lm import load
 
-    lm = load(args.ckpt, device=args.device)
+    lm = load(args.ckpt, device=args.device, compile=args.compile)
     kwargs = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,

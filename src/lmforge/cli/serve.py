@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lmforge.cli.common import add_verb
+from lmforge.cli.common import add_compile_option, add_verb
 
 EXAMPLES = """\
   lmforge serve run                                  # then open http://127.0.0.1:8000/
@@ -37,6 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a request may take before it is stopped")
     p.add_argument("--device", default="auto")
+    add_compile_option(p)
 
 
 def run(args) -> int:
@@ -49,7 +50,7 @@ def run(args) -> int:
         raise ConfigError("--max-batch-size, --max-tokens-limit and --timeout must be positive, --port 1 to 65535")
     app = create_app(args.ckpt, api_key=args.api_key, max_batch_size=args.max_batch_size,
                      batch_window=args.batch_window_ms / 1000, max_tokens_limit=args.max_tokens_limit,
-                     timeout=args.timeout, device=args.device)
+                     timeout=args.timeout, device=args.device, compile=args.compile)
     print(f"serving {app.state.served.name} ({app.state.served.kind}) on http://{args.host}:{args.port}/")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

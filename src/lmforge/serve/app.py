@@ -139,7 +139,7 @@ class Served:
         raise ApiError(400, f"this server's model {self.name} cannot do that; {serves}", code="wrong_model_kind")
 
 
-def load_served(model, device: str = "auto") -> Served:
+def load_served(model, device: str = "auto", compile: str | bool = "auto") -> Served:
     """A checkpoint path, an `LM` or a task pipeline (`lmforge.pipeline(...)`), with what it can serve."""
     from lmforge.lm import LM, TASK_MODELS, load
     from lmforge.serve.tasks import Embedder, is_pipeline
@@ -152,14 +152,14 @@ def load_served(model, device: str = "auto") -> Served:
         # Known from the config so that a task model's weights are loaded once, by its pipeline.
         arch = read_config(resolve_checkpoint(model)).get("arch")
         task = TASK_MODELS.get(getattr(model_config_class(arch), "objective", None)) if arch in ARCHITECTURES else None
-        model = pipeline(task[1], model, device=device) if task else load(model, device=device)
+        model = pipeline(task[1], model, device=device) if task else load(model, device=device, compile=compile)
     if is_pipeline(model):
         kind = TASK_MODELS[model.lm.model.config.objective][1]
         return Served(model.lm, _name(model.lm), kind, pipeline=model, embedder=Embedder.of(model.lm))
     if not isinstance(model, LM):
         raise ConfigError("serve needs a checkpoint path, an LM or a task pipeline (classify, ner or qa)")
     if getattr(model.model.config, "objective", None) in TASK_MODELS:
-        return load_served(model.path, device)
+        return load_served(model.path, device, compile)
     embedder = Embedder.of(model)
     task = model.config.get("data", {}).get("task")
     if model._is_seq2seq() or task in ("translate", "summarize"):  # what transduce() serves
@@ -274,15 +274,16 @@ def usage(jobs: list[GenerateJob], completions) -> dict:
 # ---- the app ----------------------------------------------------------------------------------------------
 def create_app(model, api_key: str | None = None, max_batch_size: int = 8, batch_window: float = 0.01,
                max_tokens_limit: int = 1024, timeout: float = 60.0, device: str = "auto",
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, compile: str | bool = "auto") -> FastAPI:
     """The server for `model` (a checkpoint path, an `LM` or a classify, ner or qa pipeline).
 
     api_key (or the environment variable LMFORGE_API_KEY) makes /v1/* require `Authorization: Bearer KEY`.
     Concurrent non-streaming completions with the same sampling settings wait up to `batch_window` seconds to be
     decoded together, up to `max_batch_size` at a time. A request still generating after `timeout` seconds stops
-    and answers 504.
+    and answers 504. `compile` torch.compiles the decoding step (auto: on CUDA; true on a CPU makes the first
+    requests wait for the compile, later ones decode faster: benchmarks/RESULTS.md).
     """
-    served = load_served(model, device)
+    served = load_served(model, device, compile)
     # api_key="" turns the check off even when the environment has a key.
     api_key = (api_key if api_key is not None else os.environ.get("LMFORGE_API_KEY")) or None
     batcher = Batcher(served.lm, max_batch_size, batch_window)

@@ -129,7 +129,7 @@ def decode_batch(lm, jobs: list[GenerateJob]) -> list[Completion]:
     if any(len(j.ids) < width for j in jobs):
         mask = torch.tensor([[False] * (width - len(j.ids)) + [True] * len(j.ids) for j in jobs], device=lm.device)
     if params.max_new_tokens > 0:
-        steps = generate_tokens(lm.model, x, params, generator, prompt_mask=mask)
+        steps = generate_tokens(lm.model, x, params, generator, prompt_mask=mask, compile=lm.compile_decoding)
         for tokens in steps:
             for row, t in zip(rows, tokens.tolist()):
                 row.done = row.done or row.job.cancelled.is_set()

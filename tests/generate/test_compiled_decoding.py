@@ -1,0 +1,51 @@
+"""The compiled one-token decoding step: same tokens as eager, nothing leaks into checkpoints, eager fallback."""
+
+import pytest
+import torch
+
+from lmforge.device import use_compile
+from lmforge.errors import ConfigError
+from lmforge.generate import sampling
+from lmforge.generate.sampling import DecodeStep, SamplingParams, generate_tokens
+from lmforge.models.registry import build_model
+
+LLAMA = dict(position="rope", norm="rmsnorm", activation="swiglu", bias=False, tie_embeddings=False, n_kv_head=2)
+
+
+def tiny_llama():
+    torch.manual_seed(0)
+    return build_model("gpt", dict(vocab_size=61, block_size=48, n_layer=2, n_head=4, n_embd=32, **LLAMA)).eval()
+
+
+def test_compiled_steps_decode_the_eager_tokens_for_left_padded_rows():
+    model = tiny_llama()
+    keys = set(model.state_dict())
+    x = torch.randint(61, (2, 6), generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[True] * 6, [False, False] + [True] * 4])
+    greedy = SamplingParams(12, temperature=0)
+    eager = torch.stack(list(generate_tokens(model, x, greedy, prompt_mask=mask)))
+    compiled = torch.stack(list(generate_tokens(model, x, greedy, prompt_mask=mask, compile=True)))
+    assert torch.equal(eager, compiled)
+    assert DecodeStep.of(model).compiled is not None  # it really ran compiled, without falling back
+    assert set(model.state_dict()) == keys  # the compiled step is no submodule: checkpoints are unchanged
+
+
+def test_a_failing_compile_falls_back_to_eager_with_one_warning(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(sampling.torch, "compile", lambda model, **kw: broken)
+    model = tiny_llama()
+    x = torch.randint(61, (1, 5), generator=torch.Generator().manual_seed(2))
+    greedy = SamplingParams(6, temperature=0)
+    with pytest.warns(UserWarning, match="compiled decoding failed .*no C\\+\\+ compiler.*decoding eagerly"):
+        out = torch.stack(list(generate_tokens(model, x, greedy, compile=True)))
+    assert torch.equal(out, torch.stack(list(generate_tokens(model, x, greedy))))
+
+
+def test_compile_setting():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not use_compile("auto", cpu) and use_compile("auto", cuda)
+    assert use_compile("true", cpu) and use_compile(True, cpu) and not use_compile("off", cuda)
+    with pytest.raises(ConfigError, match="compile must be auto, true or false, got 'sometimes'"):
+        use_compile("sometimes", cpu)
