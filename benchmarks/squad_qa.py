@@ -1,7 +1,7 @@
 """Extractive QA: the real MiniLM encoder fine-tuned on part of SQuAD v1.1 (or CMRC 2018), scored on the rest.
 
     .venv/bin/python benchmarks/squad_qa.py [--data squad|cmrc] [--train-articles 18] [--epochs 1]
-        [--max-length 256] [--doc-stride 128] [--max-minutes 60] [--out /tmp/lmforge-squad]
+        [--max-length 256] [--doc-stride 128] [--max-minutes 60] [--model minilm|CKPT] [--out /tmp/lmforge-squad]
 
 ../shared/data/squad holds the first 24 articles of the official dev set: the first --train-articles train, the
 rest are held out (split by article, so no paragraph is in both). CMRC 2018's trial set is split the same way.
@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--max-examples", type=int, help="train on at most this many questions")
     ap.add_argument("--max-minutes", type=float, help="cap on the training time")
+    ap.add_argument("--model", default="minilm",
+                    help="minilm (the real MiniLM-L6, imported) or an lmforge encoder checkpoint (benchmarks/cmrc_qa.py)")
     ap.add_argument("--out", default="/tmp/lmforge-squad")
     args = ap.parse_args()
 
@@ -45,9 +47,9 @@ def main() -> None:
     n_train = args.train_articles or (3 * len(data["data"])) // 4
     for name, part in (("train", data["data"][:n_train]), ("dev", data["data"][n_train:])):
         (out / f"{name}.json").write_text(json.dumps({"version": data.get("version"), "data": part}), encoding="utf-8")
-    minilm = import_minilm(out / "minilm")
+    model = import_minilm(out / "minilm") if args.model == "minilm" else Path(args.model)
     start = time.perf_counter()
-    result = finetune_qa(minilm, out / "train.json", out / "run", epochs=args.epochs, max_examples=args.max_examples,
+    result = finetune_qa(model, out / "train.json", out / "run", epochs=args.epochs, max_examples=args.max_examples,
                          max_length=args.max_length, doc_stride=args.doc_stride, batch_size=args.batch_size,
                          lr=args.lr, max_minutes=args.max_minutes, progress=False)
     train_wall = time.perf_counter() - start
@@ -55,7 +57,7 @@ def main() -> None:
     scores = evaluate_qa(out / "run", out / "dev.json")
     eval_seconds = time.perf_counter() - t0
     emit({
-        "benchmark": f"{args.data} extractive QA (MiniLM-L6-H384, uncased)",
+        "benchmark": f"{args.data} extractive QA ({'MiniLM-L6-H384, uncased' if args.model == 'minilm' else args.model})",
         "train_articles": n_train,
         "dev_articles": len(data["data"]) - n_train,
         "steps": result.step,

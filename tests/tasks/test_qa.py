@@ -89,12 +89,14 @@ def test_n_best_search_respects_order_and_length():
 def test_wrong_answer_offsets_are_fixed_or_dropped_with_one_warning(tmp_path):
     data = {"data": [{"paragraphs": [{"context": "one two three", "qas": [
         {"id": "1", "question": "q?", "answers": [{"text": "two", "answer_start": 0}]},
-        {"id": "2", "question": "q?", "answers": [{"text": "four", "answer_start": 0}]}]}]}]}
+        {"id": "2", "question": "q?", "answers": [{"text": "four", "answer_start": 0}]},
+        {"id": "E", "question": " ", "answers": [{"text": "one", "answer_start": 0}]}]}]}]}
     path = tmp_path / "s.json"
     path.write_text(json.dumps(data))
-    with pytest.warns(UserWarning, match="1 answer.*found in their context; 1 answer"):
+    with pytest.warns(UserWarning, match="1 answer.*found in their context; 1 answer.*; 1 question.* skipped \\(E\\)"):
         examples = read_squad(path)
     assert examples[0].answers == [{"text": "two", "answer_start": 4}] and examples[1].answers == []
+    assert [ex.id for ex in examples] == ["1", "2"]
     path.write_text("[1, 2]")
     with pytest.raises(DataError, match="SQuAD"):
         read_squad(path)

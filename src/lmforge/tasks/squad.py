@@ -31,7 +31,8 @@ def read_squad(path: str | os.PathLike, articles: slice | None = None) -> list[Q
     """Questions of a SQuAD v1.1-style JSON file (optionally only some of its articles, e.g. slice(0, 18)).
 
     Answers whose `answer_start` does not point at their text are re-located when the text occurs once in the
-    context, else dropped, with one warning that counts them.
+    context, else dropped; questions with no text (CMRC 2018's trial set has one) are skipped; one warning counts
+    them all.
     """
     p = Path(path)
     try:
@@ -40,13 +41,14 @@ def read_squad(path: str | os.PathLike, articles: slice | None = None) -> list[Q
         raise DataError(f"{path} does not exist") from None
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         raise DataError(f"{path} is not a SQuAD-format JSON file (a top-level 'data' list of articles)") from None
-    out, fixed, dropped = [], 0, 0
+    out, fixed, dropped, empty = [], 0, 0, []
     for article in data[articles] if articles else data:
         for para in article.get("paragraphs", []):
             context = para.get("context", "")
             for qa in para.get("qas", []):
-                if not qa.get("question", "").strip():
-                    raise DataError(f"{path}: question {qa.get('id')!r} is empty")
+                if not str(qa.get("question", "")).strip():
+                    empty.append(str(qa.get("id")))
+                    continue
                 answers = []
                 for a in qa.get("answers", []):
                     text, start = a.get("text", ""), a.get("answer_start", -1)
@@ -58,9 +60,10 @@ def read_squad(path: str | os.PathLike, articles: slice | None = None) -> list[Q
                             continue
                     answers.append({"text": text, "answer_start": start})
                 out.append(QAExample(str(qa.get("id", len(out))), qa["question"].strip(), context, answers))
-    if fixed or dropped:
+    if fixed or dropped or empty:
+        skipped = f"; {len(empty)} question(s) with no text were skipped ({', '.join(empty[:3])})" if empty else ""
         warnings.warn(f"{path}: {fixed} answer(s) had a wrong answer_start and were found in their context; "
-                      f"{dropped} answer(s) do not occur in their context and were dropped", stacklevel=2)
+                      f"{dropped} answer(s) do not occur in their context and were dropped{skipped}", stacklevel=2)
     if not out:
         raise DataError(f"{path} has no questions")
     return out
