@@ -21,6 +21,7 @@ FINETUNE_EXAMPLES = """\
   lmforge finetune --task translate --model gpt-ckpt --train de-en.tsv --dev dev.tsv --out de-en-gpt   # decoder-only
   lmforge finetune --task chat --model gpt-ckpt --train chats.jsonl --dev dev.jsonl --out chat --epochs 3
   lmforge finetune --task summarize --model t5ish --train news.jsonl --out sum --source-field article --target-field summary
+  lmforge finetune --task chat --model gpt-ckpt --train chats.jsonl --dev dev.jsonl --out chat --epochs 3 --resume  # after Ctrl-C
 --model is a checkpoint (bert or gpt, ours or imported) or `lstm`/`gru` for a BiLSTM/BiGRU trained from scratch.
 Files: .csv, .tsv (read without quoting) or .jsonl; fields by name, or by 0-based column number for files
 without a header. Other training settings: --optim.weight_decay 0.1 --train.grad_accum 2 ...
@@ -97,6 +98,9 @@ def register(subparsers) -> None:
     p.add_argument("--folds", type=int, help="k-fold cross-validation on --train instead of one run")
     p.add_argument("--max-minutes", type=float, help="stop after this much training time")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint, exactly (Ctrl-C saves one first); "
+                   "repeat the command the run started with")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(accepts_overrides=True)
@@ -132,6 +136,7 @@ def run_finetune(args) -> int:
         folds=args.folds, max_minutes=args.max_minutes, seed=args.seed, overrides=args.overrides,
         doc_stride=args.doc_stride, progress=not args.quiet, source_field=args.source_field,
         target_field=args.target_field, source_lang=args.source_lang, target_lang=args.target_lang,
+        resume=args.resume,
     )
     if isinstance(result, dict):  # cross-validation
         if args.json:

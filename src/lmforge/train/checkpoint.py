@@ -246,6 +246,19 @@ def require_new_run_dir(run_dir: str | os.PathLike) -> Path:
     return run_dir
 
 
+def resume_point(run_dir: str | os.PathLike, resume: bool) -> Path | None:
+    """The checkpoint a resumable run continues from (its latest, with `resume`), or None for a new run, whose
+    directory must hold no checkpoint yet."""
+    run_dir = Path(run_dir)
+    if resume:
+        if pointed(run_dir, "latest") is None:
+            raise CheckpointError(f"{run_dir} has no checkpoint to resume from; start without --resume")
+        return resolve_checkpoint(run_dir)
+    if list_checkpoints(run_dir) or pointed(run_dir, "latest") is not None:
+        raise CheckpointError(f"{run_dir} already holds checkpoints; pass --resume to continue, or choose another --out")
+    return None
+
+
 def prune(run_dir: Path, keep_last: int) -> None:
     """Delete old checkpoints, keeping the newest `keep_last` and whatever `latest` / `best` point to."""
     keep = {p.resolve() for p in (pointed(run_dir, "latest"), pointed(run_dir, "best")) if p is not None}

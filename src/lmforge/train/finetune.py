@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.config import OptimConfig, RunConfig, TrainConfig, parse_overrides, set_dotted
-from lmforge.errors import ConfigError
+from lmforge.errors import CheckpointError, ConfigError
 from lmforge.eval.classification import classification_metrics
 from lmforge.models.classifier import ClassifierConfig
 from lmforge.models.registry import build_model
@@ -106,18 +106,57 @@ def score_examples(model, encoder: TextEncoder, examples: list[Example], device,
     return {"loss": loss, **classification_metrics(y.numpy(), probs, list(cfg.labels), cfg.multi_label)}
 
 
-class FineTuner(Trainer):
+class TaskTrainer(Trainer):
+    """What every fine-tune (`self.info` is its data card: task, files, options) shares: it is resumed by repeating
+    its command plus --resume, which rebuilds the run from the command and then restores the checkpoint's state."""
+
+    resume_hint = "the same `lmforge finetune` command plus --resume"
+
+    def _check_resume(self, saved_config: dict, state: dict) -> None:
+        # The rebuilt run must have the checkpoint's shapes and data, or loading it would crash on a tensor shape
+        # (or worse, fit and silently continue another run).
+        saved_data = saved_config.get("data", {})
+        task, saved_task = self.info["task"], saved_data.get("task")
+        if saved_task != task:
+            raise CheckpointError(f"{self.run_dir} holds a {saved_task} fine-tune, not {task}; resume it with "
+                                  f"--task {saved_task}")
+        lora, saved_lora = self.info.get("lora"), saved_data.get("lora")
+        if lora != saved_lora:
+            raise CheckpointError(f"{self.run_dir} was trained {_lora_options(saved_lora)}, this command asks for "
+                                  f"{_lora_options(lora)}; resume with the options the run started with")
+        now, saved = json.loads(json.dumps(self.cfg.to_dict()["model"])), saved_config.get("model", {})
+        if now.get("labels") != saved.get("labels"):
+            raise CheckpointError(f"the training data's labels ({', '.join(now.get('labels') or [])}) differ from "
+                                  f"those of the run being resumed ({', '.join(saved.get('labels') or [])})")
+        differ = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
+        if saved_config.get("arch") != self.cfg.arch or differ:
+            raise CheckpointError(f"the model differs from the run being resumed ({', '.join(differ) or 'arch'}); "
+                                  "resume with the command the run started with")
+        if saved_config.get("tokenizer", {}).get("sha256") != self.tokenizer.sha256():
+            raise CheckpointError("the tokenizer differs from the run being resumed; resume with its --model and data")
+        perm = state.get("objective", {}).get("perm")
+        if perm is not None and len(perm) != self.objective.n_examples:
+            raise CheckpointError(f"the training data has {self.objective.n_examples:,} examples, the run being "
+                                  f"resumed {len(perm):,}; resume with its --train file and --max-examples")
+
+
+def _lora_options(lora: dict | None) -> str:
+    return f"--lora (r {lora['r']}, alpha {lora['alpha']})" if lora else "without --lora"
+
+
+class FineTuner(TaskTrainer):
     """The training loop with a labelled training file instead of token shards, and dev-set metrics."""
 
     selection = ("val_macro_f1", "max")
     usage = "predict {run} --input texts.txt"
 
     def __init__(self, cfg: RunConfig, run_dir, tokenizer: Tokenizer, train: list[Example], dev: list[Example] | None,
-                 backbone_state: dict | None, info: dict, class_weights: bool = False, progress: bool = True):
+                 backbone_state: dict | None, info: dict, class_weights: bool = False, progress: bool = True,
+                 resume_from: Path | None = None):
         self.task_tokenizer, self.train_examples, self.dev_examples = tokenizer, train, dev
         self.backbone_state, self.info, self.use_class_weights = backbone_state, info, class_weights
         self.lora = info.get("lora")  # {"r", "alpha"} or None for full fine-tuning
-        super().__init__(cfg, info["train"], run_dir, progress=progress)
+        super().__init__(cfg, info["train"], run_dir, progress=progress, resume_from=resume_from)
 
     def _setup_data(self) -> None:
         m = self.cfg.model
@@ -152,6 +191,23 @@ class FineTuner(Trainer):
         from lmforge.train.lora import merge_lora
 
         return merge_lora(self.model)  # an ordinary classifier: loads, predicts and exports like a full fine-tune
+
+    # The saved weights are merged, so a LoRA run also keeps its adapters in the train state (lora.load_adapted).
+    def _train_state(self) -> dict:
+        from lmforge.train.lora import adapter_state
+
+        return {**super()._train_state(), **({"lora": adapter_state(self.model)} if self.lora else {})}
+
+    def _load_weights(self, path: Path, state: dict) -> None:
+        if not self.lora:
+            return super()._load_weights(path, state)
+        from lmforge.train.checkpoint import load_checkpoint
+        from lmforge.train.lora import load_adapted
+
+        if "lora" not in state:
+            raise CheckpointError(f"{path} keeps no LoRA adapters, so this LoRA run cannot be resumed from it")
+        merged, _, _ = load_checkpoint(path)
+        load_adapted(self.model, merged.state_dict(), state["lora"])
 
     def _validate(self) -> dict | None:
         if not self.dev_examples:
@@ -227,6 +283,7 @@ def finetune(
     target_field: str = "tgt",
     source_lang: str | None = None,
     target_lang: str | None = None,
+    resume: bool = False,
 ) -> RunResult | dict:
     """Fine-tune a classifier (or, with task "ner" / "qa", a tagger / an extractive QA model; with "translate" /
     "summarize", a model on source/target pairs, `source_field` and `target_field` (or parallel files
@@ -237,7 +294,8 @@ def finetune(
 
     lora=True trains rank-`lora_r` adapters of the backbone's attention projections and the head only (the saved
     checkpoints have the adapters merged in). `max_length` defaults to 128 tokens (384 for qa); translate,
-    summarize and chat use the model's own context instead and refuse it."""
+    summarize and chat use the model's own context instead and refuse it. resume=True continues the run in `out`
+    from its latest checkpoint, exactly; give the arguments the run started with."""
     if task not in TASKS:
         raise ConfigError(f"--task {task!r} is not supported here; choose one of {', '.join(TASKS)}")
     if task not in ("classify", "nli") and (folds or multi_label or class_weights or lora):
@@ -246,6 +304,8 @@ def finetune(
         raise ConfigError(f"--source-lang and --target-lang are for translate and summarize, not {task}")
     if task in ("translate", "summarize", "chat") and max_length is not None:
         raise ConfigError(f"--max-length does not apply to {task}: the model's own context is the limit")
+    if resume and folds is not None:
+        raise ConfigError("--resume continues one run; cross-validation (--folds) starts its folds afresh")
     max_length = max_length or (384 if task == "qa" else 128)
     if task in ("translate", "summarize"):  # an encoder-decoder on paired text: train/finetune_seq2seq.py
         from lmforge.train.finetune_seq2seq import finetune_seq2seq
@@ -254,26 +314,27 @@ def finetune(
                                 target_field=target_field, source_lang=source_lang, target_lang=target_lang,
                                 epochs=epochs, max_examples=max_examples,
                                 batch_size=batch_size, lr=lr, patience=patience, max_minutes=max_minutes, seed=seed,
-                                overrides=overrides, progress=progress)
+                                overrides=overrides, progress=progress, resume=resume)
     if task == "chat":  # multi-turn conversations for a GPT: train/finetune_chat.py
         from lmforge.train.finetune_chat import finetune_chat
 
         return finetune_chat(model, train, out, dev=dev, epochs=epochs, max_examples=max_examples,
                              batch_size=batch_size, lr=lr, patience=patience, max_minutes=max_minutes, seed=seed,
-                             overrides=overrides, progress=progress)
+                             overrides=overrides, progress=progress, resume=resume)
     if task == "qa":  # SQuAD-format files: its own module (train/finetune_qa.py)
         from lmforge.train.finetune_qa import finetune_qa
 
         return finetune_qa(model, train, out, dev=dev, epochs=epochs, max_examples=max_examples,
                            max_length=max_length, doc_stride=doc_stride, batch_size=batch_size, lr=lr or 5e-5,
                            patience=patience, max_minutes=max_minutes, seed=seed, overrides=overrides,
-                           progress=progress)
+                           progress=progress, resume=resume)
     if task == "ner":  # a tagger on CoNLL files: its own module (train/finetune_ner.py)
         from lmforge.train.finetune_ner import finetune_ner
 
         return finetune_ner(model, train, out, dev=dev, epochs=epochs, max_examples=max_examples,
                             max_length=max_length, batch_size=batch_size, lr=lr, patience=patience,
-                            max_minutes=max_minutes, seed=seed, overrides=overrides, progress=progress)
+                            max_minutes=max_minutes, seed=seed, overrides=overrides, progress=progress,
+                            resume=resume)
     fields = fields or Fields()
     lora_cfg = {"r": lora_r, "alpha": lora_alpha} if lora else None
     if lora and model in SCRATCH:
@@ -291,14 +352,15 @@ def finetune(
                               max_minutes=max_minutes, overrides=overrides, source=str(train), lora=lora_cfg)
     return _run(task, model, train_examples, dev_examples, Path(out), fields, epochs, max_length, batch_size, lr,
                 multi_label, class_weights, patience, max_minutes, seed, overrides, progress,
-                {"train": str(train), "dev": str(dev) if dev else None, "lora": lora_cfg})
+                {"train": str(train), "dev": str(dev) if dev else None, "lora": lora_cfg}, resume=resume)
 
 
 def _run(task, model, train_examples, dev_examples, out: Path, fields, epochs, max_length, batch_size, lr,
-         multi_label, class_weights, patience, max_minutes, seed, overrides, progress, files) -> RunResult:
+         multi_label, class_weights, patience, max_minutes, seed, overrides, progress, files,
+         resume: bool = False) -> RunResult:
     from lmforge.train import checkpoint as ckpt
 
-    ckpt.require_new_run_dir(out)
+    resume_from = ckpt.resume_point(out, resume)
     labels = label_set(train_examples)
     if dev_examples:
         check_labels(dev_examples, labels, files["dev"])
@@ -322,7 +384,8 @@ def _run(task, model, train_examples, dev_examples, out: Path, fields, epochs, m
     for key, value in parse_overrides(overrides).items():
         set_dotted(cfg, key, value)
     info = {"task": task, **files, "fields": dataclasses.asdict(fields), "backbone": model}
-    tuner = FineTuner(cfg, out, tokenizer, train_examples, dev_examples, state, info, class_weights, progress)
+    tuner = FineTuner(cfg, out, tokenizer, train_examples, dev_examples, state, info, class_weights, progress,
+                      resume_from)
     return tuner.run()
 
 

@@ -24,8 +24,9 @@ from lmforge.errors import ConfigError, DataError
 from lmforge.models.registry import build_model, model_config_class
 from lmforge.tasks.chat import IGNORE_INDEX, ChatTemplate, read_conversations
 from lmforge.tokenizers import Tokenizer
+from lmforge.train.finetune import TaskTrainer
 from lmforge.train.objectives import ShuffledEpochs
-from lmforge.train.trainer import RunResult, Trainer
+from lmforge.train.trainer import RunResult
 
 
 def encode_conversations(conversations, template: ChatTemplate, tokenizer: Tokenizer, block_size: int):
@@ -85,18 +86,18 @@ class ChatObjective(ShuffledEpochs):
         return loss_sum(model, batch)
 
 
-class ChatFineTuner(Trainer):
+class ChatFineTuner(TaskTrainer):
     """The training loop over conversations, validated by the assistant-token loss on dev conversations."""
 
     selection = ("val_loss", "min")
     usage = "chat {run}"
 
     def __init__(self, cfg: RunConfig, run_dir, tokenizer: Tokenizer, train, dev, state: dict, info: dict,
-                 progress: bool = True):
+                 progress: bool = True, resume_from: Path | None = None):
         self.task_tokenizer, self.train_chats, self.dev_chats = tokenizer, train, dev
         self.pretrained_state, self.info = state, info
         self.template = ChatTemplate.for_tokenizer(tokenizer)
-        super().__init__(cfg, info["train"], run_dir, progress=progress)
+        super().__init__(cfg, info["train"], run_dir, progress=progress, resume_from=resume_from)
 
     def _setup_data(self) -> None:
         self.tokenizer = self.task_tokenizer
@@ -160,10 +161,11 @@ def finetune_chat(
     seed: int = 0,
     overrides: dict | list[str] | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> RunResult:
     from lmforge.train import checkpoint as ckpt
 
-    out = ckpt.require_new_run_dir(out)
+    resume_from = ckpt.resume_point(out, resume)
     if epochs <= 0 or batch_size < 1:
         raise ConfigError("--epochs must be positive and --batch-size at least 1")
     if not Path(model).exists():
@@ -186,4 +188,5 @@ def finetune_chat(
     for key, value in parse_overrides(overrides).items():
         set_dotted(cfg, key, value)
     info = {"task": "chat", "train": str(train), "dev": str(dev) if dev else None, "model": str(model)}
-    return ChatFineTuner(cfg, out, tokenizer, train_chats, dev_chats, pretrained.state_dict(), info, progress).run()
+    return ChatFineTuner(cfg, out, tokenizer, train_chats, dev_chats, pretrained.state_dict(), info, progress,
+                         resume_from).run()

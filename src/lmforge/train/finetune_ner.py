@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +24,9 @@ from lmforge.tasks.conll import Sentence, check_tags, read_conll, scheme_of, tag
 from lmforge.tasks.examples import Example
 from lmforge.tasks.word_encoding import IGNORE, WordEncoder
 from lmforge.tokenizers import Tokenizer
-from lmforge.train.finetune import SCRATCH, _backbone, load_backbone
+from lmforge.train.finetune import SCRATCH, TaskTrainer, _backbone, load_backbone
 from lmforge.train.objectives import ShuffledEpochs
-from lmforge.train.trainer import RunResult, Trainer
+from lmforge.train.trainer import RunResult
 
 
 class TagObjective(ShuffledEpochs):
@@ -95,17 +96,18 @@ def score_sentences(model, encoder: WordEncoder, sentences: list[Sentence], devi
     return {"loss": loss, **entity_metrics([s.tags for s in sentences], pred_tags, scheme_of(labels))}
 
 
-class NERTuner(Trainer):
+class NERTuner(TaskTrainer):
     """The training loop with CoNLL sentences instead of token shards, and dev-set entity scores."""
 
     selection = ("val_f1", "max")
     usage = "predict {run} --task ner --input texts.txt"
 
     def __init__(self, cfg: RunConfig, run_dir, tokenizer: Tokenizer, train: list[Sentence],
-                 dev: list[Sentence] | None, backbone_state: dict | None, info: dict, progress: bool = True):
+                 dev: list[Sentence] | None, backbone_state: dict | None, info: dict, progress: bool = True,
+                 resume_from: Path | None = None):
         self.task_tokenizer, self.train_sentences, self.dev_sentences = tokenizer, train, dev
         self.backbone_state, self.info = backbone_state, info
-        super().__init__(cfg, info["train"], run_dir, progress=progress)
+        super().__init__(cfg, info["train"], run_dir, progress=progress, resume_from=resume_from)
 
     def _setup_data(self) -> None:
         m = self.cfg.model
@@ -163,11 +165,12 @@ def finetune_ner(
     seed: int = 0,
     overrides: dict | list[str] | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> RunResult:
     """Fine-tune a tagger on a CoNLL file (`max_examples`: its first N sentences); returns the run's result."""
     from lmforge.train import checkpoint as ckpt
 
-    out = ckpt.require_new_run_dir(out)
+    resume_from = ckpt.resume_point(out, resume)
     if epochs <= 0 or batch_size < 1 or max_length < 4:
         raise ConfigError("--epochs must be positive, --batch-size at least 1 and --max-length at least 4")
     train_sentences = read_conll(train, max_sentences=max_examples)
@@ -194,4 +197,4 @@ def finetune_ner(
         set_dotted(cfg, key, value)
     cfg.model.validate()  # a GPT backbone is refused here, before any sentence is encoded
     info = {"task": "ner", "train": str(train), "dev": str(dev) if dev else None, "backbone": model}
-    return NERTuner(cfg, out, tokenizer, train_sentences, dev_sentences, state, info, progress).run()
+    return NERTuner(cfg, out, tokenizer, train_sentences, dev_sentences, state, info, progress, resume_from).run()

@@ -22,9 +22,9 @@ from lmforge.models.registry import build_model
 from lmforge.models.span_qa import SpanQAConfig
 from lmforge.tasks.qa import Window, best_spans, collate, make_windows, window_logits
 from lmforge.tasks.squad import QAExample, read_squad, squad_scores
-from lmforge.train.finetune import load_backbone
+from lmforge.train.finetune import TaskTrainer, load_backbone
 from lmforge.train.objectives import ShuffledEpochs
-from lmforge.train.trainer import RunResult, Trainer
+from lmforge.train.trainer import RunResult
 
 
 class SpanObjective(ShuffledEpochs):
@@ -69,16 +69,17 @@ def score_qa(model, tokenizer, examples: list[QAExample], device) -> dict:
     return {"loss": 100.0 - scores["f1"], **scores}
 
 
-class QAFineTuner(Trainer):
+class QAFineTuner(TaskTrainer):
     selection = ("val_f1", "max")
     usage = "predict {run} --task qa --input questions.jsonl"
 
     def __init__(self, cfg: RunConfig, run_dir, tokenizer, train: list[QAExample], windows: list[Window],
-                 dev: list[QAExample] | None, backbone_state: dict, info: dict, progress: bool = True):
+                 dev: list[QAExample] | None, backbone_state: dict, info: dict, progress: bool = True,
+                 resume_from: Path | None = None):
         self.task_tokenizer, self.train_examples, self.dev_examples = tokenizer, train, dev
         self.windows = windows
         self.backbone_state, self.info = backbone_state, info
-        super().__init__(cfg, info["train"], run_dir, progress=progress)
+        super().__init__(cfg, info["train"], run_dir, progress=progress, resume_from=resume_from)
 
     def _setup_data(self) -> None:
         m = self.cfg.model
@@ -123,10 +124,11 @@ def finetune_qa(
     seed: int = 0,
     overrides: dict | list[str] | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> RunResult:
     from lmforge.train import checkpoint as ckpt
 
-    out = ckpt.require_new_run_dir(out)
+    resume_from = ckpt.resume_point(out, resume)
     if not Path(model).exists():
         raise ConfigError(f"--model {model} does not exist; give a bert checkpoint (e.g. one made by import-hf)")
     backbone, tokenizer, config = ckpt.load_checkpoint(model)
@@ -151,7 +153,8 @@ def finetune_qa(
     for key, value in parse_overrides(overrides).items():
         set_dotted(cfg, key, value)
     info = {"task": "qa", "train": str(train), "dev": str(dev) if dev else None, "backbone": str(model)}
-    tuner = QAFineTuner(cfg, out, tokenizer, train_examples, windows, dev_examples, backbone.state_dict(), info, progress)
+    tuner = QAFineTuner(cfg, out, tokenizer, train_examples, windows, dev_examples, backbone.state_dict(), info, progress,
+                        resume_from)
     return tuner.run()
 
 

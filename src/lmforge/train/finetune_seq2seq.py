@@ -27,9 +27,10 @@ from lmforge.models.registry import PRESETS, build_model, get_preset, model_conf
 from lmforge.tasks.pair_prompts import CONFIG_KEY, PairPrompt
 from lmforge.tasks.pairs import Pair, read_pairs
 from lmforge.tokenizers import Tokenizer
+from lmforge.train.finetune import TaskTrainer
 from lmforge.train.finetune_chat import ChatObjective, collate, loss_sum
 from lmforge.train.objectives import IGNORE_INDEX, ShuffledEpochs, collate_pairs, seq2seq_loss_sum
-from lmforge.train.trainer import RunResult, Trainer
+from lmforge.train.trainer import RunResult
 
 SELECTION = {"translate": ("val_bleu", "max"), "summarize": ("val_rougeL", "max")}
 DEV_DECODES = 200  # dev pairs decoded at each validation: decoding is the slow part of a seq2seq evaluation
@@ -67,15 +68,15 @@ class PairsObjective(ShuffledEpochs):
         return seq2seq_loss_sum(model, batch, self.label_smoothing)
 
 
-class Seq2SeqFineTuner(Trainer):
+class Seq2SeqFineTuner(TaskTrainer):
     """The training loop over a pairs file, validated by decoding dev sources and scoring them."""
 
     def __init__(self, cfg: RunConfig, run_dir, tokenizer: Tokenizer, train: list[Pair], dev: list[Pair] | None,
-                 state: dict | None, info: dict, progress: bool = True):
+                 state: dict | None, info: dict, progress: bool = True, resume_from: Path | None = None):
         self.task_tokenizer, self.train_pairs, self.dev_pairs = tokenizer, train, dev
         self.pretrained_state, self.info = state, info
         self.selection = SELECTION[info["task"]]
-        super().__init__(cfg, info["train"], run_dir, progress=progress)
+        super().__init__(cfg, info["train"], run_dir, progress=progress, resume_from=resume_from)
 
     @property
     def usage(self) -> str:
@@ -231,12 +232,13 @@ def finetune_seq2seq(
     seed: int = 0,
     overrides: dict | list[str] | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> RunResult:
     from lmforge.train import checkpoint as ckpt
 
     if task not in SELECTION:
         raise ConfigError(f"task must be one of {', '.join(SELECTION)}, got {task!r}")
-    out = ckpt.require_new_run_dir(out)
+    resume_from = ckpt.resume_point(out, resume)
     if epochs <= 0 or batch_size < 1:
         raise ConfigError("--epochs must be positive and --batch-size at least 1")
     langs = {"source_lang": source_lang, "target_lang": target_lang}
@@ -261,4 +263,4 @@ def finetune_seq2seq(
     info = {"task": task, "train": str(train), "dev": str(dev) if dev else None, "model": str(model),
             "fields": {"source": source_field, "target": target_field}, **langs}
     tuner = PromptedPairsFineTuner if arch == "gpt" else Seq2SeqFineTuner
-    return tuner(cfg, out, tokenizer, train_pairs, dev_pairs, state, info, progress).run()
+    return tuner(cfg, out, tokenizer, train_pairs, dev_pairs, state, info, progress, resume_from).run()

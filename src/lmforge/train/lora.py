@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from lmforge.errors import ConfigError
+from lmforge.errors import CheckpointError, ConfigError
 
 DEFAULT_TARGETS = ("qkv_proj", "o_proj")  # the attention projections of our BERT and GPT blocks
 
@@ -68,6 +68,36 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for p in out.parameters():
         p.requires_grad_(True)
     return out
+
+
+def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The A and B matrices of every LoRA layer, by their state-dict names (what a resumed run needs back)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.endswith((".lora_A", ".lora_B"))}
+
+
+def load_adapted(model: nn.Module, merged: dict[str, torch.Tensor], adapters: dict[str, torch.Tensor]) -> None:
+    """Put a LoRA run's saved state back into `model`, freshly wrapped around its pretrained backbone.
+
+    A checkpoint holds W + s·BA merged, which cannot be split back into W and BA exactly, and loading it as the
+    frozen base would count the update twice. So the base keeps the pretrained W the model was rebuilt with, A and
+    B come from the train state (`adapters`), everything else (the head, the other frozen weights) from the merged
+    checkpoint; a merged weight that is not W + s·BA means the backbone is not the one the run started from."""
+    own = model.state_dict()
+    if set(adapters) != {k for k in own if k.endswith((".lora_A", ".lora_B"))}:
+        raise CheckpointError("the checkpoint's LoRA adapters do not fit this model; resume with the options the run "
+                              "started with")
+    state = {}
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+    for name, layer in layers.items():
+        a, b = adapters[f"{name}.lora_A"], adapters[f"{name}.lora_B"]
+        base = layer.base.weight.detach().cpu()
+        if not torch.allclose(merged[f"{name}.weight"].cpu(), base + (b @ a * layer.scale).to(base.dtype), atol=1e-5):
+            raise CheckpointError("the --model backbone is not the one the run being resumed started from")
+        state.update({f"{name}.lora_A": a, f"{name}.lora_B": b, f"{name}.base.weight": base})
+        if layer.base.bias is not None:
+            state[f"{name}.base.bias"] = merged[f"{name}.bias"]
+    state.update({k: merged[k] for k in own if k not in state})
+    model.load_state_dict(state)
 
 
 def trainable_parameters(model: nn.Module) -> int:

@@ -72,11 +72,8 @@ def pretrain(
         overrides["train.max_steps"] = max_steps
     if max_minutes is not None:
         overrides["train.max_minutes"] = max_minutes
-    existing = ckpt.list_checkpoints(run_dir)
-    if resume:
-        if ckpt.pointed(run_dir, "latest") is None:
-            raise CheckpointError(f"{run_dir} has no checkpoint to resume from; start without --resume")
-        latest = ckpt.resolve_checkpoint(run_dir)
+    latest = ckpt.resume_point(run_dir, resume)
+    if latest is not None:
         saved = ckpt.read_config(latest)
         if is_statistical(saved["arch"]):
             raise ConfigError(f"a {saved['arch']} model is fitted in one pass; there is nothing to resume")
@@ -84,8 +81,6 @@ def pretrain(
             raise ConfigError("a resumed run keeps its model and config; only optim.* and train.* overrides apply")
         cfg = build_run_config(base=saved["run"], overrides=overrides)
         return Trainer(cfg, data, run_dir, progress=progress, resume_from=latest).run()
-    if existing or ckpt.pointed(run_dir, "latest") is not None:
-        raise CheckpointError(f"{run_dir} already holds checkpoints; pass --resume to continue, or choose another --out")
     cfg = build_run_config(arch=arch, preset=preset, config_file=config, overrides=overrides)
     if is_statistical(cfg.arch):
         from lmforge.train.statistical import fit_statistical
@@ -185,6 +180,11 @@ class Trainer:
         return self.model
 
     @property
+    def resume_hint(self) -> str:
+        """The command that continues this run, named when it is interrupted."""
+        return f"`lmforge pretrain --data {self.data_dir} --out {self.run_dir} --resume`"
+
+    @property
     def usage(self) -> str:
         """The command the model card suggests, with {run} for the run directory."""
         if getattr(self.cfg.model, "bidirectional", False):
@@ -236,9 +236,15 @@ class Trainer:
             },
         }
 
-    def _restore(self, path: Path) -> None:
+    def _check_resume(self, saved_config: dict, state: dict) -> None:
+        """Refuse (one clear error) a checkpoint this run cannot continue; pretrain rebuilds its run from the
+        checkpoint's own config, so there is nothing to compare."""
+
+    def _load_weights(self, path: Path, state: dict) -> None:
         model, _, _ = ckpt.load_checkpoint(path, self.device)
         self.model.load_state_dict(ckpt.unwrap(model).state_dict())
+
+    def _restore(self, path: Path) -> None:
         state_file = path / "train_state.pt"
         if not state_file.is_file():
             raise CheckpointError(f"{path} has no train_state.pt, so it cannot be resumed (it is an export)")
@@ -246,6 +252,8 @@ class Trainer:
             state = torch.load(state_file, map_location="cpu", weights_only=False)
         except Exception:
             raise CheckpointError(f"{state_file} is truncated or corrupted; resume from an earlier checkpoint") from None
+        self._check_resume(ckpt.read_config(path), state)
+        self._load_weights(path, state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.objective.load_state_dict(state.get("objective", {}), self.device)
         self.scaler.load_state_dict(state["scaler"])
@@ -349,7 +357,7 @@ class Trainer:
         if stop_reason == "interrupted":
             print(
                 f"interrupted at step {self.step}: checkpoint saved to {result.latest}; "
-                f"continue with `lmforge pretrain --data {self.data_dir} --out {self.run_dir} --resume`",
+                f"continue with {self.resume_hint}",
                 flush=True,
             )
             raise KeyboardInterrupt
