@@ -8,7 +8,8 @@ turns per round; the median of the rounds is reported. Time to first token is th
 first sampled token. Contenders: `hf` (GPT2LMHeadModel.generate with its KV cache, SDPA attention) and `lmforge`
 (`generate_tokens`, lmforge's decoding loop with its preallocated KV cache); `--contender lmforge-int8` adds the model
 that `lmforge quantize --method dynamic-int8 --include-output` makes (int8 weights read by fbgemm's kernel: the
-batch-1 decode is memory-bound, and this reads a quarter of the bytes).
+batch-1 decode is memory-bound, and this reads a quarter of the bytes); `--contender lmforge-compiled` decodes with
+`compile=True` (each one-token step through torch.compile; the warm-up round pays the compile).
 
 Shapes: 6x384 (6 layers x 384 wide, 6 heads, block 256, 65-token vocabulary) and gpt2 (GPT-2 124M: 12 x 768,
 12 heads, block 1024, 50,257 tokens).
@@ -73,7 +74,8 @@ def worker(kind: str, shape, threads: int, conn) -> None:
             from lmforge.generate.sampling import SamplingParams, generate_tokens
 
             params = SamplingParams(max_new_tokens=NEW, temperature=0.0 if greedy else 1.0, top_k=None if greedy else 50)
-            steps = generate_tokens(model, prompt, params, torch.Generator().manual_seed(0))
+            steps = generate_tokens(model, prompt, params, torch.Generator().manual_seed(0),
+                                    compile=kind == "lmforge-compiled")
             next(steps)
             ttft = time.perf_counter() - t0
             n = 1 + sum(1 for _ in steps)
@@ -90,7 +92,7 @@ def worker(kind: str, shape, threads: int, conn) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", action="append", choices=tuple(SHAPES), help="default: both")
-    ap.add_argument("--contender", action="append", choices=("hf", "lmforge", "lmforge-int8"),
+    ap.add_argument("--contender", action="append", choices=("hf", "lmforge", "lmforge-compiled", "lmforge-int8"),
                     help="default: hf and lmforge")
     ap.add_argument("--batch", action="append", type=int, help="default: 1 and 8")
     ap.add_argument("--rounds", type=int, default=3)
