@@ -119,3 +119,16 @@ def finetune_and_score(task: str, model: str, train: list[str], dev: list[str], 
     dev_scores = [{k: v for k, v in ln.items() if k == "step" or k.startswith("val_")}
                   for ln in lines if any(k.startswith("val_") for k in ln)]
     return {**json.loads(report.stdout), "finetune_wall_seconds": round(wall, 1), "dev_by_step": dev_scores}
+
+
+def run_alternating(script: str, runs, options: list[str], rounds: int = 1) -> dict[str, list[dict]]:
+    """`script --one RUN OPTIONS` for every run in turn, `rounds` times, each in a fresh process (its own peak RSS,
+    no warm caches from the other): the last stdout line of each is its JSON result. Exits on a failed run."""
+    results: dict[str, list[dict]] = {run: [] for run in runs}
+    for _ in range(rounds):
+        for run in results:
+            proc = subprocess.run([sys.executable, script, "--one", run, *options], capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"error: run {run} failed:\n{proc.stderr[-2000:]}")
+            results[run].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return results

@@ -16,11 +16,9 @@ import json
 import random
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-from common import emit, import_minilm, machine, peak_rss_mb, shared
+from common import emit, import_minilm, machine, peak_rss_mb, run_alternating, shared
 
 RUNS = ("full", "lora")
 
@@ -69,13 +67,7 @@ def main() -> None:
             fh.write(f"{lines[i % len(lines)]}\t{r.choice(['a', 'b'])}\n")
     options = ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-length",
                str(args.max_length), "--out", str(out)]
-    by_run: dict[str, list[dict]] = {run: [] for run in RUNS}
-    for _ in range(args.rounds):
-        for run in RUNS:
-            proc = subprocess.run([sys.executable, __file__, "--one", run, *options], capture_output=True, text=True)
-            if proc.returncode:
-                sys.exit(f"error: run {run} failed:\n{proc.stderr[-2000:]}")
-            by_run[run].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    by_run = run_alternating(__file__, RUNS, options, args.rounds)
     rows = []
     for run, results in by_run.items():
         rows.append({"run": run, "steps": results[0]["steps"],

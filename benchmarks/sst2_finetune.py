@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from common import emit, import_minilm, machine, peak_rss_mb, shared
+from common import emit, import_minilm, machine, peak_rss_mb, run_alternating, shared
 
 
 def one_run(args) -> dict:
@@ -70,14 +68,8 @@ def main() -> None:
     if args.one:
         print(json.dumps(one_run(args)))
         return
-    results = []
-    for run in args.runs.split(","):
-        options = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if v is not None and k not in ("runs", "one")]
-        cmd = [sys.executable, __file__, "--one", run, *options]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            sys.exit(f"error: run {run} failed:\n{proc.stderr[-2000:]}")
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if v is not None and k not in ("runs", "one")]
+    results = [rs[0] for rs in run_alternating(__file__, args.runs.split(","), options).values()]
     emit({"benchmark": "sst2_finetune", "dev": "GLUE SST-2 dev (872)", "runs": results, "machine": machine()})
 
 

@@ -78,6 +78,10 @@ class TrainConfig:
     # Fine-tuning: batches of similar lengths (less padding). Off by default, as in transformers: on a small data
     # set, length can correlate with the label and length-sorted batches then learn worse (measured in the tests).
     group_by_length: bool = False
+    # Causal-LM fine-tuning (chat, decoder-only translate/summarize): each batch's examples packed side by side
+    # into as few rows as fit its longest one, each attending only to itself (train/packing.py). The same gradient
+    # as the padded batch, computed on less padding. auto = wherever the objective packs; true insists; false off.
+    pack: str = "auto"
     threads: int | None = None  # CPU threads for torch (default: torch's choice)
 
     def validate(self) -> None:
@@ -95,10 +99,9 @@ class TrainConfig:
         if self.patience is not None:
             _range("train.patience", self.patience, 0, None)
         _choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
-        # Configs of earlier releases hold a boolean here.
-        self.compile = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(
-            str(self.compile).lower(), str(self.compile).lower())
-        _choice("train.compile", self.compile, ("auto", "true", "false"))
+        # Configs of earlier releases hold a boolean for compile.
+        self.compile = switch("train.compile", self.compile)
+        self.pack = switch("train.pack", self.pack)
 
 
 @dataclass
@@ -291,6 +294,14 @@ def _unknown_message(key: str, known: list[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
     return f"unknown config key {key!r}{hint}"
+
+
+def switch(name: str, value) -> str:
+    """An auto | true | false setting, also from a boolean or yes/no/on/off/1/0."""
+    value = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(
+        str(value).lower(), str(value).lower())
+    _choice(name, value, ("auto", "true", "false"))
+    return value
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -31,10 +31,9 @@ def pick_device(name: str = "auto") -> torch.device:
 def use_compile(setting: str | bool, device: torch.device) -> bool:
     """Whether to torch.compile: "true"/"false" (or a bool) as given; "auto" only on CUDA, where compiling pays off
     quickly, while on a CPU it costs tens of seconds that short jobs never earn back."""
-    value = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(
-        str(setting).lower(), str(setting).lower())
-    if value not in ("auto", "true", "false"):
-        raise ConfigError(f"compile must be auto, true or false, got {setting!r}")
+    from lmforge.config import switch
+
+    value = switch("compile", setting)
     return value == "true" or (value == "auto" and device.type == "cuda")
 
 

@@ -47,5 +47,5 @@ def test_compile_setting():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not use_compile("auto", cpu) and use_compile("auto", cuda)
     assert use_compile("true", cpu) and use_compile(True, cpu) and not use_compile("off", cuda)
-    with pytest.raises(ConfigError, match="compile must be auto, true or false, got 'sometimes'"):
+    with pytest.raises(ConfigError, match="compile must be one of auto, true, false, got 'sometimes'"):
         use_compile("sometimes", cpu)

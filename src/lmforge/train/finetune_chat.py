@@ -19,13 +19,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lmforge.config import OptimConfig, RunConfig, TrainConfig, parse_overrides, set_dotted
+from lmforge.config import OptimConfig, RunConfig, TrainConfig, parse_overrides, set_dotted, switch
 from lmforge.errors import ConfigError, DataError
 from lmforge.models.registry import build_model, model_config_class
 from lmforge.tasks.chat import IGNORE_INDEX, ChatTemplate, read_conversations
 from lmforge.tokenizers import Tokenizer
 from lmforge.train.finetune import TaskTrainer
 from lmforge.train.objectives import ShuffledEpochs
+from lmforge.train.packing import collate_packed, pack
 from lmforge.train.trainer import RunResult
 
 
@@ -59,23 +60,30 @@ def collate(rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def loss_sum(model, batch) -> torch.Tensor:
-    x, y = batch
-    logits = model(x)
+    """Summed cross-entropy over the target tokens of (inputs, targets) or of packed (inputs, targets, segments)."""
+    x, y, *segments = batch
+    logits = model(x, segments=segments[0]) if segments else model(x)
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORE_INDEX,
                            reduction="sum")
 
 
 class ChatObjective(ShuffledEpochs):
-    """Shuffled epochs over the encoded conversations; summed cross-entropy over assistant tokens."""
+    """Shuffled epochs over the encoded conversations; summed cross-entropy over assistant tokens. With `pack`, a
+    batch's examples share rows as wide as its longest one (train/packing.py): fewer, fuller rows, same loss."""
 
     name = "chat"
+    packs = True
 
-    def __init__(self, rows, pad_id: int, batch_size: int, group_by_length: bool = False):
+    def __init__(self, rows, pad_id: int, batch_size: int, group_by_length: bool = False, pack: bool = False):
         super().__init__(len(rows), batch_size, lengths=[len(x) for x, _ in rows] if group_by_length else None)
-        self.rows, self.pad_id = rows, pad_id
+        self.rows, self.pad_id, self.pack = rows, pad_id, pack
 
-    def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return collate([self.rows[i] for i in self.next_indices(generator)], self.pad_id)
+    def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        chosen = [self.rows[i] for i in self.next_indices(generator)]
+        if not self.pack:
+            return collate(chosen, self.pad_id)
+        lengths = [len(x) for x, _ in chosen]
+        return collate_packed(chosen, pack(lengths, max(lengths)), self.pad_id)
 
     @staticmethod
     def count_targets(batch) -> torch.Tensor:
@@ -109,7 +117,9 @@ class ChatFineTuner(TaskTrainer):
         if self.dev_chats:
             self.dev_rows = encode_conversations(self.dev_chats, self.template, self.tokenizer, block)[0]
         pad = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else self.tokenizer.eos_id
-        self.objective = ChatObjective(rows, pad, self.cfg.train.batch_size, self.cfg.train.group_by_length)
+        t = self.cfg.train
+        packed = switch("train.pack", t.pack) != "false"
+        self.objective = ChatObjective(rows, pad, t.batch_size, t.group_by_length, packed)
         self.skipped = skipped
         self.data_size = f"{len(rows):,} training conversations"
         self.data_info = {**self.info, "chat": self.template.to_dict()}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.config import OptimConfig, RunConfig, TrainConfig, parse_overrides, set_dotted
+from lmforge.config import OptimConfig, RunConfig, TrainConfig, parse_overrides, set_dotted, switch
 from lmforge.errors import ConfigError
 from lmforge.eval.seq2seq_metrics import decode_texts, score_outputs
 from lmforge.models.registry import PRESETS, build_model, get_preset, model_config_class
@@ -158,7 +158,9 @@ class PromptedPairsFineTuner(Seq2SeqFineTuner):
                                                       self.info["dev"])
         pad = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else self.tokenizer.eos_id
         # (ids, labels) rows, summed loss
-        self.objective = ChatObjective(rows, pad, self.cfg.train.batch_size, self.cfg.train.group_by_length)
+        t = self.cfg.train
+        packed = switch("train.pack", t.pack) != "false"
+        self.objective = ChatObjective(rows, pad, t.batch_size, t.group_by_length, packed)
         self.data_size = f"{len(rows):,} training pairs"
         self.data_info = {**self.info, CONFIG_KEY: self.prompt.to_dict()}
 

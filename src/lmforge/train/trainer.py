@@ -116,6 +116,9 @@ class Trainer:
                 f"train.group_by_length applies to fine-tuning on labelled examples (classify, nli, ner, chat, "
                 f"translate, summarize); this run's objective ({self.objective.name}) draws no such batches"
             )
+        if cfg.train.pack == "true" and not getattr(self.objective, "packs", False):
+            raise ConfigError(f"train.pack applies to causal-LM fine-tuning (chat, and translate/summarize with a gpt "
+                              f"model); this run's objective ({self.objective.name}) does not pack")
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
