@@ -55,8 +55,14 @@ class DistillLM(CausalLM):
         return distill_loss_sum(model(x), teacher_logits, y, self.temperature, self.alpha)
 
 
+# Distillation has no --resume: the checkpoint saved on an interrupt is a usable student as it is.
+NO_RESUME = "a distillation does not resume: the checkpoint is a usable student, or run `lmforge distill` again"
+
+
 class DistillTrainer(Trainer):
     """The Trainer with DistillLM as its objective; everything else is pretraining."""
+
+    resume_hint = NO_RESUME
 
     def __init__(self, cfg, data, run_dir, teacher: nn.Module, temperature: float, alpha: float, progress=True):
         self.teacher, self.temperature, self.alpha = teacher, temperature, alpha

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from lmforge.compress.distill import check_settings, distill_loss_sum, run_overrides
+from lmforge.compress.distill import NO_RESUME, check_settings, distill_loss_sum, run_overrides
 from lmforge.config import OptimConfig, RunConfig, TrainConfig, _apply_section, set_dotted
 from lmforge.errors import ConfigError
 from lmforge.models.classifier import ClassifierConfig, RNNEncoderConfig
@@ -55,6 +55,8 @@ class DistillClassify(ClassifyObjective):
 
 class DistillFineTuner(FineTuner):
     """The classification fine-tune with DistillClassify as its objective."""
+
+    resume_hint = NO_RESUME
 
     def __init__(self, cfg: RunConfig, run_dir, tokenizer, train: list[Example], dev: list[Example] | None,
                  info: dict, teacher_logits: torch.Tensor, temperature: float, alpha: float, progress: bool = True):

@@ -110,7 +110,7 @@ class TaskTrainer(Trainer):
     """What every fine-tune (`self.info` is its data card: task, files, options) shares: it is resumed by repeating
     its command plus --resume, which rebuilds the run from the command and then restores the checkpoint's state."""
 
-    resume_hint = "the same `lmforge finetune` command plus --resume"
+    resume_hint = "continue with the same `lmforge finetune` command plus --resume"
 
     def _check_resume(self, saved_config: dict, state: dict) -> None:
         # The rebuilt run must have the checkpoint's shapes and data, or loading it would crash on a tensor shape

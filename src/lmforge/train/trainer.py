@@ -184,8 +184,8 @@ class Trainer:
 
     @property
     def resume_hint(self) -> str:
-        """The command that continues this run, named when it is interrupted."""
-        return f"`lmforge pretrain --data {self.data_dir} --out {self.run_dir} --resume`"
+        """What continues this run, told when it is interrupted."""
+        return f"continue with `lmforge pretrain --data {self.data_dir} --out {self.run_dir} --resume`"
 
     @property
     def usage(self) -> str:
@@ -360,7 +360,7 @@ class Trainer:
         if stop_reason == "interrupted":
             print(
                 f"interrupted at step {self.step}: checkpoint saved to {result.latest}; "
-                f"continue with {self.resume_hint}",
+                f"{self.resume_hint}",
                 flush=True,
             )
             raise KeyboardInterrupt
