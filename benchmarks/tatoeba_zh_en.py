@@ -11,15 +11,11 @@ pairs: corpus BLEU and chrF (sacrebleu, English target). Prints JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from common import REPO, emit, machine, shared
+from common import emit, finetune_and_score, machine, shared
 
 
 def write_pairs(path: Path, pairs: list[tuple[str, str]]) -> None:
@@ -49,20 +45,11 @@ def main() -> None:
     test, dev, train = pairs[:1000], pairs[1000:1500], pairs[1500:]
     for name, rows in (("train", train), ("dev", dev), ("test", test)):
         write_pairs(out / f"{name}.tsv", rows)
-    lmforge = [sys.executable, "-m", "lmforge"]
     fields = ["--source-field", "source", "--target-field", "target"]
-    start = time.perf_counter()
-    subprocess.run([*lmforge, "finetune", "--task", "translate", "--model", "seq2seq-small", "--train",
-                    str(out / "train.tsv"), "--dev", str(out / "dev.tsv"), "--out", str(out / "run"), *fields,
-                    "--epochs", str(args.epochs), "--max-minutes", str(args.max_minutes)], check=True, cwd=REPO)
-    train_wall = time.perf_counter() - start
-    report = subprocess.run([*lmforge, "evaluate", str(out / "run"), "--task", "translate", "--data",
-                             str(out / "test.tsv"), *fields, "--num-beams", "4", "--json"],
-                            check=True, capture_output=True, text=True, cwd=REPO)
-    scores = json.loads(report.stdout)
-    emit({"benchmark": "tatoeba zh->en", "pairs": {"train": len(train), "dev": len(dev), "test": len(test)},
-          "max_minutes": args.max_minutes, "finetune_wall_seconds": round(train_wall, 1),
-          "test_bleu_beam4": scores.get("bleu"), "test_chrf_beam4": scores.get("chrf"), "machine": machine()})
+    scores = finetune_and_score("translate", "seq2seq-small", [str(out / "train.tsv")], [str(out / "dev.tsv")],
+                                [str(out / "test.tsv")], fields, out / "run", args.epochs, args.max_minutes)
+    emit({"benchmark": "tatoeba zh->en", **scores, "pairs": {"train": len(train), "dev": len(dev), "test": len(test)},
+          "max_minutes": args.max_minutes, "machine": machine()})
 
 
 if __name__ == "__main__":
