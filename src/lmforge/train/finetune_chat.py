@@ -76,11 +76,11 @@ class ChatObjective(ShuffledEpochs):
 
     def __init__(self, rows, pad_id: int, batch_size: int, group_by_length: bool = False, pack: bool = False):
         super().__init__(len(rows), batch_size, lengths=[len(x) for x, _ in rows] if group_by_length else None)
-        self.rows, self.pad_id, self.pack = rows, pad_id, pack
+        self.rows, self.pad_id, self.packed = rows, pad_id, pack
 
     def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         chosen = [self.rows[i] for i in self.next_indices(generator)]
-        if not self.pack:
+        if not self.packed:
             return collate(chosen, self.pad_id)
         lengths = [len(x) for x, _ in chosen]
         return collate_packed(chosen, pack(lengths, max(lengths)), self.pad_id)
