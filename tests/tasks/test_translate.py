@@ -187,6 +187,8 @@ def test_cli_reads_parallel_files_by_language_suffix(translator, tmp_path, capsy
     assert main(["predict", str(tmp_path / "run"), "--task", "translate", "--input", str(tmp_path / "val"),
                  "--source-lang", "en"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == lines[0][1]
+    assert main(["predict", str(tmp_path / "run"), "--task", "translate", "--input", "-", "--source-lang", "en"]) == 2
+    assert "does not apply to --input -" in capsys.readouterr().err
     (tmp_path / "val.en").write_text("red\n", encoding="utf-8")
     assert main(["evaluate", str(tmp_path / "run"), "--task", "translate", "--data", str(tmp_path / "val"),
                  *langs]) == 2

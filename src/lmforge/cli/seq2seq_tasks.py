@@ -85,7 +85,9 @@ def run_predict_seq2seq(args) -> int:
     lm = load(args.ckpt, device=args.device)
     check_transducer(lm, f"--task {args.task}")
     # The source side of parallel files: --input data/val --source-lang de reads data/val.de.
-    source = f"{args.input}.{args.source_lang}" if args.source_lang and args.input != "-" else args.input
+    if args.source_lang and args.input == "-":
+        raise ConfigError("--source-lang names the suffix of a parallel file; it does not apply to --input -")
+    source = f"{args.input}.{args.source_lang}" if args.source_lang else args.input
     sources = _sources(source, args.source_field)
     for source, output in zip(sources, decode_sources(lm, sources, args.num_beams)):
         print(json.dumps({"source": source, "output": output}, ensure_ascii=False) if args.json else output)
