@@ -49,3 +49,17 @@ def test_compile_setting():
     assert use_compile("true", cpu) and use_compile(True, cpu) and not use_compile("off", cuda)
     with pytest.raises(ConfigError, match="compile must be one of auto, true, false, got 'sometimes'"):
         use_compile("sometimes", cpu)
+
+
+def test_weights_changed_after_compiling_decode_eagerly_with_the_new_weights():
+    model = tiny_llama()
+    x = torch.randint(61, (1, 5), generator=torch.Generator().manual_seed(3))
+    greedy = SamplingParams(8, temperature=0)
+    list(generate_tokens(model, x, greedy, compile=True))  # compiled (on a CPU: with the weights frozen in)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.5)
+    with pytest.warns(UserWarning, match="weights changed after its decoding step was compiled; decoding eagerly"):
+        after = torch.stack(list(generate_tokens(model, x, greedy, compile=True)))
+    assert DecodeStep.of(model).compiled is None
+    assert torch.equal(after, torch.stack(list(generate_tokens(model, x, greedy))))

@@ -66,19 +66,41 @@ class DecodeStep:
     The shapes that change every step (the cache length, a padding mask) are compiled as dynamic, so one graph
     serves every position. Compiling costs tens of seconds on a CPU, so it pays off for long-lived generation (a
     server, long outputs), not one short reply. Any compile failure falls back to eager with one warning.
+
+    On a CPU the step is compiled for inference (CPU_OPTIONS): the weights are frozen into the graph as constants
+    (so oneDNN can pre-pack them), its matrix products are chosen by benchmarking (max_autotune) and the code
+    that calls the kernels is C++ rather than Python (cpp_wrapper); together 1.46 -> 1.27 ms per 6x384 step
+    here. Frozen weights mean a model changed after compiling would decode with its old weights: the step notes
+    the weights' version counters and decodes eagerly, with one warning, once they moved.
     """
+
+    CPU_OPTIONS = {"freezing": True, "max_autotune": True, "cpp_wrapper": True}
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.compiled: Callable | None = torch.compile(model, dynamic=True)
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        self.compiled: Callable | None = torch.compile(model, dynamic=True,
+                                                       options=self.CPU_OPTIONS if on_cpu else None)
+        self.weights_version = self.version_of(model)
+
+    @staticmethod
+    def version_of(model: nn.Module) -> int:
+        """Sum of the in-place-modification counters of the model's tensors: it grows whenever an optimizer step,
+        load_state_dict or a merge writes into them."""
+        return sum(t._version for t in (*model.parameters(), *model.buffers()))
 
     @classmethod
     def of(cls, model: nn.Module) -> DecodeStep:
         """The model's compiled step, built once and shared by every generation with it (kept as a plain
         attribute of the model: not a submodule, so it never reaches a state_dict)."""
-        if getattr(model, "_decode_step", None) is None:
-            model._decode_step = cls(model)
-        return model._decode_step
+        step = getattr(model, "_decode_step", None)
+        if step is None:
+            step = model._decode_step = cls(model)
+        elif step.compiled is not None and step.weights_version != cls.version_of(model):
+            warnings.warn("the model's weights changed after its decoding step was compiled; decoding eagerly",
+                          stacklevel=2)
+            step.compiled = None
+        return step
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         if self.compiled is not None:
