@@ -78,9 +78,9 @@ class DecodeStep:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        on_cpu = next(model.parameters()).device.type == "cpu"
+        self.freeze = next(model.parameters()).device.type == "cpu"
         self.compiled: Callable | None = torch.compile(model, dynamic=True,
-                                                       options=self.CPU_OPTIONS if on_cpu else None)
+                                                       options=self.CPU_OPTIONS if self.freeze else None)
         self.weights_version = self.version_of(model)
 
     @staticmethod
@@ -104,12 +104,19 @@ class DecodeStep:
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         if self.compiled is not None:
+            import torch._inductor.config as inductor_config
+
+            # Dynamo reads the global flag (not the compile options) when it traces, to keep the parameters as
+            # constants rather than graph inputs; set around each call since any call may (re)trace.
+            freezing, inductor_config.freezing = inductor_config.freezing, self.freeze or inductor_config.freezing
             try:
                 return self.compiled(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - whatever inductor raises, eager decoding still works
                 warnings.warn(f"compiled decoding failed ({type(exc).__name__}: {str(exc)[:200]}); decoding eagerly",
                               stacklevel=2)
                 self.compiled = None
+            finally:
+                inductor_config.freezing = freezing
         return self.model(*args, **kwargs)
 
 
