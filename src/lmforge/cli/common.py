@@ -32,4 +32,5 @@ def print_json(obj) -> None:
 def add_compile_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
                    help="torch.compile the decoding step: auto = on CUDA only; true on a CPU compiles for tens of "
-                   "seconds first, then decodes faster (worth it for servers and long outputs)")
+                   "seconds first, then decodes 1.1-1.4x faster (worth it for servers and long outputs) and holds "
+                   "a second, pre-packed copy of the weights in memory")
