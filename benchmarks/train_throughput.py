@@ -5,9 +5,10 @@
 Each contender lives in its own worker process (so each has its own peak RSS and compile state) and they take
 turns: `--rounds` rounds of `--steps` optimizer steps each, A then B then C, after a warm-up. The same loop for
 all: random token batches, AdamW (foreach), loss, backward, clip 1.0, step, zero_grad(set_to_none). Contenders:
-`hf` (eager, SDPA attention), `lmforge` (eager) and `lmforge-compile` (torch.compile, lmforge's default on CPU).
-Prints JSON: median tokens/s per contender, the ratio to HF, and model FLOPs utilisation against an fp32 matmul
-peak measured in the same run.
+`hf` (eager, SDPA attention), `lmforge` (eager, lmforge's default on a CPU) and `lmforge-compile` (torch.compile,
+its default on CUDA). `--autocast bf16` runs every contender's forward under bf16 autocast (only for CPUs with bf16
+instructions). Prints JSON: median tokens/s per contender, the ratio to HF, and model FLOPs utilisation against an
+fp32 matmul peak measured in the same run.
 
 Shapes are LAYERSxWIDTH[:BLOCK:BATCH] with as many heads as layers (as nanoGPT's configs); 4x128 means 4 layers x
 128 wide, block 64, batch 12 (nanoGPT's CPU recipe), 6x384 means block 256, batch 8; the vocabulary is 65
@@ -84,7 +85,8 @@ def build(kind: str, shape: tuple[int, int, int, int]):
     return model, loss_fn, flops
 
 
-def worker(kind: str, shape, threads: int, conn) -> None:
+def worker(kind: str, shape, threads: int, autocast: str | None, conn) -> None:
+    import contextlib
     import resource
 
     import torch
@@ -112,7 +114,8 @@ def worker(kind: str, shape, threads: int, conn) -> None:
         for _ in range(n):
             data = torch.randint(VOCAB, (batch, block + 1), generator=gen)
             x, y = data[:, :-1], data[:, 1:]
-            logits = step_forward(x, y)
+            with torch.autocast("cpu", dtype=torch.bfloat16) if autocast == "bf16" else contextlib.nullcontext():
+                logits = step_forward(x, y)
             loss = F.cross_entropy(logits.float().reshape(-1, VOCAB), y.reshape(-1))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -130,12 +133,13 @@ def worker(kind: str, shape, threads: int, conn) -> None:
     conn.close()
 
 
-def run_shape(name: str, shape, contenders: list[str], rounds: int, steps: int, warmup: int, threads: int) -> dict:
+def run_shape(name: str, shape, contenders: list[str], rounds: int, steps: int, warmup: int, threads: int,
+              autocast: str | None = None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
     peak = matmul_peak_gflops()  # before the workers exist, and again after them: the better of the two
-    workers = {kind: start_worker(worker, kind, shape, threads) for kind in contenders}
+    workers = {kind: start_worker(worker, kind, shape, threads, autocast) for kind in contenders}
     _, _, block, batch = shape
     times: dict[str, list[float]] = {k: [] for k in contenders}
     rss = {}
@@ -177,6 +181,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="optimizer steps per round")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: all cores)")
+    ap.add_argument("--autocast", choices=("bf16",), help="every contender's forward under bf16 autocast (CPUs with "
+                    "bf16 instructions only; MFU stays against the fp32 peak)")
     args = ap.parse_args()
     import os
 
@@ -187,8 +193,9 @@ def main() -> None:
         "benchmark": "train_throughput",
         "steps_per_round": args.steps,
         "rounds": args.rounds,
-        "shapes": [run_shape(s, parse_shape(s), contenders, args.rounds, args.steps, args.warmup, threads)
-                   for s in shapes],
+        "autocast": args.autocast,
+        "shapes": [run_shape(s, parse_shape(s), contenders, args.rounds, args.steps, args.warmup, threads,
+                             args.autocast) for s in shapes],
         "machine": machine(),
     })
 
