@@ -75,10 +75,15 @@ def quickstart(
     )
 
     console.rule("[bold]3. pretrain a small GPT")
-    spent = time.perf_counter() - started
-    # Keep ~15% of the budget for evaluation and samples; the schedule is sized to the steps that fit.
-    train_seconds = max(MIN_TRAIN_SECONDS, minutes * 60 * 0.85 - spent)
-    steps = max_steps or _steps_that_fit(data_dir, preset, train_seconds, seed)
+    # The schedule is sized to the steps that fit in what is left of the budget after scoring the validation split
+    # (forward passes only: ~1/3 of a training step per batch of tokens), the samples and a 5% margin.
+    per_step = tokens_per_step = None
+    if not max_steps:
+        per_step, tokens_per_step = _time_training_steps(data_dir, preset, seed)
+    evaluation = val["tokens"] / tokens_per_step * per_step / 3 if per_step else 0.0
+    train_seconds = max(MIN_TRAIN_SECONDS, minutes * 60 * 0.95 - (time.perf_counter() - started) - evaluation)
+    # Periodic evaluations and checkpoints cost roughly another 5% of the training time.
+    steps = max_steps or max(20, int(train_seconds / (per_step * 1.05)))
     run_dir = out / "run"
     result = pretrain(
         data=str(data_dir),
@@ -137,8 +142,8 @@ def quickstart(
     }
 
 
-def _steps_that_fit(data_dir: Path, preset: str, seconds: float, seed: int) -> int:
-    """Time a few training steps of the preset on this machine and return how many fit in `seconds`."""
+def _time_training_steps(data_dir: Path, preset: str, seed: int) -> tuple[float, int]:
+    """Seconds per training step of the preset on this machine (timed over a few steps), and tokens per step."""
     import torch
 
     from lmforge.config import build_run_config
@@ -158,13 +163,14 @@ def _steps_that_fit(data_dir: Path, preset: str, seconds: float, seed: int) -> i
     objective = build_objective(cfg.model, TokenShards(data_dir, "train"), cfg.train.batch_size, tokenizer)
     gen = torch.Generator().manual_seed(seed)
 
-    def step():
+    def step() -> int:
         batch = tuple(t.to(device) for t in objective.next_batch(gen))
         (objective.loss_sum(model, batch) / batch[1].numel()).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return batch[1].numel()
 
-    step()  # warm-up (allocations, first-call overheads)
+    tokens = step()  # warm-up (allocations, first-call overheads)
     n = 5
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -173,6 +179,4 @@ def _steps_that_fit(data_dir: Path, preset: str, seconds: float, seed: int) -> i
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    per_step = (time.perf_counter() - t0) / n
-    # Periodic evaluations and checkpoints cost roughly another 5%.
-    return max(20, int(seconds / (per_step * 1.05)))
+    return (time.perf_counter() - t0) / n, tokens

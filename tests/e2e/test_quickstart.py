@@ -32,3 +32,13 @@ def test_quickstart_on_a_single_file_holds_out_its_end(tmp_path, capsys):
     assert "holding out the last 10%" in capsys.readouterr().out
     manifest = json.loads((out / "data" / "manifest.json").read_text())
     assert manifest["options"]["split"] == "tail" and manifest["splits"]["val"]["tokens"] > 0
+
+
+def test_the_budget_is_sized_from_timed_training_steps(char_data):
+    from lmforge.config import build_run_config
+    from lmforge.quickstart import _time_training_steps
+
+    per_step, tokens = _time_training_steps(char_data, "test", seed=0)
+    cfg = build_run_config(preset="test")
+    assert tokens == cfg.train.batch_size * cfg.model.block_size  # every target token of one batch
+    assert 0 < per_step < 60
