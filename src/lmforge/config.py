@@ -60,7 +60,9 @@ class TrainConfig:
     batch_size: int = 12
     grad_accum: int = 1  # micro-batches per optimizer step; the loss is normalised over all their tokens
     max_steps: int = 2000
-    max_minutes: float | None = None  # stop early when this much training time has passed
+    # Stop when this much training time has passed; the learning-rate schedule then ends with the time if that
+    # comes before max_steps (planned at the pace so far).
+    max_minutes: float | None = None
     max_tokens: int | None = None  # stop early after this many training tokens
     eval_every: int = 250
     eval_tokens: int = 131072  # validation tokens used by the periodic evaluation (0 = the whole split)

@@ -75,15 +75,20 @@ def quickstart(
     )
 
     console.rule("[bold]3. pretrain a small GPT")
-    # The schedule is sized to the steps that fit in what is left of the budget after scoring the validation split
-    # (forward passes only: ~1/3 of a training step per batch of tokens), the samples and a 5% margin.
+    # Training gets what is left of the budget after preparing, scoring the validation split (forward passes only:
+    # ~1/3 of a training step per batch of tokens), the samples and a 5% margin.
     per_step = tokens_per_step = None
     if not max_steps:
         per_step, tokens_per_step = _time_training_steps(data_dir, preset, seed)
     evaluation = val["tokens"] / tokens_per_step * per_step / 3 if per_step else 0.0
     train_seconds = max(MIN_TRAIN_SECONDS, minutes * 60 * 0.95 - (time.perf_counter() - started) - evaluation)
-    # Periodic evaluations and checkpoints cost roughly another 5% of the training time.
-    steps = max_steps or max(20, int(train_seconds / (per_step * 1.05)))
+    if max_steps:
+        steps, cap_minutes = max_steps, train_seconds / 60 * 1.15
+    else:
+        # The time ends the run (periodic evaluations and checkpoints take ~5% besides) and the learning-rate
+        # schedule decays to the end of it; the step estimate sizes the evaluation interval and an upper bound.
+        cap_minutes = train_seconds / 1.05 / 60
+        steps = max(20, int(cap_minutes * 60 / per_step))
     run_dir = out / "run"
     result = pretrain(
         data=str(data_dir),
@@ -95,8 +100,8 @@ def quickstart(
             "train.eval_tokens": 32768,
             "optim.warmup_steps": max(10, steps // 20),
         },
-        max_steps=steps,
-        max_minutes=train_seconds / 60 * 1.15,
+        max_steps=steps if max_steps else 2 * steps,
+        max_minutes=cap_minutes,
     )
 
     console.rule("[bold]4. evaluate against a unigram baseline")
@@ -125,7 +130,7 @@ def quickstart(
         f"lmforge generate {run_dir} --prompt 'The ' --max-new-tokens 100",
         f"lmforge evaluate {run_dir} --data {data_dir} --json",
         f"lmforge info {run_dir}",
-        f"lmforge pretrain --data {data_dir} --out {run_dir} --resume --max-steps {steps * 2}",
+        f"lmforge pretrain --data {data_dir} --out {run_dir} --resume --max-steps {result.step * 2}",
         f"tensorboard --logdir {run_dir / 'tensorboard'}",
     ):
         console.print(f"  {cmd}")

@@ -152,6 +152,17 @@ def test_token_budget_stops_early_and_schedule_warms_up(char_data, tmp_path, tin
     assert lrs == sorted(lrs) and lrs[0] == pytest.approx(3e-3 / 5)
 
 
+def test_a_time_capped_run_decays_its_learning_rate_by_the_end_of_its_time(char_data, tmp_path, tiny_overrides):
+    overrides = dict(tiny_overrides, **{"train.log_every": 1, "train.eval_every": 10**6, "optim.min_lr_ratio": 0.1})
+    result = lmforge.pretrain(char_data, tmp_path / "run", overrides=overrides, max_steps=10**6, max_minutes=0.1,
+                              progress=False)
+    assert result.stop_reason == "max_minutes" and result.step > 20
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
+    peak = max(lrs)
+    # Planned over a million steps, the cosine would still be at its peak; planned on the time, it reaches its end.
+    assert lrs[-1] < 0.25 * peak and lrs.index(peak) < len(lrs) // 2
+
+
 def test_lr_schedules():
     from lmforge.config import OptimConfig
     from lmforge.train.optim import lr_at

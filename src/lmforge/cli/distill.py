@@ -54,7 +54,8 @@ def register(subparsers) -> None:
                    "student's context)")
     p.add_argument("--out", required=True, help="run directory for the student")
     p.add_argument("--max-steps", type=int, help="optimizer steps (train.max_steps)")
-    p.add_argument("--max-minutes", type=float, help="stop after this much training time (train.max_minutes)")
+    p.add_argument("--max-minutes", type=float, help="stop after this much training time (train.max_minutes); the "
+                   "learning rate then decays to the end of the time when that comes before --max-steps")
     p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature T of both models (default 2)")
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the soft (teacher) term, in [0, 1] (default 0.5)")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -96,7 +96,8 @@ def register(subparsers) -> None:
     p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale numerator (updates scale by alpha/r)")
     p.add_argument("--patience", type=int, help="stop after this many evaluations without a better dev macro-F1")
     p.add_argument("--folds", type=int, help="k-fold cross-validation on --train instead of one run")
-    p.add_argument("--max-minutes", type=float, help="stop after this much training time")
+    p.add_argument("--max-minutes", type=float, help="stop after this much training time; the learning rate then "
+                   "decays to the end of the time when that comes before the planned epochs end")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint, exactly (Ctrl-C saves one first); "

@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--arch", help="architecture (default: gpt)")
     p.add_argument("--preset", help="named model size (see above)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (train.max_steps)")
-    p.add_argument("--max-minutes", type=float, help="stop after this much training time (train.max_minutes)")
+    p.add_argument("--max-minutes", type=float, help="stop after this much training time (train.max_minutes); the "
+                   "learning rate then decays to the end of the time when that comes before --max-steps")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -368,7 +368,7 @@ class Trainer:
 
     def _train_step(self) -> torch.Tensor:
         t = self.cfg.train
-        lr = lr_at(self.step, self.cfg.optim, t.max_steps)
+        lr = lr_at(self.step, self.cfg.optim, self._schedule_length())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro = [self.objective.next_batch(self.data_gen) for _ in range(t.grad_accum)]
@@ -388,6 +388,16 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return total
+
+    def _schedule_length(self) -> int:
+        """Steps the learning-rate schedule spans: train.max_steps, or, when train.max_minutes will end the run
+        first, the steps that fit in it at the pace so far (training time is kept across resumes), so that a
+        time-capped run still decays to its final rate instead of stopping at a high one."""
+        t = self.cfg.train
+        if not t.max_minutes or self.step < max(10, self.cfg.optim.warmup_steps) or self.elapsed <= 0:
+            return t.max_steps
+        fit = int(self.step * t.max_minutes * 60 / self.elapsed)
+        return max(self.step + 1, min(t.max_steps, fit))
 
     def _loss_sum(self, batch) -> torch.Tensor:
         try:
