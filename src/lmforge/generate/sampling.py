@@ -68,9 +68,9 @@ class DecodeStep:
     server, long outputs), not one short reply. Any compile failure falls back to eager with one warning.
 
     On a CPU the step is compiled for inference (CPU_OPTIONS): the weights are frozen into the graph as constants
-    (so oneDNN can pre-pack them), its matrix products are chosen by benchmarking (max_autotune) and the code
-    that calls the kernels is C++ rather than Python (cpp_wrapper); together 1.46 -> 1.27 ms per 6x384 step
-    here. The frozen graph holds its own, pre-packed copy of the weights (GPT-2 124M: peak RSS 0.85 -> 2.2 GB).
+    (so they can be pre-packed), its matrix products are chosen by benchmarking (max_autotune: MKL's packed
+    linear or inductor's own GEMM kernels) and the code that calls the kernels is C++ rather than Python
+    (cpp_wrapper); together 1.46 -> ~1.3 ms per 6x384 step here (benchmarks/RESULTS.md). The frozen graph holds its own, pre-packed copy of the weights (GPT-2 124M: peak RSS 0.85 -> 2.2 GB).
     Frozen weights mean a model changed after compiling would decode with its old weights: the step notes the
     weights' version counters and decodes eagerly, with one warning, once they moved.
     """
