@@ -48,6 +48,24 @@ def test_top_k_never_samples_outside_the_k_best():
     assert set(picks.tolist()) <= allowed and len(set(picks.tolist())) > 1
 
 
+def test_sampling_draws_each_token_at_its_probability_and_never_an_impossible_one():
+    from lmforge.generate.sampling import sample
+
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0]).repeat(100_000, 1)
+    drawn = sample(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(drawn, minlength=5) / len(drawn)
+    assert torch.allclose(freq, probs[0], atol=0.006)  # ~4 standard errors
+    assert freq[1] == 0 and freq[4] == 0
+
+
+def test_the_largest_uniform_number_still_draws_a_possible_token(monkeypatch):
+    from lmforge.generate import sampling
+
+    probs = torch.tensor([[0.25, 0.75, 0.0, 0.0]]) * 1.0000001  # a total that float32 rounds above 1
+    monkeypatch.setattr(sampling.torch, "rand", lambda *a, **kw: torch.full((1, 1), 1 - 2**-24))
+    assert sampling.sample(probs).tolist() == [1]
+
+
 def test_repetition_penalty_discourages_seen_tokens():
     logits = torch.tensor([[2.0, 1.9, -1.0]])
     seen = torch.tensor([[0]])

