@@ -41,4 +41,4 @@ def test_the_budget_is_sized_from_timed_training_steps(char_data):
     per_step, tokens = _time_training_steps(char_data, "test", seed=0)
     cfg = build_run_config(preset="test")
     assert tokens == cfg.train.batch_size * cfg.model.block_size  # every target token of one batch
-    assert 0 < per_step < 60
+    assert per_step > 0

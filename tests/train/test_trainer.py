@@ -152,7 +152,14 @@ def test_token_budget_stops_early_and_schedule_warms_up(char_data, tmp_path, tin
     assert lrs == sorted(lrs) and lrs[0] == pytest.approx(3e-3 / 5)
 
 
-def test_a_time_capped_run_decays_its_learning_rate_by_the_end_of_its_time(char_data, tmp_path, tiny_overrides):
+def test_a_time_capped_run_decays_its_learning_rate_by_the_end_of_its_time(char_data, tmp_path, tiny_overrides,
+                                                                          monkeypatch):
+    from lmforge.train.progress import TrainProgress
+
+    totals = []  # what the progress display is told the run's length is
+    plain_update = TrainProgress.update
+    monkeypatch.setattr(TrainProgress, "update", lambda self, *a, total=None: (totals.append(total),
+                                                                               plain_update(self, *a, total=total)))
     overrides = dict(tiny_overrides, **{"train.log_every": 1, "train.eval_every": 10**6, "optim.min_lr_ratio": 0.1})
     result = lmforge.pretrain(char_data, tmp_path / "run", overrides=overrides, max_steps=10**6, max_minutes=0.1,
                               progress=False)
@@ -161,6 +168,16 @@ def test_a_time_capped_run_decays_its_learning_rate_by_the_end_of_its_time(char_
     peak = max(lrs)
     # Planned over a million steps, the cosine would still be at its peak; planned on the time, it reaches its end.
     assert lrs[-1] < 0.25 * peak and lrs.index(peak) < len(lrs) // 2
+    # The progress bar ends full, not at a millionth of its million steps.
+    assert totals[0] == 10**6 and result.step <= totals[-1] <= 1.5 * result.step
+
+
+def test_plain_progress_lines_show_the_expected_length_and_time_left(capsys):
+    from lmforge.train.progress import TrainProgress
+
+    bar = TrainProgress(10**6, enabled=True, max_seconds=60)
+    bar.update(500, 1.25, 100.0, 30.0, total=1000)
+    assert "step 500/1000  loss 1.2500" in (err := capsys.readouterr().err) and "ETA 30s" in err and bar.total == 1000
 
 
 def test_lr_schedules():

@@ -40,12 +40,16 @@ class TrainProgress:
             self.task = self.bar.add_task("train", total=total_steps, completed=start_step, loss="-", tps="-")
             self.bar.start()
 
-    def update(self, step: int, loss: float | None, tokens_per_s: float, elapsed: float) -> None:
+    def update(self, step: int, loss: float | None, tokens_per_s: float, elapsed: float,
+               total: int | None = None) -> None:
+        """`total`: the steps the run is now expected to take, when a time limit will end it before total_steps."""
         if not self.enabled:
             return
+        if total is not None:
+            self.total = total
         loss_text = f"{loss:.4f}" if loss is not None else "-"
         if self.bar is not None:
-            self.bar.update(self.task, completed=step, loss=loss_text, tps=f"{tokens_per_s:,.0f}")
+            self.bar.update(self.task, total=self.total, completed=step, loss=loss_text, tps=f"{tokens_per_s:,.0f}")
             return
         now = time.monotonic()
         if now - self._last_plain >= 10 or step == self.total:

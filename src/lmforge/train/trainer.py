@@ -324,7 +324,7 @@ class Trainer:
                         "elapsed_s": self.elapsed,
                     }
                     self._log(record, writer)
-                    bar.update(self.step, loss, tps, self.elapsed)
+                    bar.update(self.step, loss, tps, self.elapsed, total=self._schedule_length())
                     self.window = {"loss": 0.0, "steps": 0}
                     window_time, window_tokens = 0.0, 0
                 over = self._budget_exceeded(max_seconds)
