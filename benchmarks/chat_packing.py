@@ -23,7 +23,7 @@ from common import emit, machine, peak_rss_mb, run_alternating, shared
 
 def one_run(args) -> dict:
     import lmforge
-    from lmforge.train import finetune_chat
+    from lmforge.tasks.chat.template import run as finetune_chat
 
     out = Path(args.out)
     computed = []
@@ -48,9 +48,9 @@ def one_run(args) -> dict:
 def make_data(out: Path, block: int) -> int:
     import torch
 
+    from lmforge.checkpoint import save_checkpoint
     from lmforge.models.registry import build_model
     from lmforge.tokenizers import Tokenizer
-    from lmforge.train.checkpoint import save_checkpoint
 
     chats = []
     for line in shared("dailydialog/train/dialogues_train.txt").read_text(encoding="utf-8").splitlines():

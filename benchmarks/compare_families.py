@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import lmforge
-    from lmforge.eval.compare import compare
+    from lmforge.compare import compare
 
     result = {"benchmark": "compare_families", "machine": machine(), "budget_minutes": args.budget_minutes,
               "threads": args.threads, "datasets": {}}

@@ -27,7 +27,7 @@ def dev_file(args, out: Path) -> Path:
     full = shared("conll2003/valid.txt")
     if not args.max_dev:
         return full
-    from lmforge.tasks.conll import read_conll
+    from lmforge.tasks.ner.conll import read_conll
 
     sentences = read_conll(full, max_sentences=args.max_dev)
     path = out / "dev.txt"

@@ -25,7 +25,7 @@ RUNS = ("full", "lora")
 
 def one_run(args) -> dict:
     import lmforge
-    from lmforge.tasks.examples import Fields
+    from lmforge.tasks.classify.examples import Fields
 
     out = Path(args.out)
     run = out / f"run-{args.one}"

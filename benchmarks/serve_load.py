@@ -27,9 +27,9 @@ from common import emit, machine
 def make_checkpoint(folder: Path, n_layer: int, n_embd: int) -> Path:
     import torch
 
+    from lmforge.checkpoint import save_checkpoint
     from lmforge.models.registry import build_model
     from lmforge.tokenizers import Tokenizer
-    from lmforge.train.checkpoint import save_checkpoint
 
     tok = Tokenizer.train("char", ["abcdefghijklmnopqrstuvwxyz .,\n"])
     torch.manual_seed(0)

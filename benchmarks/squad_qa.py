@@ -38,7 +38,8 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/lmforge-squad")
     args = ap.parse_args()
 
-    from lmforge.train.finetune_qa import evaluate_qa, finetune_qa
+    from lmforge.tasks.finetune import finetune
+    from lmforge.tasks.qa.pipeline import evaluate_qa
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -49,7 +50,7 @@ def main() -> None:
         (out / f"{name}.json").write_text(json.dumps({"version": data.get("version"), "data": part}), encoding="utf-8")
     model = import_minilm(out / "minilm") if args.model == "minilm" else Path(args.model)
     start = time.perf_counter()
-    result = finetune_qa(model, out / "train.json", out / "run", epochs=args.epochs, max_examples=args.max_examples,
+    result = finetune("qa", model, out / "train.json", out / "run", epochs=args.epochs, max_examples=args.max_examples,
                          max_length=args.max_length, doc_stride=args.doc_stride, batch_size=args.batch_size,
                          lr=args.lr, max_minutes=args.max_minutes, progress=False)
     train_wall = time.perf_counter() - start

@@ -22,7 +22,7 @@ from common import emit, import_minilm, machine, peak_rss_mb, run_alternating, s
 def one_run(args) -> dict:
 
     import lmforge
-    from lmforge.tasks.examples import Fields
+    from lmforge.tasks.classify.examples import Fields
 
     out = Path(args.out) / args.one
     shutil.rmtree(out, ignore_errors=True)

@@ -6,7 +6,7 @@ import shutil
 import torch
 
 import lmforge
-from lmforge.train import checkpoint as ckpt
+from lmforge import checkpoint as ckpt
 
 
 def losses(run_dir):

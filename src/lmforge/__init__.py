@@ -21,7 +21,7 @@ def __getattr__(name):
 
         return prepare
     if name == "pretrain":
-        from lmforge.train.trainer import pretrain
+        from lmforge.tasks.lm.run import pretrain
 
         return pretrain
     if name in ("load", "LM"):
@@ -33,8 +33,7 @@ def __getattr__(name):
 
         return evaluate
     if name in ("finetune", "pipeline"):
-        from lmforge.tasks import pipeline
-        from lmforge.train import finetune
+        from lmforge.tasks import finetune, pipeline
 
         return {"finetune": finetune.finetune, "pipeline": pipeline.pipeline}[name]
     if name == "Tokenizer":

@@ -167,7 +167,7 @@ def build_run_config(
     arch = arch or "gpt"
     cfg = RunConfig(arch=arch, preset=preset, model=model_config_class(arch)())
     if preset is not None:
-        _apply_section(cfg.model, preset_values, "model")
+        apply_section(cfg.model, preset_values, "model")
     for layer in layers:
         unknown = set(layer) - {"arch", "preset", "model", "optim", "train"}
         if unknown:
@@ -176,7 +176,7 @@ def build_run_config(
             values = layer.get(section) or {}
             if not isinstance(values, dict):
                 raise ConfigError(f"config section {section!r} must be a mapping, got {type(values).__name__}")
-            _apply_section(getattr(cfg, section), values, section)
+            apply_section(getattr(cfg, section), values, section)
     for key, value in parse_overrides(overrides).items():
         set_dotted(cfg, key, value)
     cfg.validate()
@@ -226,7 +226,7 @@ def set_dotted(cfg: RunConfig, key: str, value: Any) -> None:
     section, _, name = key.partition(".")
     if section not in ("model", "optim", "train") or not name:
         raise ConfigError(_unknown_message(key, _all_keys(cfg)))
-    _apply_section(getattr(cfg, section), {name: value}, section, all_keys=_all_keys(cfg))
+    apply_section(getattr(cfg, section), {name: value}, section, all_keys=_all_keys(cfg))
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -236,7 +236,7 @@ def _all_keys(cfg: RunConfig) -> list[str]:
     return [f"{s}.{f.name}" for s in ("model", "optim", "train") for f in dataclasses.fields(getattr(cfg, s))]
 
 
-def _apply_section(obj: Any, values: dict, section: str, all_keys: list[str] | None = None) -> None:
+def apply_section(obj: Any, values: dict, section: str, all_keys: list[str] | None = None) -> None:
     fields = {f.name: f for f in dataclasses.fields(obj)}
     hints = typing.get_type_hints(type(obj))
     for name, value in values.items():

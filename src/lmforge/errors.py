@@ -33,3 +33,7 @@ class TrainingError(LmforgeError):
 
 class EmptySplitError(DataError):
     """A document-level split left the train or validation split without any document."""
+
+
+class MissingExtraError(LmforgeError):
+    """A feature needs an optional dependency that is not installed (`pip install "lmforge[EXTRA]"`)."""

@@ -8,18 +8,18 @@ from pathlib import Path
 
 import torch
 
+from lmforge.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from lmforge.device import autocast_dtype, pick_device, use_compile
 from lmforge.errors import ConfigError
-from lmforge.generate.beam import BeamParams
+from lmforge.eval.perplexity import evaluate
+from lmforge.generate.beam import BeamParams, beam_search, beam_search_prompts, continue_prompts, tokens_until
 from lmforge.generate.sampling import SamplingParams, generate_tokens
+from lmforge.generate.text import text_pieces
+from lmforge.generate.transduce import decode_tokens
+from lmforge.models.registry import TASK_MODELS
+from lmforge.models.seq2seq import decoder_start_id
+from lmforge.tasks.translate.pipeline import check_transducer
 from lmforge.tokenizers import Tokenizer
-
-# Objectives of fine-tuned task models: (what it is, its --task, its pipeline name). They predict, not generate.
-TASK_MODELS = {
-    "classify": ("classification", "classify", "text-classification"),
-    "tag": ("token-classification (NER)", "ner", "ner"),
-    "span": ("question-answering", "qa", "question-answering"),
-}
 
 
 class LM:
@@ -40,16 +40,12 @@ class LM:
     def from_pretrained(cls, path: str | os.PathLike, device: str = "auto", compile: str | bool = "auto") -> LM:
         """`compile`: torch.compile the decoding step (auto: on CUDA only; true also pays off on a CPU for long
         generations and servers, after a compile of tens of seconds)."""
-        from lmforge.train.checkpoint import load_checkpoint, resolve_checkpoint
-
         ckpt = resolve_checkpoint(path)
         model, tokenizer, config = load_checkpoint(ckpt, pick_device(device))
         return cls(model, tokenizer, config, ckpt, compile)
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write a checkpoint folder (weights, tokenizer, config; no training state)."""
-        from lmforge.train.checkpoint import save_checkpoint
-
         config = {k: v for k, v in self.config.items() if k not in ("lmforge_version", "tokenizer")}
         return save_checkpoint(path, self.model, self.tokenizer, config)
 
@@ -72,29 +68,31 @@ class LM:
         temperature 0 is greedy decoding. Generation ends at max_new_tokens, at the end-of-sequence token, or
         just before the first stop string. With stream=True (one prompt), yields text pieces as they are made.
         """
-        self._check_generative()
+        self.check_generative()
         params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
         params.validate()
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if isinstance(prompt, list):
             if stream:
                 raise ConfigError("stream=True takes a single prompt")
-            ids = [self._prompt_ids(p) for p in prompt]  # every prompt is checked before any work
+            ids = [self.prompt_ids(p) for p in prompt]  # every prompt is checked before any work
             # Batched while every row fits the context: past it, each row would slide its window at its own step.
             fits = max(map(len, ids)) + max_new_tokens <= self.model.config.block_size
             if hasattr(self.model, "new_cache") and len(ids) > 1 and fits:
                 return self._generate_batch(prompt, ids, params, stops, seed, use_cache)
             return ["".join(self._stream(p, i, params, stops, seed, use_cache)) for p, i in zip(prompt, ids)]
         # Checked here, not inside the generator, so a bad prompt fails before anything is streamed.
-        pieces = self._stream(prompt, self._prompt_ids(prompt), params, stops, seed, use_cache)
+        pieces = self._stream(prompt, self.prompt_ids(prompt), params, stops, seed, use_cache)
         return pieces if stream else "".join(pieces)
 
-    def _check_generative(self) -> None:
+    def check_generative(self) -> None:
+        """ConfigError saying what to use instead when this model cannot continue a prompt (a fine-tuned task
+        model, an encoder-decoder, a masked-LM encoder)."""
         task = TASK_MODELS.get(getattr(self.model.config, "objective", None))
         if task is not None:
             raise ConfigError(f"{self.path or 'this model'} is a fine-tuned {task[0]} model: use `lmforge predict "
                               f"--task {task[1]}` or lmforge.pipeline('{task[2]}', model=...) instead of generate")
-        if self._is_seq2seq():
+        if self.is_seq2seq():
             raise ConfigError(
                 f"{self.path or 'this model'} is an encoder-decoder (seq2seq) that rewrites a source text instead of "
                 "continuing a prompt; use transduce()"
@@ -105,7 +103,8 @@ class LM:
                 "masked tokens but cannot continue text; use fill_mask(), or a gpt/rnn/ngram checkpoint to generate"
             )
 
-    def _is_seq2seq(self) -> bool:
+    def is_seq2seq(self) -> bool:
+        """Whether this is an encoder-decoder, which rewrites a source text with transduce()."""
         return getattr(self.model.config, "objective", None) == "seq2seq"
 
     def transduce(
@@ -128,7 +127,7 @@ class LM:
 
         For encoder-decoders (arch seq2seq), and for decoder-only models (gpt) fine-tuned with `lmforge finetune
         --task translate|summarize`, which continue the prompt `<|eos|> source separator` their config keeps
-        (tasks/pair_prompts.py; prompts of one length are batched together, and a prompt longer than the context
+        (tasks/translate/prompts.py; prompts of one length are batched together, and a prompt longer than the context
         is a ConfigError). temperature 0 is greedy decoding. The output ends at the end-of-sequence token or after
         max_new_tokens (default and limit: block_size - 1, the decoder positions left after its start token; a
         decoder-only model's output also ends when the context is full). Special tokens are kept, so a
@@ -139,10 +138,6 @@ class LM:
         and min_new_tokens belong to it); num_beams=1 is greedy decoding. With num_return_sequences > 1 each source
         gets a list of that many outputs, best first.
         """
-        from lmforge.generate.beam import tokens_until
-        from lmforge.models.seq2seq import decode_tokens, decoder_start_id
-        from lmforge.tasks.pair_prompts import check_transducer
-
         prompt = check_transducer(self, "transduce (use generate() to continue a text)")  # None: an encoder-decoder
         block = self.model.config.block_size
         limit = block - 1
@@ -185,8 +180,6 @@ class LM:
 
     def _prompted_texts(self, prompts: list[list[int]], params: SamplingParams, beams: BeamParams | None,
                         generator, use_cache: bool) -> list[str] | list[list[str]]:
-        from lmforge.generate.beam import beam_search_prompts, continue_prompts
-
         if beams is not None:
             return self._hypothesis_texts(beam_search_prompts(self.model, prompts, self.tokenizer.eos_id, beams),
                                           beams.num_return_sequences)
@@ -194,9 +187,6 @@ class LM:
         return [self.tokenizer.decode(o, skip_special_tokens=False) for o in out]
 
     def _beam_texts(self, src: torch.Tensor, src_mask: torch.Tensor, params) -> list[str] | list[list[str]]:
-        from lmforge.generate.beam import beam_search
-        from lmforge.models.seq2seq import decoder_start_id
-
         if self.tokenizer.eos_id is None:
             raise ConfigError("beam search needs a tokenizer with an <|eos|> token")
         beams = beam_search(self.model, src.to(self.device), src_mask.to(self.device),
@@ -231,7 +221,9 @@ class LM:
             out.append([(self.tokenizer.decode([i]), float(q)) for i, q in zip(idx.tolist(), p.tolist())])
         return out
 
-    def _prompt_ids(self, prompt: str) -> list[int]:
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The ids generate() continues for `prompt` (after the end-of-sequence token, as documents follow one in
+        training); ConfigError when they do not fit the model's context."""
         ids = self.tokenizer.encode(prompt)
         eos = self.tokenizer.eos_id
         # Documents follow an end-of-sequence token in training, so it is the natural "start of text" context.
@@ -281,38 +273,13 @@ class LM:
         return ["".join(self._pieces(p, iter(r), stops)) for p, r in zip(prompts, rows)]
 
     def _pieces(self, prompt: str, tokens: Iterator[int], stops: list[str]) -> Iterator[str]:
-        """Text pieces of a continuation as its tokens arrive: up to the end-of-sequence token or a stop string."""
-        out: list[int] = []
-        emitted = ""
-        # Word-level tokenizers decode words joined by spaces: the continuation needs one after the prompt.
-        sep = " " if self.tokenizer.kind == "word" and prompt and not prompt[-1].isspace() else ""
-        hold = max((len(s) for s in stops), default=1) - 1
-        for t in tokens:
-            if t == self.tokenizer.eos_id:
-                break
-            out.append(t)
-            text = sep + self.tokenizer.decode(out)
-            cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-            if cut >= 0:
-                if cut > len(emitted):
-                    yield text[len(emitted) : cut]
-                return
-            # Hold back an unfinished UTF-8 sequence and anything that may be the start of a stop string.
-            ready = len(text) - hold if stops else len(text)
-            while ready > len(emitted) and text[ready - 1] == "\ufffd":
-                ready -= 1
-            if ready > len(emitted):
-                yield text[len(emitted) : ready]
-                emitted = text[:ready]
-        text = sep + self.tokenizer.decode(out) if out else ""
-        if len(text) > len(emitted):
-            yield text[len(emitted) :]
+        """Text pieces of a continuation as its tokens arrive: up to the end-of-sequence token or a stop string
+        (generate/text.py, the same rules as the server's)."""
+        return text_pieces(self.tokenizer, prompt, tokens, stops)
 
     # ---- evaluation and facts ------------------------------------------------------------------------
     def evaluate(self, data: str | os.PathLike, max_tokens: int | None = None, batch_size: int = 8) -> dict:
         """Loss, perplexity and bits per byte on a prepared data directory (val split) or a text file."""
-        from lmforge.eval.perplexity import evaluate
-
         return evaluate(self, data, max_tokens=max_tokens, batch_size=batch_size)
 
     def num_params(self) -> int:

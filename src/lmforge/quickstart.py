@@ -37,7 +37,7 @@ def quickstart(
     from lmforge.eval.baseline import unigram_baseline
     from lmforge.eval.perplexity import evaluate
     from lmforge.lm import load
-    from lmforge.train.trainer import pretrain
+    from lmforge.tasks.lm.run import pretrain
 
     console = console or Console(stderr=False, highlight=False)
     if not minutes > 0:

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 
 import lmforge
+from lmforge.checkpoint import load_checkpoint, save_checkpoint
 from lmforge.cli.main import main
 from lmforge.compress.distill import distill_loss_sum
 from lmforge.compress.distill_classify import DistillClassify, distill_classifier
-from lmforge.tasks.examples import read_examples
-from lmforge.tasks.pipeline import evaluate_classifier
-from lmforge.train.checkpoint import load_checkpoint, save_checkpoint
+from lmforge.tasks.classify.examples import read_examples
+from lmforge.tasks.classify.pipeline import evaluate_classifier
 from tests.tasks.test_classify import FIELDS, sentiment, tiny_backbones  # noqa: F401 (fixtures)
 
 # A student several times smaller than the teacher (a 2x32 BERT, ~32k parameters): ~6k parameters.

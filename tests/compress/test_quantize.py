@@ -8,18 +8,12 @@ import torch
 from torch import nn
 
 import lmforge
+from lmforge.checkpoint import save_checkpoint
 from lmforge.cli.main import main
-from lmforge.compress.quantize import (
-    Int4Linear,
-    Int8Linear,
-    pack_int4,
-    quantize_checkpoint,
-    quantize_model,
-    unpack_int4,
-)
+from lmforge.compress.quantize import quantize_checkpoint
+from lmforge.models.quantized import Int4Linear, Int8Linear, pack_int4, quantize_model, unpack_int4
 from lmforge.models.registry import build_model
 from lmforge.tokenizers import Tokenizer
-from lmforge.train.checkpoint import save_checkpoint
 from tests.conftest import TINY
 
 

@@ -6,8 +6,8 @@ import math
 import pytest
 
 from lmforge.cli.main import main
+from lmforge.compare import compare
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.eval.compare import compare
 
 # Tiny models so that a whole comparison takes a few seconds; per-family keys carry the family's name.
 TINY = {

@@ -8,6 +8,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from lmforge.checkpoint import save_checkpoint  # noqa: E402
 from lmforge.cli.main import main  # noqa: E402
 from lmforge.errors import CheckpointError, ConfigError  # noqa: E402
 from lmforge.export.hf import export_hf, import_hf  # noqa: E402
@@ -15,7 +16,6 @@ from lmforge.generate.sampling import SamplingParams, generate_tokens  # noqa: E
 from lmforge.lm import load  # noqa: E402
 from lmforge.models.registry import build_model  # noqa: E402
 from lmforge.tokenizers import Tokenizer  # noqa: E402
-from lmforge.train.checkpoint import save_checkpoint  # noqa: E402
 
 TEXT = ["the quick brown fox jumps over the lazy dog. 敏捷的狐狸 🦊 " * 3] * 20
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from lmforge.checkpoint import load_checkpoint, save_checkpoint
 from lmforge.cli.main import main
 from lmforge.export.onnx import check_onnx, export_onnx, greedy_onnx, greedy_torch
 from lmforge.models.registry import build_model
 from lmforge.tokenizers import Tokenizer
-from lmforge.train.checkpoint import load_checkpoint, save_checkpoint
 
 ort = pytest.importorskip("onnxruntime")
 

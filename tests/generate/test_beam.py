@@ -7,7 +7,8 @@ import torch
 from lmforge.errors import ConfigError
 from lmforge.generate.beam import BeamParams, beam_search
 from lmforge.generate.sampling import SamplingParams
-from lmforge.models.seq2seq import Seq2Seq, Seq2SeqConfig, decode_tokens
+from lmforge.generate.transduce import decode_tokens
+from lmforge.models.seq2seq import Seq2Seq, Seq2SeqConfig
 
 START, EOS = 2, 3
 
@@ -235,7 +236,7 @@ def test_decoder_only_outputs_stop_at_the_end_of_the_context_and_long_prompts_ar
 
 def test_transduce_with_a_decoder_only_model_fine_tuned_on_pairs():
     from lmforge.lm import LM
-    from lmforge.tasks.pair_prompts import PairPrompt
+    from lmforge.tasks.translate.prompts import PairPrompt
     from lmforge.tokenizers import Tokenizer
 
     tok = Tokenizer.train("char", ["abcdefghijklmnopqrstuvwx\n"])

@@ -7,10 +7,10 @@ import json
 import torch
 import torch.nn.functional as F
 
+from lmforge.checkpoint import load_checkpoint, save_checkpoint
 from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.models.layers import MLP
 from lmforge.tokenizers import Tokenizer
-from lmforge.train.checkpoint import load_checkpoint, save_checkpoint
 
 
 def test_gelu_is_exact_and_gelu_tanh_is_gpt2s_approximation():

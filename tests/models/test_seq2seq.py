@@ -6,13 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lmforge.checkpoint import load_checkpoint, save_checkpoint
 from lmforge.cli.info import describe
 from lmforge.cli.main import main
 from lmforge.errors import ConfigError
 from lmforge.generate.sampling import SamplingParams
-from lmforge.models.seq2seq import Seq2Seq, Seq2SeqConfig, decode_tokens
+from lmforge.generate.transduce import decode_tokens
+from lmforge.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from lmforge.tokenizers import Tokenizer
-from lmforge.train.checkpoint import load_checkpoint, save_checkpoint
 
 VARIANTS = [
     dict(),  # pre-LN, sinusoidal positions, shared embeddings

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 import lmforge
 from lmforge.serve import create_app
 from lmforge.serve.batching import CallJob
-from lmforge.tasks.examples import Fields
+from lmforge.tasks.classify.examples import Fields
 from tests.conftest import TINY
 
 
@@ -61,7 +61,7 @@ def test_greedy_completion_equals_lm_generate_and_counts_usage(client, lm):
     assert choice["text"] == lm.generate("alice ", max_new_tokens=20, temperature=0) and choice["text"]
     assert choice["finish_reason"] in ("length", "stop")
     usage = body["usage"]
-    assert usage["prompt_tokens"] == len(lm._prompt_ids("alice "))
+    assert usage["prompt_tokens"] == len(lm.prompt_ids("alice "))
     assert 0 < usage["completion_tokens"] <= 20 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 

@@ -10,13 +10,12 @@ import torch
 from fastapi.testclient import TestClient
 
 import lmforge
+from lmforge.checkpoint import save_checkpoint
 from lmforge.models.registry import build_model
 from lmforge.serve import create_app
 from lmforge.serve.tasks import MAX_TEXT_CHARS
-from lmforge.tasks.examples import Fields
+from lmforge.tasks.classify.examples import Fields
 from lmforge.tokenizers import Tokenizer
-from lmforge.train.checkpoint import save_checkpoint
-from lmforge.train.finetune_qa import finetune_qa
 from tests.serve.test_server import assert_error
 from tests.tasks.test_classify import reviews
 from tests.tasks.test_ner import write_conll
@@ -53,7 +52,7 @@ def checkpoints(backbones, tmp_path_factory):
     lmforge.finetune("ner", "lstm", write_conll(folder / "train.txt", 200, 0), folder / "ner", epochs=3,
                      batch_size=16, lr=3e-3, **QUIET)
     (folder / "squad.json").write_text(json.dumps(squad(200, 0)))
-    finetune_qa(backbones["bert"], folder / "squad.json", folder / "qa", epochs=2, max_length=32, doc_stride=12,
+    lmforge.finetune("qa", backbones["bert"], folder / "squad.json", folder / "qa", epochs=2, max_length=32, doc_stride=12,
                 batch_size=16, lr=3e-3, **QUIET)
     (folder / "pairs.tsv").write_text(translation_pairs(200, 0), encoding="utf-8")
     lmforge.finetune("translate", "seq2seq-test", folder / "pairs.tsv", folder / "translate", epochs=4, lr=3e-3,

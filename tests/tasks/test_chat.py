@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import lmforge
+from lmforge.checkpoint import save_checkpoint
 from lmforge.cli.chat import ChatSession, sentiment_note
 from lmforge.errors import ConfigError, DataError
 from lmforge.models.registry import build_model
-from lmforge.tasks.chat import ChatTemplate, read_conversations
+from lmforge.tasks.chat.template import ChatTemplate, read_conversations
 from lmforge.tokenizers import Tokenizer
-from lmforge.train.checkpoint import save_checkpoint
 
 NAMES = ["bob", "ann", "tim", "eve", "sam", "kim", "joe", "liz", "max", "ned", "pat", "ray", "sue", "ted", "val",
          "zoe", "amy", "ben", "cal", "dan", "eli", "fay", "gus", "hal", "ivy", "jan", "kit", "lou", "meg", "nia"]
@@ -114,11 +114,11 @@ def test_finetuned_gpt_learns_the_reply_and_carries_the_template(chat_run):
 
 def test_server_renders_the_stored_template(chat_run):
     pytest.importorskip("fastapi")
-    from lmforge.serve.app import _compile_template
+    from lmforge.serve.app import compile_template
 
     lm = lmforge.load(chat_run[0].best)
     messages = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "i am roy"}]
-    served = _compile_template(lm.config["chat_template"])
+    served = compile_template(lm.config["chat_template"])
     rendered = served.render(messages=messages, add_generation_prompt=True, bos_token="", eos_token="")
     assert rendered == ChatTemplate.from_config(lm.config).render(messages, add_generation_prompt=True)
 
@@ -161,7 +161,7 @@ def test_sentiment_aware_system_message(chat_run, tmp_path):
         rows.append(f"{' '.join(rng.sample(['i', 'am', 'feel', 'so', 'today', 'really'], 3))} {word}\t{label}")
     (tmp_path / "s.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     clf = lmforge.finetune("classify", "lstm", tmp_path / "s.tsv", tmp_path / "clf", epochs=4, lr=3e-3,
-                           fields=lmforge.tasks.examples.Fields(text="sentence"), progress=False)
+                           fields=lmforge.tasks.classify.examples.Fields(text="sentence"), progress=False)
     classifier = lmforge.pipeline("sentiment-analysis", model=clf.best)
     session = ChatSession(lmforge.load(chat_run[0].best), system="be kind", classifier=classifier, max_new_tokens=12)
     prompt = session.prompt("i feel so sad")

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import lmforge
+from lmforge.checkpoint import save_checkpoint
 from lmforge.cli.main import main
 from lmforge.errors import ConfigError, DataError
 from lmforge.models.registry import build_model
-from lmforge.tasks.encoding import TextEncoder
-from lmforge.tasks.examples import Fields, read_examples
+from lmforge.tasks.classify.encoding import TextEncoder
+from lmforge.tasks.classify.examples import Fields, read_examples
 from lmforge.tokenizers import Tokenizer
-from lmforge.train.checkpoint import save_checkpoint
 
 GOOD = ["good", "great", "lovely", "superb", "fine"]
 BAD = ["bad", "awful", "boring", "dull", "poor"]

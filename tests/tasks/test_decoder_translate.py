@@ -10,10 +10,10 @@ import torch
 import lmforge
 from lmforge.cli.main import main
 from lmforge.errors import ConfigError, DataError
-from lmforge.tasks.chat import IGNORE_INDEX
-from lmforge.tasks.pair_prompts import PairPrompt
-from lmforge.tasks.pairs import Pair, read_pairs
-from lmforge.train.finetune_chat import collate
+from lmforge.tasks.translate.pairs import Pair, read_pairs
+from lmforge.tasks.translate.prompts import PairPrompt
+from lmforge.train.labels import IGNORE_INDEX
+from lmforge.train.objectives import collate_labelled as collate
 from tests.conftest import TINY
 
 LETTERS = "abcdefhk"  # characters the pretraining corpus (tests/conftest.py) has, so the char tokenizer knows them

@@ -9,15 +9,16 @@ import pytest
 import torch
 
 import lmforge
+from lmforge.checkpoint import save_checkpoint
 from lmforge.cli.main import main
 from lmforge.errors import DataError
 from lmforge.eval.ner import entity_metrics
 from lmforge.models.registry import build_model
-from lmforge.tasks.conll import read_conll
-from lmforge.tasks.ner_pipeline import merge_entities, split_words
-from lmforge.tasks.word_encoding import IGNORE, WordEncoder
+from lmforge.tasks.ner.conll import read_conll
+from lmforge.tasks.ner.encoding import WordEncoder
+from lmforge.tasks.ner.pipeline import merge_entities, split_words
 from lmforge.tokenizers import Tokenizer
-from lmforge.train.checkpoint import save_checkpoint
+from lmforge.train.labels import IGNORE_INDEX
 
 SYLLABLES = ["ka", "lo", "mi", "ren", "tor", "vak", "sel", "du", "bri", "gan", "os", "pe"]
 CITIES = [["Paris"], ["London"], ["New", "York"], ["Rome"], ["Cairo"], ["Buenos", "Aires"]]
@@ -108,14 +109,14 @@ def test_only_the_first_sub_token_of_a_word_is_labelled():
     pieces = [len(tok.encode(w)) for w in words]
     assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id and len(ids) == sum(pieces) + 2
     assert starts == [1, 1 + pieces[0], 1 + pieces[0] + pieces[1]]
-    expected = [IGNORE] * len(ids)
+    expected = [IGNORE_INDEX] * len(ids)
     for start, tag in zip(starts, [0, 1, 2]):
         expected[start] = tag
     assert labels == expected  # [CLS], [SEP] and every later piece are ignored by the loss
     # Truncation keeps whole words: the rare word does not fit, so only "the" is left.
     short = WordEncoder(tok, "bert", max_length=pieces[0] + 3)
     ids, labels, starts = short(words, [0, 1, 2])
-    assert starts == [1] and [x for x in labels if x != IGNORE] == [0] and len(ids) == pieces[0] + 2
+    assert starts == [1] and [x for x in labels if x != IGNORE_INDEX] == [0] and len(ids) == pieces[0] + 2
     # Prediction reads a long sentence in pieces of whole words, covering every word once.
     spans = short.spans(short.pieces(words))
     assert spans[0] == (0, 1) and spans[-1][1] == 3 and all(a < b for a, b in spans)

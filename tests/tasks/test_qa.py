@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+import lmforge
+from lmforge.checkpoint import save_checkpoint
 from lmforge.errors import ConfigError, DataError
 from lmforge.models.registry import build_model
-from lmforge.tasks.qa import Window, best_spans, make_windows
-from lmforge.tasks.squad import QAExample, exact_match, f1_score, read_squad, squad_scores
+from lmforge.tasks.qa.pipeline import QuestionAnsweringPipeline, evaluate_qa
+from lmforge.tasks.qa.squad import QAExample, exact_match, f1_score, read_squad, squad_scores
+from lmforge.tasks.qa.windows import Window, best_spans, make_windows
 from lmforge.tokenizers import Tokenizer
-from lmforge.train.checkpoint import save_checkpoint
-from lmforge.train.finetune_qa import QuestionAnsweringPipeline, evaluate_qa, finetune_qa
 
 WORDS = "the game was played on a sunny day and many fans came to see it in the big stadium of the city".split()
 QUESTION = "what was the number ?"
@@ -103,8 +104,8 @@ def test_wrong_answer_offsets_are_fixed_or_dropped_with_one_warning(tmp_path):
 
 
 def test_a_tiny_encoder_learns_to_extract_the_answer(qa_data, tmp_path):
-    result = finetune_qa(qa_data / "bert", qa_data / "train.json", tmp_path / "run", dev=qa_data / "dev.json",
-                         epochs=3, max_length=32, doc_stride=12, batch_size=16, lr=3e-3, progress=False)
+    result = lmforge.finetune("qa", qa_data / "bert", qa_data / "train.json", tmp_path / "run", dev=qa_data / "dev.json",
+                              epochs=3, max_length=32, doc_stride=12, batch_size=16, lr=3e-3, progress=False)
     assert result.metrics["val_f1"] > 75, result.metrics
     assert evaluate_qa(tmp_path / "run", qa_data / "dev.json")["f1"] == pytest.approx(result.metrics["val_f1"])
     qa = QuestionAnsweringPipeline(tmp_path / "run")
@@ -114,7 +115,7 @@ def test_a_tiny_encoder_learns_to_extract_the_answer(qa_data, tmp_path):
     with pytest.raises(ConfigError, match="question"):
         qa(question="", context=context)
     with pytest.raises(ConfigError, match="bert"):
-        finetune_qa(tmp_path / "run", qa_data / "train.json", tmp_path / "again", progress=False)
+        lmforge.finetune("qa", tmp_path / "run", qa_data / "train.json", tmp_path / "again", progress=False)
 
 
 def test_cli_finetune_evaluate_predict_qa(qa_data, tmp_path, capsys):

@@ -10,7 +10,7 @@ import lmforge
 from lmforge.cli.main import main
 from lmforge.errors import DataError
 from lmforge.eval.seq2seq_metrics import bleu, chrf, rouge, score_outputs, write_report
-from lmforge.tasks.pairs import Pair, read_pairs, read_parallel
+from lmforge.tasks.translate.pairs import Pair, read_pairs, read_parallel
 
 
 def test_tsv_and_jsonl_pairs_and_their_errors(tmp_path):

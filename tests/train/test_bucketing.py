@@ -57,7 +57,7 @@ def test_a_restored_objective_continues_the_bucketed_epoch():
 def test_fine_tuning_groups_by_length_only_when_asked(tmp_path):
     """train.group_by_length reaches the classification objective (off by default, as in transformers)."""
     import lmforge
-    from lmforge.train import finetune as ft
+    from lmforge.tasks.classify import run as ft
 
     seen = []
     real = ft.ClassifyObjective.__init__

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import lmforge
+from lmforge import checkpoint as ckpt
 from lmforge.cli.main import main
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.tasks.examples import Fields
-from lmforge.train import checkpoint as ckpt
+from lmforge.tasks.classify.examples import Fields
 from lmforge.train.trainer import Trainer
 from tests.tasks.test_classify import FIELDS, sentiment, tiny_backbones  # noqa: F401 (fixtures)
 from tests.tasks.test_translate import FAST, translation_pairs

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmforge.models.registry import build_model
-from lmforge.tasks.chat import IGNORE_INDEX
+from lmforge.train.labels import IGNORE_INDEX
 from lmforge.train.packing import PAD_SEGMENT, collate_packed, pack
 
 LLAMA = dict(position="rope", norm="rmsnorm", activation="swiglu", bias=False, tie_embeddings=False, n_kv_head=2)
@@ -52,7 +52,7 @@ def test_a_packed_row_gives_each_example_its_own_logits(style):
 
 # ---- packed fine-tuning: the same training as padded batches, on fewer rows --------------------------------------
 def test_packed_batches_hold_the_same_targets_in_fewer_rows():
-    from lmforge.train.finetune_chat import ChatObjective
+    from lmforge.train.objectives import LabelledSequences as ChatObjective
 
     r = random.Random(0)
     rows = []
@@ -84,8 +84,8 @@ def chat_data(tmp_path):
 def small_gpt(tmp_path_factory):
     import dataclasses
 
+    from lmforge.checkpoint import save_checkpoint
     from lmforge.tokenizers import Tokenizer
-    from lmforge.train.checkpoint import save_checkpoint
 
     tok = Tokenizer.train("char", ["<|system|>\n<|user|>\n<|assistant|>\n", "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ"])
     torch.manual_seed(0)

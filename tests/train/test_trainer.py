@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import lmforge
+from lmforge import checkpoint as ckpt
 from lmforge.errors import CheckpointError, ConfigError, DataError, TokenizerError, TrainingError
-from lmforge.train import checkpoint as ckpt
 from tests.runs import assert_resume_is_exact, losses
 
 

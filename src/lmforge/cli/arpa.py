@@ -50,19 +50,19 @@ def run_export(args) -> int:
 def run_import(args) -> int:
     from pathlib import Path
 
+    from lmforge.checkpoint import save_checkpoint
     from lmforge.errors import CheckpointError
     from lmforge.models.arpa import read_arpa
     from lmforge.models.ngram import NGramLM
     from lmforge.models.ngram_model import NGram, NGramConfig
-    from lmforge.tokenizers.tokenizer import SPECIAL_TOKENS, Tokenizer, _word_tokenizer
-    from lmforge.train.checkpoint import save_checkpoint
+    from lmforge.tokenizers.tokenizer import SPECIAL_TOKENS, Tokenizer, word_tokenizer
 
     if Path(args.out).exists():
         raise CheckpointError(f"{args.out} already exists; choose another --out")
     _, words, _ = read_arpa(args.arpa)
     roles = {"<s>": "bos", "</s>": "eos", "<unk>": "unk"}
     plain = [w for w in words if w not in roles and w not in SPECIAL_TOKENS.values()]
-    tokenizer = Tokenizer(_word_tokenizer(plain))
+    tokenizer = Tokenizer(word_tokenizer(plain))
     lookup = {w: tokenizer.special_ids[r] for w, r in roles.items()}
     lm = NGramLM.from_arpa(args.arpa, lambda w: lookup[w] if w in lookup else tokenizer.token_to_id(w))
     cfg = NGramConfig(order=lm.order, vocab_size=lm.vocab_size, bos_id=lm.bos_id, eos_id=lm.eos_id,

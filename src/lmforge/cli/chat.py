@@ -40,7 +40,7 @@ class ChatSession:
     """The conversation state and the prompt of the next turn (kept apart from terminal I/O so tests can call it)."""
 
     def __init__(self, lm, system: str | None = None, classifier=None, max_new_tokens: int = 100):
-        from lmforge.tasks.chat import ChatTemplate
+        from lmforge.tasks.chat.template import ChatTemplate
 
         self.lm, self.system, self.classifier, self.max_new_tokens = lm, system, classifier, max_new_tokens
         try:
@@ -107,7 +107,7 @@ def run(args) -> int:
     if args.max_turn_chars < 1 or args.max_new_tokens < 1:
         raise ConfigError("--max-turn-chars and --max-new-tokens must be at least 1")
     lm = lmforge.load(args.ckpt, device=args.device, compile=args.compile)
-    lm._check_generative()
+    lm.check_generative()
     classifier = None
     if args.sentiment_model:
         classifier = lmforge.pipeline("sentiment-analysis", model=args.sentiment_model)

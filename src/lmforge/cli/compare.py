@@ -17,7 +17,7 @@ The report: REPORT_DIR/table.md, results.json and curves.png; each run stays in 
 
 
 def register(subparsers) -> None:
-    from lmforge.eval.compare import describe_defaults
+    from lmforge.compare import describe_defaults
 
     p = add_verb(
         subparsers,
@@ -45,9 +45,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from lmforge.compare import compare, markdown_table
     from lmforge.config import parse_overrides
     from lmforge.errors import ConfigError
-    from lmforge.eval.compare import compare, markdown_table
 
     presets = {}
     for item in args.preset:

@@ -82,7 +82,7 @@ def run(args) -> int:
 
 def run_classifier(args) -> int:
     from lmforge.eval.classification import format_metrics
-    from lmforge.tasks.pipeline import evaluate_classifier
+    from lmforge.tasks.classify.pipeline import evaluate_classifier
 
     given = {"text": args.text_field, "pair": args.text_pair_field, "label": args.label_field,
              "label_sep": args.label_sep}

@@ -44,7 +44,7 @@ def add_field_options(p) -> None:
 
 
 def fields_from(args, default=None):
-    from lmforge.tasks.examples import Fields
+    from lmforge.tasks.classify.examples import Fields
 
     base = default or Fields()
     return Fields(
@@ -127,7 +127,7 @@ def register(subparsers) -> None:
 
 
 def run_finetune(args) -> int:
-    from lmforge.train.finetune import finetune
+    from lmforge.tasks.finetune import finetune
 
     result = finetune(
         args.task, args.model, args.train, args.out, dev=args.dev, fields=fields_from(args),
@@ -168,7 +168,7 @@ def run_predict(args) -> int:
     from pathlib import Path
 
     from lmforge.errors import DataError
-    from lmforge.tasks.pipeline import TextClassificationPipeline
+    from lmforge.tasks.classify.pipeline import TextClassificationPipeline
 
     if args.task == "ner":
         from lmforge.cli.ner import run_predict_ner

@@ -36,7 +36,7 @@ def describe(target: str, overrides: list[str] | None = None) -> dict:
 
     info: dict = {}
     if Path(target).exists():
-        from lmforge.train.checkpoint import read_config, resolve_checkpoint
+        from lmforge.checkpoint import read_config, resolve_checkpoint
 
         ckpt = resolve_checkpoint(target)
         config = read_config(ckpt)
@@ -52,7 +52,7 @@ def describe(target: str, overrides: list[str] | None = None) -> dict:
     else:
         raise ConfigError(f"{target} is neither a checkpoint path nor a preset ({', '.join(PRESETS)})")
     if is_statistical(arch) and "source" in info and Path(target).exists():
-        from lmforge.train.checkpoint import load_checkpoint
+        from lmforge.checkpoint import load_checkpoint
 
         model = load_checkpoint(target)[0]  # its size is the fitted tables
     else:

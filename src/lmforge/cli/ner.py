@@ -12,7 +12,7 @@ from lmforge.errors import DataError
 
 def run_evaluate_ner(args) -> int:
     from lmforge.eval.ner import format_ner_metrics
-    from lmforge.tasks.ner_pipeline import evaluate_ner
+    from lmforge.tasks.ner.pipeline import evaluate_ner
 
     scores = evaluate_ner(args.ckpt, args.data, report=args.report, device=args.device)
     if args.json:
@@ -25,7 +25,7 @@ def run_evaluate_ner(args) -> int:
 
 
 def run_predict_ner(args) -> int:
-    from lmforge.tasks.ner_pipeline import TokenClassificationPipeline
+    from lmforge.tasks.ner.pipeline import TokenClassificationPipeline
 
     ner = TokenClassificationPipeline(args.ckpt, device=args.device)
     if args.input == "-":

@@ -45,7 +45,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from lmforge.train.trainer import pretrain
+    from lmforge.tasks.lm.run import pretrain
 
     result = pretrain(
         data=args.data,

@@ -63,9 +63,9 @@ def _amounts(text: str) -> list[float]:
 def run(args) -> int:
     from pathlib import Path
 
+    from lmforge.checkpoint import read_config
     from lmforge.compress.prune import check_amount, describe, plot, prune_checkpoint, sweep
     from lmforge.errors import ConfigError
-    from lmforge.train.checkpoint import read_config
 
     check_amount(args.amount)
     if args.report and not args.data:

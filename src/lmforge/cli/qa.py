@@ -11,7 +11,7 @@ from lmforge.errors import DataError
 
 
 def run_evaluate_qa(args) -> int:
-    from lmforge.train.finetune_qa import evaluate_qa
+    from lmforge.tasks.qa.pipeline import evaluate_qa
 
     scores = evaluate_qa(args.ckpt, args.data, device=args.device)
     if args.report:
@@ -28,7 +28,7 @@ def run_evaluate_qa(args) -> int:
 def _questions(source: str) -> list[dict]:
     """{"question", "context"} items from a JSON Lines file (or stdin), or every question of a SQuAD file."""
     if source != "-" and Path(source).suffix.lower() == ".json":
-        from lmforge.tasks.squad import read_squad
+        from lmforge.tasks.qa.squad import read_squad
 
         return [{"id": ex.id, "question": ex.question, "context": ex.context} for ex in read_squad(source)]
     try:
@@ -51,7 +51,7 @@ def _questions(source: str) -> list[dict]:
 
 
 def run_predict_qa(args) -> int:
-    from lmforge.train.finetune_qa import QuestionAnsweringPipeline
+    from lmforge.tasks.qa.pipeline import QuestionAnsweringPipeline
 
     qa = QuestionAnsweringPipeline(args.ckpt, device=args.device)
     items = _questions(args.input)

@@ -38,9 +38,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from lmforge.checkpoint import read_config
     from lmforge.compress.quantize import quantize_checkpoint, report
     from lmforge.errors import ConfigError
-    from lmforge.train.checkpoint import read_config
 
     if args.report and not args.data:
         raise ConfigError("--report needs --data FILE (a text file or a prepared data directory) for the perplexity")

@@ -23,7 +23,7 @@ def add_beam_option(p) -> None:
 
 
 def run_evaluate_seq2seq(args) -> int:
-    from lmforge.eval.seq2seq_metrics import evaluate_seq2seq
+    from lmforge.tasks.translate.pipeline import evaluate_seq2seq
 
     scores = evaluate_seq2seq(args.ckpt, args.data, args.task, num_beams=args.num_beams,
                               source_field=args.source_field, target_field=args.target_field, report=args.report,
@@ -78,7 +78,7 @@ def run_predict_seq2seq(args) -> int:
 
     from lmforge.errors import ConfigError
     from lmforge.lm import load
-    from lmforge.tasks.pair_prompts import check_transducer, decode_sources
+    from lmforge.tasks.translate.pipeline import check_transducer, decode_sources
 
     if args.num_beams < 1:
         raise ConfigError(f"--num-beams must be >= 1, got {args.num_beams}")

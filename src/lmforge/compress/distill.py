@@ -5,12 +5,13 @@
 summed over the predicted tokens. T^2 keeps the soft term's gradients on the scale of the hard term's as T grows.
 The student is built from a preset with the teacher's tokenizer (the data must be tokenized with it too) and
 trained by the one training loop: `DistillLM` is an ordinary training objective that holds the frozen teacher,
-and `DistillTrainer` only swaps it in. Checkpoints, resuming a run's metrics, validation (the student's own
-next-token perplexity) and the model card are the Trainer's.
+and the run is pretraining's run specification (tasks/lm/run.py) with that objective swapped in. Checkpoints,
+validation (the student's own next-token perplexity) and the model card are pretraining's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -18,9 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge import checkpoint as ckpt
+from lmforge.compress.quantize import tokens_per_second
+from lmforge.config import build_run_config, parse_overrides
+from lmforge.data.shards import load_prepared
 from lmforge.errors import ConfigError, TokenizerError
-from lmforge.train.objectives import IGNORE_INDEX, CausalLM
-from lmforge.train.trainer import RunResult, Trainer, load_prepared
+from lmforge.eval.perplexity import evaluate
+from lmforge.lm import load
+from lmforge.models.registry import is_statistical
+from lmforge.tasks.lm.run import pretrain_spec
+from lmforge.train.labels import IGNORE_INDEX
+from lmforge.train.objectives import CausalLM
+from lmforge.train.trainer import RunResult, Trainer
 
 
 def distill_loss_sum(
@@ -59,21 +69,6 @@ class DistillLM(CausalLM):
 NO_RESUME = "a distillation does not resume: the checkpoint is a usable student, or run `lmforge distill` again"
 
 
-class DistillTrainer(Trainer):
-    """The Trainer with DistillLM as its objective; everything else is pretraining."""
-
-    resume_hint = NO_RESUME
-
-    def __init__(self, cfg, data, run_dir, teacher: nn.Module, temperature: float, alpha: float, progress=True):
-        self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
-        super().__init__(cfg, data, run_dir, progress=progress)
-
-    def _setup_data(self) -> None:
-        super()._setup_data()
-        self.objective = DistillLM(self.train_data, self.cfg.model, self.cfg.train.batch_size, self.teacher,
-                                   self.temperature, self.alpha)
-
-
 def check_settings(temperature: float, alpha: float) -> None:
     if not temperature > 0:
         raise ConfigError(f"--temperature must be > 0, got {temperature}")
@@ -83,8 +78,6 @@ def check_settings(temperature: float, alpha: float) -> None:
 
 def run_overrides(overrides: dict | list[str] | None, max_steps: int | None, max_minutes: float | None) -> dict:
     """The --model.* / --optim.* / --train.* overrides as a dict, with --max-steps and --max-minutes in it."""
-    from lmforge.config import parse_overrides
-
     overrides = parse_overrides(overrides)
     if max_steps is not None:
         overrides["train.max_steps"] = max_steps
@@ -95,17 +88,13 @@ def run_overrides(overrides: dict | list[str] | None, max_steps: int | None, max
 
 def load_teacher(teacher: str | os.PathLike, data: str | os.PathLike):
     """The teacher LM (on the CPU), checked to be a causal neural LM that reads the data's tokens."""
-    import lmforge
-    from lmforge.models.registry import is_statistical
-    from lmforge.train.checkpoint import read_config, resolve_checkpoint
-
-    config = read_config(resolve_checkpoint(teacher))
+    config = ckpt.read_config(ckpt.resolve_checkpoint(teacher))
     if config.get("arch") == "classifier":
         raise ConfigError(f"{teacher} is a fine-tuned classifier; give its labelled --train file (and --dev) "
                           "instead of --data to distill it")
     if config.get("arch") and is_statistical(config["arch"]):
         raise ConfigError(f"{teacher} is an n-gram model; distill from a neural language model")
-    lm = lmforge.load(teacher, device="cpu")
+    lm = load(teacher, device="cpu")
     if getattr(lm.model.config, "objective", "clm") != "clm":
         raise ConfigError(f"{teacher} is not a causal language model; distillation needs next-token logits")
     _, tokenizer = load_prepared(Path(data))
@@ -128,9 +117,6 @@ def distill(
     progress: bool = True,
 ) -> RunResult:
     """Train a `student_preset` GPT on a prepared data directory against the teacher checkpoint; runs go to `out`."""
-    from lmforge.config import build_run_config
-    from lmforge.train import checkpoint as ckpt
-
     check_settings(temperature, alpha)
     run_dir = ckpt.require_new_run_dir(out)
     lm = load_teacher(teacher, data)
@@ -140,18 +126,17 @@ def distill(
     if cfg.model.block_size > lm.model.config.block_size:
         # The teacher cannot score windows longer than its own context.
         cfg.model.block_size = lm.model.config.block_size
-    return DistillTrainer(cfg, data, run_dir, lm.model, temperature, alpha, progress=progress).run()
+    spec = pretrain_spec(cfg, data)
+    objective = DistillLM(spec.objective.data, cfg.model, cfg.train.batch_size, lm.model, temperature, alpha)
+    spec = dataclasses.replace(spec, objective=objective, resume_hint=NO_RESUME)
+    return Trainer(cfg, spec, run_dir, progress=progress).run()
 
 
 def side_by_side(teacher: str | os.PathLike, student: str | os.PathLike, data: str | os.PathLike) -> dict:
     """Parameters, validation perplexity and greedy tokens/s of the teacher and the student."""
-    import lmforge
-    from lmforge.compress.quantize import tokens_per_second
-    from lmforge.eval.perplexity import evaluate
-
     out = {}
     for name, path in (("teacher", teacher), ("student", student)):
-        lm = lmforge.load(path, device="cpu")
+        lm = load(path, device="cpu")
         out[name] = {"path": str(lm.path), "parameters": lm.model.num_params(),
                      "val_perplexity": evaluate(lm, data)["perplexity"], "tokens_per_s": tokens_per_second(lm)}
     return out

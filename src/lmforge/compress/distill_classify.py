@@ -9,26 +9,30 @@ built from a preset (a bert or gpt preset, reading the teacher's tokenizer) or a
 are a function of the example alone: they are computed once, under no_grad and with the teacher's own input
 layout, before training, rather than again on every batch of every epoch, and each batch of the student carries
 the teacher logits of its own examples. Everything else (dev macro-F1 picks RUN/best, the checkpoint format,
-`lmforge predict` / `evaluate` / `lmforge.load`) is the classification fine-tune's: `DistillFineTuner` is
-`FineTuner` with this objective.
+`lmforge predict` / `evaluate` / `lmforge.load`) is the classification fine-tune's: the run is its run
+specification (tasks/classify/run.py) with this objective swapped in.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 
 import torch
 
+from lmforge import checkpoint as ckpt
 from lmforge.compress.distill import NO_RESUME, check_settings, distill_loss_sum, run_overrides
-from lmforge.config import OptimConfig, RunConfig, TrainConfig, _apply_section, set_dotted
+from lmforge.config import apply_section
 from lmforge.errors import ConfigError
+from lmforge.eval.classification import classification_metrics
 from lmforge.models.classifier import ClassifierConfig, RNNEncoderConfig
-from lmforge.tasks.examples import Example, Fields, check_labels, read_examples
-from lmforge.train.finetune import SCRATCH, ClassifyObjective, FineTuner, predict_logits, targets_of
-from lmforge.train.trainer import RunResult
+from lmforge.models.registry import get_preset, model_config_class
+from lmforge.tasks.classify.examples import Example, Fields, check_labels, read_examples
+from lmforge.tasks.classify.pipeline import TextClassificationPipeline
+from lmforge.tasks.classify.run import ClassifyObjective, classify_spec, predict_logits, targets_of
+from lmforge.tasks.common import SCRATCH, FineTuneOptions, backbone, finetune_config
+from lmforge.train.trainer import RunResult, Trainer
 
 SPEED_EXAMPLES = 512  # examples timed for the examples/s of the report
 
@@ -53,34 +57,9 @@ class DistillClassify(ClassifyObjective):
         return distill_loss_sum(model(ids, mask, types), teacher_logits, y, self.temperature, self.alpha)
 
 
-class DistillFineTuner(FineTuner):
-    """The classification fine-tune with DistillClassify as its objective."""
-
-    resume_hint = NO_RESUME
-
-    def __init__(self, cfg: RunConfig, run_dir, tokenizer, train: list[Example], dev: list[Example] | None,
-                 info: dict, teacher_logits: torch.Tensor, temperature: float, alpha: float, progress: bool = True):
-        self.teacher_logits, self.temperature, self.alpha = teacher_logits, temperature, alpha
-        super().__init__(cfg, run_dir, tokenizer, train, dev, None, info, progress=progress)
-
-    def _setup_data(self) -> None:
-        super()._setup_data()
-        o = self.objective
-        self.objective = DistillClassify(o.rows, o.targets, o.encoder, o.batch_size, self.teacher_logits,
-                                         self.temperature, self.alpha)
-
-    def _data_card(self) -> list[str]:
-        d = self.info["distilled_from"]
-        return [*super()._data_card(),
-                f"- distilled from `{d['teacher']}` (temperature {d['temperature']}, alpha {d['alpha']})"]
-
-
 def load_teacher_classifier(teacher: str | os.PathLike, device: str = "auto"):
     """The teacher as a TextClassificationPipeline, checked to be a single-label fine-tuned classifier."""
-    from lmforge.tasks.pipeline import TextClassificationPipeline
-    from lmforge.train.checkpoint import read_config, resolve_checkpoint
-
-    arch = read_config(resolve_checkpoint(teacher)).get("arch")
+    arch = ckpt.read_config(ckpt.resolve_checkpoint(teacher)).get("arch")
     if arch != "classifier":
         raise ConfigError(f"--train distills a fine-tuned classifier, but {teacher} is a {arch} checkpoint; "
                           "give a run of `lmforge finetune --task classify` (or, for a language model, --data)")
@@ -93,11 +72,9 @@ def load_teacher_classifier(teacher: str | os.PathLike, device: str = "auto"):
 def student_backbone(preset: str, teacher_tokenizer, train: list[Example], overrides: dict):
     """(backbone arch, its config as a dict, tokenizer, longest input) of the student; `overrides` are the
     --model.* values that name a field of the backbone's config (they are removed from the dict)."""
-    from lmforge.models.registry import get_preset, model_config_class
-    from lmforge.train.finetune import _backbone
-
     if preset in SCRATCH:  # the from-scratch BiLSTM / BiGRU of `finetune --model lstm`, with its word tokenizer
-        arch, _, tokenizer, _, longest = _backbone(preset, train)
+        base = backbone(preset, [t for ex in train for t in (ex.text, ex.pair) if t])
+        arch, tokenizer, longest = base.arch, base.tokenizer, base.longest
         config = RNNEncoderConfig(cell=preset)
     else:
         arch, values = get_preset(preset)
@@ -107,7 +84,7 @@ def student_backbone(preset: str, teacher_tokenizer, train: list[Example], overr
         config, tokenizer = model_config_class(arch)(**values), teacher_tokenizer
     names = {f.name for f in dataclasses.fields(config)}
     mine = {k: overrides.pop(f"model.{k}") for k in sorted(names) if f"model.{k}" in overrides}
-    _apply_section(config, mine, "model")
+    apply_section(config, mine, "model")
     config.vocab_size = tokenizer.vocab_size
     encoder = dataclasses.asdict(config)
     if preset in SCRATCH:  # the classifier fills these in itself
@@ -147,8 +124,6 @@ def distill_classifier(
     --model.* (the student backbone's shape, e.g. model.n_layer; other model.* keys are the classifier's, e.g.
     model.pooling), --optim.* and --train.* settings; the default learning rate is 1e-3 (a student starts from
     scratch), the batch size 32, and the steps `epochs` passes over the training file."""
-    from lmforge.train import checkpoint as ckpt
-
     check_settings(temperature, alpha)
     if epochs <= 0 or (max_length is not None and max_length < 4):
         raise ConfigError("--epochs must be positive and --max-length at least 4")
@@ -166,23 +141,11 @@ def distill_classifier(
     overrides = run_overrides(overrides, max_steps, max_minutes)
     arch, encoder_cfg, tokenizer, longest = student_backbone(student_preset, clf.lm.tokenizer, train_examples,
                                                              overrides)
-    cfg = RunConfig(
-        arch="classifier",
-        # The student's labels are the teacher's, in its order: the logits of both line up.
-        model=ClassifierConfig(backbone=arch, encoder=encoder_cfg, labels=list(clf.labels),
-                               block_size=min(max_length or 128, longest)),
-        optim=OptimConfig(lr=1e-3, weight_decay=0.01, beta2=0.999, warmup_steps=0, schedule="linear",
-                          min_lr_ratio=0.0),
-        train=TrainConfig(batch_size=32, keep_last=1, tensorboard=False),
-    )
-    for key, value in overrides.items():
-        set_dotted(cfg, key, value)
-    t = cfg.train
-    steps_per_epoch = math.ceil(len(train_examples) / max(1, t.batch_size))
-    if "train.max_steps" not in overrides:
-        t.max_steps = max(1, math.ceil(epochs * steps_per_epoch))
-    if "train.eval_every" not in overrides:
-        t.eval_every = max(1, min(steps_per_epoch, t.max_steps))
+    # The student's labels are the teacher's, in its order: the logits of both line up.
+    model_cfg = ClassifierConfig(backbone=arch, encoder=encoder_cfg, labels=list(clf.labels),
+                                 block_size=min(max_length or 128, longest))
+    options = FineTuneOptions(epochs=epochs, batch_size=32, overrides=overrides)
+    cfg = finetune_config("classifier", model_cfg, len(train_examples), options, lr=1e-3, warmup=False)
 
     rows = [clf.encoder(ex.text, ex.pair) for ex in train_examples]
     teacher_logits = predict_logits(clf.lm.model, clf.encoder, rows, clf.lm.device)
@@ -190,8 +153,13 @@ def distill_classifier(
             "fields": dataclasses.asdict(fields), "backbone": student_preset,
             "distilled_from": {"teacher": str(clf.lm.path), "temperature": temperature, "alpha": alpha}}
     del clf  # the teacher's logits are all training needs of it
-    return DistillFineTuner(cfg, run_dir, tokenizer, train_examples, dev_examples, info, teacher_logits,
-                            temperature, alpha, progress=progress).run()
+    spec = classify_spec(cfg, run_dir, tokenizer, train_examples, dev_examples, None, info)
+    o = spec.objective
+    objective = DistillClassify(o.rows, o.targets, o.encoder, o.batch_size, teacher_logits, temperature, alpha)
+    d = info["distilled_from"]
+    card = [*spec.data_card, f"- distilled from `{d['teacher']}` (temperature {d['temperature']}, alpha {d['alpha']})"]
+    spec = dataclasses.replace(spec, objective=objective, data_card=card, resume_hint=NO_RESUME)
+    return Trainer(cfg, spec, run_dir, progress=progress).run()
 
 
 def side_by_side(teacher: str | os.PathLike, student: str | os.PathLike, train: str | os.PathLike,
@@ -199,9 +167,6 @@ def side_by_side(teacher: str | os.PathLike, student: str | os.PathLike, train: 
     """Parameters, dev accuracy and macro-F1 (None without `dev`), and examples/s of prediction on the CPU (texts
     in, probabilities out, in batches of 64; on the dev file, or the training file without one) of both models.
     Both read the files with the field names the student was trained with."""
-    from lmforge.eval.classification import classification_metrics
-    from lmforge.tasks.pipeline import TextClassificationPipeline
-
     models = {name: TextClassificationPipeline(path, device="cpu") for name, path in
               (("teacher", teacher), ("student", student))}
     examples = read_examples(dev or train, models["student"].fields)

@@ -15,14 +15,28 @@ Output layers (a GPT's `lm_head`, often tied to the embedding; a classifier's `h
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from lmforge.checkpoint import read_config, resolve_checkpoint, save_checkpoint
+from lmforge.compress.quantize import describe as describe_size_speed
+from lmforge.config import build_run_config
+from lmforge.data.shards import TokenShards, load_prepared
 from lmforge.errors import ConfigError, DataError, TokenizerError
+from lmforge.eval.perplexity import text_windows
+from lmforge.extras import require
+from lmforge.lm import load
+from lmforge.models.gpt import GPT, GPTConfig
+from lmforge.models.registry import is_statistical
+from lmforge.tasks.lm.run import pretrain_spec
+from lmforge.train.trainer import Trainer
 
 METHODS = ("magnitude", "structured")
 SCORES = ("auto", "l2", "taylor")  # auto: taylor when there is data to take gradients on, else l2
@@ -76,9 +90,6 @@ def magnitude_prune(model: nn.Module, amount: float, per_layer: bool = False) ->
 
 def calibration_batches(lm, data: str | os.PathLike, n: int = CALIBRATION_BATCHES) -> list:
     """A few (inputs, targets) batches of `data` (a prepared data directory or a text file) for gradients."""
-    from lmforge.data.shards import TokenShards
-    from lmforge.eval.perplexity import text_windows
-
     block, path = lm.model.config.block_size, Path(data)
     if path.is_dir():
         shards = TokenShards(path, "train")
@@ -98,8 +109,6 @@ def calibration_batches(lm, data: str | os.PathLike, n: int = CALIBRATION_BATCHE
 def weight_saliency(model: nn.Module, batches: list | None) -> dict[str, torch.Tensor]:
     """Per-entry importance of every parameter: w^2 (an L2 norm once summed), or with data the first-order
     Taylor estimate |w * dL/dw| summed over the batches (the loss change if that entry were zeroed)."""
-    import torch.nn.functional as F
-
     if batches is None:
         return {name: p.detach() ** 2 for name, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
@@ -126,8 +135,6 @@ def structured_prune(model: nn.Module, amount: float, batches: list | None = Non
 
     Returns (model, pruning record). `invert` removes the most important ones instead (to show the score matters).
     """
-    from lmforge.models.gpt import GPT, GPTConfig
-
     check_amount(amount)
     if not isinstance(model, GPT):
         raise ConfigError("structured pruning rebuilds GPT decoders only; use --method magnitude for this model")
@@ -187,11 +194,6 @@ def recover(model: nn.Module, tokenizer, config: dict, data: str | os.PathLike, 
     reparametrization), folded back in at the end. The run's own optimizer settings apply, with a cosine decay
     over `steps`; its checkpoints go to a temporary folder (they carry the `_orig`/`_mask` names) and are dropped.
     """
-    import tempfile
-
-    from lmforge.config import build_run_config
-    from lmforge.train.trainer import Trainer, load_prepared
-
     if steps < 1:
         raise ConfigError(f"--recover-steps must be >= 1, got {steps}")
     if not Path(data).is_dir():
@@ -210,12 +212,9 @@ def recover(model: nn.Module, tokenizer, config: dict, data: str | os.PathLike, 
     for _, m in layers:
         torch_prune.custom_from_mask(m, "weight", m.weight.detach() != 0)
 
-    class Recovery(Trainer):
-        def _build_model(self):
-            return model
-
+    spec = dataclasses.replace(pretrain_spec(cfg, data), build_model=lambda: model)
     with tempfile.TemporaryDirectory() as tmp:
-        Recovery(cfg, data, Path(tmp) / "run", progress=False).run()
+        Trainer(cfg, spec, Path(tmp) / "run", progress=False).run()
     for _, m in layers:
         torch_prune.remove(m, "weight")
     return model.cpu().eval()
@@ -235,12 +234,6 @@ def prune_checkpoint(
     recover_steps: int = 0,
 ) -> Path:
     """Prune a checkpoint and save the result as a new checkpoint folder that `lmforge.load` reads back."""
-    import dataclasses
-
-    import lmforge
-    from lmforge.models.registry import is_statistical
-    from lmforge.train.checkpoint import read_config, resolve_checkpoint, save_checkpoint
-
     if method not in METHODS:
         raise ConfigError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
     check_amount(amount)
@@ -258,7 +251,7 @@ def prune_checkpoint(
         raise ConfigError("--out must differ from the checkpoint being pruned")
     if method == "structured" and config.get("arch") != "gpt":
         raise ConfigError(f"structured pruning rebuilds GPT decoders only, {ckpt} is a {config.get('arch')} model")
-    lm = lmforge.load(src, device="cpu")
+    lm = load(src, device="cpu")
     model = lm.model.eval()
     if method == "magnitude":
         with torch.no_grad():
@@ -288,11 +281,8 @@ def prune_checkpoint(
 
 def describe(ckpt: str | os.PathLike, data: str | os.PathLike | None) -> dict:
     """quantize.describe's size / tokens/s / perplexity, plus parameters and sparsity."""
-    import lmforge
-    from lmforge.compress.quantize import describe as describe_size_speed
-
     out = describe_size_speed(ckpt, data)
-    model = lmforge.load(out["path"], device="cpu").model
+    model = load(out["path"], device="cpu").model
     out["parameters"] = model.num_params()
     out.update(sparsity(model))
     return out
@@ -311,8 +301,7 @@ def sweep(ckpt, out_dir, method: str, amounts: list[float], per_layer: bool, dat
 
 def plot(rows: list[dict], method: str, path: str | os.PathLike) -> Path:
     """Perplexity against sparsity (magnitude) or size on disk (structured), as a PNG."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", extra="tasks", feature="the pruning plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

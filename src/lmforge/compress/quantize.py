@@ -12,221 +12,27 @@ Embeddings and the output layer (`lm_head`, a classifier's `head`) stay fp32 unl
 output layer of a small model is a large share of its error, and a GPT's is often tied to the embedding.
 
 The checkpoint's config.json gets a `quantization` entry (method, group_size, layers); `load_checkpoint` calls
-`prepare_quantized` to swap empty quantized modules in before loading model.safetensors, which holds the packed
+`models.quantized.prepare_quantized` to swap empty quantized modules in before loading model.safetensors, which holds the packed
 tensors themselves, so nothing is re-quantized at load time.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
+import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from lmforge.checkpoint import load_checkpoint, read_config, resolve_checkpoint, save_checkpoint
 from lmforge.errors import ConfigError
+from lmforge.eval.perplexity import evaluate
+from lmforge.generate.sampling import SamplingParams, generate_tokens
+from lmforge.lm import load
+from lmforge.models.quantized import METHODS, check_method, quantize_model
+from lmforge.models.registry import is_statistical
 
-METHODS = ("dynamic-int8", "int8-weight", "int4-weight")
-GROUP_SIZES = (32, 64, 128)
-OUTPUT_LAYERS = ("lm_head", "head")
-
-
-# ---- int8 ------------------------------------------------------------------------------------------------
-
-
-def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8: (values in [-127, 127], fp32 scale per row)."""
-    w = weight.detach().float()
-    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
-    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, scale
-
-
-class Int8Linear(nn.Module):
-    """A Linear layer with int8 weights and a per-output-channel fp32 scale.
-
-    Weight-only (dynamic=False): the weight is dequantized in forward, an fp32 matmul follows. This beat
-    `torch._weight_int8pack_mm` on this 2-core CPU (145 us vs 410 us for a 512x512 layer at batch 1, and far
-    worse at batch 64), so the simple path is also the fast one here.
-    Dynamic (dynamic=True): fbgemm's int8 x int8 kernel, activations quantized per call with the reduced
-    range that x86 needs (the full range saturates its 16-bit accumulators).
-    """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool, dynamic: bool = False):
-        super().__init__()
-        self.in_features, self.out_features, self.dynamic = in_features, out_features, dynamic
-        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("scale", torch.ones(out_features))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self._packed = None  # fbgemm's prepacked weight, rebuilt from the buffers whenever they change
-
-    @classmethod
-    def from_float(cls, linear: nn.Linear, dynamic: bool = False) -> Int8Linear:
-        m = cls(linear.in_features, linear.out_features, linear.bias is not None, dynamic)
-        m.weight_int8, m.scale = quantize_int8(linear.weight)
-        if linear.bias is not None:
-            m.bias = linear.bias.detach().float().clone()
-        return m
-
-    def dequantized(self, dtype=torch.float32) -> torch.Tensor:
-        return self.weight_int8.to(dtype) * self.scale[:, None].to(dtype)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._packed = None
-        super()._load_from_state_dict(*args, **kwargs)
-
-    def _apply(self, fn, *args, **kwargs):
-        self._packed = None
-        return super()._apply(fn, *args, **kwargs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.dynamic:
-            return F.linear(x, self.dequantized(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-        if x.device.type != "cpu":
-            raise ConfigError("dynamic-int8 models run on the CPU only; load them with device='cpu'")
-        if self._packed is None:
-            zeros = torch.zeros(self.out_features, dtype=torch.long)
-            with warnings.catch_warnings():  # torch 2.13 deprecates quantized tensors; the kernel still ships
-                warnings.simplefilter("ignore", UserWarning)
-                qweight = torch._make_per_channel_quantized_tensor(self.weight_int8, self.scale.double(), zeros, 0)
-            self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
-        y = torch.ops.quantized.linear_dynamic(x.float().reshape(-1, self.in_features), self._packed, True)
-        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, {'dynamic' if self.dynamic else 'weight-only'}"
-
-
-# ---- int4 ------------------------------------------------------------------------------------------------
-
-
-def pack_int4(q: torch.Tensor) -> torch.Tensor:
-    """Values 0..15 of shape (..., 2n) as uint8 (..., n): even positions in the low nibble, odd in the high."""
-    q = q.to(torch.uint8)
-    return q[..., 0::2] | (q[..., 1::2] << 4)
-
-
-def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """The inverse of pack_int4: uint8 (..., n) to values 0..15 (uint8) of shape (..., 2n)."""
-    low, high = packed & 0x0F, packed >> 4
-    return torch.stack([low, high], dim=-1).flatten(-2)
-
-
-def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Asymmetric group-wise 4-bit: (packed uint8 (out, in/2), scale and offset (out, in/group)).
-
-    Asymmetric (min..max onto 0..15) rather than symmetric: with only 16 levels, not wasting half of them on a
-    sign the group's values may not use halves the error of skewed groups.
-    """
-    out_f, in_f = weight.shape
-    w = weight.detach().float().view(out_f, in_f // group_size, group_size)
-    lo, hi = w.amin(-1), w.amax(-1)
-    scale = ((hi - lo) / 15).clamp(min=1e-12)
-    q = torch.round((w - lo[..., None]) / scale[..., None]).clamp(0, 15)
-    return pack_int4(q.view(out_f, in_f)), scale, lo
-
-
-class Int4Linear(nn.Module):
-    """A Linear layer with group-wise 4-bit weights, dequantized to the input's dtype in forward."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int):
-        super().__init__()
-        if in_features % group_size:
-            raise ValueError(f"in_features {in_features} is not a multiple of the group size {group_size}")
-        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
-        groups = in_features // group_size
-        self.register_buffer("weight_int4", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
-        self.register_buffer("scale", torch.ones(out_features, groups))
-        self.register_buffer("offset", torch.zeros(out_features, groups))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-
-    @classmethod
-    def from_float(cls, linear: nn.Linear, group_size: int) -> Int4Linear:
-        m = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size)
-        m.weight_int4, m.scale, m.offset = quantize_int4(linear.weight, group_size)
-        if linear.bias is not None:
-            m.bias = linear.bias.detach().float().clone()
-        return m
-
-    def dequantized(self, dtype=torch.float32) -> torch.Tensor:
-        q = unpack_int4(self.weight_int4).view(self.out_features, -1, self.group_size).to(dtype)
-        w = q * self.scale[..., None].to(dtype) + self.offset[..., None].to(dtype)
-        return w.view(self.out_features, self.in_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantized(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}"
-
-
-# ---- whole models ----------------------------------------------------------------------------------------
-
-
-def _check(method: str, group_size: int) -> None:
-    if method not in METHODS:
-        raise ConfigError(f"unknown quantization method {method!r}; choose one of {', '.join(METHODS)}")
-    if method == "int4-weight" and group_size not in GROUP_SIZES:
-        raise ConfigError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}, got {group_size}")
-
-
-def quantizable_layers(model: nn.Module, method: str, group_size: int, include_output: bool) -> list[str]:
-    """Names of the Linear layers the method replaces (int4 needs in_features divisible by the group size)."""
-    names = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        if name.rsplit(".", 1)[-1] in OUTPUT_LAYERS and not include_output:
-            continue
-        if method == "int4-weight" and module.in_features % group_size:
-            continue
-        names.append(name)
-    return names
-
-
-def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
-def _quantized(linear: nn.Linear, method: str, group_size: int) -> nn.Module:
-    if method == "int4-weight":
-        return Int4Linear.from_float(linear, group_size)
-    return Int8Linear.from_float(linear, dynamic=method == "dynamic-int8")
-
-
-def quantize_model(
-    model: nn.Module, method: str, group_size: int = 32, include_output: bool = False
-) -> dict:
-    """Replace the model's Linear layers by quantized ones, in place; returns the config.json `quantization` entry."""
-    _check(method, group_size)
-    if getattr(model.config, "statistical", False):
-        raise ConfigError("n-gram models are count tables without Linear layers; quantization applies to neural models")
-    layers = quantizable_layers(model, method, group_size, include_output)
-    if not layers:
-        raise ConfigError(f"the model has no Linear layers that {method} can quantize")
-    for name in layers:
-        _swap(model, name, _quantized(model.get_submodule(name), method, group_size))
-    return {"method": method, "group_size": group_size if method == "int4-weight" else None,
-            "include_output": include_output, "layers": layers}
-
-
-def prepare_quantized(model: nn.Module, spec: dict) -> nn.Module:
-    """Give a freshly built float model the empty quantized modules that a quantized checkpoint's weights fill."""
-    method, group_size = spec.get("method"), spec.get("group_size") or 32
-    _check(method, group_size)
-    for name in spec.get("layers", []):
-        linear = model.get_submodule(name)
-        bias = linear.bias is not None
-        if method == "int4-weight":
-            new = Int4Linear(linear.in_features, linear.out_features, bias, group_size)
-        else:
-            new = Int8Linear(linear.in_features, linear.out_features, bias, dynamic=method == "dynamic-int8")
-        _swap(model, name, new)
-    return model
-
+__all__ = ["METHODS", "quantize_checkpoint", "quantize_model", "tokens_per_second", "describe", "report"]
 
 def quantize_checkpoint(
     ckpt: str | os.PathLike,
@@ -236,10 +42,7 @@ def quantize_checkpoint(
     include_output: bool = False,
 ) -> Path:
     """Quantize a checkpoint and save it as a new checkpoint folder that `lmforge.load` reads back."""
-    from lmforge.models.registry import is_statistical
-    from lmforge.train.checkpoint import load_checkpoint, read_config, resolve_checkpoint, save_checkpoint
-
-    _check(method, group_size)
+    check_method(method, group_size)
     src = resolve_checkpoint(ckpt)
     config = read_config(src)
     if config.get("arch") and is_statistical(config["arch"]):
@@ -265,10 +68,6 @@ REPORT_TOKENS = 64
 @torch.no_grad()
 def tokens_per_second(lm, new_tokens: int = REPORT_TOKENS, prompt: str = REPORT_PROMPT) -> float:
     """Greedy decoding speed at batch 1 (KV cache on), after one warm-up run; ignores end-of-sequence."""
-    import time
-
-    from lmforge.generate.sampling import SamplingParams, generate_tokens
-
     ids = lm.tokenizer.encode(prompt) or [lm.tokenizer.eos_id or 0]
     x = torch.tensor([ids[: lm.model.config.block_size // 2]], device=lm.device)
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0)
@@ -281,12 +80,8 @@ def tokens_per_second(lm, new_tokens: int = REPORT_TOKENS, prompt: str = REPORT_
 
 def describe(ckpt: str | os.PathLike, data: str | os.PathLike | None) -> dict:
     """size_bytes (model.safetensors), and for language models tokens_per_s and perplexity on `data`."""
-    import lmforge
-    from lmforge.eval.perplexity import evaluate
-    from lmforge.train.checkpoint import resolve_checkpoint
-
     path = resolve_checkpoint(ckpt)
-    lm = lmforge.load(path, device="cpu")
+    lm = load(path, device="cpu")
     out = {"path": str(path), "size_bytes": (path / "model.safetensors").stat().st_size,
            "tokens_per_s": None, "perplexity": None}
     if getattr(lm.model.config, "objective", None) == "classify":

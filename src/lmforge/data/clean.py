@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from lmforge.errors import DataError
+from lmforge.extras import require
 
 NORMALIZATION_FORMS = ("NFC", "NFKC", "NFD", "NFKD")
 HTML_MODES = ("auto", "on", "off")
@@ -173,7 +174,7 @@ def clean_whitespace(text: str) -> str:
 # ---- segmentation and stopwords -------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def _jieba():
-    import jieba
+    jieba = require("jieba", extra="zh", feature="Chinese word segmentation (--segment, whole-word masking)")
 
     jieba.setLogLevel(logging.WARNING)
     logging.getLogger("jieba").setLevel(logging.WARNING)

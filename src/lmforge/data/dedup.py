@@ -14,6 +14,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from lmforge.extras import require
+
 
 class DigestSet:
     """A set of non-zero 64-bit integers: a linear-probing hash table in a flat `array('Q')`."""
@@ -91,7 +93,9 @@ class NearDuplicateFilter:
     """
 
     def __init__(self, threshold: float, num_perm: int = 128):
-        from datasketch import MinHash, MinHashLSH
+        # An extra: datasketch pulls in scipy (~110 MB) and near dedup is off by default.
+        datasketch = require("datasketch", extra="dedup", feature="near-duplicate removal (--near-dedup)")
+        MinHash, MinHashLSH = datasketch.MinHash, datasketch.MinHashLSH
 
         self._MinHash = MinHash
         self.threshold = threshold

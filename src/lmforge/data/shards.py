@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lmforge.errors import DataError
+from lmforge.errors import DataError, TokenizerError
+from lmforge.tokenizers import Tokenizer
 
 MANIFEST_FORMAT = "lmforge-shards/1"
 SHARD_TOKENS = 1 << 26  # 64M tokens (128 MiB as uint16) per shard file
@@ -75,6 +76,15 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
     if manifest.get("format") != MANIFEST_FORMAT:
         raise DataError(f"{path} has format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
     return manifest
+
+
+def load_prepared(data_dir: str | os.PathLike) -> tuple[dict, Tokenizer]:
+    """The manifest and tokenizer of a prepared data directory, checked against each other."""
+    manifest = read_manifest(data_dir)
+    tokenizer = Tokenizer.load(Path(data_dir) / "tokenizer.json")
+    if tokenizer.sha256() != manifest["tokenizer"]["sha256"]:
+        raise TokenizerError(f"{data_dir}/tokenizer.json does not match its manifest; prepare the data again")
+    return manifest, tokenizer
 
 
 class TokenShards:
@@ -149,19 +159,21 @@ class TokenShards:
                 pos += n
                 budget -= n
                 if len(rows_x) == batch_size:
-                    yield _stack(rows_x, rows_y)
+                    yield stack_rows(rows_x, rows_y)
                     rows_x, rows_y = [], []
         if rows_x:
-            yield _stack(rows_x, rows_y)
+            yield stack_rows(rows_x, rows_y)
 
 
-def _stack(xs: list, ys: list) -> tuple:
-    """Stack rows (1-d tensors) of possibly different lengths; short rows are padded with target -100 (ignored)."""
+def stack_rows(xs: list, ys: list) -> tuple:
+    """Stack rows (1-d tensors) of possibly different lengths; short rows are padded with target IGNORE_INDEX."""
     import torch
+
+    from lmforge.train.labels import IGNORE_INDEX
 
     width = max(x.numel() for x in xs)
     x = torch.zeros(len(xs), width, dtype=torch.long)
-    y = torch.full((len(xs), width), -100, dtype=torch.long)
+    y = torch.full((len(xs), width), IGNORE_INDEX, dtype=torch.long)
     for i, (a, b) in enumerate(zip(xs, ys)):
         x[i, : a.numel()] = a
         y[i, : b.numel()] = b

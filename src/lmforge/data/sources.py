@@ -9,8 +9,10 @@ boundaries, so memory never depends on the size of a file.
 from __future__ import annotations
 
 import codecs
+import csv
 import glob
-import logging
+import itertools
+import json
 import os
 import re
 import sys
@@ -18,7 +20,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.errors import DataError
+from lmforge.errors import DataError, LmforgeError
+from lmforge.extras import require
 
 # A document larger than this many characters is streamed as several pieces (2-8 MB of UTF-8).
 PIECE_CHARS = 1 << 21
@@ -300,58 +303,191 @@ def iter_text_pieces(
     return split_text_stream(_decoded_chunks(raw, name, encoding), doc_split, piece_chars)
 
 
-# ---- structured: JSON lines, CSV, parquet through Hugging Face datasets ------------------------------
-def _quiet_datasets():
-    import datasets
+# ---- structured: JSON lines / JSON arrays and CSV/TSV (standard library), parquet (pyarrow) --------------
+_JSON_BLANK = re.compile(r"[ \t\n\r]*")
 
-    datasets.utils.logging.set_verbosity_error()
-    datasets.utils.logging.disable_progress_bar()
-    logging.getLogger("datasets").setLevel(logging.ERROR)
-    return datasets
+
+def _json_values(fh) -> Iterator[object]:
+    """The top-level values of a JSON-lines file, or the elements of a file that is one JSON array, in order.
+
+    Text is read a block at a time and each value decoded as soon as it is complete, so memory holds one
+    record and one block, never the file. A value cut by the end of a block is decoded again once the next
+    block is read (a JSON string cannot hold a raw newline, so an error followed by a newline is real).
+    """
+    decode = json.JSONDecoder().raw_decode
+    buf, pos, eof, line = "", 0, False, 1
+    state = "start"  # start -> values (JSON lines) | element / separator (inside [ ... ]) -> closed
+
+    def read(size: int) -> None:
+        nonlocal buf, pos, eof, line
+        line += buf.count("\n", 0, pos)
+        buf, pos = buf[pos:], 0
+        while not eof and len(buf) < size:
+            chunk = fh.read(READ_BYTES)
+            eof = not chunk
+            buf += chunk
+
+    def error(msg: str, at: int) -> ValueError:
+        return ValueError(f"{msg} at line {line + buf.count(chr(10), 0, at)}")
+
+    while True:
+        pos = _JSON_BLANK.match(buf, pos).end()
+        if pos == len(buf):
+            if eof:
+                break
+            read(READ_BYTES)
+            continue
+        ch = buf[pos]
+        if state == "start" and ch == "[":
+            state, pos = "element", pos + 1
+            continue
+        if state == "closed":
+            raise error("extra data after the closing ]", pos)
+        if state in ("element", "separator") and ch == "]":
+            state, pos = "closed", pos + 1
+            continue
+        if state == "separator":
+            if ch != ",":
+                raise error("expecting ',' or ']' between the elements of the array", pos)
+            state, pos = "element", pos + 1
+            continue
+        try:
+            value, end = decode(buf, pos)
+        except json.JSONDecodeError as exc:
+            if eof or buf.find("\n", exc.pos) != -1:
+                raise error(exc.msg, exc.pos) from None
+            read(2 * (len(buf) - pos) + READ_BYTES)
+            continue
+        if end == len(buf) and not eof:  # a number or literal may go on in the next block
+            read(len(buf) - pos + READ_BYTES)
+            continue
+        pos = end
+        state = "separator" if state == "element" else "values"
+        yield value
+    if state in ("element", "separator"):
+        raise error("the array has no closing ]", pos)
+
+
+def _json_records(fh) -> Iterator[dict]:
+    for n, value in enumerate(_json_values(fh), 1):
+        if isinstance(value, str):  # an array of strings: each one is a record's "text", as in datasets
+            value = {"text": value}
+        if not isinstance(value, dict):
+            raise ValueError(f"record {n} is a JSON {type(value).__name__}, not an object")
+        yield value
+
+
+def _csv_columns(fh, tsv: bool) -> tuple[list[str], Iterator[list[str]]]:
+    """The header of a CSV/TSV file and an iterator over its other non-blank rows."""
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # a document may be longer than 128 KB
+    reader = csv.reader(fh, delimiter="\t" if tsv else ",")
+    header = next((row for row in reader if row), [])
+
+    def rows() -> Iterator[list[str]]:
+        for row in reader:
+            if not row:
+                continue
+            if len(row) > len(header):
+                raise ValueError(f"line {reader.line_num} has {len(row)} fields, the header {len(header)}")
+            yield row
+
+    return header, rows()
+
+
+def _numeric_column(values: list) -> str | None:
+    """The kind of number ("int" or "float") when every non-empty value of a CSV column's first batch is one."""
+    kind = None
+    for v in values:
+        if not v:
+            continue
+        try:
+            int(v)
+            kind = kind or "int"
+        except ValueError:
+            try:
+                float(v)
+            except ValueError:
+                return None
+            kind = "float"
+    return kind
+
+
+def _missing_field(source: Source, text_field: str, columns) -> DataError:
+    names = ", ".join(sorted(columns)) or "none"
+    return DataError(
+        f"{source.path} has no field {text_field!r} (its columns: {names}); pass the right one with --text-field"
+    )
+
+
+def _field_values(source: Source, text_field: str, encoding: str, batch_size: int) -> Iterator[object]:
+    """The raw values of `text_field`, record by record (None where a record lacks it)."""
+    if source.kind == "parquet":
+        pq = require("pyarrow.parquet", extra="parquet", feature="reading .parquet files")
+        pf = pq.ParquetFile(source.path)
+        try:
+            if text_field not in pf.schema_arrow.names:
+                raise _missing_field(source, text_field, pf.schema_arrow.names)
+            for batch in pf.iter_batches(batch_size=batch_size, columns=[text_field]):
+                yield from batch.column(0).to_pylist()
+        finally:
+            pf.close()
+        return
+    # utf-8-sig: a byte-order mark is not text. newline="": the csv module sees \r\n inside quoted fields.
+    codec = "utf-8-sig" if check_encoding(encoding) == "utf-8" else encoding
+    with open(source.path, encoding=codec, newline="") as fh:
+        if source.kind == "csv":
+            header, rows = _csv_columns(fh, source.tsv)
+            if not header:
+                return
+            if text_field not in header:
+                raise _missing_field(source, text_field, header)
+            col = header.index(text_field)
+            values = (row[col] if col < len(row) else None for row in rows)
+            first = list(itertools.islice(values, batch_size))
+            kind = _numeric_column(first)
+            if kind:  # a column of numbers is not the text (pandas, behind datasets, read it as numbers)
+                raise DataError(
+                    f"field {text_field!r} of {source.path} holds {kind} values, not text; "
+                    f"pass a text column with --text-field"
+                )
+            yield from itertools.chain(first, values)
+        else:
+            # Like datasets' first batch: the field must be in one of the first batch_size records.
+            records = _json_records(fh)
+            first = list(itertools.islice(records, batch_size))
+            if first and not any(text_field in r for r in first):
+                raise _missing_field(source, text_field, set().union(*first))
+            for record in itertools.chain(first, records):
+                yield record.get(text_field)
 
 
 def iter_records(
     source: Source, text_field: str = "text", encoding: str = "utf-8", batch_size: int = 1000
 ) -> Iterator[str]:
-    """The `text_field` of each record of a .jsonl/.json/.csv/.parquet file, streamed in file order."""
-    datasets = _quiet_datasets()
-    kwargs: dict = {}
-    if source.kind in ("json", "csv"):
-        kwargs["encoding"] = encoding
-    if source.kind == "csv" and source.tsv:
-        kwargs["sep"] = "\t"
+    """The `text_field` of each record of a .jsonl/.json/.csv/.tsv/.parquet file, streamed in file order.
+
+    A missing or null value is an empty document; a value that is not text is an error. CSV cells are always
+    text (a column of numbers is read as its digits).
+    """
     what = {"json": "JSON", "csv": "CSV", "parquet": "Parquet"}[source.kind]
     try:
-        ds = datasets.load_dataset(
-            source.kind, data_files=[source.path], split="train", streaming=True, **kwargs
-        )
-        first = True
-        for batch in ds.iter(batch_size=batch_size):
-            if first:
-                if text_field not in batch:
-                    columns = ", ".join(sorted(batch)) or "none"
-                    raise DataError(
-                        f"{source.path} has no field {text_field!r} (its columns: {columns}); "
-                        f"pass the right one with --text-field"
-                    )
-                first = False
-            for value in batch[text_field]:
-                if value is None:
-                    yield ""
-                elif isinstance(value, str):
-                    yield value
-                else:
-                    raise DataError(
-                        f"field {text_field!r} of {source.path} holds {type(value).__name__} values, not text; "
-                        f"pass a text column with --text-field"
-                    )
-    except DataError:
+        for value in _field_values(source, text_field, encoding, batch_size):
+            if value is None:
+                yield ""
+            elif isinstance(value, str):
+                yield value
+            else:
+                raise DataError(
+                    f"field {text_field!r} of {source.path} holds {type(value).__name__} values, not text; "
+                    f"pass a text column with --text-field"
+                )
+    except LmforgeError:  # DataError, or MissingExtraError for parquet without pyarrow
         raise
     except UnicodeDecodeError:
         raise DataError(
             f"{source.path} is not valid {encoding}; pass its real encoding, for example --encoding latin-1"
         ) from None
-    except Exception as exc:  # pyarrow / pandas / datasets raise many kinds of errors for malformed files
+    except Exception as exc:  # json, csv and pyarrow raise many kinds of errors for malformed files
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise DataError(
             f"cannot read {source.path} as {what} ({detail}); check that the file is valid {what}"

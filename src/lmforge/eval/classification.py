@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lmforge.extras import require
+
 
 def classification_metrics(
     y_true: np.ndarray, probs: np.ndarray, labels: list[str], multi_label: bool = False
@@ -17,7 +19,7 @@ def classification_metrics(
 
     y_true: (N,) label indices, or (N, L) 0/1 indicators for multi-label; probs: (N, L) predicted probabilities.
     """
-    from sklearn import metrics as skm
+    skm = require("sklearn.metrics", extra="tasks", feature="classification scores")
 
     if multi_label:
         y_pred = (probs >= 0.5).astype(int)
@@ -82,8 +84,7 @@ def write_report(m: dict, labels: list[str], folder: str | os.PathLike, samples:
 
 
 def _pyplot():
-    import matplotlib
-
+    matplotlib = require("matplotlib", extra="tasks", feature="the report's plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -16,7 +16,8 @@ from torch import nn
 from lmforge.device import autocast
 from lmforge.errors import DataError
 from lmforge.tokenizers import Tokenizer
-from lmforge.train.masking import IGNORE_INDEX, Masker
+from lmforge.train.labels import IGNORE_INDEX
+from lmforge.train.masking import Masker
 
 
 @torch.no_grad()

@@ -10,11 +10,13 @@ import json
 import os
 from pathlib import Path
 
+from lmforge.extras import require
+
 
 def entity_metrics(gold: list[list[str]], pred: list[list[str]], scheme: str = "IOB2") -> dict:
     """Micro-averaged entity precision/recall/F1, the same per entity type, word accuracy and a word-level
     confusion matrix of entity types (O included)."""
-    from seqeval import metrics as sm
+    sm = require("seqeval.metrics", extra="tasks", feature="entity-level NER scores")
     from seqeval import scheme as schemes
 
     kw = {"mode": "strict", "scheme": getattr(schemes, scheme), "zero_division": 0}

@@ -16,8 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.checkpoint import load_for_inference
+from lmforge.data.shards import TokenShards, stack_rows
 from lmforge.device import autocast
 from lmforge.errors import ConfigError, DataError, TokenizerError
+from lmforge.eval.masked import masked_lm_scores
+from lmforge.models.registry import TASK_MODELS
+from lmforge.models.seq2seq import decoder_start_id
+from lmforge.train.labels import IGNORE_INDEX
+from lmforge.train.objectives import SpanCorruption, collate_pairs, seq2seq_loss_sum
 
 
 @torch.no_grad()
@@ -64,8 +71,6 @@ def describe_scores(scores: dict) -> str:
 
 def text_windows(ids: list[int], block_size: int, batch_size: int):
     """Non-overlapping windows over one token sequence, as (inputs, targets) batches."""
-    from lmforge.data.shards import _stack
-
     xs, ys = [], []
     t = torch.tensor(ids, dtype=torch.long)
     for start in range(0, len(ids) - 1, block_size):
@@ -73,10 +78,10 @@ def text_windows(ids: list[int], block_size: int, batch_size: int):
         xs.append(chunk[:-1])
         ys.append(chunk[1:])
         if len(xs) == batch_size:
-            yield _stack(xs, ys)
+            yield stack_rows(xs, ys)
             xs, ys = [], []
     if xs:
-        yield _stack(xs, ys)
+        yield stack_rows(xs, ys)
 
 
 def is_masked_lm(model: nn.Module) -> bool:
@@ -103,8 +108,6 @@ def seq2seq_scores(
     target tokens (hidden spans, their mask tokens and end-of-sequence, without label smoothing): it compares
     denoisers with each other, not with causal LMs, and bits per byte do not apply.
     """
-    from lmforge.models.seq2seq import decoder_start_id
-    from lmforge.train.objectives import IGNORE_INDEX, SpanCorruption, collate_pairs, seq2seq_loss_sum
 
     cfg = model.config
     corrupt = SpanCorruption(tokenizer.mask_id, tokenizer.eos_id, cfg.noise_density, cfg.mean_span_length)
@@ -142,8 +145,6 @@ def evaluate_shards(
     encoder-decoders: the loss of restoring span-corrupted windows (objectives.Seq2SeqDenoise).
     """
     if is_masked_lm(model):
-        from lmforge.eval.masked import masked_lm_scores
-
         body = model.config.block_size - (tokenizer.bos_id is not None)
         return masked_lm_scores(model, shards.windows(body, batch_size, max_tokens), tokenizer, device, amp_dtype)
     if is_seq2seq(model):
@@ -166,14 +167,13 @@ def evaluate(
     batch_size: int = 8,
     device: str = "auto",
 ) -> dict:
-    """Loss, perplexity and bits per byte of a checkpoint (or loaded LM) on a data directory's split or a text file.
+    """Loss, perplexity and bits per byte of a checkpoint (a path, or a loaded one: an `LM` or a
+    `checkpoint.Loaded`) on a data directory's split or a text file.
 
     Returns {"loss", "perplexity", "bits_per_byte", "tokens", "bytes"}.
     """
-    from lmforge.data.shards import TokenShards
-    from lmforge.lm import LM, TASK_MODELS, load
-
-    lm = model_or_path if isinstance(model_or_path, LM) else load(model_or_path, device=device)
+    loaded = isinstance(model_or_path, (str, os.PathLike))
+    lm = load_for_inference(model_or_path, device=device) if loaded else model_or_path
     task = TASK_MODELS.get(getattr(lm.model.config, "objective", None))
     if task is not None:
         raise ConfigError(f"{lm.path or 'this model'} is a fine-tuned {task[0]} model: evaluate it with "
@@ -200,8 +200,6 @@ def evaluate(
     if not text:
         raise DataError(f"{data} is empty")
     if is_masked_lm(lm.model):
-        from lmforge.eval.masked import masked_lm_scores
-
         ids = lm.tokenizer.encode(text)[:max_tokens]
         if not ids:
             raise DataError(f"{data} has too little text to evaluate")

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.extras import require
 
 # ---- the weight maps: lmforge name -> Hugging Face name (per layer with {i}) --------------------------------
 
@@ -100,10 +101,9 @@ def _hf_tokenizer(folder: Path):
 
     if (folder / "tokenizer.json").is_file():
         return Tokenizer.load(folder / "tokenizer.json")
+    transformers = require("transformers", extra="hf", feature=f"the tokenizer of {folder} (no tokenizer.json)")
     try:
-        from transformers import AutoTokenizer
-
-        fast = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+        fast = transformers.AutoTokenizer.from_pretrained(str(folder), use_fast=True)
     except Exception as exc:
         raise CheckpointError(f"{folder} has no tokenizer.json and its tokenizer files cannot be read ({exc})") from None
     return Tokenizer.from_str(fast.backend_tokenizer.to_str())
@@ -130,8 +130,8 @@ def download_hf(hf_id: str, cache_dir: str | None = None) -> Path:
 
 def import_hf(hf_dir: str | os.PathLike | None, out: str | os.PathLike, hf_id: str | None = None) -> Path:
     """Convert a local `transformers` checkpoint folder (or a Hub id) into an lmforge checkpoint folder at `out`."""
+    from lmforge.checkpoint import save_checkpoint, tied_aliases
     from lmforge.models.registry import build_model
-    from lmforge.train.checkpoint import save_checkpoint, tied_aliases
 
     if Path(out).exists():
         raise CheckpointError(f"{out} already exists; choose another --out")
@@ -272,7 +272,7 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
     LlamaForCausalLM, BERT → BertForMaskedLM; with tokenizer.json and a tokenizer_config.json."""
     from safetensors.torch import save_file
 
-    from lmforge.train.checkpoint import load_checkpoint, read_config, resolve_checkpoint
+    from lmforge.checkpoint import load_checkpoint, read_config, resolve_checkpoint
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):

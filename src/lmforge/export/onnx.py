@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.errors import ConfigError
+from lmforge.extras import require
 from lmforge.models.layers import apply_rope
 
 OPSET = 18
@@ -145,7 +146,10 @@ def _inputs(model, config: dict, batch: int, seq: int, seed: int = 0) -> dict[st
 
 def export_onnx(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write the ONNX folder of a GPT or classifier checkpoint; returns the folder."""
-    from lmforge.train.checkpoint import load_checkpoint, resolve_checkpoint
+    from lmforge.checkpoint import load_checkpoint, resolve_checkpoint
+
+    for module in ("onnx", "onnxscript"):  # torch.onnx.export's dynamo exporter imports both
+        require(module, extra="onnx", feature="ONNX export")
 
     src = resolve_checkpoint(ckpt)
     model, tokenizer, ckpt_config = load_checkpoint(src, "cpu")
@@ -212,7 +216,7 @@ def _export_classifier(model, out: Path, config: dict, batch, seq) -> None:
 
 
 def _session(path: Path):
-    import onnxruntime as ort
+    ort = require("onnxruntime", extra="onnx", feature="checking an ONNX export")
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # the same cores PyTorch uses, for a fair timing
@@ -235,7 +239,7 @@ def check_onnx(folder: str | os.PathLike, ckpt: str | os.PathLike, tolerance: fl
     For a decoder, also decodes greedily step by step through decode.onnx and compares the tokens with
     PyTorch's KV-cache greedy decoding.
     """
-    from lmforge.train.checkpoint import load_checkpoint
+    from lmforge.checkpoint import load_checkpoint
 
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))

@@ -90,6 +90,18 @@ def model_config_class(arch: str):
     return _load(arch)[0]
 
 
+def model_class(arch: str):
+    return _load(arch)[1]
+
+
+# Objectives of fine-tuned task models: (what it is, its --task, its pipeline name). They predict, not generate.
+TASK_MODELS = {
+    "classify": ("classification", "classify", "text-classification"),
+    "tag": ("token-classification (NER)", "ner", "ner"),
+    "span": ("question-answering", "qa", "question-answering"),
+}
+
+
 def get_preset(name: str) -> tuple[str, dict]:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

@@ -13,14 +13,12 @@ Pretraining is T5-style span corruption (objectives.Seq2SeqDenoise); paired text
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from lmforge.errors import ConfigError
-from lmforge.generate.sampling import SamplingParams, next_token
 from lmforge.models.layers import MLP, Attention, CausalSelfAttention, KVCache
 
 
@@ -261,32 +259,3 @@ def decoder_start_id(tokenizer) -> int:
     if start is None:
         raise ConfigError("a seq2seq model needs a tokenizer with a <|bos|> or <|eos|> token; prepare the data again")
     return start
-
-
-@torch.no_grad()
-def decode_tokens(
-    model: Seq2Seq,
-    src: torch.Tensor,
-    src_mask: torch.Tensor | None,
-    start_id: int,
-    params: SamplingParams,
-    generator: torch.Generator | None = None,
-    use_cache: bool = True,
-) -> Iterator[torch.Tensor]:
-    """Yield the next target ids (B,) one step at a time for sources (B, S); the caller decides when to stop.
-
-    With the cache, each step feeds only the newest token; without it, the whole target so far is decoded again
-    (the reference the cache is tested against).
-    """
-    model.eval()
-    memory = model.encode(src, src_mask)
-    seq = torch.full((src.shape[0], 1), start_id, dtype=torch.long, device=src.device)
-    state = model.start_decoding(memory, src_mask) if use_cache else None
-    for _ in range(params.max_new_tokens):
-        if state is not None:
-            logits = model.decode_step(seq[:, -1:], state)[:, -1]
-        else:
-            logits = model.decode(seq, memory, src_mask)[:, -1]
-        nxt = next_token(logits, seq, params, generator)
-        seq = torch.cat([seq, nxt[:, None]], dim=1)
-        yield nxt

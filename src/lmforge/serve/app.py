@@ -20,6 +20,10 @@ and generation also stops before the model starts a new "\\nUser:" or "\\nSystem
 
 Any `model` name in a request is accepted: the server has one model. Errors use OpenAI's shape
 `{"error": {"message", "type", "code", "param"}}`; a request the server cannot serve is a 4xx, never a 500.
+
+This module loads what the checkpoint serves (`load_served`), owns the generation routes, the error handlers and
+the middleware, and assembles the app. The task and embedding routes are serve/tasks.py's; what every route shares
+(request body base, errors, `Served`, limits) is serve/protocol.py's; decoding runs in serve/batching.py's worker.
 """
 
 from __future__ import annotations
@@ -30,50 +34,32 @@ import json
 import os
 import time
 import uuid
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.generate.sampling import SamplingParams
 from lmforge.serve.batching import Batcher, GenerateJob
 from lmforge.serve.metrics import Metrics
+from lmforge.serve.protocol import MAX_PROMPTS, ApiError, Limits, RequestBody, Served, error_response
+from lmforge.serve.tasks import Embedder, add_task_routes, is_pipeline
 
 MAX_BODY_BYTES = 1 << 20
-MAX_PROMPTS = 64  # prompts in one completion request, inputs in one task or embeddings request
 MAX_STOPS = 4  # as OpenAI
 CHAT_STOPS = ["\nUser:", "\nSystem:"]
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
-
-
-def error_response(status: int, message: str, type: str = "invalid_request_error", code: str | None = None,
-                   param: str | None = None, headers: dict | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": type, "code": code, "param": param}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
 # ---- request bodies --------------------------------------------------------------------------------------
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (user, logprobs, ...)
-
-
-class StreamOptions(_Body):
+class StreamOptions(RequestBody):
     include_usage: bool = False
 
 
-class Sampling(_Body):
+class Sampling(RequestBody):
     model: str | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None  # the chat API's newer name for max_tokens
@@ -92,7 +78,7 @@ class CompletionRequest(Sampling):
     prompt: str | list[str]
 
 
-class ChatMessage(_Body):
+class ChatMessage(RequestBody):
     role: str
     content: str | list[dict] | None = None
 
@@ -102,52 +88,15 @@ class ChatRequest(Sampling):
 
 
 # ---- what the checkpoint serves ------------------------------------------------------------------------------
-KINDS = {  # kind: (what the model is, its endpoints)
-    "generate": ("a generative language model", ["/v1/completions", "/v1/chat/completions"]),
-    "classify": ("a fine-tuned classifier", ["/v1/classify"]),
-    "ner": ("a fine-tuned NER tagger", ["/v1/ner"]),
-    "qa": ("a fine-tuned extractive question-answering model", ["/v1/qa"]),
-    "translate": ("a text-to-text (translation) model", ["/v1/translate"]),
-    "summarize": ("a fine-tuned summarizer", ["/v1/summarize"]),
-    "embed": ("a text encoder", []),
-}
-
-
-@dataclass
-class Served:
-    lm: object
-    name: str
-    kind: str  # a key of KINDS, or "none"
-    why_not_generate: str = ""
-    pipeline: object = None  # the task pipeline of a classify, ner or qa checkpoint
-    chat_template: object = None
-    embedder: object = None  # set when the model also serves /v1/embeddings
-
-    @property
-    def endpoints(self) -> list[str]:
-        own = KINDS.get(self.kind, ("", []))[1]
-        return own + (["/v1/embeddings"] if self.embedder is not None else [])
-
-    def require(self, kind: str) -> None:
-        """Refuses (400) a request for an endpoint of `kind` ("embed": /v1/embeddings) that this model cannot serve."""
-        if self.kind == kind or (kind == "embed" and self.embedder is not None):
-            return
-        if self.endpoints:
-            serves = f"it is {KINDS[self.kind][0]}: use {' or '.join(self.endpoints)}"
-        else:
-            serves = self.why_not_generate
-        raise ApiError(400, f"this server's model {self.name} cannot do that; {serves}", code="wrong_model_kind")
-
-
 def load_served(model, device: str = "auto", compile: str | bool = "auto") -> Served:
     """A checkpoint path, an `LM` or a task pipeline (`lmforge.pipeline(...)`), with what it can serve."""
-    from lmforge.lm import LM, TASK_MODELS, load
-    from lmforge.serve.tasks import Embedder, is_pipeline
+    from lmforge.lm import LM, load
+    from lmforge.models.registry import TASK_MODELS
     from lmforge.tasks.pipeline import pipeline
 
     if isinstance(model, (str, os.PathLike)):
+        from lmforge.checkpoint import read_config, resolve_checkpoint
         from lmforge.models.registry import ARCHITECTURES, model_config_class
-        from lmforge.train.checkpoint import read_config, resolve_checkpoint
 
         # Known from the config so that a task model's weights are loaded once, by its pipeline.
         arch = read_config(resolve_checkpoint(model)).get("arch")
@@ -162,14 +111,14 @@ def load_served(model, device: str = "auto", compile: str | bool = "auto") -> Se
         return load_served(model.path, device, compile)
     embedder = Embedder.of(model)
     task = model.config.get("data", {}).get("task")
-    if model._is_seq2seq() or task in ("translate", "summarize"):  # what transduce() serves
+    if model.is_seq2seq() or task in ("translate", "summarize"):  # what transduce() serves
         return Served(model, _name(model), "summarize" if task == "summarize" else "translate", embedder=embedder)
     try:
-        model._check_generative()
+        model.check_generative()
     except ConfigError as exc:
         return Served(model, _name(model), "embed" if embedder else "none", why_not_generate=str(exc),
                       embedder=embedder)
-    return Served(model, _name(model), "generate", chat_template=_compile_template(model.config.get("chat_template")),
+    return Served(model, _name(model), "generate", chat_template=compile_template(model.config.get("chat_template")),
                   embedder=embedder)
 
 
@@ -181,7 +130,8 @@ def _name(lm) -> str:
     return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
-def _compile_template(source: str | None):
+def compile_template(source: str | None):
+    """A checkpoint's chat_template (Jinja, Hugging Face's convention) compiled in a sandbox; None without one."""
     if not source:
         return None
     from jinja2 import TemplateError
@@ -199,12 +149,6 @@ def _compile_template(source: str | None):
 
 
 # ---- turning requests into jobs ---------------------------------------------------------------------------
-@dataclass
-class Limits:
-    max_tokens: int = 1024
-    timeout: float = 60.0
-
-
 def sampling_params(req: Sampling, limits: Limits, default_max_tokens: int) -> SamplingParams:
     if req.n not in (None, 1):
         raise ApiError(400, "n must be 1: this server makes one completion per prompt", param="n")
@@ -236,7 +180,7 @@ def stop_strings(stop: str | list[str] | None) -> list[str]:
 
 def make_job(served: Served, prompt: str, params: SamplingParams, stops: list[str], seed: int | None) -> GenerateJob:
     try:
-        ids = served.lm._prompt_ids(prompt)  # the LM's own context check
+        ids = served.lm.prompt_ids(prompt)  # the LM's own context check
     except ConfigError as exc:
         raise ApiError(400, str(exc), code="context_length_exceeded", param="prompt") from None
     return GenerateJob(prompt, ids, params, stops, seed)
@@ -296,8 +240,6 @@ def create_app(model, api_key: str | None = None, max_batch_size: int = 8, batch
     _add_error_handlers(app)
     router = APIRouter(prefix="/v1", dependencies=[Depends(_key_checker(api_key))])
     _add_generation_routes(router, served, batcher, limits)
-    from lmforge.serve.tasks import add_task_routes  # it builds on this module
-
     add_task_routes(router, served, batcher, limits)
 
     @router.get("/models")

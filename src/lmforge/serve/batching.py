@@ -9,7 +9,8 @@ split by prompt length. Seeded sampling runs alone so that a seed gives the same
 `LM.generate(..., seed=...)`.
 
 Everything touching the model runs in the worker thread: torch releases the GIL, the event loop stays responsive,
-and the model never sees two callers at once.
+and the model never sees two callers at once. Each row's tokens become text through generate/text.py's
+`TextStream`, the rules `LM.generate` uses, so a served completion reads as the library's.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmforge.generate.sampling import SamplingParams, generate_tokens
+from lmforge.generate.text import TextStream
 
 
 @dataclass
@@ -63,15 +65,12 @@ class CallJob:
 
 
 class _Row:
-    """The decoding state of one job inside a batch, mirroring `LM._stream`'s rules for what text is ready."""
+    """The decoding state of one job inside a batch: its text (a `TextStream`, the rules `LM.generate` uses), its
+    token count and why it ended."""
 
     def __init__(self, job: GenerateJob, tokenizer):
-        self.job, self.tok = job, tokenizer
-        # Word-level tokenizers decode words joined by spaces: the continuation needs one after the prompt.
-        self.sep = " " if tokenizer.kind == "word" and job.prompt and not job.prompt[-1].isspace() else ""
-        self.hold = max((len(s) for s in job.stops), default=1) - 1
-        self.out: list[int] = []
-        self.emitted = ""
+        self.job = job
+        self.stream = TextStream(tokenizer, job.prompt, job.stops)
         self.result = Completion()
         self.done = False
 
@@ -79,39 +78,24 @@ class _Row:
         if self.done:
             return
         self.result.completion_tokens += 1
-        if token == self.tok.eos_id:
-            self._finish("stop")
-            return
-        self.out.append(token)
-        text = self.sep + self.tok.decode(self.out)
-        cut = min((i for i in (text.find(s) for s in self.job.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self._emit(text[:cut])
+        self._emit(self.stream.push(token))
+        if self.stream.stopped:  # the end-of-sequence token or a stop string
             self.done, self.result.finish_reason = True, "stop"
-            return
-        # Hold back an unfinished UTF-8 sequence and anything that may be the start of a stop string.
-        ready = len(text) - self.hold if self.job.stops else len(text)
-        while ready > len(self.emitted) and text[ready - 1] == "\ufffd":
-            ready -= 1
-        self._emit(text[:ready])
-        if self.result.completion_tokens >= self.job.params.max_new_tokens:
-            self._finish("length")
+        elif self.result.completion_tokens >= self.job.params.max_new_tokens:
+            self._finish()
 
-    def _finish(self, reason: str) -> None:
-        self._emit(self.sep + self.tok.decode(self.out) if self.out else "")
-        self.done, self.result.finish_reason = True, reason
+    def _finish(self) -> None:
+        self._emit(self.stream.finish())
+        self.done, self.result.finish_reason = True, "length"
 
-    def _emit(self, text: str) -> None:
-        if len(text) > len(self.emitted):
-            piece = text[len(self.emitted) :]
-            self.emitted = text
-            if self.job.on_piece is not None:
-                self.job.on_piece(piece)
+    def _emit(self, piece: str) -> None:
+        if piece and self.job.on_piece is not None:
+            self.job.on_piece(piece)
 
     def close(self) -> Completion:
         if not self.done:  # max_new_tokens 0, or the job was cancelled
-            self._finish("length")
-        self.result.text = self.emitted
+            self._finish()
+        self.result.text = self.stream.text
         return self.result
 
 

@@ -11,6 +11,9 @@ Each answers `{"object": "list", "model", "data": [{"index": i, ...}, ...]}`, on
 and calls what the library already has (the task pipelines, `LM.transduce`) in the batcher's worker thread, so the
 model has one caller at a time. An endpoint that does not fit the served checkpoint, an empty text, an empty or too
 long list, an over-long input or a bad decoding option answers 4xx in OpenAI's error shape.
+
+serve/app.py adds these routes (`add_task_routes`) and uses `Embedder` and `is_pipeline` to tell what a checkpoint
+serves; this module builds on serve/protocol.py and serve/batching.py only, never on serve/app.py.
 """
 
 from __future__ import annotations
@@ -25,38 +28,38 @@ import torch
 from fastapi import APIRouter
 
 from lmforge.errors import ConfigError, LmforgeError
-from lmforge.serve.app import MAX_PROMPTS, ApiError, Limits, Served, _Body
 from lmforge.serve.batching import Batcher, CallJob
+from lmforge.serve.protocol import MAX_PROMPTS, ApiError, Limits, RequestBody, Served
 
 MAX_TEXT_CHARS = 50_000  # one text, question or context (NER and QA read long texts in windows)
 MAX_BEAMS = 16
 
 
 # ---- request bodies --------------------------------------------------------------------------------------
-class ClassifyRequest(_Body):
+class ClassifyRequest(RequestBody):
     model: str | None = None
     input: str | dict | list[str | dict]
 
 
-class EmbeddingRequest(_Body):
+class EmbeddingRequest(RequestBody):
     model: str | None = None
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
 
 
-class NerRequest(_Body):
+class NerRequest(RequestBody):
     model: str | None = None
     text: str | list[str]
 
 
-class QAItem(_Body):
+class QAItem(RequestBody):
     model: str | None = None
     question: str
     context: str
 
 
-class TranslateRequest(_Body):
+class TranslateRequest(RequestBody):
     model: str | None = None
     text: str | list[str]
     num_beams: int | None = None
@@ -72,7 +75,7 @@ class Embedder:
     """
 
     def __init__(self, lm, backbone: str, hidden: Callable, block_size: int, width: int):
-        from lmforge.tasks.encoding import TextEncoder
+        from lmforge.tasks.classify.encoding import TextEncoder
 
         self.lm, self.hidden, self.block_size, self.width = lm, hidden, block_size, width
         self.encoder = TextEncoder(lm.tokenizer, backbone, max_length=1 << 30)  # refused below rather than cut
@@ -122,9 +125,9 @@ def _encode_vector(vector: list[float], encoding_format: str) -> list[float] | s
 
 def is_pipeline(model) -> bool:
     """Whether `model` is a classify, ner or qa pipeline (what `lmforge.pipeline(...)` makes)."""
-    from lmforge.tasks.ner_pipeline import TokenClassificationPipeline
-    from lmforge.tasks.pipeline import TextClassificationPipeline
-    from lmforge.train.finetune_qa import QuestionAnsweringPipeline
+    from lmforge.tasks.classify.pipeline import TextClassificationPipeline
+    from lmforge.tasks.ner.pipeline import TokenClassificationPipeline
+    from lmforge.tasks.qa.pipeline import QuestionAnsweringPipeline
 
     return isinstance(model, (TextClassificationPipeline, TokenClassificationPipeline, QuestionAnsweringPipeline))
 

@@ -1,21 +1,21 @@
 """`pipeline(task, model=CKPT)`: a fine-tuned checkpoint as a function from texts to predictions, in the manner of
-Hugging Face's `pipeline("sentiment-analysis")`.
+Hugging Face's `pipeline("sentiment-analysis")`; each task's own pipeline class does the work.
 
     clf = lmforge.pipeline("sentiment-analysis", model="sst2-run")
     clf(["a gripping film", "a waste of time"])   # [{"label": "1", "score": 0.97}, {"label": "0", "score": 0.91}]
-    nli = lmforge.pipeline("nli", model="nli-run")
-    nli({"text": "A man plays a guitar.", "text_pair": "A person makes music."})
+    ner = lmforge.pipeline("ner", model="conll-run")
+    qa = lmforge.pipeline("question-answering", model="squad-run")
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
 from lmforge.errors import ConfigError
-from lmforge.tasks.encoding import TextEncoder
-from lmforge.tasks.examples import Example, Fields, read_examples
+from lmforge.tasks.classify.pipeline import TextClassificationPipeline
+from lmforge.tasks.ner.pipeline import TokenClassificationPipeline
+from lmforge.tasks.qa.pipeline import QuestionAnsweringPipeline
 
 TASK_ALIASES = {
     "sentiment-analysis": "classify",
@@ -30,70 +30,6 @@ TASK_ALIASES = {
 }
 
 
-class TextClassificationPipeline:
-    def __init__(self, model: str | os.PathLike, device: str = "auto", batch_size: int = 64):
-        from lmforge.lm import load
-
-        self.lm = load(model, device=device)
-        if getattr(self.lm.model.config, "objective", None) != "classify":
-            raise ConfigError(f"{model} is a {self.lm.config.get('arch')} checkpoint, not a fine-tuned classifier; "
-                              "fine-tune one with `lmforge finetune --task classify`")
-        cfg = self.lm.model.config
-        self.labels, self.multi_label = list(cfg.labels), cfg.multi_label
-        self.encoder = TextEncoder(self.lm.tokenizer, cfg.backbone, cfg.block_size)
-        self.batch_size = batch_size
-        data = self.lm.config.get("data", {})
-        self.task = data.get("task", "classify")
-        self.fields = Fields(**data["fields"]) if "fields" in data else Fields()
-
-    def probabilities(self, examples: list[Example]):
-        from lmforge.train.finetune import predict_logits, probabilities
-
-        rows = [self.encoder(ex.text, ex.pair) for ex in examples]
-        logits = predict_logits(self.lm.model, self.encoder, rows, self.lm.device, self.batch_size)
-        return probabilities(logits, self.multi_label)
-
-    def __call__(self, inputs, top_k: int | None = 1, threshold: float = 0.5):
-        """Predictions for one input or a list: a text, or a dict {"text", "text_pair"} for pairs.
-
-        Single-label: {"label", "score"} (or, with top_k > 1 / None, a list of them, best first). Multi-label: the
-        list of labels whose probability reaches `threshold`, each with its score.
-        """
-        single = not isinstance(inputs, list)
-        examples = [self._example(x) for x in ([inputs] if single else inputs)]
-        probs = self.probabilities(examples)
-        out = []
-        for row in probs.tolist():
-            ranked = sorted(zip(self.labels, row), key=lambda p: -p[1])
-            if self.multi_label:
-                out.append([{"label": n, "score": s} for n, s in ranked if s >= threshold])
-            elif top_k == 1:
-                out.append({"label": ranked[0][0], "score": ranked[0][1]})
-            else:
-                out.append([{"label": n, "score": s} for n, s in ranked[: top_k or None]])
-        return out[0] if single else out
-
-    def _example(self, x) -> Example:
-        if isinstance(x, str):
-            if self.task == "nli":
-                raise ConfigError("an NLI model classifies pairs: give {'text': ..., 'text_pair': ...}")
-            text, pair = x, None
-        elif isinstance(x, dict) and "text" in x:
-            text, pair = x["text"], x.get("text_pair")
-        else:
-            raise ConfigError("give a text, or a dict with 'text' (and 'text_pair' for pairs)")
-        if not isinstance(text, str) or not text.strip():
-            raise ConfigError("cannot classify an empty text")
-        return Example(text, pair)
-
-    def predict_file(self, path: str | os.PathLike, fields: Fields | None = None) -> list[dict]:
-        """Predictions for every example of a CSV/TSV/JSONL file (labels, if present, are not needed)."""
-        examples = read_examples(path, fields or self.fields, need_labels=False)
-        preds = self([{"text": e.text, "text_pair": e.pair} for e in examples])
-        return [{"text": e.text, **({"text_pair": e.pair} if e.pair else {}), "prediction": p}
-                for e, p in zip(examples, preds)]
-
-
 def pipeline(task: str, model: str | os.PathLike, device: str = "auto", **kw):
     """A prediction function for `task` ("sentiment-analysis", "text-classification", "nli", "ner",
     "question-answering") from a checkpoint."""
@@ -102,40 +38,7 @@ def pipeline(task: str, model: str | os.PathLike, device: str = "auto", **kw):
     if not Path(model).exists():
         raise ConfigError(f"{model} does not exist; give a fine-tuned checkpoint folder or run directory")
     if TASK_ALIASES[task] == "qa":
-        from lmforge.train.finetune_qa import QuestionAnsweringPipeline
-
         return QuestionAnsweringPipeline(model, device=device)
     if TASK_ALIASES[task] == "ner":
-        from lmforge.tasks.ner_pipeline import TokenClassificationPipeline
-
         return TokenClassificationPipeline(model, device=device, **kw)
     return TextClassificationPipeline(model, device=device, **kw)
-
-
-def evaluate_classifier(
-    model: str | os.PathLike, data: str | os.PathLike, fields: Fields | dict | None = None,
-    report: str | os.PathLike | None = None, device: str = "auto", samples: int = 20,
-) -> dict:
-    """Accuracy, precision/recall/F1 (per class, macro, weighted), confusion matrix and ROC-AUC of a fine-tuned
-    classifier on a labelled file; with `report`, also metrics.json, report.md and the plots in that folder.
-
-    `fields` defaults to the field names the model was trained with; a dict changes only the fields it names."""
-    from lmforge.eval.classification import write_report
-    from lmforge.tasks.examples import check_labels
-    from lmforge.train.finetune import score_examples
-
-    clf = TextClassificationPipeline(model, device=device)
-    if isinstance(fields, dict):
-        fields = dataclasses.replace(clf.fields, **{k: v for k, v in fields.items() if v is not None})
-    examples = read_examples(data, fields or clf.fields)
-    check_labels(examples, clf.labels, data)
-    scores = score_examples(clf.lm.model, clf.encoder, examples, clf.lm.device)
-    if report is not None:
-        shown = examples[:samples]
-        preds = clf([{"text": e.text, "text_pair": e.pair} for e in shown], top_k=1, threshold=0.5)
-        rows = [{"text": e.text + (f" ||| {e.pair}" if e.pair else ""), "label": ",".join(e.labels),
-                 "predicted": p["label"] if isinstance(p, dict) else ",".join(q["label"] for q in p),
-                 "score": p["score"] if isinstance(p, dict) else min((q["score"] for q in p), default=0.0)}
-                for e, p in zip(shown, preds)]
-        write_report(scores, clf.labels, report, rows)
-    return scores

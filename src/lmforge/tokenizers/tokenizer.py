@@ -1,4 +1,5 @@
-"""One wrapper around `tokenizers.Tokenizer` with the special-token roles the models need."""
+"""One wrapper around `tokenizers.Tokenizer` with the special-token roles the models need (`Tokenizer`), and
+`word_tokenizer`, the word-level tokenizer of a given word list (`Tokenizer.train` kind "word", ARPA import)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def _settled(hf: HFTokenizer) -> HFTokenizer:
     return HFTokenizer.from_str(text)
 
 
-def _word_tokenizer(words: list[str]) -> HFTokenizer:
+def word_tokenizer(words: list[str]) -> HFTokenizer:
     """Whitespace-separated words, the classic word-level LM set-up (PTB, WikiText); the rest map to <|unk|>."""
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
     for w in words:
@@ -186,7 +187,7 @@ class Tokenizer:
             ranked = sorted(words, key=lambda w: (-words[w], w))
             if vocab_size is not None:
                 ranked = ranked[: vocab_size - len(SPECIAL_TOKENS)]
-            return cls(_settled(_word_tokenizer(ranked)))
+            return cls(_settled(word_tokenizer(ranked)))
         vocab_size = vocab_size or DEFAULT_VOCAB_SIZE[kind]
         hf, trainer = _subword_tokenizer(kind, vocab_size, min_frequency)
         seen = [0]
@@ -326,6 +327,12 @@ class Tokenizer:
 
     def to_str(self) -> str:
         return self.hf.to_str()
+
+    def round_trips(self, text: str) -> bool:
+        """Whether `text` encodes to known tokens that decode back to exactly `text` (special tokens kept): the test
+        a chat role marker or a prompt separator must pass."""
+        ids = self.encode(text)
+        return bool(ids) and self.unk_id not in ids and self.decode(ids, skip_special_tokens=False) == text
 
     def sha256(self) -> str:
         """A fingerprint of the whole tokenizer (vocabulary, merges, normalisation), to match data and models."""

@@ -12,8 +12,7 @@ import torch
 
 from lmforge.data.clean import _jieba
 from lmforge.tokenizers import Tokenizer
-
-IGNORE_INDEX = -100
+from lmforge.train.labels import IGNORE_INDEX
 
 
 def token_pieces(tokenizer: Tokenizer) -> list[str]:

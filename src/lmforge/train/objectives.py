@@ -9,9 +9,11 @@ from torch import nn
 
 from lmforge.data.shards import TokenShards
 from lmforge.errors import ConfigError, DataError
+from lmforge.models.modes import eval_mode
 from lmforge.tokenizers import Tokenizer
-
-IGNORE_INDEX = -100
+from lmforge.train.labels import IGNORE_INDEX
+from lmforge.train.packing import collate_packed
+from lmforge.train.packing import pack as pack_rows
 
 
 class CausalLM:
@@ -314,6 +316,66 @@ class ShuffledEpochs:
         if d:
             self.perm, self.pos = d["perm"], d["pos"]
 
+
+def collate_labelled(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) rows of different lengths as two (B, T) tensors, padded with pad_id / IGNORE_INDEX."""
+    width = max(len(x) for x, _ in rows)
+    x = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    y = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for i, (ids, labels) in enumerate(rows):
+        x[i, : len(ids)] = torch.tensor(ids)
+        y[i, : len(labels)] = torch.tensor(labels)
+    return x, y
+
+
+def labelled_loss_sum(model: nn.Module, batch) -> torch.Tensor:
+    """Summed cross-entropy over the labelled tokens of (inputs, labels) or of packed (inputs, labels, segments)."""
+    x, y, *segments = batch
+    logits = model(x, segments=segments[0]) if segments else model(x)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORE_INDEX,
+                           reduction="sum")
+
+
+class LabelledSequences(ShuffledEpochs):
+    """Causal-LM fine-tuning on (inputs, labels) rows whose labels are IGNORE_INDEX where nothing is learnt (a chat's
+    user turns, a prompted pair's source): shuffled epochs, summed cross-entropy over the labelled tokens. With
+    `pack`, a batch's examples share rows as wide as its longest one (train/packing.py): fewer, fuller rows, same
+    loss."""
+
+    name = "labelled-sequences"
+    packs = True
+
+    def __init__(self, rows, pad_id: int, batch_size: int, group_by_length: bool = False, pack: bool = False):
+        super().__init__(len(rows), batch_size, lengths=[len(x) for x, _ in rows] if group_by_length else None)
+        self.rows, self.pad_id, self.packed = rows, pad_id, pack
+
+    def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        chosen = [self.rows[i] for i in self.next_indices(generator)]
+        if not self.packed:
+            return collate_labelled(chosen, self.pad_id)
+        lengths = [len(x) for x, _ in chosen]
+        return collate_packed(chosen, pack_rows(lengths, max(lengths)), self.pad_id)
+
+    @staticmethod
+    def count_targets(batch) -> torch.Tensor:
+        return (batch[1] != IGNORE_INDEX).sum()
+
+    @staticmethod
+    def loss_sum(model, batch) -> torch.Tensor:
+        return labelled_loss_sum(model, batch)
+
+
+
+@torch.no_grad()
+def labelled_loss(model, rows, pad_id: int, device, batch_size: int = 32) -> float:
+    """Mean cross-entropy per labelled token of (inputs, labels) rows (a dev set), in eval mode."""
+    total, count = 0.0, 0
+    with eval_mode(model):
+        for first in range(0, len(rows), batch_size):
+            batch = tuple(t.to(device) for t in collate_labelled(rows[first : first + batch_size], pad_id))
+            total += float(labelled_loss_sum(model, batch))
+            count += int(LabelledSequences.count_targets(batch))
+    return total / max(count, 1)
 
 OBJECTIVES = {"clm": CausalLM, "tbptt": TBPTT, "mlm": MaskedLM, "seq2seq": Seq2SeqDenoise}
 

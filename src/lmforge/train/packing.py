@@ -11,7 +11,7 @@ import bisect
 
 import torch
 
-from lmforge.tasks.chat import IGNORE_INDEX
+from lmforge.train.labels import IGNORE_INDEX
 
 PAD_SEGMENT = -1  # the document number of a row's padding tail: its labels are ignored
 

@@ -1,4 +1,10 @@
-"""The one training loop: every architecture and objective trains here.
+"""The one training loop: every architecture, objective and task trains here.
+
+What varies between runs is a value, not a subclass: a `RunSpec` says what this run trains on (its objective and
+tokenizer), how to build its model and how to save and restore its weights, how it is validated and which
+validation metric picks the best checkpoint, and what its checkpoints and model card say. Pretraining
+(tasks/lm), every fine-tuning task (tasks/*/run.py), distillation and prune-recovery (compress/) build a spec
+and hand it to `Trainer(cfg, spec, run_dir).run()`.
 
 Per optimizer step: set the scheduled learning rate, draw `grad_accum` micro-batches, backpropagate their summed
 token loss divided by the tokens of the whole accumulated batch, clip, step. Every `eval_every` steps: validation
@@ -11,27 +17,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
 import signal
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from lmforge.config import RunConfig, build_run_config, parse_overrides
-from lmforge.data.shards import TokenShards, read_manifest
+from lmforge import checkpoint as ckpt
+from lmforge.config import RunConfig
 from lmforge.device import autocast, autocast_dtype, pick_device
-from lmforge.errors import CheckpointError, ConfigError, TokenizerError, TrainingError
-from lmforge.eval.perplexity import describe_scores, evaluate_shards
-from lmforge.models.registry import build_model, is_statistical
+from lmforge.errors import CheckpointError, ConfigError, TrainingError
+from lmforge.eval.perplexity import describe_scores
 from lmforge.tokenizers import Tokenizer
-from lmforge.train import checkpoint as ckpt
-from lmforge.train.objectives import build_objective
 from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.progress import TrainProgress
 
@@ -41,7 +46,7 @@ class RunResult:
     run_dir: Path
     step: int
     tokens: int
-    stop_reason: str  # max_steps | max_minutes | max_tokens | early_stop | interrupted
+    stop_reason: str  # max_steps | max_minutes | max_tokens | early_stop | interrupted | fitted
     latest: Path | None = None
     best: Path | None = None
     metrics: dict = field(default_factory=dict)  # the last evaluation: val_loss, val_perplexity, val_bits_per_byte
@@ -49,67 +54,57 @@ class RunResult:
     tokens_per_s: float = 0.0
 
 
-def pretrain(
-    data: str | os.PathLike,
-    out: str | os.PathLike,
-    config: str | os.PathLike | None = None,
-    arch: str | None = None,
-    preset: str | None = None,
-    overrides: dict | list[str] | None = None,
-    max_steps: int | None = None,
-    max_minutes: float | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> RunResult:
-    """Train a model on a prepared data directory; checkpoints go to `out` (a run directory).
-
-    `overrides` are dotted config keys, e.g. {"model.n_layer": 4, "optim.lr": 3e-4}. `max_steps` and
-    `max_minutes` are shortcuts for train.max_steps / train.max_minutes.
-    """
-    run_dir = Path(out)
-    overrides = parse_overrides(overrides)
-    if max_steps is not None:
-        overrides["train.max_steps"] = max_steps
-    if max_minutes is not None:
-        overrides["train.max_minutes"] = max_minutes
-    latest = ckpt.resume_point(run_dir, resume)
-    if latest is not None:
-        saved = ckpt.read_config(latest)
-        if is_statistical(saved["arch"]):
-            raise ConfigError(f"a {saved['arch']} model is fitted in one pass; there is nothing to resume")
-        if any(k.startswith("model.") for k in overrides) or preset or arch or config:
-            raise ConfigError("a resumed run keeps its model and config; only optim.* and train.* overrides apply")
-        cfg = build_run_config(base=saved["run"], overrides=overrides)
-        return Trainer(cfg, data, run_dir, progress=progress, resume_from=latest).run()
-    cfg = build_run_config(arch=arch, preset=preset, config_file=config, overrides=overrides)
-    if is_statistical(cfg.arch):
-        from lmforge.train.statistical import fit_statistical
-
-        return fit_statistical(cfg, Path(data), run_dir, progress=progress)
-    return Trainer(cfg, data, run_dir, progress=progress).run()
+def _same_model(model: nn.Module) -> nn.Module:
+    return model
 
 
-def load_prepared(data_dir: Path) -> tuple[dict, Tokenizer]:
-    """The manifest and tokenizer of a prepared data directory, checked against each other."""
-    manifest = read_manifest(data_dir)
-    tokenizer = Tokenizer.load(Path(data_dir) / "tokenizer.json")
-    if tokenizer.sha256() != manifest["tokenizer"]["sha256"]:
-        raise TokenizerError(f"{data_dir}/tokenizer.json does not match its manifest; prepare the data again")
-    return manifest, tokenizer
+def _no_state(model: nn.Module) -> dict:
+    return {}
+
+
+@dataclass
+class WeightsIO:
+    """How a run's weights reach a checkpoint and come back on resume. The default saves the trained module as it
+    is; LoRA fine-tuning (train/lora.py) saves merged weights and keeps its adapters in the train state."""
+
+    to_save: Callable[[nn.Module], nn.Module] = _same_model
+    extra_state: Callable[[nn.Module], dict] = _no_state  # merged into train_state.pt
+    # (model, checkpoint path, train state) -> None; None loads the checkpoint's weights into the model.
+    restore: Callable[[nn.Module, Path, dict], None] | None = None
+
+
+@dataclass
+class RunSpec:
+    """What a kind of run plugs into the one loop."""
+
+    tokenizer: Tokenizer
+    objective: Any  # train/objectives.py: next_batch, count_targets, loss_sum, state_dict, load_state_dict
+    build_model: Callable[[], nn.Module]  # called after seeding: the initial weights are a function of the seed
+    # (model, device, autocast dtype) -> scores as evaluate() returns them ("loss" at least), or None
+    validate: Callable[[nn.Module, torch.device, torch.dtype | None], dict | None] | None = None
+    selection: tuple[str, str] = ("val_loss", "min")  # the metric that picks `best` (and early-stops), min or max
+    data_size: str = ""  # "12,345 training tokens", for the first progress line
+    data_info: dict = field(default_factory=dict)  # the checkpoint config's "data"
+    data_card: list[str] = field(default_factory=list)  # the model card's "Data" lines
+    config_extras: dict = field(default_factory=dict)  # more top-level keys of every checkpoint's config.json
+    usage: str = "generate {run} --prompt 'Hello'"  # the command the model card suggests ({run}: the run dir)
+    resume_hint: str = "continue with the same command plus --resume"  # told on an interrupt ({run}: the run dir)
+    # (saved checkpoint config, its train state) -> None; raises CheckpointError when this run cannot continue it
+    check_resume: Callable[[dict, dict], None] | None = None
+    weights: WeightsIO = field(default_factory=WeightsIO)
 
 
 class Trainer:
     def __init__(
         self,
         cfg: RunConfig,
-        data: str | os.PathLike,
-        run_dir: Path,
+        spec: RunSpec,
+        run_dir: str | Path,
         progress: bool = True,
         resume_from: Path | None = None,
     ):
-        self.cfg, self.run_dir, self.data_dir = cfg, Path(run_dir), Path(data)
-        self.resume_from = resume_from
-        self._setup_data()
+        self.cfg, self.spec, self.run_dir = cfg, spec, Path(run_dir)
+        self.tokenizer, self.objective = spec.tokenizer, spec.objective
         cfg.validate()
         if cfg.train.group_by_length and getattr(self.objective, "lengths", None) is None:
             raise ConfigError(
@@ -130,7 +125,7 @@ class Trainer:
         torch.manual_seed(t.seed)
         random.seed(t.seed)
         np.random.seed(t.seed % 2**32)
-        self.model = self._build_model().to(self.device)
+        self.model = spec.build_model().to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.data_gen = torch.Generator().manual_seed(t.seed + 1)
@@ -149,73 +144,9 @@ class Trainer:
         if resume_from is not None:
             self._restore(resume_from)
 
-    # ---- what a kind of run plugs in: its data, its model, its validation --------------------------------
-    # Which validation metric picks the best checkpoint (and drives early stopping), and whether lower is better.
-    selection = ("val_loss", "min")
-
-    def _setup_data(self) -> None:
-        """Tokenizer, training objective and validation data of a prepared data directory (token shards)."""
-        self.manifest, self.tokenizer = load_prepared(self.data_dir)
-        if self.resume_from is not None:
-            saved_sha = ckpt.read_config(self.resume_from)["tokenizer"]["sha256"]
-            if saved_sha != self.tokenizer.sha256():
-                raise TokenizerError(
-                    f"{self.data_dir} was tokenized differently from the run being resumed; resume with its own data"
-                )
-        self.cfg.model.vocab_size = self.tokenizer.vocab_size
-        self.cfg.model.validate()
-        self.train_data = TokenShards(self.data_dir, "train")
-        self.val_data = TokenShards(self.data_dir, "val") if "val" in self.manifest["splits"] else None
-        if self.val_data is not None and self.val_data.tokens < 2:
-            self.val_data = None
-        self.objective = build_objective(self.cfg.model, self.train_data, self.cfg.train.batch_size, self.tokenizer)
-        self.data_size = f"{self.train_data.tokens:,} training tokens"
-        self.data_info = {"dir": str(self.data_dir.resolve()), "manifest_tokens": self.manifest["splits"]["train"]["tokens"]}
-
-    def _build_model(self) -> torch.nn.Module:
-        return build_model(self.cfg.arch, self.cfg.model)
-
     def _trainable_note(self) -> str:
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         return "" if trainable == self.model.num_params() else f", {trainable:,} of them trained"
-
-    def _model_to_save(self) -> torch.nn.Module:
-        return self.model
-
-    @property
-    def resume_hint(self) -> str:
-        """What continues this run, told when it is interrupted."""
-        return f"continue with `lmforge pretrain --data {self.data_dir} --out {self.run_dir} --resume`"
-
-    @property
-    def usage(self) -> str:
-        """The command the model card suggests, with {run} for the run directory."""
-        if getattr(self.cfg.model, "bidirectional", False):
-            return "evaluate {run} --data DATA"
-        return "generate {run} --prompt 'Hello'"
-
-    def _validate(self) -> dict | None:
-        """Scores on the validation data (keys as evaluate() returns them), or None when there is none."""
-        if self.val_data is None:
-            return None
-        t = self.cfg.train
-        return evaluate_shards(
-            self.model, self.val_data, self.tokenizer, t.batch_size, t.eval_tokens or None, self.device, self.amp_dtype
-        )
-
-    def _config_extras(self) -> dict:
-        """Top-level keys a kind of run adds to every checkpoint's config.json (e.g. a chat fine-tune's template)."""
-        return {}
-
-    def _data_card(self) -> list[str]:
-        splits = self.manifest["splits"]
-        lines = [
-            f"- data directory: `{self.data_dir}`",
-            f"- training split: {splits['train']['documents']:,} documents, {splits['train']['tokens']:,} tokens",
-        ]
-        if "val" in splits:
-            lines.append(f"- validation split: {splits['val']['documents']:,} documents, {splits['val']['tokens']:,} tokens")
-        return lines
 
     # ---- state ---------------------------------------------------------------------------------------
     def _train_state(self) -> dict:
@@ -230,6 +161,7 @@ class Trainer:
             "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
+            **self.spec.weights.extra_state(self.model),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -239,14 +171,6 @@ class Trainer:
             },
         }
 
-    def _check_resume(self, saved_config: dict, state: dict) -> None:
-        """Refuse (one clear error) a checkpoint this run cannot continue; pretrain rebuilds its run from the
-        checkpoint's own config, so there is nothing to compare."""
-
-    def _load_weights(self, path: Path, state: dict) -> None:
-        model, _, _ = ckpt.load_checkpoint(path, self.device)
-        self.model.load_state_dict(ckpt.unwrap(model).state_dict())
-
     def _restore(self, path: Path) -> None:
         state_file = path / "train_state.pt"
         if not state_file.is_file():
@@ -255,8 +179,13 @@ class Trainer:
             state = torch.load(state_file, map_location="cpu", weights_only=False)
         except Exception:
             raise CheckpointError(f"{state_file} is truncated or corrupted; resume from an earlier checkpoint") from None
-        self._check_resume(ckpt.read_config(path), state)
-        self._load_weights(path, state)
+        if self.spec.check_resume is not None:
+            self.spec.check_resume(ckpt.read_config(path), state)
+        if self.spec.weights.restore is not None:
+            self.spec.weights.restore(self.model, path, state)
+        else:
+            model, _, _ = ckpt.load_checkpoint(path, self.device)
+            self.model.load_state_dict(ckpt.unwrap(model).state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         self.objective.load_state_dict(state.get("objective", {}), self.device)
         self.scaler.load_state_dict(state["scaler"])
@@ -289,7 +218,7 @@ class Trainer:
         bar.log(
             f"training {cfg.arch} ({self.model.num_params():,} parameters{self._trainable_note()}) on {self.device}"
             f"{' with ' + str(self.amp_dtype).replace('torch.', '') + ' autocast' if self.amp_dtype else ''}: "
-            f"{tokens_per_step:,} tokens/step, {self.data_size}"
+            f"{tokens_per_step:,} tokens/step, {self.spec.data_size}"
         )
         save_every = t.save_every or t.eval_every
         stop_reason = "max_steps"
@@ -360,7 +289,7 @@ class Trainer:
         if stop_reason == "interrupted":
             print(
                 f"interrupted at step {self.step}: checkpoint saved to {result.latest}; "
-                f"{self.resume_hint}",
+                f"{self.spec.resume_hint.format(run=self.run_dir)}",
                 flush=True,
             )
             raise KeyboardInterrupt
@@ -417,7 +346,7 @@ class Trainer:
         return None
 
     def _evaluate(self, writer, bar: TrainProgress) -> None:
-        result = self._validate()
+        result = None if self.spec.validate is None else self.spec.validate(self.model, self.device, self.amp_dtype)
         if result is None:
             return
         if not math.isfinite(result["loss"]):
@@ -429,7 +358,7 @@ class Trainer:
         self.last_eval = {
             f"val_{k}": v for k, v in result.items() if k not in ("tokens", "bytes") and (v is None or isinstance(v, (int, float)))
         }
-        key, mode = self.selection
+        key, mode = self.spec.selection
         value = self.last_eval.get(key)
         if value is not None:
             improved = (value if mode == "min" else -value) < self.best_val
@@ -439,7 +368,7 @@ class Trainer:
 
     def _save(self, bar: TrainProgress) -> None:
         name = f"ckpt-{self.step:07d}"
-        key, mode = self.selection
+        key, mode = self.spec.selection
         val = self.last_eval.get(key) if self.last_eval else None
         score = None if val is None else (val if mode == "min" else -val)
         is_best = score is not None and score < self.best_val
@@ -449,15 +378,15 @@ class Trainer:
             "arch": self.cfg.arch,
             "model": self.cfg.to_dict()["model"],
             "run": self.cfg.to_dict(),
-            "data": self.data_info,
+            "data": self.spec.data_info,
             "step": self.step,
             "tokens": self.tokens,
             "metrics": self.last_eval,
-            **self._config_extras(),
+            **self.spec.config_extras,
         }
         path = ckpt.save_checkpoint(
             self.run_dir / name,
-            self._model_to_save(),
+            self.spec.weights.to_save(self.model),
             self.tokenizer,
             config,
             train_state=self._train_state(),
@@ -480,10 +409,14 @@ class Trainer:
     def _tensorboard(self):
         if not self.cfg.train.tensorboard:
             return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
+        from lmforge.extras import available
+
+        if not available("tensorboard"):  # on by default, but an extra: say so once (per process), do not fail
+            warnings.warn('tensorboard is not installed: this run logs to metrics.jsonl only (pip install '
+                          '"lmforge[tb]", or --train.tensorboard false)', stacklevel=2)
             return None
+        from torch.utils.tensorboard import SummaryWriter
+
         return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
 
     def _model_card(self) -> str:
@@ -497,13 +430,13 @@ class Trainer:
             "",
             "## Data",
             "",
-            *self._data_card(),
+            *self.spec.data_card,
         ]
         lines += ["", "## Training", "", f"- steps: {self.step:,}; tokens seen: {self.tokens:,}"]
         lines.append(f"- training time: {self.elapsed / 60:.1f} min on {self.device}")
         if self.last_eval:
             lines += ["", "## Evaluation (validation split)", "", describe_scores(self.last_eval)]
-        lines += ["", "## Use", "", "```", "lmforge " + self.usage.format(run=self.run_dir), "```", ""]
+        lines += ["", "## Use", "", "```", "lmforge " + self.spec.usage.format(run=self.run_dir), "```", ""]
         return "\n".join(lines)
 
     # ---- signals -------------------------------------------------------------------------------------

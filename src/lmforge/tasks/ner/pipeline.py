@@ -15,9 +15,12 @@ from __future__ import annotations
 import os
 import re
 
+from lmforge.checkpoint import load_for_inference
 from lmforge.errors import ConfigError
-from lmforge.tasks.conll import check_tags, read_conll, scheme_of
-from lmforge.tasks.word_encoding import WordEncoder
+from lmforge.eval.ner import write_ner_report
+from lmforge.tasks.ner.conll import check_tags, read_conll, scheme_of
+from lmforge.tasks.ner.encoding import WordEncoder
+from lmforge.tasks.ner.run import score_sentences, tag_pieces
 
 # A word: letters/digits with inner joiners kept ("U.S", "1,000", "Jean-Pierre", "AT&T"), or one other character.
 WORD = re.compile(r"\w+(?:[-'’.,:/&]\w+)*|\S")
@@ -53,9 +56,7 @@ def merge_entities(tags: list[str], probs: list[float]) -> list[tuple[str, int, 
 
 class TokenClassificationPipeline:
     def __init__(self, model: str | os.PathLike, device: str = "auto", batch_size: int = 64):
-        from lmforge.lm import load
-
-        self.lm = load(model, device=device)
+        self.lm = load_for_inference(model, device=device)
         if getattr(self.lm.model.config, "objective", None) != "tag":
             raise ConfigError(f"{model} is a {self.lm.config.get('arch')} checkpoint, not a fine-tuned tagger; "
                               "fine-tune one with `lmforge finetune --task ner`")
@@ -66,8 +67,6 @@ class TokenClassificationPipeline:
 
     def tag_words(self, sentences: list[list[str]]) -> tuple[list[list[str]], list[list[float]]]:
         """The tag of every word, and its probability, for sentences given as words."""
-        from lmforge.train.finetune_ner import tag_pieces
-
         pieces = [self.encoder.pieces(words) for words in sentences]
         tags, probs, _ = tag_pieces(self.lm.model, self.encoder, pieces, self.lm.device, self.batch_size)
         return [[self.labels[i] for i in seq] for seq in tags], probs
@@ -96,9 +95,6 @@ def evaluate_ner(model: str | os.PathLike, data: str | os.PathLike, report: str 
                  device: str = "auto", samples: int = 20) -> dict:
     """Entity-level precision/recall/F1 (seqeval, strict; overall and per type) of a fine-tuned tagger on a CoNLL
     file; with `report`, also metrics.json, report.md and a confusion plot in that folder."""
-    from lmforge.eval.ner import write_ner_report
-    from lmforge.train.finetune_ner import score_sentences
-
     ner = TokenClassificationPipeline(model, device=device)
     sentences = read_conll(data)
     check_tags(sentences, ner.labels, data)

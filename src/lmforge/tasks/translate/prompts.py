@@ -15,9 +15,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from lmforge.errors import ConfigError, DataError
-from lmforge.tasks.chat import IGNORE_INDEX, _round_trips
-from lmforge.tasks.pairs import Pair
+from lmforge.generate.beam import BeamParams, beam_search_prompts, continue_prompts
+from lmforge.generate.sampling import SamplingParams
+from lmforge.models.modes import eval_mode
+from lmforge.tasks.translate.pairs import Pair
 from lmforge.tokenizers import Tokenizer
+from lmforge.train.labels import IGNORE_INDEX
 
 SEPARATORS = ("\n=>\n", "\n")  # most explicit first
 CONFIG_KEY = "pair_prompt"  # under the checkpoint config's "data"
@@ -35,7 +38,7 @@ class PairPrompt:
         if tokenizer.eos_id is None:
             raise ConfigError("the tokenizer has no end-of-sequence token to start a prompt and end a target")
         end = tokenizer.id_to_token(tokenizer.eos_id)
-        return cls(next((s for s in SEPARATORS if _round_trips(tokenizer, s)), end), target_room)
+        return cls(next((s for s in SEPARATORS if tokenizer.round_trips(s)), end), target_room)
 
     @classmethod
     def from_config(cls, config: dict) -> PairPrompt | None:
@@ -83,42 +86,17 @@ class PairPrompt:
         """The model's output text for each source (special tokens dropped), greedy or by beam search. A long source
         is cut so that its prompt leaves `target_room` tokens of context; an output ends at its end-of-sequence
         token, after max_new_tokens, or when the context is full."""
-        from lmforge.generate.beam import BeamParams, beam_search_prompts, continue_prompts
-        from lmforge.generate.sampling import SamplingParams
-
         block = model.config.block_size
         least = len(tokenizer.encode(self.separator)) + 2
         budget = max(block + 1 - max(self.target_room, 1), least)
         prompts = [self.prompt_ids(tokenizer, s, budget) for s in sources]
         limit = block if max_new_tokens is None else max_new_tokens
-        was_training = model.training
-        if num_beams > 1:
-            beams = beam_search_prompts(model, prompts, tokenizer.eos_id, BeamParams(num_beams, limit, length_penalty),
-                                        batch_size)
-            out = [hyps[0].tokens for hyps in beams]
-        else:
-            out = continue_prompts(model, prompts, tokenizer.eos_id, SamplingParams(limit, temperature=0.0),
-                                   batch_size=batch_size)
-        model.train(was_training)
+        with eval_mode(model):
+            if num_beams > 1:
+                beams = beam_search_prompts(model, prompts, tokenizer.eos_id,
+                                            BeamParams(num_beams, limit, length_penalty), batch_size)
+                out = [hyps[0].tokens for hyps in beams]
+            else:
+                out = continue_prompts(model, prompts, tokenizer.eos_id, SamplingParams(limit, temperature=0.0),
+                                       batch_size=batch_size)
         return [tokenizer.decode(o) for o in out]
-
-
-def check_transducer(lm, what: str = "this task") -> PairPrompt | None:
-    """The prompt format of a decoder-only model fine-tuned on pairs, None for an encoder-decoder; any other model
-    is a ConfigError."""
-    prompt = PairPrompt.from_config(lm.config)
-    if prompt is None and getattr(lm.model.config, "objective", None) != "seq2seq":
-        raise ConfigError(f"{lm.path or 'this model'} is neither an encoder-decoder (seq2seq) nor a gpt fine-tuned "
-                          f"with `lmforge finetune --task translate|summarize`; {what} needs one of those")
-    return prompt
-
-
-def decode_sources(lm, sources: list[str], num_beams: int = 1, batch_size: int = 32) -> list[str]:
-    """Output texts (special tokens dropped) of a translation/summarization checkpoint (an LM): an encoder-decoder,
-    or a decoder-only model fine-tuned on prompted pairs."""
-    from lmforge.eval.seq2seq_metrics import decode_texts
-
-    prompt = check_transducer(lm)
-    if prompt is not None:
-        return prompt.decode_texts(lm.model, lm.tokenizer, sources, num_beams, batch_size)
-    return decode_texts(lm.model, lm.tokenizer, sources, num_beams, batch_size)

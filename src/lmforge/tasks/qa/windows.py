@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lmforge.errors import DataError
-from lmforge.tasks.squad import QAExample
+from lmforge.tasks.qa.squad import QAExample
 from lmforge.tokenizers import Tokenizer
 
 

@@ -1,7 +1,8 @@
 """Fine-tuning for named-entity recognition: a tagger (a BERT checkpoint or a from-scratch BiLSTM/BiGRU plus a
-per-token head) trained on CoNLL files by the one training loop (trainer.Trainer).
+per-token head) trained on CoNLL files by the one training loop (train/trainer.py).
 
-    finetune_ner(model="minilm-ckpt", train="conll/train.txt", dev="conll/valid.txt", out="ner-run", epochs=3)
+    finetune_ner(model="minilm-ckpt", train="conll/train.txt", out="ner-run", dev="conll/valid.txt",
+                 options=FineTuneOptions(epochs=3))
 
 The best checkpoint is chosen by the dev set's entity-level F1 (seqeval, strict); early stopping with `patience`.
 """
@@ -10,23 +11,30 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from lmforge.config import OptimConfig, RunConfig, TrainConfig, parse_overrides, set_dotted
+from lmforge import checkpoint as ckpt
 from lmforge.errors import ConfigError, DataError
 from lmforge.eval.ner import entity_metrics
 from lmforge.models.registry import build_model
 from lmforge.models.tagger import TaggerConfig
-from lmforge.tasks.conll import Sentence, check_tags, read_conll, scheme_of, tag_set
-from lmforge.tasks.examples import Example
-from lmforge.tasks.word_encoding import IGNORE, WordEncoder
+from lmforge.tasks.common import (
+    RESUME_HINT,
+    SCRATCH,
+    FineTuneOptions,
+    backbone,
+    finetune_config,
+    load_backbone,
+    resume_check,
+)
+from lmforge.tasks.ner.conll import Sentence, check_tags, read_conll, scheme_of, tag_set
+from lmforge.tasks.ner.encoding import WordEncoder
 from lmforge.tokenizers import Tokenizer
-from lmforge.train.finetune import SCRATCH, TaskTrainer, _backbone, load_backbone
+from lmforge.train.labels import IGNORE_INDEX
 from lmforge.train.objectives import ShuffledEpochs
-from lmforge.train.trainer import RunResult
+from lmforge.train.trainer import RunResult, RunSpec, Trainer
 
 
 class TagObjective(ShuffledEpochs):
@@ -44,12 +52,12 @@ class TagObjective(ShuffledEpochs):
 
     @staticmethod
     def count_targets(batch) -> torch.Tensor:
-        return (batch[2] != IGNORE).sum()  # the loss is per word, whatever the words' sub-token counts
+        return (batch[2] != IGNORE_INDEX).sum()  # the loss is per word, whatever the words' sub-token counts
 
     def loss_sum(self, model, batch) -> torch.Tensor:
         ids, mask, labels = batch
         logits = model(ids, mask)
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 @torch.no_grad()
@@ -96,50 +104,36 @@ def score_sentences(model, encoder: WordEncoder, sentences: list[Sentence], devi
     return {"loss": loss, **entity_metrics([s.tags for s in sentences], pred_tags, scheme_of(labels))}
 
 
-class NERTuner(TaskTrainer):
-    """The training loop with CoNLL sentences instead of token shards, and dev-set entity scores."""
+def ner_spec(cfg, run_dir, tokenizer: Tokenizer, train: list[Sentence], dev: list[Sentence] | None,
+             backbone_state: dict | None, info: dict) -> RunSpec:
+    """The run specification of a tagger fine-tune on CoNLL sentences, validated by dev entity scores."""
+    m = cfg.model
+    m.vocab_size = tokenizer.vocab_size
+    encoder = WordEncoder(tokenizer, m.backbone, m.block_size)
+    index = {t: i for i, t in enumerate(m.labels)}
+    rows = [encoder(s.words, [index[t] for t in s.tags]) for s in train]
+    dev_pieces = [encoder.pieces(s.words) for s in dev or []]  # encoded once
+    objective = TagObjective(rows, encoder, cfg.train.batch_size, cfg.train.group_by_length)
 
-    selection = ("val_f1", "max")
-    usage = "predict {run} --task ner --input texts.txt"
-
-    def __init__(self, cfg: RunConfig, run_dir, tokenizer: Tokenizer, train: list[Sentence],
-                 dev: list[Sentence] | None, backbone_state: dict | None, info: dict, progress: bool = True,
-                 resume_from: Path | None = None):
-        self.task_tokenizer, self.train_sentences, self.dev_sentences = tokenizer, train, dev
-        self.backbone_state, self.info = backbone_state, info
-        super().__init__(cfg, info["train"], run_dir, progress=progress, resume_from=resume_from)
-
-    def _setup_data(self) -> None:
-        m = self.cfg.model
-        self.tokenizer = self.task_tokenizer
-        m.vocab_size = self.tokenizer.vocab_size
-        self.encoder = WordEncoder(self.tokenizer, m.backbone, m.block_size)
-        index = {t: i for i, t in enumerate(m.labels)}
-        rows = [self.encoder(s.words, [index[t] for t in s.tags]) for s in self.train_sentences]
-        self.dev_pieces = [self.encoder.pieces(s.words) for s in self.dev_sentences or []]  # encoded once
-        self.objective = TagObjective(rows, self.encoder, self.cfg.train.batch_size, self.cfg.train.group_by_length)
-        self.data_size = f"{len(rows):,} training sentences"
-        self.data_info = self.info
-
-    def _build_model(self) -> torch.nn.Module:
-        model = build_model(self.cfg.arch, self.cfg.model)
-        load_backbone(model, self.backbone_state)
+    def build():
+        model = build_model(cfg.arch, m)
+        load_backbone(model, backbone_state)
         return model
 
-    def _validate(self) -> dict | None:
-        if not self.dev_sentences:
-            return None
-        return score_sentences(self.model, self.encoder, self.dev_sentences, self.device, self.dev_pieces)
+    def validate(model, device, amp_dtype):
+        return score_sentences(model, encoder, dev, device, dev_pieces) if dev else None
 
-    def _data_card(self) -> list[str]:
-        lines = [f"- task: ner; tags: {', '.join(self.cfg.model.labels)}",
-                 f"- training file: `{self.info['train']}` ({len(self.train_sentences):,} sentences)"]
-        if self.dev_sentences:
-            lines.append(f"- dev file: `{self.info['dev']}` ({len(self.dev_sentences):,} sentences)")
-        return lines
+    card = [f"- task: ner; tags: {', '.join(m.labels)}",
+            f"- training file: `{info['train']}` ({len(train):,} sentences)"]
+    if dev:
+        card.append(f"- dev file: `{info['dev']}` ({len(dev):,} sentences)")
+    return RunSpec(tokenizer=tokenizer, objective=objective, build_model=build, validate=validate,
+                   selection=("val_f1", "max"), data_size=f"{len(rows):,} training sentences", data_info=info,
+                   data_card=card, usage="predict {run} --task ner --input texts.txt", resume_hint=RESUME_HINT,
+                   check_resume=resume_check(cfg, info, tokenizer, objective, run_dir))
 
 
-def _scratch_texts(sentences: list[Sentence]) -> list[Example]:
+def scratch_texts(sentences: list[Sentence]) -> list[str]:
     """The training words a from-scratch tokenizer may know: those seen twice or more. Singletons are left to
     the unknown token, so that the model learns what to do with words it has never seen (most names)."""
     counts: dict[str, int] = {}
@@ -147,7 +141,7 @@ def _scratch_texts(sentences: list[Sentence]) -> list[Example]:
         for w in s.words:
             counts[w] = counts.get(w, 0) + 1
     least = 2 if max(counts.values()) > 1 else 1  # a tiny file of distinct words keeps them all
-    return [Example(" ".join(w for w in s.words if counts[w] >= least)) for s in sentences]
+    return [" ".join(w for w in s.words if counts[w] >= least) for s in sentences]
 
 
 def finetune_ner(
@@ -155,23 +149,16 @@ def finetune_ner(
     train: str | os.PathLike,
     out: str | os.PathLike,
     dev: str | os.PathLike | None = None,
-    epochs: float = 3,
+    options: FineTuneOptions | None = None,
     max_examples: int | None = None,
     max_length: int = 128,
-    batch_size: int = 32,
-    lr: float | None = None,
-    patience: int | None = None,
-    max_minutes: float | None = None,
-    seed: int = 0,
-    overrides: dict | list[str] | None = None,
     progress: bool = True,
     resume: bool = False,
 ) -> RunResult:
     """Fine-tune a tagger on a CoNLL file (`max_examples`: its first N sentences); returns the run's result."""
-    from lmforge.train import checkpoint as ckpt
-
+    options = options or FineTuneOptions()
     resume_from = ckpt.resume_point(out, resume)
-    if epochs <= 0 or batch_size < 1 or max_length < 4:
+    if not options.epochs > 0 or options.batch_size < 1 or max_length < 4:
         raise ConfigError("--epochs must be positive, --batch-size at least 1 and --max-length at least 4")
     train_sentences = read_conll(train, max_sentences=max_examples)
     dev_sentences = read_conll(dev) if dev else None
@@ -180,21 +167,13 @@ def finetune_ner(
         raise DataError(f"{train} has no entity tags (every word is O); there is nothing to learn")
     if dev_sentences:
         check_tags(dev_sentences, labels, dev)
-    texts = _scratch_texts(train_sentences) if model in SCRATCH else []
-    arch, encoder_cfg, tokenizer, state, longest = _backbone(model, texts)
-    scratch = state is None
-    steps_per_epoch = math.ceil(len(train_sentences) / batch_size)
-    steps = max(1, math.ceil(epochs * steps_per_epoch))
-    cfg = RunConfig(
-        arch="tagger",
-        model=TaggerConfig(backbone=arch, encoder=encoder_cfg, labels=labels, block_size=min(max_length, longest)),
-        optim=OptimConfig(lr=lr or (1e-3 if scratch else 5e-5), weight_decay=0.01, beta2=0.999,
-                          warmup_steps=0 if scratch else steps // 10, schedule="linear", min_lr_ratio=0.0),
-        train=TrainConfig(batch_size=batch_size, max_steps=steps, eval_every=max(1, min(steps_per_epoch, steps)),
-                          max_minutes=max_minutes, patience=patience, seed=seed, keep_last=1, tensorboard=False),
-    )
-    for key, value in parse_overrides(overrides).items():
-        set_dotted(cfg, key, value)
+    base = backbone(model, scratch_texts(train_sentences) if model in SCRATCH else [])
+    scratch = base.state is None
+    model_cfg = TaggerConfig(backbone=base.arch, encoder=base.config, labels=labels,
+                             block_size=min(max_length, base.longest))
+    cfg = finetune_config("tagger", model_cfg, len(train_sentences), options, options.lr or (1e-3 if scratch else 5e-5),
+                          warmup=not scratch)
     cfg.model.validate()  # a GPT backbone is refused here, before any sentence is encoded
     info = {"task": "ner", "train": str(train), "dev": str(dev) if dev else None, "backbone": model}
-    return NERTuner(cfg, out, tokenizer, train_sentences, dev_sentences, state, info, progress, resume_from).run()
+    spec = ner_spec(cfg, out, base.tokenizer, train_sentences, dev_sentences, base.state, info)
+    return Trainer(cfg, spec, out, progress=progress, resume_from=resume_from).run()

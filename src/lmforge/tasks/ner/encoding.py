@@ -1,6 +1,6 @@
 """How a tagger reads words: each word encoded on its own, so that every word knows its sub-tokens.
 
-Only the first sub-token of a word carries the word's tag; its other pieces (and [CLS]/[SEP]) get IGNORE, which
+Only the first sub-token of a word carries the word's tag; its other pieces (and [CLS]/[SEP]) get IGNORE_INDEX, which
 the loss skips, and a word's prediction is read from its first sub-token. A BERT backbone reads
 `[bos] pieces... [eos]` as it was pretrained; a recurrent one reads the pieces alone.
 """
@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 
 from lmforge.tokenizers import Tokenizer
-
-IGNORE = -100  # cross_entropy's ignore_index
+from lmforge.train.labels import IGNORE_INDEX
 
 
 class WordEncoder:
@@ -40,20 +39,20 @@ class WordEncoder:
         return out
 
     def row(self, pieces: list[list[int]], tags: list[int] | None = None) -> tuple[list[int], list[int], list[int]]:
-        """(token ids, per-token labels with IGNORE off the first sub-tokens, position of each word's first
+        """(token ids, per-token labels with IGNORE_INDEX off the first sub-tokens, position of each word's first
         sub-token) for words that fit (callers pass one span of `spans`)."""
         if len(pieces) == 1:  # the one case where a span does not fit: a single over-long word
             pieces = [pieces[0][: self.budget]]
         ids = [self.bos] if self.bos is not None else []
-        labels = [IGNORE] * len(ids)
+        labels = [IGNORE_INDEX] * len(ids)
         starts = []
         for i, p in enumerate(pieces):
             starts.append(len(ids))
             ids += p
-            labels += [tags[i] if tags is not None else IGNORE] + [IGNORE] * (len(p) - 1)
+            labels += [tags[i] if tags is not None else IGNORE_INDEX] + [IGNORE_INDEX] * (len(p) - 1)
         if self.eos is not None:
             ids.append(self.eos)
-            labels.append(IGNORE)
+            labels.append(IGNORE_INDEX)
         return ids, labels, starts
 
     def __call__(self, words: list[str], tags: list[int] | None = None) -> tuple[list[int], list[int], list[int]]:
@@ -66,7 +65,7 @@ class WordEncoder:
         """(input_ids, attention_mask, labels), right-padded to the longest row."""
         width = max(len(r[0]) for r in rows)
         ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, (row_ids, row_labels, _) in enumerate(rows):
             ids[i, : len(row_ids)] = torch.tensor(row_ids)

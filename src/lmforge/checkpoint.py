@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,7 +26,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmforge import __version__
+from lmforge.device import autocast_dtype, pick_device
 from lmforge.errors import CheckpointError, TokenizerError
+from lmforge.models.quantized import prepare_quantized
+from lmforge.models.registry import build_model
 from lmforge.tokenizers import Tokenizer
 
 CKPT_PATTERN = re.compile(r"^ckpt-(\d+)$")
@@ -163,8 +167,6 @@ def _tanh_gelu(config) -> None:
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, Tokenizer, dict]:
     """Load (model, tokenizer, config) from a checkpoint folder or run directory, checking that they match."""
-    from lmforge.models.registry import build_model
-
     ckpt = resolve_checkpoint(path)
     config = read_config(ckpt)
     if "arch" not in config or "model" not in config:
@@ -178,8 +180,6 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
         )
     model = build_model(config["arch"], config["model"])
     if config.get("quantization"):  # empty quantized modules first, so the packed weights below fit them
-        from lmforge.compress.quantize import prepare_quantized
-
         prepare_quantized(model, config["quantization"])
     if tokenizer.vocab_size > model.config.vocab_size:
         raise TokenizerError(
@@ -200,6 +200,28 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
             f"{weights} does not fit the model in config.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     return model.to(device), tokenizer, config
+
+
+@dataclass
+class Loaded:
+    """A checkpoint loaded for inference: what task pipelines and evaluation need (lm.py's `LM` adds generation)."""
+
+    model: nn.Module
+    tokenizer: Tokenizer
+    config: dict
+    path: Path
+    device: torch.device
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return autocast_dtype(self.device, "auto")
+
+
+def load_for_inference(path: str | os.PathLike, device: str = "auto") -> Loaded:
+    """The checkpoint (folder, run directory or pointer) in eval mode on `device` (auto: CUDA when there is one)."""
+    ckpt = resolve_checkpoint(path)
+    model, tokenizer, config = load_checkpoint(ckpt, pick_device(device))
+    return Loaded(model.eval(), tokenizer, config, ckpt, next(model.parameters(), torch.empty(0)).device)
 
 
 # ---- run directories -------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ STYLES = (
     {r: f"<|{r}|>\n" for r in ROLES},
     {r: f"{r}\n" for r in ROLES},
 )
-IGNORE_INDEX = -100  # the same value as train.objectives.IGNORE_INDEX, without importing the training code
 
 @dataclass(frozen=True)
 class ChatTemplate:
@@ -37,7 +36,7 @@ class ChatTemplate:
             raise ConfigError("the tokenizer has no end-of-sequence token to end the turns of a chat")
         end = tokenizer.id_to_token(tokenizer.eos_id)
         for markers in STYLES:
-            if all(_round_trips(tokenizer, m) for m in markers.values()):
+            if all(tokenizer.round_trips(m) for m in markers.values()):
                 return cls(dict(markers), end)
         raise ConfigError("the tokenizer cannot spell any chat role marker (e.g. 'user' and a newline)")
 
@@ -106,11 +105,6 @@ class ChatTemplate:
         raise ConfigError(
             f"the system message and the latest turn do not fit in {budget} tokens of context; shorten them"
         )
-
-
-def _round_trips(tokenizer: Tokenizer, text: str) -> bool:
-    ids = tokenizer.encode(text)
-    return bool(ids) and tokenizer.unk_id not in ids and tokenizer.decode(ids, skip_special_tokens=False) == text
 
 
 def read_conversations(path: str | os.PathLike, max_conversations: int | None = None) -> list[list[dict]]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.extras import require
 
 # Defaults for a fair small comparison on a CPU: models of a few million parameters (reasonable, not tuned).
 # Under a time budget the number of steps is unknown in advance, so the learning rate stays constant after
@@ -61,7 +62,7 @@ def compare(
     in one counting pass over the whole training split, whatever the budget.
     """
     from lmforge.models.registry import ARCHITECTURES
-    from lmforge.train.trainer import pretrain
+    from lmforge.tasks.lm.run import pretrain
 
     archs = _check_archs(archs)
     if (budget_minutes is None) == (budget_tokens is None):
@@ -215,8 +216,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
+    matplotlib = require("matplotlib", extra="tasks", feature="the plot of lmforge compare")
     matplotlib.use("Agg")  # files only: no display on servers and CI
     import matplotlib.pyplot as plt
 

@@ -10,17 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
+from lmforge import checkpoint as ckpt
 from lmforge.config import RunConfig
-from lmforge.data.shards import TokenShards
+from lmforge.data.shards import TokenShards, load_prepared
 from lmforge.errors import TokenizerError
-from lmforge.models.registry import model_config_class
-from lmforge.train import checkpoint as ckpt
+from lmforge.eval.perplexity import summarize
+from lmforge.models.registry import model_class
+from lmforge.train.trainer import RunResult
 
 
 def fit_statistical(cfg: RunConfig, data_dir: Path, run_dir: Path, progress: bool = True):
-    from lmforge.eval.perplexity import summarize
-    from lmforge.train.trainer import RunResult, load_prepared
-
     manifest, tokenizer = load_prepared(data_dir)
     if tokenizer.eos_id is None:
         raise TokenizerError("the n-gram model needs an end-of-sequence token in the tokenizer; prepare the data again")
@@ -32,8 +31,7 @@ def fit_statistical(cfg: RunConfig, data_dir: Path, run_dir: Path, progress: boo
     if progress:
         print(f"fitting a {m.order}-gram model on {train.tokens:,} tokens", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    _, model_cls = _classes(cfg.arch)
-    model = model_cls.fit(m, [np.asarray(a) for a in train.arrays])
+    model = model_class(cfg.arch).fit(m, [np.asarray(a) for a in train.arrays])
     seconds = time.perf_counter() - start
     metrics = {}
     if "val" in manifest["splits"]:
@@ -69,10 +67,3 @@ def fit_statistical(cfg: RunConfig, data_dir: Path, run_dir: Path, progress: boo
     ckpt.point(run_dir, "best", path)
     return RunResult(run_dir=run_dir, step=1, tokens=train.tokens, stop_reason="fitted", latest=path, best=path,
                      metrics=metrics, seconds=seconds, tokens_per_s=train.tokens / max(seconds, 1e-9))
-
-
-def _classes(arch: str):
-    from lmforge.models.registry import _load
-
-    config_cls = model_config_class(arch)
-    return config_cls, _load(arch)[1]
