@@ -16,8 +16,24 @@ from lmforge.errors import LmforgeError, MissingExtraError
 from lmforge.extras import available, require
 
 # Every optional package (and `datasets`, which lmforge no longer uses at all).
-OPTIONAL = ["transformers", "onnx", "onnxruntime", "onnxscript", "fastapi", "uvicorn", "jieba", "matplotlib",
-            "sklearn", "seqeval", "sacrebleu", "rouge_score", "tensorboard", "pyarrow", "datasets", "datasketch"]
+OPTIONAL = [
+    "transformers",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "fastapi",
+    "uvicorn",
+    "jieba",
+    "matplotlib",
+    "sklearn",
+    "seqeval",
+    "sacrebleu",
+    "rouge_score",
+    "tensorboard",
+    "pyarrow",
+    "datasets",
+    "datasketch",
+]
 
 BLOCKER = f"""
 import sys
@@ -52,14 +68,19 @@ assert not leaked, leaked
 
 def run_without_extras(tmp_path, body: str) -> str:
     script = BLOCKER + textwrap.dedent(body) + LEAKED
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
 
 def test_require_names_the_extra():
-    with pytest.raises(MissingExtraError, match=r'a test feature needs the no_such_module_xyz package: '
-                                                r'pip install "lmforge\[x\]"') as info:
+    with pytest.raises(
+        MissingExtraError,
+        match=r"a test feature needs the no_such_module_xyz package: "
+        r'pip install "lmforge\[x\]"',
+    ) as info:
         require("no_such_module_xyz.sub", extra="x", feature="a test feature")
     assert isinstance(info.value, LmforgeError)  # the CLI prints it as one `error:` line
     assert "\n" not in str(info.value)
@@ -68,7 +89,9 @@ def test_require_names_the_extra():
 
 
 def test_the_lifecycle_needs_no_extra(tmp_path):
-    out = run_without_extras(tmp_path, """
+    out = run_without_extras(
+        tmp_path,
+        """
         import warnings
         from pathlib import Path
 
@@ -88,13 +111,19 @@ def test_the_lifecycle_needs_no_extra(tmp_path):
         lm = lmforge.load("run", device="cpu", compile=False)
         text = lm.generate("alice", max_new_tokens=8, temperature=0)
         scores = lmforge.evaluate("run", "data")
+        from lmforge.cli.main import build_parser  # `lmforge --help` imports every verb's module
+
+        build_parser()
         print("OK", result.step, type(text).__name__, round(scores["loss"], 2))
-    """)
+    """,
+    )
     assert out.startswith("OK 4 str ")
 
 
 def test_features_beyond_the_core_name_their_extra(tmp_path):
-    out = run_without_extras(tmp_path, """
+    out = run_without_extras(
+        tmp_path,
+        """
         import numpy as np
 
         from lmforge.errors import MissingExtraError
@@ -129,5 +158,6 @@ def test_features_beyond_the_core_name_their_extra(tmp_path):
             extra_of(export_onnx, "no-such-run", "onnx-out"),
         ]
         print(" ".join(found))
-    """)
+    """,
+    )
     assert out.split() == ["zh", "dedup", "parquet", "tasks", "tasks", "tasks", "hf", "onnx"]

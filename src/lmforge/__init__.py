@@ -9,9 +9,8 @@ The Python API mirrors the command line:
     print(lm.generate("Once upon a time", max_new_tokens=40))
 """
 
-__version__ = "0.2.0"
-
-from lmforge.errors import LmforgeError  # noqa: E402
+from lmforge.errors import LmforgeError
+from lmforge.version import __version__
 
 
 def __getattr__(name):

@@ -25,12 +25,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lmforge import __version__
 from lmforge.device import autocast_dtype, pick_device
 from lmforge.errors import CheckpointError, TokenizerError
 from lmforge.models.quantized import prepare_quantized
 from lmforge.models.registry import build_model
 from lmforge.tokenizers import Tokenizer
+from lmforge.version import __version__
 
 CKPT_PATTERN = re.compile(r"^ckpt-(\d+)$")
 

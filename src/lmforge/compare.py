@@ -18,8 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lmforge.config import build_run_config
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.eval.perplexity import evaluate
 from lmforge.extras import require
+from lmforge.lm import load
+from lmforge.models.registry import ARCHITECTURES, is_statistical, model_config_class
+from lmforge.tasks.lm.run import pretrain
 
 # Defaults for a fair small comparison on a CPU: models of a few million parameters (reasonable, not tuned).
 # Under a time budget the number of steps is unknown in advance, so the learning rate stays constant after
@@ -61,9 +66,6 @@ def compare(
     ({"lstm.model.n_layer": 3}); `presets` maps a family to a named preset ({"gpt": "mini"}). The n-gram is fitted
     in one counting pass over the whole training split, whatever the budget.
     """
-    from lmforge.models.registry import ARCHITECTURES
-    from lmforge.tasks.lm.run import pretrain
-
     archs = _check_archs(archs)
     if (budget_minutes is None) == (budget_tokens is None):
         raise ConfigError("give exactly one budget: minutes of training or training tokens per family")
@@ -77,6 +79,7 @@ def compare(
     out = Path(out)
     if (out / "runs").exists() or (out / "results.json").exists():
         raise CheckpointError(f"{out} already holds a comparison; choose another --out or remove it")
+    require("matplotlib", extra="tasks", feature="the plot of lmforge compare")  # before the budget, not after it
     plans = {arch: _plan(arch, overrides or {}, presets or {}, budget_minutes, budget_tokens) for arch in archs}
     rows = []
     for arch, (preset, arch_overrides) in plans.items():
@@ -108,8 +111,6 @@ def describe_defaults() -> str:
 
 
 def _check_archs(archs: list[str]) -> list[str]:
-    from lmforge.models.registry import model_config_class
-
     archs = [a.strip() for a in archs if a.strip()]
     if not archs:
         raise ConfigError("name at least one architecture to compare, e.g. --archs ngram,lstm,gpt")
@@ -127,9 +128,6 @@ def _check_archs(archs: list[str]) -> list[str]:
 
 def _plan(arch: str, overrides: dict, presets: dict, budget_minutes, budget_tokens) -> tuple[str | None, dict]:
     """The preset and overrides one family trains with: defaults, then the caller's, then the budget."""
-    from lmforge.config import build_run_config
-    from lmforge.models.registry import ARCHITECTURES, is_statistical
-
     defaults = ARCH_DEFAULTS.get(arch, {"preset": None, "overrides": {}})
     preset = presets.get(arch, defaults["preset"])
     if is_statistical(arch):
@@ -155,9 +153,6 @@ def _plan(arch: str, overrides: dict, presets: dict, budget_minutes, budget_toke
 
 
 def _row(arch: str, preset: str | None, overrides: dict, run, data) -> dict:
-    from lmforge.eval.perplexity import evaluate
-    from lmforge.lm import load
-
     lm = load(run.run_dir)
     scores = evaluate(lm, data, split="val")
     fitted = run.stop_reason == "fitted"

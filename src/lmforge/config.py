@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from lmforge.errors import ConfigError
+from lmforge.models.registry import get_preset, model_config_class
 
 
 @dataclass
@@ -148,8 +149,6 @@ def build_run_config(
 
     `overrides` is either a dict {"optim.lr": 3e-4} or command-line words ["--optim.lr", "3e-4", ...].
     """
-    from lmforge.models.registry import get_preset, model_config_class
-
     layers: list[dict] = []
     if base is not None:
         layers.append(base)

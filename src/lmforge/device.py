@@ -9,6 +9,7 @@ import warnings
 
 import torch
 
+from lmforge.config import switch
 from lmforge.errors import ConfigError
 
 
@@ -31,8 +32,6 @@ def pick_device(name: str = "auto") -> torch.device:
 def use_compile(setting: str | bool, device: torch.device) -> bool:
     """Whether to torch.compile: "true"/"false" (or a bool) as given; "auto" only on CUDA, where compiling pays off
     quickly, while on a CPU it costs tens of seconds that short jobs never earn back."""
-    from lmforge.config import switch
-
     value = switch("compile", setting)
     return value == "true" or (value == "auto" and device.type == "cuda")
 

@@ -10,7 +10,20 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from lmforge.config import build_run_config
+from lmforge.data.corpus import BUILTIN_CORPORA, write_builtin_corpus
+from lmforge.data.prepare import prepare
+from lmforge.data.shards import TokenShards
+from lmforge.device import pick_device
 from lmforge.errors import ConfigError, DataError, EmptySplitError
+from lmforge.eval.baseline import unigram_baseline
+from lmforge.eval.perplexity import evaluate
+from lmforge.lm import load
+from lmforge.models.registry import build_model
+from lmforge.tasks.lm.run import pretrain
+from lmforge.tokenizers import Tokenizer
+from lmforge.train.objectives import build_objective
+from lmforge.train.optim import build_optimizer
 
 SAMPLE_PROMPTS = {
     "stdlib-docs": ["The ", "Return a new", "This module provides"],
@@ -32,13 +45,6 @@ def quickstart(
 ) -> dict:
     """Prepare a corpus, pretrain a small GPT for about `minutes` in all, evaluate it against a unigram baseline,
     print samples and the commands to try next. Returns the figures as a dict."""
-    from lmforge.data.corpus import BUILTIN_CORPORA, write_builtin_corpus
-    from lmforge.data.prepare import prepare
-    from lmforge.eval.baseline import unigram_baseline
-    from lmforge.eval.perplexity import evaluate
-    from lmforge.lm import load
-    from lmforge.tasks.lm.run import pretrain
-
     console = console or Console(stderr=False, highlight=False)
     if not minutes > 0:
         raise ConfigError(f"--minutes must be positive, got {minutes}")
@@ -151,13 +157,6 @@ def _time_training_steps(data_dir: Path, preset: str, seed: int) -> tuple[float,
     """Seconds per training step of the preset on this machine (timed over a few steps), and tokens per step."""
     import torch
 
-    from lmforge.config import build_run_config
-    from lmforge.data.shards import TokenShards
-    from lmforge.device import pick_device
-    from lmforge.models.registry import build_model
-    from lmforge.tokenizers import Tokenizer
-    from lmforge.train.objectives import build_objective
-    from lmforge.train.optim import build_optimizer
 
     cfg = build_run_config(preset=preset)
     tokenizer = Tokenizer.load(data_dir)

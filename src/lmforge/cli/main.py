@@ -6,9 +6,9 @@ import argparse
 import importlib
 import sys
 
-from lmforge import __version__
 from lmforge.cli.common import HelpFormatter
 from lmforge.errors import LmforgeError
+from lmforge.version import __version__
 
 # Each module defines `register(subparsers)`, which adds its verb(s) with `set_defaults(func=run)`.
 VERB_MODULES = [

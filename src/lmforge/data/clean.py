@@ -173,7 +173,8 @@ def clean_whitespace(text: str) -> str:
 
 # ---- segmentation and stopwords -------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
-def _jieba():
+def load_jieba():
+    """jieba, initialised once, with its logging quieted (Chinese word segmentation: the zh extra)."""
     jieba = require("jieba", extra="zh", feature="Chinese word segmentation (--segment, whole-word masking)")
 
     jieba.setLogLevel(logging.WARNING)
@@ -184,7 +185,7 @@ def _jieba():
 
 def segment_words(text: str) -> str:
     """Chinese word segmentation with jieba, line by line: words joined by single spaces."""
-    jieba = _jieba()
+    jieba = load_jieba()
     return "\n".join(" ".join(w for w in jieba.cut(line) if w.strip()) for line in text.split("\n"))
 
 
@@ -253,7 +254,7 @@ class Cleaner:
         self.segment = segment
         self.stopwords = stopwords
         if segment:
-            _jieba()  # load the dictionary once, up front
+            load_jieba()  # load the dictionary once, up front
 
     def document(self, html_source: bool = False) -> DocumentCleaner:
         return DocumentCleaner(self, html_source)

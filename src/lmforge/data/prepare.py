@@ -24,13 +24,13 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from lmforge import __version__
 from lmforge.data.clean import HTML_MODES, NORMALIZATION_FORMS, Cleaner, load_stopwords
 from lmforge.data.dedup import DigestSet, NearDuplicateFilter
 from lmforge.data.shards import MANIFEST_FORMAT, SHARD_TOKENS, ShardWriter, token_dtype
 from lmforge.data.sources import PIECE_CHARS, Source, check_encoding, expand_inputs, iter_pieces
 from lmforge.errors import ConfigError, DataError, EmptySplitError, TokenizerError
 from lmforge.tokenizers.tokenizer import KINDS, Tokenizer
+from lmforge.version import __version__
 
 __all__ = ["prepare", "iter_documents"]
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from lmforge.errors import DataError, TokenizerError
 from lmforge.tokenizers import Tokenizer
+from lmforge.train.labels import IGNORE_INDEX
 
 MANIFEST_FORMAT = "lmforge-shards/1"
 SHARD_TOKENS = 1 << 26  # 64M tokens (128 MiB as uint16) per shard file
@@ -169,7 +170,6 @@ def stack_rows(xs: list, ys: list) -> tuple:
     """Stack rows (1-d tensors) of possibly different lengths; short rows are padded with target IGNORE_INDEX."""
     import torch
 
-    from lmforge.train.labels import IGNORE_INDEX
 
     width = max(x.numel() for x in xs)
     x = torch.zeros(len(xs), width, dtype=torch.long)

@@ -69,7 +69,7 @@ def write_report(m: dict, labels: list[str], folder: str | os.PathLike, samples:
     (folder / "metrics.json").write_text(json.dumps(m, indent=2, ensure_ascii=False), encoding="utf-8")
     md = ["# Classification report", "", "```", format_metrics(m, labels), "```", ""]
     if "confusion_matrix" in m:
-        _plot_confusion(m["confusion_matrix"], labels, folder / "confusion_matrix.png")
+        plot_confusion(m["confusion_matrix"], labels, folder / "confusion_matrix.png")
         md += ["![confusion matrix](confusion_matrix.png)", ""]
     if "roc_curve" in m:
         _plot_roc(m["roc_curve"], m["roc_auc"], folder / "roc.png")
@@ -91,7 +91,7 @@ def _pyplot():
     return plt
 
 
-def _plot_confusion(matrix: list[list[int]], labels: list[str], path: Path) -> None:
+def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path) -> None:
     plt = _pyplot()
     size = 2 + 0.6 * len(labels)
     fig, ax = plt.subplots(figsize=(size, size))

@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+from lmforge.eval.classification import plot_confusion
 from lmforge.extras import require
 
 
@@ -54,12 +55,10 @@ def format_ner_metrics(m: dict) -> str:
 
 def write_ner_report(m: dict, folder: str | os.PathLike, samples: list[dict] | None = None) -> Path:
     """metrics.json, report.md and confusion_matrix.png (entity types per word) in `folder`."""
-    from lmforge.eval.classification import _plot_confusion
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(m, indent=2, ensure_ascii=False), encoding="utf-8")
-    _plot_confusion(m["confusion_matrix"], m["confusion_labels"], folder / "confusion_matrix.png")
+    plot_confusion(m["confusion_matrix"], m["confusion_labels"], folder / "confusion_matrix.png")
     md = ["# Named-entity recognition report", "", "Entity-level scores (seqeval, strict mode).", "",
           "```", format_ner_metrics(m), "```", "",
           "![entity types per word: rows true, columns predicted](confusion_matrix.png)", ""]

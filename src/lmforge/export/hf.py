@@ -16,8 +16,11 @@ from pathlib import Path
 
 import torch
 
+from lmforge.checkpoint import load_checkpoint, read_config, resolve_checkpoint, save_checkpoint, tied_aliases
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.extras import require
+from lmforge.models.registry import build_model
+from lmforge.tokenizers import Tokenizer
 
 # ---- the weight maps: lmforge name -> Hugging Face name (per layer with {i}) --------------------------------
 
@@ -97,8 +100,6 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def _hf_tokenizer(folder: Path):
     """The folder's tokenizer as an lmforge Tokenizer (tokenizer.json, or the slow files converted by transformers)."""
-    from lmforge.tokenizers import Tokenizer
-
     if (folder / "tokenizer.json").is_file():
         return Tokenizer.load(folder / "tokenizer.json")
     transformers = require("transformers", extra="hf", feature=f"the tokenizer of {folder} (no tokenizer.json)")
@@ -130,9 +131,6 @@ def download_hf(hf_id: str, cache_dir: str | None = None) -> Path:
 
 def import_hf(hf_dir: str | os.PathLike | None, out: str | os.PathLike, hf_id: str | None = None) -> Path:
     """Convert a local `transformers` checkpoint folder (or a Hub id) into an lmforge checkpoint folder at `out`."""
-    from lmforge.checkpoint import save_checkpoint, tied_aliases
-    from lmforge.models.registry import build_model
-
     if Path(out).exists():
         raise CheckpointError(f"{out} already exists; choose another --out")
     folder = download_hf(hf_id) if hf_id else Path(hf_dir)
@@ -272,7 +270,6 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
     LlamaForCausalLM, BERT → BertForMaskedLM; with tokenizer.json and a tokenizer_config.json."""
     from safetensors.torch import save_file
 
-    from lmforge.checkpoint import load_checkpoint, read_config, resolve_checkpoint
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):

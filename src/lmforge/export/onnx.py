@@ -27,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.checkpoint import load_checkpoint, resolve_checkpoint
 from lmforge.errors import ConfigError
 from lmforge.extras import require
+from lmforge.generate.sampling import SamplingParams, generate_tokens
 from lmforge.models.layers import apply_rope
 
 OPSET = 18
@@ -146,8 +148,6 @@ def _inputs(model, config: dict, batch: int, seq: int, seed: int = 0) -> dict[st
 
 def export_onnx(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write the ONNX folder of a GPT or classifier checkpoint; returns the folder."""
-    from lmforge.checkpoint import load_checkpoint, resolve_checkpoint
-
     for module in ("onnx", "onnxscript"):  # torch.onnx.export's dynamo exporter imports both
         require(module, extra="onnx", feature="ONNX export")
 
@@ -239,8 +239,6 @@ def check_onnx(folder: str | os.PathLike, ckpt: str | os.PathLike, tolerance: fl
     For a decoder, also decodes greedily step by step through decode.onnx and compares the tokens with
     PyTorch's KV-cache greedy decoding.
     """
-    from lmforge.checkpoint import load_checkpoint
-
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     model = load_checkpoint(ckpt, "cpu")[0].eval()
@@ -288,6 +286,4 @@ def greedy_onnx(folder: Path, prompt: np.ndarray, steps: int, model=None) -> tup
 
 
 def greedy_torch(model, prompt: torch.Tensor, steps: int) -> list[int]:
-    from lmforge.generate.sampling import SamplingParams, generate_tokens
-
     return [int(t[0]) for t in generate_tokens(model, prompt, SamplingParams(steps, temperature=0), None)]

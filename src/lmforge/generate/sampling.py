@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lmforge.errors import ConfigError
+
 
 @dataclass
 class SamplingParams:
@@ -19,8 +21,6 @@ class SamplingParams:
     repetition_penalty: float = 1.0
 
     def validate(self) -> None:
-        from lmforge.errors import ConfigError
-
         if self.max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.temperature < 0:

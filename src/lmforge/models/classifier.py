@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lmforge.errors import ConfigError
+from lmforge.models.registry import build_model
 
 BACKBONES = ("bert", "gpt", "lstm", "gru")
 DEFAULT_POOLING = {"bert": "cls", "gpt": "last", "lstm": "max", "gru": "max"}
@@ -85,8 +86,6 @@ class ClassifierConfig:
 
 
 def build_backbone(cfg: ClassifierConfig) -> nn.Module:
-    from lmforge.models.registry import build_model
-
     if cfg.backbone in ("lstm", "gru"):
         enc = RNNEncoderConfig(**{**cfg.encoder, "cell": cfg.backbone, "vocab_size": cfg.vocab_size})
         return RNNEncoder(enc)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lmforge.errors import ConfigError
+from lmforge.models.registry import build_model
 
 
 @dataclass
@@ -36,7 +37,6 @@ class SpanQA(nn.Module):
     def __init__(self, cfg: SpanQAConfig):
         super().__init__()
         cfg.validate()
-        from lmforge.models.registry import build_model
 
         self.config = cfg
         self.backbone = build_model("bert", dict(cfg.encoder))

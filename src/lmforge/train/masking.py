@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lmforge.data.clean import _jieba
+from lmforge.data.clean import load_jieba
 from lmforge.tokenizers import Tokenizer
 from lmforge.train.labels import IGNORE_INDEX
 
@@ -37,7 +37,7 @@ def token_pieces(tokenizer: Tokenizer) -> list[str]:
 
 def word_ids(ids: np.ndarray, pieces: list[str], special: np.ndarray) -> np.ndarray:
     """A word index per token of one sequence (-1 for special tokens), from jieba's segmentation of its text."""
-    jieba = _jieba()
+    jieba = load_jieba()
     texts = [pieces[int(i)] for i in ids]
     text = "".join(texts)
     char_word = np.empty(len(text), dtype=np.int64)

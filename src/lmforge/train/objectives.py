@@ -10,8 +10,10 @@ from torch import nn
 from lmforge.data.shards import TokenShards
 from lmforge.errors import ConfigError, DataError
 from lmforge.models.modes import eval_mode
+from lmforge.models.seq2seq import decoder_start_id
 from lmforge.tokenizers import Tokenizer
 from lmforge.train.labels import IGNORE_INDEX
+from lmforge.train.masking import Masker
 from lmforge.train.packing import collate_packed
 from lmforge.train.packing import pack as pack_rows
 
@@ -118,8 +120,6 @@ class MaskedLM:
     name = "mlm"
 
     def __init__(self, data: TokenShards, model_cfg, batch_size: int, tokenizer: Tokenizer):
-        from lmforge.train.masking import Masker
-
         if tokenizer.mask_id is None:
             raise DataError("masked-LM training needs a tokenizer with a mask token (<|mask|>); prepare the data again")
         self.bos = tokenizer.bos_id
@@ -240,8 +240,6 @@ class Seq2SeqDenoise:
     name = "seq2seq"
 
     def __init__(self, data: TokenShards, model_cfg, batch_size: int, tokenizer: Tokenizer):
-        from lmforge.models.seq2seq import decoder_start_id
-
         if tokenizer.mask_id is None or tokenizer.eos_id is None:
             raise DataError("span-corruption training needs a tokenizer with <|mask|> and <|eos|>; prepare the data again")
         self.corrupt = SpanCorruption(
