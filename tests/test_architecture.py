@@ -112,3 +112,10 @@ def test_the_layer_contract_holds():
     done = subprocess.run([lint, "--config", str(SRC.parent / ".importlinter")], cwd=SRC.parent, capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_the_command_line_help_does_not_load_torch():
+    code = ("import sys; from lmforge.cli.main import build_parser; build_parser(); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

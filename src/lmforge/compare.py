@@ -20,11 +20,8 @@ import numpy as np
 
 from lmforge.config import build_run_config
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.eval.perplexity import evaluate
 from lmforge.extras import require
-from lmforge.lm import load
 from lmforge.models.registry import ARCHITECTURES, is_statistical, model_config_class
-from lmforge.tasks.lm.run import pretrain
 
 # Defaults for a fair small comparison on a CPU: models of a few million parameters (reasonable, not tuned).
 # Under a time budget the number of steps is unknown in advance, so the learning rate stays constant after
@@ -81,6 +78,9 @@ def compare(
         raise CheckpointError(f"{out} already holds a comparison; choose another --out or remove it")
     require("matplotlib", extra="tasks", feature="the plot of lmforge compare")  # before the budget, not after it
     plans = {arch: _plan(arch, overrides or {}, presets or {}, budget_minutes, budget_tokens) for arch in archs}
+    # torch, imported only when a comparison runs: `lmforge compare --help` shows ARCH_DEFAULTS from this module.
+    from lmforge.tasks.lm.run import pretrain
+
     rows = []
     for arch, (preset, arch_overrides) in plans.items():
         if progress:
@@ -153,6 +153,9 @@ def _plan(arch: str, overrides: dict, presets: dict, budget_minutes, budget_toke
 
 
 def _row(arch: str, preset: str | None, overrides: dict, run, data) -> dict:
+    from lmforge.eval.perplexity import evaluate  # torch: see compare()
+    from lmforge.lm import load
+
     lm = load(run.run_dir)
     scores = evaluate(lm, data, split="val")
     fitted = run.stop_reason == "fitted"

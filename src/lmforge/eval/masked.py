@@ -15,6 +15,7 @@ from torch import nn
 
 from lmforge.device import autocast
 from lmforge.errors import DataError
+from lmforge.models.modes import eval_mode
 from lmforge.tokenizers import Tokenizer
 from lmforge.train.labels import IGNORE_INDEX
 from lmforge.train.masking import Masker
@@ -38,34 +39,32 @@ def masked_lm_scores(
     masker = Masker(tokenizer, cfg.mask_prob, cfg.whole_word_mask)
     generator = torch.Generator()
     row = 0
-    was_training = model.training
-    model.eval()
-    nats = torch.zeros((), dtype=torch.float64, device=device)
-    correct = count = 0
-    for x, y in windows:
-        valid = y != IGNORE_INDEX
-        x = torch.where(valid, x, torch.full_like(x, tokenizer.pad_id or 0))
-        if tokenizer.bos_id is not None:
-            x = torch.cat([torch.full((x.shape[0], 1), tokenizer.bos_id, dtype=x.dtype), x], dim=1)
-            valid = torch.cat([torch.ones(x.shape[0], 1, dtype=torch.bool), valid], dim=1)
-        # Each window is masked from its own seed and only over its real tokens, so the result does not depend on
-        # the batch size (nor on which other windows share its batch).
-        inputs, labels = x.clone(), torch.full_like(x, IGNORE_INDEX)
-        for i in range(x.shape[0]):
-            n = int(valid[i].sum())
-            generator.manual_seed(seed * 1_000_003 + row)
-            inputs[i, :n], labels[i, :n] = (t[0] for t in masker(x[i : i + 1, :n], generator))
-            row += 1
-        inputs, labels, valid = inputs.to(device), labels.to(device), valid.to(device)
-        with autocast(device, amp_dtype):
-            logits = model(inputs, attention_mask=valid)
-        logits = logits.float().view(-1, logits.size(-1))
-        flat = labels.view(-1)
-        nats += F.cross_entropy(logits, flat, ignore_index=IGNORE_INDEX, reduction="sum").double()
-        scored = flat != IGNORE_INDEX
-        correct += int((logits.argmax(-1)[scored] == flat[scored]).sum())
-        count += int(scored.sum())
-    model.train(was_training)
+    with eval_mode(model):
+        nats = torch.zeros((), dtype=torch.float64, device=device)
+        correct = count = 0
+        for x, y in windows:
+            valid = y != IGNORE_INDEX
+            x = torch.where(valid, x, torch.full_like(x, tokenizer.pad_id or 0))
+            if tokenizer.bos_id is not None:
+                x = torch.cat([torch.full((x.shape[0], 1), tokenizer.bos_id, dtype=x.dtype), x], dim=1)
+                valid = torch.cat([torch.ones(x.shape[0], 1, dtype=torch.bool), valid], dim=1)
+            # Each window is masked from its own seed and only over its real tokens, so the result does not depend on
+            # the batch size (nor on which other windows share its batch).
+            inputs, labels = x.clone(), torch.full_like(x, IGNORE_INDEX)
+            for i in range(x.shape[0]):
+                n = int(valid[i].sum())
+                generator.manual_seed(seed * 1_000_003 + row)
+                inputs[i, :n], labels[i, :n] = (t[0] for t in masker(x[i : i + 1, :n], generator))
+                row += 1
+            inputs, labels, valid = inputs.to(device), labels.to(device), valid.to(device)
+            with autocast(device, amp_dtype):
+                logits = model(inputs, attention_mask=valid)
+            logits = logits.float().view(-1, logits.size(-1))
+            flat = labels.view(-1)
+            nats += F.cross_entropy(logits, flat, ignore_index=IGNORE_INDEX, reduction="sum").double()
+            scored = flat != IGNORE_INDEX
+            correct += int((logits.argmax(-1)[scored] == flat[scored]).sum())
+            count += int(scored.sum())
     if count == 0:
         raise DataError("no token was masked for evaluation: the text is too short")
     loss = float(nats) / count

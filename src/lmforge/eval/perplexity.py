@@ -21,6 +21,7 @@ from lmforge.data.shards import TokenShards, stack_rows
 from lmforge.device import autocast
 from lmforge.errors import ConfigError, DataError, TokenizerError
 from lmforge.eval.masked import masked_lm_scores
+from lmforge.models.modes import eval_mode
 from lmforge.models.registry import TASK_MODELS
 from lmforge.models.seq2seq import decoder_start_id
 from lmforge.train.labels import IGNORE_INDEX
@@ -32,19 +33,17 @@ def sum_nll(
     model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, amp_dtype=None
 ) -> tuple[float, int]:
     """Total negative log-likelihood (nats) and number of predicted tokens over (inputs, targets) batches."""
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
-    for x, y in batches:
-        x, y = x.to(device), y.to(device)
-        with autocast(device, amp_dtype):
-            logits = model(x)
-        total += F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=-100, reduction="sum"
-        ).double()
-        count += int((y != -100).sum())
-    model.train(was_training)
+    with eval_mode(model):
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        count = 0
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            with autocast(device, amp_dtype):
+                logits = model(x)
+            total += F.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=-100, reduction="sum"
+            ).double()
+            count += int((y != -100).sum())
     return float(total), count
 
 
@@ -114,21 +113,19 @@ def seq2seq_scores(
     start, pad = decoder_start_id(tokenizer), tokenizer.pad_id or 0
     generator = torch.Generator()
     row = 0
-    was_training = model.training
-    model.eval()
-    nats = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
-    for x, y in windows:
-        pairs = []
-        for ids, n in zip(x.tolist(), (y != IGNORE_INDEX).sum(1).tolist()):
-            generator.manual_seed(seed * 1_000_003 + row)
-            pairs.append(corrupt(ids[:n], generator))
-            row += 1
-        batch = tuple(t.to(device) for t in collate_pairs(pairs, start, pad))
-        with autocast(device, amp_dtype):
-            nats += seq2seq_loss_sum(model, batch).double()
-        count += int((batch[-1] != IGNORE_INDEX).sum())
-    model.train(was_training)
+    with eval_mode(model):
+        nats = torch.zeros((), dtype=torch.float64, device=device)
+        count = 0
+        for x, y in windows:
+            pairs = []
+            for ids, n in zip(x.tolist(), (y != IGNORE_INDEX).sum(1).tolist()):
+                generator.manual_seed(seed * 1_000_003 + row)
+                pairs.append(corrupt(ids[:n], generator))
+                row += 1
+            batch = tuple(t.to(device) for t in collate_pairs(pairs, start, pad))
+            with autocast(device, amp_dtype):
+                nats += seq2seq_loss_sum(model, batch).double()
+            count += int((batch[-1] != IGNORE_INDEX).sum())
     if count == 0:
         raise DataError("no text to evaluate: the split is empty")
     loss = float(nats) / count

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.errors import ConfigError
+from lmforge.models.modes import eval_mode
 
 
 @dataclass
@@ -85,16 +86,14 @@ class RNNLM(nn.Module):
     @torch.no_grad()
     def score_stream(self, tokens: np.ndarray) -> tuple[float, int]:
         """(nats, tokens predicted) of a token stream read in order, the state carried from chunk to chunk."""
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        stream = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=device)
-        total, state = 0.0, None
-        for start in range(0, stream.numel() - 1, self.config.block_size):
-            chunk = stream[start : start + self.config.block_size + 1]
-            logits, state = self.forward_with_state(chunk[None, :-1], state)
-            total += float(F.cross_entropy(logits[0].float(), chunk[1:], reduction="sum"))
-        self.train(was_training)
+        with eval_mode(self):
+            device = next(self.parameters()).device
+            stream = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=device)
+            total, state = 0.0, None
+            for start in range(0, stream.numel() - 1, self.config.block_size):
+                chunk = stream[start : start + self.config.block_size + 1]
+                logits, state = self.forward_with_state(chunk[None, :-1], state)
+                total += float(F.cross_entropy(logits[0].float(), chunk[1:], reduction="sum"))
         return total, max(stream.numel() - 1, 0)
 
     @torch.no_grad()

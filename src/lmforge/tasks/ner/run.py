@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from lmforge import checkpoint as ckpt
 from lmforge.errors import ConfigError, DataError
 from lmforge.eval.ner import entity_metrics
+from lmforge.models.modes import eval_mode
 from lmforge.models.registry import build_model
 from lmforge.models.tagger import TaggerConfig
 from lmforge.tasks.common import (
@@ -65,30 +66,28 @@ def tag_pieces(model, encoder: WordEncoder, sentences: list[list[list[int]]], de
                gold: list[list[int]] | None = None) -> tuple[list[list[int]], list[list[float]], float]:
     """(tag index per word, its probability, mean gold-tag loss or nan) for sentences given as each word's
     sub-token ids. A sentence longer than max_length is read in consecutive pieces of whole words."""
-    was_training = model.training
-    model.eval()
-    chunks = []  # (sentence, first word, encoded row)
-    for s, pieces in enumerate(sentences):
-        for a, b in encoder.spans(pieces):
-            chunks.append((s, a, encoder.row(pieces[a:b])))
-    tags = [[0] * len(p) for p in sentences]
-    probs = [[0.0] * len(p) for p in sentences]
-    loss, count = 0.0, 0
-    order = sorted(range(len(chunks)), key=lambda i: len(chunks[i][2][0]))  # similar lengths pad less
-    for start in range(0, len(order), batch_size):
-        part = [chunks[i] for i in order[start : start + batch_size]]
-        ids, mask, _ = encoder.batch([c[2] for c in part], device)
-        logp = model(ids, mask).float().log_softmax(-1).cpu()
-        for row, (s, a, (_, _, starts)) in enumerate(part):
-            word_logp = logp[row, starts]
-            best = word_logp.max(-1)
-            tags[s][a : a + len(starts)] = best.indices.tolist()
-            probs[s][a : a + len(starts)] = best.values.exp().tolist()
-            if gold is not None:
-                y = torch.tensor(gold[s][a : a + len(starts)])
-                loss -= float(word_logp.gather(1, y[:, None]).sum())
-                count += len(starts)
-    model.train(was_training)
+    with eval_mode(model):
+        chunks = []  # (sentence, first word, encoded row)
+        for s, pieces in enumerate(sentences):
+            for a, b in encoder.spans(pieces):
+                chunks.append((s, a, encoder.row(pieces[a:b])))
+        tags = [[0] * len(p) for p in sentences]
+        probs = [[0.0] * len(p) for p in sentences]
+        loss, count = 0.0, 0
+        order = sorted(range(len(chunks)), key=lambda i: len(chunks[i][2][0]))  # similar lengths pad less
+        for start in range(0, len(order), batch_size):
+            part = [chunks[i] for i in order[start : start + batch_size]]
+            ids, mask, _ = encoder.batch([c[2] for c in part], device)
+            logp = model(ids, mask).float().log_softmax(-1).cpu()
+            for row, (s, a, (_, _, starts)) in enumerate(part):
+                word_logp = logp[row, starts]
+                best = word_logp.max(-1)
+                tags[s][a : a + len(starts)] = best.indices.tolist()
+                probs[s][a : a + len(starts)] = best.values.exp().tolist()
+                if gold is not None:
+                    y = torch.tensor(gold[s][a : a + len(starts)])
+                    loss -= float(word_logp.gather(1, y[:, None]).sum())
+                    count += len(starts)
     return tags, probs, loss / count if count else math.nan
 
 

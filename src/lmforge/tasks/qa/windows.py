@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from lmforge.errors import DataError
+from lmforge.models.modes import eval_mode
 from lmforge.tasks.qa.squad import QAExample
 from lmforge.tokenizers import Tokenizer
 
@@ -86,14 +87,12 @@ def collate(windows: list[Window], pad: int, device=None) -> tuple[torch.Tensor,
 @torch.no_grad()
 def window_logits(model, windows: list[Window], pad: int, device, batch_size: int = 32) -> list[np.ndarray]:
     """(T, 2) start/end logits of each window."""
-    was_training = model.training
-    model.eval()
-    out = []
-    for i in range(0, len(windows), batch_size):
-        chunk = windows[i : i + batch_size]
-        logits = model(*collate(chunk, pad, device)).float().cpu().numpy()
-        out.extend(logit[: len(w.ids)] for logit, w in zip(logits, chunk))
-    model.train(was_training)
+    with eval_mode(model):
+        out = []
+        for i in range(0, len(windows), batch_size):
+            chunk = windows[i : i + batch_size]
+            logits = model(*collate(chunk, pad, device)).float().cpu().numpy()
+            out.extend(logit[: len(w.ids)] for logit, w in zip(logits, chunk))
     return out
 
 
