@@ -42,12 +42,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lmforge.checkpoint import read_config, resolve_checkpoint
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.generate.sampling import SamplingParams
+from lmforge.lm import LM, load
+from lmforge.models.registry import ARCHITECTURES, TASK_MODELS, model_config_class
 from lmforge.serve.batching import Batcher, GenerateJob
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.protocol import MAX_PROMPTS, ApiError, Limits, RequestBody, Served, error_response
 from lmforge.serve.tasks import Embedder, add_task_routes, is_pipeline
+from lmforge.tasks.pipeline import pipeline
 
 MAX_BODY_BYTES = 1 << 20
 MAX_STOPS = 4  # as OpenAI
@@ -90,14 +94,7 @@ class ChatRequest(Sampling):
 # ---- what the checkpoint serves ------------------------------------------------------------------------------
 def load_served(model, device: str = "auto", compile: str | bool = "auto") -> Served:
     """A checkpoint path, an `LM` or a task pipeline (`lmforge.pipeline(...)`), with what it can serve."""
-    from lmforge.lm import LM, load
-    from lmforge.models.registry import TASK_MODELS
-    from lmforge.tasks.pipeline import pipeline
-
     if isinstance(model, (str, os.PathLike)):
-        from lmforge.checkpoint import read_config, resolve_checkpoint
-        from lmforge.models.registry import ARCHITECTURES, model_config_class
-
         # Known from the config so that a task model's weights are loaded once, by its pipeline.
         arch = read_config(resolve_checkpoint(model)).get("arch")
         task = TASK_MODELS.get(getattr(model_config_class(arch), "objective", None)) if arch in ARCHITECTURES else None

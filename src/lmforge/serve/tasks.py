@@ -28,8 +28,15 @@ import torch
 from fastapi import APIRouter
 
 from lmforge.errors import ConfigError, LmforgeError
+from lmforge.models.bert import Bert
+from lmforge.models.classifier import BackboneWithHead
+from lmforge.models.gpt import GPT
 from lmforge.serve.batching import Batcher, CallJob
 from lmforge.serve.protocol import MAX_PROMPTS, ApiError, Limits, RequestBody, Served
+from lmforge.tasks.classify.encoding import TextEncoder
+from lmforge.tasks.classify.pipeline import TextClassificationPipeline
+from lmforge.tasks.ner.pipeline import TokenClassificationPipeline
+from lmforge.tasks.qa.pipeline import QuestionAnsweringPipeline
 
 MAX_TEXT_CHARS = 50_000  # one text, question or context (NER and QA read long texts in windows)
 MAX_BEAMS = 16
@@ -75,18 +82,12 @@ class Embedder:
     """
 
     def __init__(self, lm, backbone: str, hidden: Callable, block_size: int, width: int):
-        from lmforge.tasks.classify.encoding import TextEncoder
-
         self.lm, self.hidden, self.block_size, self.width = lm, hidden, block_size, width
         self.encoder = TextEncoder(lm.tokenizer, backbone, max_length=1 << 30)  # refused below rather than cut
 
     @classmethod
     def of(cls, lm) -> Embedder | None:
         """The embedder of a GPT or BERT-style checkpoint, or of a classifier's or tagger's backbone; else None."""
-        from lmforge.models.bert import Bert
-        from lmforge.models.classifier import BackboneWithHead
-        from lmforge.models.gpt import GPT
-
         model = lm.model
         if isinstance(model, BackboneWithHead):
             width = getattr(model.backbone, "width", None) or model.backbone.config.n_embd
@@ -125,10 +126,6 @@ def _encode_vector(vector: list[float], encoding_format: str) -> list[float] | s
 
 def is_pipeline(model) -> bool:
     """Whether `model` is a classify, ner or qa pipeline (what `lmforge.pipeline(...)` makes)."""
-    from lmforge.tasks.classify.pipeline import TextClassificationPipeline
-    from lmforge.tasks.ner.pipeline import TokenClassificationPipeline
-    from lmforge.tasks.qa.pipeline import QuestionAnsweringPipeline
-
     return isinstance(model, (TextClassificationPipeline, TokenClassificationPipeline, QuestionAnsweringPipeline))
 
 

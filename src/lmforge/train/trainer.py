@@ -36,6 +36,7 @@ from lmforge.config import RunConfig
 from lmforge.device import autocast, autocast_dtype, pick_device
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
 from lmforge.eval.perplexity import describe_scores
+from lmforge.extras import available
 from lmforge.tokenizers import Tokenizer
 from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.progress import TrainProgress
@@ -409,8 +410,6 @@ class Trainer:
     def _tensorboard(self):
         if not self.cfg.train.tensorboard:
             return None
-        from lmforge.extras import available
-
         if not available("tensorboard"):  # on by default, but an extra: say so once (per process), do not fail
             warnings.warn('tensorboard is not installed: this run logs to metrics.jsonl only (pip install '
                           '"lmforge[tb]", or --train.tensorboard false)', stacklevel=2)
