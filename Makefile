@@ -10,5 +10,8 @@ quickstart: venv
 test: venv
 	.venv/bin/python -m pytest -n 2
 
+# The rules of docs/architecture.md: ruff's checks, one format (ruff format), and the layer contract (.importlinter).
 lint: venv
 	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/ruff format --check src tests benchmarks
+	.venv/bin/lint-imports

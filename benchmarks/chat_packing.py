@@ -37,12 +37,25 @@ def one_run(args) -> dict:
     finetune_chat.ChatObjective.next_batch = counting
     run = out / f"run-{args.one}"
     shutil.rmtree(run, ignore_errors=True)
-    result = lmforge.finetune("chat", str(out / "gpt"), out / "chats.jsonl", run, epochs=1,
-                              max_examples=args.steps * args.batch_size, batch_size=args.batch_size, progress=False,
-                              overrides={"train.pack": args.one == "packed", "train.eval_every": 10**9})
-    return {"run": args.one, "steps": result.step, "seconds": result.seconds,
-            "conversations_per_s": result.step * args.batch_size / result.seconds,
-            "computed_tokens_per_step": statistics.mean(computed), "peak_rss_mb": round(peak_rss_mb())}
+    result = lmforge.finetune(
+        "chat",
+        str(out / "gpt"),
+        out / "chats.jsonl",
+        run,
+        epochs=1,
+        max_examples=args.steps * args.batch_size,
+        batch_size=args.batch_size,
+        progress=False,
+        overrides={"train.pack": args.one == "packed", "train.eval_every": 10**9},
+    )
+    return {
+        "run": args.one,
+        "steps": result.step,
+        "seconds": result.seconds,
+        "conversations_per_s": result.step * args.batch_size / result.seconds,
+        "computed_tokens_per_step": statistics.mean(computed),
+        "peak_rss_mb": round(peak_rss_mb()),
+    }
 
 
 def make_data(out: Path, block: int) -> int:
@@ -59,10 +72,14 @@ def make_data(out: Path, block: int) -> int:
             roles = ["user", "assistant"] * len(turns)
             chats.append({"messages": [{"role": r, "content": t} for r, t in zip(roles, turns)]})
     (out / "chats.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats), encoding="utf-8")
-    texts = ["<|system|>\n<|user|>\n<|assistant|>\n"] + [m["content"] for c in chats[:3000] for m in c["messages"]]
+    texts = ["<|system|>\n<|user|>\n<|assistant|>\n"] + [
+        m["content"] for c in chats[:3000] for m in c["messages"]
+    ]
     tok = Tokenizer.train("bpe", texts, vocab_size=4096)
     torch.manual_seed(0)
-    model = build_model("gpt", dict(n_layer=6, n_head=6, n_embd=384, block_size=block, vocab_size=tok.vocab_size))
+    model = build_model(
+        "gpt", dict(n_layer=6, n_head=6, n_embd=384, block_size=block, vocab_size=tok.vocab_size)
+    )
     save_checkpoint(out / "gpt", model, tok, {"arch": "gpt", "model": dataclasses.asdict(model.config)})
     return len(chats)
 
@@ -85,14 +102,29 @@ def main() -> None:
     conversations = make_data(out, args.block_size)
     options = ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--out", str(out)]
     results = run_alternating(__file__, ("padded", "packed"), options, args.rounds)
-    rows = {run: {"conversations_per_s": round(statistics.median(r["conversations_per_s"] for r in rs), 2),
-                  "computed_tokens_per_step": round(rs[0]["computed_tokens_per_step"]),
-                  "peak_rss_mb": max(r["peak_rss_mb"] for r in rs)} for run, rs in results.items()}
-    emit({"benchmark": "chat_packing", "data": f"DailyDialog train ({conversations:,} conversations)",
-          "model": f"GPT 6x384, block {args.block_size}, random init", "steps": args.steps,
-          "batch_size": args.batch_size, "rounds": args.rounds, "runs": rows,
-          "speedup": round(rows["packed"]["conversations_per_s"] / rows["padded"]["conversations_per_s"], 2),
-          "machine": machine()})
+    rows = {
+        run: {
+            "conversations_per_s": round(statistics.median(r["conversations_per_s"] for r in rs), 2),
+            "computed_tokens_per_step": round(rs[0]["computed_tokens_per_step"]),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+        }
+        for run, rs in results.items()
+    }
+    emit(
+        {
+            "benchmark": "chat_packing",
+            "data": f"DailyDialog train ({conversations:,} conversations)",
+            "model": f"GPT 6x384, block {args.block_size}, random init",
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "rounds": args.rounds,
+            "runs": rows,
+            "speedup": round(
+                rows["packed"]["conversations_per_s"] / rows["padded"]["conversations_per_s"], 2
+            ),
+            "machine": machine(),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -48,23 +48,89 @@ def main() -> None:
         item = json.loads(line)
         texts += [item["sentence1"], item["sentence2"]]
     corpus = out / "zh.jsonl"
-    corpus.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    corpus.write_text(
+        "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8"
+    )
     lmforge = [sys.executable, "-m", "lmforge"]
     start = time.perf_counter()
-    subprocess.run([*lmforge, "prepare", str(corpus), "--out", str(out / "data"), "--tokenizer", "wordpiece",
-                    "--vocab-size", str(args.vocab_size), "--doc-split", "line"], check=True, cwd=REPO, env=env)
-    subprocess.run([*lmforge, "pretrain", "--data", str(out / "data"), "--out", str(out / "encoder"), "--preset",
-                    args.preset, "--max-minutes", str(args.pretrain_minutes), "--train.max_steps", "1000000"],
-                   check=True, cwd=REPO, env=env)
+    subprocess.run(
+        [
+            *lmforge,
+            "prepare",
+            str(corpus),
+            "--out",
+            str(out / "data"),
+            "--tokenizer",
+            "wordpiece",
+            "--vocab-size",
+            str(args.vocab_size),
+            "--doc-split",
+            "line",
+        ],
+        check=True,
+        cwd=REPO,
+        env=env,
+    )
+    subprocess.run(
+        [
+            *lmforge,
+            "pretrain",
+            "--data",
+            str(out / "data"),
+            "--out",
+            str(out / "encoder"),
+            "--preset",
+            args.preset,
+            "--max-minutes",
+            str(args.pretrain_minutes),
+            "--train.max_steps",
+            "1000000",
+        ],
+        check=True,
+        cwd=REPO,
+        env=env,
+    )
     pretrain_wall = time.perf_counter() - start
-    mlm = subprocess.run([*lmforge, "evaluate", str(out / "encoder"), "--data", str(out / "data"), "--json"],
-                         check=True, capture_output=True, text=True, cwd=REPO, env=env)
-    qa = subprocess.run([sys.executable, str(REPO / "benchmarks" / "squad_qa.py"), "--data", "cmrc", "--model",
-                         str(out / "encoder"), "--max-minutes", str(args.qa_minutes), "--epochs", str(args.qa_epochs),
-                         "--out", str(out / "qa")], check=True, capture_output=True, text=True, env=env)
-    emit({"benchmark": "cmrc2018 trial, encoder pretrained here", "corpus_texts": len(texts),
-          "preset": args.preset, "pretrain_wall_seconds": round(pretrain_wall, 1), "mlm_validation": json.loads(mlm.stdout),
-          "qa": json.loads(qa.stdout), "threads": args.threads, "machine": machine()})
+    mlm = subprocess.run(
+        [*lmforge, "evaluate", str(out / "encoder"), "--data", str(out / "data"), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    qa = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "squad_qa.py"),
+            "--data",
+            "cmrc",
+            "--model",
+            str(out / "encoder"),
+            "--max-minutes",
+            str(args.qa_minutes),
+            "--epochs",
+            str(args.qa_epochs),
+            "--out",
+            str(out / "qa"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    emit(
+        {
+            "benchmark": "cmrc2018 trial, encoder pretrained here",
+            "corpus_texts": len(texts),
+            "preset": args.preset,
+            "pretrain_wall_seconds": round(pretrain_wall, 1),
+            "mlm_validation": json.loads(mlm.stdout),
+            "qa": json.loads(qa.stdout),
+            "threads": args.threads,
+            "machine": machine(),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -46,13 +46,16 @@ def machine() -> dict:
     import torch
 
     try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         commit = None
     model = ""
     try:
-        model = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+        model = next(
+            ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     return {
@@ -88,7 +91,9 @@ def ask(proc, conn, message=None, timeout: float = 3600.0):
     end = time.monotonic() + timeout
     while not conn.poll(1.0):
         if not proc.is_alive() or time.monotonic() > end:
-            sys.exit(f"error: benchmark worker {proc.name} exited (code {proc.exitcode}); see its traceback above")
+            sys.exit(
+                f"error: benchmark worker {proc.name} exited (code {proc.exitcode}); see its traceback above"
+            )
     return conn.recv()
 
 
@@ -98,9 +103,20 @@ def stop_worker(proc, conn, *_) -> None:
 
 
 # ---- translate / summarize benchmarks: `lmforge finetune` then `lmforge evaluate`, both through the CLI ---------
-def finetune_and_score(task: str, model: str, train: list[str], dev: list[str], test: list[str], fields: list[str],
-                       out: Path, epochs: float, max_minutes: float, num_beams: int = 4,
-                       extra: list[str] = (), threads: int | None = None) -> dict:
+def finetune_and_score(
+    task: str,
+    model: str,
+    train: list[str],
+    dev: list[str],
+    test: list[str],
+    fields: list[str],
+    out: Path,
+    epochs: float,
+    max_minutes: float,
+    num_beams: int = 4,
+    extra: list[str] = (),
+    threads: int | None = None,
+) -> dict:
     """Fine-tune `model` for `task` (train/dev/test are the CLI's file arguments, e.g. ["PATH"] or parallel-file
     prefixes whose language options are in `fields`), then score the best checkpoint on `test` with beam search.
     Returns the evaluation JSON plus the fine-tuning wall time and the dev scores by step. `threads` caps torch's
@@ -108,16 +124,60 @@ def finetune_and_score(task: str, model: str, train: list[str], dev: list[str], 
     lmforge = [sys.executable, "-m", "lmforge"]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     start = time.perf_counter()
-    subprocess.run([*lmforge, "finetune", "--task", task, "--model", model, "--train", *train, "--dev", *dev,
-                    "--out", str(out), *fields, "--epochs", str(epochs), "--max-minutes", str(max_minutes), *extra],
-                   check=True, cwd=REPO, env=env)
+    subprocess.run(
+        [
+            *lmforge,
+            "finetune",
+            "--task",
+            task,
+            "--model",
+            model,
+            "--train",
+            *train,
+            "--dev",
+            *dev,
+            "--out",
+            str(out),
+            *fields,
+            "--epochs",
+            str(epochs),
+            "--max-minutes",
+            str(max_minutes),
+            *extra,
+        ],
+        check=True,
+        cwd=REPO,
+        env=env,
+    )
     wall = time.perf_counter() - start
-    report = subprocess.run([*lmforge, "evaluate", str(out), "--task", task, "--data", *test, *fields,
-                             "--num-beams", str(num_beams), "--json", "--report", str(out / "test-report")],
-                            check=True, capture_output=True, text=True, cwd=REPO, env=env)
+    report = subprocess.run(
+        [
+            *lmforge,
+            "evaluate",
+            str(out),
+            "--task",
+            task,
+            "--data",
+            *test,
+            *fields,
+            "--num-beams",
+            str(num_beams),
+            "--json",
+            "--report",
+            str(out / "test-report"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
     lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    dev_scores = [{k: v for k, v in ln.items() if k == "step" or k.startswith("val_")}
-                  for ln in lines if any(k.startswith("val_") for k in ln)]
+    dev_scores = [
+        {k: v for k, v in ln.items() if k == "step" or k.startswith("val_")}
+        for ln in lines
+        if any(k.startswith("val_") for k in ln)
+    ]
     return {**json.loads(report.stdout), "finetune_wall_seconds": round(wall, 1), "dev_by_step": dev_scores}
 
 
@@ -127,7 +187,9 @@ def run_alternating(script: str, runs, options: list[str], rounds: int = 1) -> d
     results: dict[str, list[dict]] = {run: [] for run in runs}
     for _ in range(rounds):
         for run in results:
-            proc = subprocess.run([sys.executable, script, "--one", run, *options], capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, script, "--one", run, *options], capture_output=True, text=True
+            )
             if proc.returncode:
                 sys.exit(f"error: run {run} failed:\n{proc.stderr[-2000:]}")
             results[run].append(json.loads(proc.stdout.strip().splitlines()[-1]))

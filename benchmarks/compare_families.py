@@ -29,25 +29,45 @@ def main() -> None:
     ap.add_argument("--budget-minutes", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
     ap.add_argument("--work", default="/tmp/lmforge-compare", help="prepared data (not the repo)")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "compare"), help="reports, one per dataset")
+    ap.add_argument(
+        "--out", default=str(REPO / "benchmarks" / "out" / "compare"), help="reports, one per dataset"
+    )
     args = ap.parse_args()
 
     import lmforge
     from lmforge.compare import compare
 
-    result = {"benchmark": "compare_families", "machine": machine(), "budget_minutes": args.budget_minutes,
-              "threads": args.threads, "datasets": {}}
+    result = {
+        "benchmark": "compare_families",
+        "machine": machine(),
+        "budget_minutes": args.budget_minutes,
+        "threads": args.threads,
+        "datasets": {},
+    }
     for name in args.datasets:
         train, valid = DATASETS[name]
         data = Path(args.work) / name
         if not (data / "manifest.json").is_file():
-            lmforge.prepare([str(shared(train))], out=data, tokenizer="word", doc_split="line", dedup=False,
-                            val_inputs=[str(shared(valid))], progress=False)
+            lmforge.prepare(
+                [str(shared(train))],
+                out=data,
+                tokenizer="word",
+                doc_split="line",
+                dedup=False,
+                val_inputs=[str(shared(valid))],
+                progress=False,
+            )
         report = Path(args.out) / name
         if report.exists():
             raise SystemExit(f"error: {report} exists; remove it or give another --out")
-        res = compare(data, args.archs.split(","), report, budget_minutes=args.budget_minutes,
-                      overrides={"train.threads": args.threads}, progress=False)
+        res = compare(
+            data,
+            args.archs.split(","),
+            report,
+            budget_minutes=args.budget_minutes,
+            overrides={"train.threads": args.threads},
+            progress=False,
+        )
         manifest = lmforge.data.shards.read_manifest(data)
         result["datasets"][name] = {
             "vocab_size": manifest["vocab_size"],
@@ -55,7 +75,9 @@ def main() -> None:
             "val_tokens": manifest["splits"]["val"]["tokens"],
             "table": (report / "table.md").read_text(),
             "plot": str(report / "curves.png"),
-            "archs": [{k: v for k, v in row.items() if k not in ("curve", "overrides")} for row in res["archs"]],
+            "archs": [
+                {k: v for k, v in row.items() if k not in ("curve", "overrides")} for row in res["archs"]
+            ],
         }
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     emit(result)

@@ -31,8 +31,10 @@ def dev_file(args, out: Path) -> Path:
 
     sentences = read_conll(full, max_sentences=args.max_dev)
     path = out / "dev.txt"
-    path.write_text("".join("".join(f"{w} {t}\n" for w, t in zip(s.words, s.tags)) + "\n" for s in sentences),
-                    encoding="utf-8")
+    path.write_text(
+        "".join("".join(f"{w} {t}\n" for w, t in zip(s.words, s.tags)) + "\n" for s in sentences),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -48,10 +50,20 @@ def one_run(args) -> dict:
         model = str(import_minilm(out / "minilm"))
     start = time.perf_counter()
     result = lmforge.finetune(
-        "ner", model, shared("conll2003/train.txt"), out / "run", dev=dev_file(args, out), epochs=args.epochs,
-        max_examples=args.max_examples, max_length=args.max_length, batch_size=args.batch_size,
-        lr=args.lr if args.one == "minilm" else None, max_minutes=args.max_minutes, seed=args.seed,
-        overrides={"train.eval_every": 10**9}, progress=False,  # one evaluation, at the end
+        "ner",
+        model,
+        shared("conll2003/train.txt"),
+        out / "run",
+        dev=dev_file(args, out),
+        epochs=args.epochs,
+        max_examples=args.max_examples,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        lr=args.lr if args.one == "minilm" else None,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+        overrides={"train.eval_every": 10**9},
+        progress=False,  # one evaluation, at the end
     )
     wall = time.perf_counter() - start
     m = result.metrics
@@ -79,7 +91,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=1e-4, help="MiniLM's peak learning rate (the BiLSTM uses 1e-3)")
+    ap.add_argument(
+        "--lr", type=float, default=1e-4, help="MiniLM's peak learning rate (the BiLSTM uses 1e-3)"
+    )
     ap.add_argument("--max-minutes", type=float, help="cap on each run's training time")
     ap.add_argument("--max-dev", type=int, help="score only the first N validation sentences")
     ap.add_argument("--seed", type=int, default=0)
@@ -91,8 +105,14 @@ def main() -> None:
         return
     results = []
     for run in args.runs.split(","):
-        options = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if v is not None and k not in ("runs", "one")]
-        proc = subprocess.run([sys.executable, __file__, "--one", run, *options], capture_output=True, text=True)
+        options = [
+            f"--{k.replace('_', '-')}={v}"
+            for k, v in vars(args).items()
+            if v is not None and k not in ("runs", "one")
+        ]
+        proc = subprocess.run(
+            [sys.executable, __file__, "--one", run, *options], capture_output=True, text=True
+        )
         if proc.returncode:
             sys.exit(f"error: run {run} failed:\n{proc.stderr[-2000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))

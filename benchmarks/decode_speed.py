@@ -44,20 +44,39 @@ def main() -> None:
     rows = []
     for batch in (1, 16):
         for beams in (1, 4):
+
             def run(batch: int = batch, beams: int = beams) -> float:
                 t0 = time.perf_counter()
-                lm.transduce(sources[:batch], max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                             num_beams=beams)
+                lm.transduce(
+                    sources[:batch],
+                    max_new_tokens=args.new_tokens,
+                    min_new_tokens=args.new_tokens,
+                    num_beams=beams,
+                )
                 return time.perf_counter() - t0
 
             run()  # warm-up
             seconds = statistics.median(run() for _ in range(args.rounds))
-            rows.append({"batch": batch, "decoding": "greedy" if beams == 1 else f"beam {beams}",
-                         "seconds_per_batch": round(seconds, 3),
-                         "output_tokens_per_s": round(batch * args.new_tokens / seconds, 1)})
+            rows.append(
+                {
+                    "batch": batch,
+                    "decoding": "greedy" if beams == 1 else f"beam {beams}",
+                    "seconds_per_batch": round(seconds, 3),
+                    "output_tokens_per_s": round(batch * args.new_tokens / seconds, 1),
+                }
+            )
             print(rows[-1], flush=True)
-    emit({"benchmark": "decode_speed", "preset": args.preset, "params": sum(p.numel() for p in model.parameters()),
-          "new_tokens": args.new_tokens, "results": rows, "peak_rss_mb": round(peak_rss_mb()), "machine": machine()})
+    emit(
+        {
+            "benchmark": "decode_speed",
+            "preset": args.preset,
+            "params": sum(p.numel() for p in model.parameters()),
+            "new_tokens": args.new_tokens,
+            "results": rows,
+            "peak_rss_mb": round(peak_rss_mb()),
+            "machine": machine(),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--max-minutes", type=float, default=30.0)
     ap.add_argument("--epochs", type=float, default=3, help="the learning-rate schedule's length")
-    ap.add_argument("--block-size", type=int, default=384, help="tokens of dialogue (and of summary) the model sees")
+    ap.add_argument(
+        "--block-size", type=int, default=384, help="tokens of dialogue (and of summary) the model sees"
+    )
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--out", default="/tmp/lmforge-dialogsum")
     ap.add_argument("--seed", type=int, default=0)
@@ -42,14 +44,31 @@ def main() -> None:
             writer.writeheader()
             writer.writerows(part)
     fields = ["--source-field", "dialogue", "--target-field", "summary"]
-    scores = finetune_and_score("summarize", "seq2seq-small", [str(out / "train.csv")], [str(out / "dev.csv")],
-                                [str(shared("dialogsum/dialogsum.dev.jsonl"))], fields, out / "run", args.epochs,
-                                args.max_minutes, extra=["--model.block_size", str(args.block_size)],
-                                threads=args.threads)
-    emit({"benchmark": "dialogsum", **scores, "dialogues": {"train": len(rows) - 300, "dev": 300,
-                                                           "official_dev": scores["pairs"]},
-          "max_minutes": args.max_minutes, "epochs": args.epochs, "block_size": args.block_size,
-          "threads": args.threads, "machine": machine()})
+    scores = finetune_and_score(
+        "summarize",
+        "seq2seq-small",
+        [str(out / "train.csv")],
+        [str(out / "dev.csv")],
+        [str(shared("dialogsum/dialogsum.dev.jsonl"))],
+        fields,
+        out / "run",
+        args.epochs,
+        args.max_minutes,
+        extra=["--model.block_size", str(args.block_size)],
+        threads=args.threads,
+    )
+    emit(
+        {
+            "benchmark": "dialogsum",
+            **scores,
+            "dialogues": {"train": len(rows) - 300, "dev": 300, "official_dev": scores["pairs"]},
+            "max_minutes": args.max_minutes,
+            "epochs": args.epochs,
+            "block_size": args.block_size,
+            "threads": args.threads,
+            "machine": machine(),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -36,12 +36,22 @@ def build(kind: str, shape):
     if kind == "hf":
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        cfg = GPT2Config(vocab_size=vocab, n_positions=block, n_embd=n_embd, n_layer=n_layer, n_head=n_layer,
-                         bos_token_id=0, eos_token_id=0, attn_implementation="sdpa")
+        cfg = GPT2Config(
+            vocab_size=vocab,
+            n_positions=block,
+            n_embd=n_embd,
+            n_layer=n_layer,
+            n_head=n_layer,
+            bos_token_id=0,
+            eos_token_id=0,
+            attn_implementation="sdpa",
+        )
         return GPT2LMHeadModel(cfg).eval()
     from lmforge.models.gpt import GPT, GPTConfig
 
-    model = GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=n_layer, n_embd=n_embd)).eval()
+    model = GPT(
+        GPTConfig(vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=n_layer, n_embd=n_embd)
+    ).eval()
     if kind == "lmforge-int8":
         from lmforge.compress.quantize import quantize_model
 
@@ -62,26 +72,42 @@ def worker(kind: str, shape, threads: int, conn) -> None:
         prompt = torch.randint(vocab, (batch, PROMPT), generator=torch.Generator().manual_seed(batch))
         t0 = time.perf_counter()
         if kind == "hf":
-            options = dict(do_sample=not greedy, top_k=50 if not greedy else None, pad_token_id=0, eos_token_id=None)
+            options = dict(
+                do_sample=not greedy, top_k=50 if not greedy else None, pad_token_id=0, eos_token_id=None
+            )
             with torch.no_grad():
                 model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=1, **options)
                 ttft = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=NEW,
-                                     min_new_tokens=NEW, **options)
+                out = model.generate(
+                    prompt,
+                    attention_mask=torch.ones_like(prompt),
+                    max_new_tokens=NEW,
+                    min_new_tokens=NEW,
+                    **options,
+                )
             n = out.shape[1] - PROMPT
         else:
             from lmforge.generate.sampling import SamplingParams, generate_tokens
 
-            params = SamplingParams(max_new_tokens=NEW, temperature=0.0 if greedy else 1.0, top_k=None if greedy else 50)
-            steps = generate_tokens(model, prompt, params, torch.Generator().manual_seed(0),
-                                    compile=kind == "lmforge-compiled")
+            params = SamplingParams(
+                max_new_tokens=NEW, temperature=0.0 if greedy else 1.0, top_k=None if greedy else 50
+            )
+            steps = generate_tokens(
+                model, prompt, params, torch.Generator().manual_seed(0), compile=kind == "lmforge-compiled"
+            )
             next(steps)
             ttft = time.perf_counter() - t0
             n = 1 + sum(1 for _ in steps)
-        seconds = time.perf_counter() - t0  # HF: its whole generate call; lmforge: from before the first token
-        return {"ttft": ttft, "seconds": seconds, "tokens": n * batch,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        seconds = (
+            time.perf_counter() - t0
+        )  # HF: its whole generate call; lmforge: from before the first token
+        return {
+            "ttft": ttft,
+            "seconds": seconds,
+            "tokens": n * batch,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
 
     conn.send({"params": sum(p.numel() for p in model.parameters())})
     while (job := conn.recv()) is not None:
@@ -92,8 +118,12 @@ def worker(kind: str, shape, threads: int, conn) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", action="append", choices=tuple(SHAPES), help="default: both")
-    ap.add_argument("--contender", action="append", choices=("hf", "lmforge", "lmforge-compiled", "lmforge-int8"),
-                    help="default: hf and lmforge")
+    ap.add_argument(
+        "--contender",
+        action="append",
+        choices=("hf", "lmforge", "lmforge-compiled", "lmforge-int8"),
+        help="default: hf and lmforge",
+    )
     ap.add_argument("--batch", action="append", type=int, help="default: 1 and 8")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: all cores)")
@@ -113,7 +143,11 @@ def main() -> None:
                 for _ in range(args.rounds):
                     for k, w in workers.items():
                         runs[k].append(ask(*w[:2], job))
-                row = {"shape": shape_name, "batch": batch, "decoding": "greedy" if greedy else "top-k 50 sampling"}
+                row = {
+                    "shape": shape_name,
+                    "batch": batch,
+                    "decoding": "greedy" if greedy else "top-k 50 sampling",
+                }
                 for k, rs in runs.items():
                     row[k] = {
                         "tokens_per_s": round(statistics.median(r["tokens"] / r["seconds"] for r in rs), 1),
@@ -127,8 +161,16 @@ def main() -> None:
                 print(row, flush=True)
         for w in workers.values():
             stop_worker(*w)
-    emit({"benchmark": "generate_throughput", "prompt_tokens": PROMPT, "new_tokens": NEW, "rounds": args.rounds,
-          "results": rows, "machine": machine()})
+    emit(
+        {
+            "benchmark": "generate_throughput",
+            "prompt_tokens": PROMPT,
+            "new_tokens": NEW,
+            "rounds": args.rounds,
+            "results": rows,
+            "machine": machine(),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -38,14 +38,34 @@ def main() -> None:
     held = set(order[:500])
     for split, keep in (("train", lambda i: i not in held), ("dev", lambda i: i in held)):
         for lang, lines in (("de", de), ("en", en)):
-            (out / f"{split}.{lang}").write_text("".join(lines[i] + "\n" for i in range(len(de)) if keep(i)),
-                                                 encoding="utf-8")
+            (out / f"{split}.{lang}").write_text(
+                "".join(lines[i] + "\n" for i in range(len(de)) if keep(i)), encoding="utf-8"
+            )
     langs = ["--source-lang", "de", "--target-lang", "en"]
     val = str(shared("multi30k/val.de"))[: -len(".de")]
-    scores = finetune_and_score("translate", "seq2seq-small", [str(out / "train")], [str(out / "dev")], [val], langs,
-                                out / "run", args.epochs, args.max_minutes, threads=args.threads)
-    emit({"benchmark": "multi30k de->en", **scores, "pairs": {"train": len(de) - 500, "dev": 500, "val": scores["pairs"]},
-          "max_minutes": args.max_minutes, "epochs": args.epochs, "threads": args.threads, "machine": machine()})
+    scores = finetune_and_score(
+        "translate",
+        "seq2seq-small",
+        [str(out / "train")],
+        [str(out / "dev")],
+        [val],
+        langs,
+        out / "run",
+        args.epochs,
+        args.max_minutes,
+        threads=args.threads,
+    )
+    emit(
+        {
+            "benchmark": "multi30k de->en",
+            **scores,
+            "pairs": {"train": len(de) - 500, "dev": 500, "val": scores["pairs"]},
+            "max_minutes": args.max_minutes,
+            "epochs": args.epochs,
+            "threads": args.threads,
+            "machine": machine(),
+        }
+    )
 
 
 if __name__ == "__main__":

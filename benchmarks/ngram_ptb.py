@@ -32,7 +32,9 @@ def read_ids(path: Path, vocab: dict[str, int]) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--orders", type=int, nargs="+", default=[3, 5])
-    ap.add_argument("--arpa-dir", default=None, help="also write each model as ARPA here and time the round trip")
+    ap.add_argument(
+        "--arpa-dir", default=None, help="also write each model as ARPA here and time the round trip"
+    )
     args = ap.parse_args()
 
     from lmforge.models.ngram import NGramLM

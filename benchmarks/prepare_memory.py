@@ -38,7 +38,9 @@ def make_corpus(folder: Path, size_mb: int, seed: int = 0) -> int:
                 fh.close()
             fh = open(folder / f"part-{part:03d}.txt", "w", encoding="utf-8")
             part += 1
-        doc = f"Document {doc_id}.\n" + "\n".join(rng.choice(lines) for _ in range(rng.randint(5, 40))) + "\n\n"
+        doc = (
+            f"Document {doc_id}.\n" + "\n".join(rng.choice(lines) for _ in range(rng.randint(5, 40))) + "\n\n"
+        )
         doc_id += 1
         written += fh.write(doc)
     fh.close()
@@ -47,8 +49,22 @@ def make_corpus(folder: Path, size_mb: int, seed: int = 0) -> int:
 
 def run_prepare(inputs: Path, out: Path, tokenizer: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    cmd = ["/usr/bin/time", "-v", str(REPO / ".venv/bin/lmforge"), "prepare", str(inputs), "--out", str(out),
-           "--tokenizer", tokenizer, "--vocab-size", "8192", "--doc-split", "paragraph", "--json"]
+    cmd = [
+        "/usr/bin/time",
+        "-v",
+        str(REPO / ".venv/bin/lmforge"),
+        "prepare",
+        str(inputs),
+        "--out",
+        str(out),
+        "--tokenizer",
+        tokenizer,
+        "--vocab-size",
+        "8192",
+        "--doc-split",
+        "paragraph",
+        "--json",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -88,7 +104,9 @@ def main() -> None:
         loaded["MB_per_s"] = round(n_bytes / 1e6 / loaded["seconds"], 2)
         shutil.rmtree(work / f"data-{size}mb", ignore_errors=True)
         shutil.rmtree(corpus, ignore_errors=True)
-        rows.append({"corpus_mb": round(n_bytes / 1e6), "train_bpe_tokenizer": trained, "loaded_tokenizer": loaded})
+        rows.append(
+            {"corpus_mb": round(n_bytes / 1e6), "train_bpe_tokenizer": trained, "loaded_tokenizer": loaded}
+        )
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     emit({"benchmark": "prepare peak memory", "runs": rows, "machine": machine()})
 

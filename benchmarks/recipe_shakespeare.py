@@ -43,11 +43,17 @@ def nanogpt_style_estimate(ckpt: Path, data: Path, eval_iters: int = 20, seed: i
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--fast", action="store_true", help="configs/shakespeare-char-fast.yaml instead of the recipe")
+    ap.add_argument(
+        "--fast", action="store_true", help="configs/shakespeare-char-fast.yaml instead of the recipe"
+    )
     ap.add_argument("--max-steps", type=int, default=None, help="default: the config's")
     ap.add_argument("--out", default="/tmp/lmforge-shakespeare")
-    ap.add_argument("--compile", choices=("auto", "true", "false"), default=None,
-                    help="train.compile (default: the config's)")
+    ap.add_argument(
+        "--compile",
+        choices=("auto", "true", "false"),
+        default=None,
+        help="train.compile (default: the config's)",
+    )
     ap.add_argument("--seed", type=int, default=1337, help="train.seed (nanoGPT's default is 1337)")
     args = ap.parse_args()
 
@@ -57,8 +63,14 @@ def main() -> None:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     data = out / "data"
-    lmforge.prepare([str(shared("tinyshakespeare/input.txt"))], str(data), tokenizer="char", split="tail",
-                    val_fraction=0.1, progress=False)
+    lmforge.prepare(
+        [str(shared("tinyshakespeare/input.txt"))],
+        str(data),
+        tokenizer="char",
+        split="tail",
+        val_fraction=0.1,
+        progress=False,
+    )
     config = "shakespeare-char-fast.yaml" if args.fast else "shakespeare-char.yaml"
     overrides = {"train.tensorboard": False, "train.seed": args.seed}
     if args.compile is not None:
@@ -75,20 +87,22 @@ def main() -> None:
     wall = time.perf_counter() - start
     final = evaluate(out / "run" / "latest", str(data))
     estimate = nanogpt_style_estimate(out / "run" / "latest", data)
-    emit({
-        "benchmark": "recipe_shakespeare" + (" --fast" if args.fast else " (nanoGPT's CPU recipe)"),
-        "config": config,
-        "steps": result.step,
-        "train_seconds": round(result.seconds, 1),
-        "wall_seconds_incl_evals_and_checkpoints": round(wall, 1),
-        "tokens_per_s": round(result.tokens_per_s),
-        "final_val_loss": round(final["loss"], 4),
-        "final_val_bits_per_byte": round(final["bits_per_byte"], 4),
-        "nanogpt_style_val_loss_estimate": round(estimate, 4),
-        "val_tokens": final["tokens"],
-        "peak_rss_mb": round(peak_rss_mb()),
-        "machine": machine(),
-    })
+    emit(
+        {
+            "benchmark": "recipe_shakespeare" + (" --fast" if args.fast else " (nanoGPT's CPU recipe)"),
+            "config": config,
+            "steps": result.step,
+            "train_seconds": round(result.seconds, 1),
+            "wall_seconds_incl_evals_and_checkpoints": round(wall, 1),
+            "tokens_per_s": round(result.tokens_per_s),
+            "final_val_loss": round(final["loss"], 4),
+            "final_val_bits_per_byte": round(final["bits_per_byte"], 4),
+            "nanogpt_style_val_loss_estimate": round(estimate, 4),
+            "val_tokens": final["tokens"],
+            "peak_rss_mb": round(peak_rss_mb()),
+            "machine": machine(),
+        }
+    )
 
 
 if __name__ == "__main__":

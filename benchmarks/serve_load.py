@@ -33,9 +33,12 @@ def make_checkpoint(folder: Path, n_layer: int, n_embd: int) -> Path:
 
     tok = Tokenizer.train("char", ["abcdefghijklmnopqrstuvwxyz .,\n"])
     torch.manual_seed(0)
-    model = build_model("gpt", dict(vocab_size=tok.vocab_size, block_size=256, n_layer=n_layer, n_head=4,
-                                    n_embd=n_embd))
-    return save_checkpoint(folder / "gpt", model, tok, {"arch": "gpt", "model": dataclasses.asdict(model.config)})
+    model = build_model(
+        "gpt", dict(vocab_size=tok.vocab_size, block_size=256, n_layer=n_layer, n_head=4, n_embd=n_embd)
+    )
+    return save_checkpoint(
+        folder / "gpt", model, tok, {"arch": "gpt", "model": dataclasses.asdict(model.config)}
+    )
 
 
 def start_server(app):
@@ -66,8 +69,9 @@ def load(url: str, clients: int, seconds: float, max_tokens: int) -> dict:
                 prompt = "".join(rng.choice("abcdefghij") for _ in range(12))
                 t0 = time.perf_counter()
                 try:
-                    r = http.post("/v1/completions", json={"prompt": prompt, "max_tokens": max_tokens,
-                                                           "temperature": 0})
+                    r = http.post(
+                        "/v1/completions", json={"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+                    )
                     ok = r.status_code == 200
                     n = r.json()["usage"]["completion_tokens"] if ok else 0
                 except httpx.HTTPError:
@@ -88,9 +92,13 @@ def load(url: str, clients: int, seconds: float, max_tokens: int) -> dict:
     wall = time.perf_counter() - start
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
     return {
-        "requests": len(latencies), "errors": errors[0], "wall_seconds": round(wall, 2),
-        "requests_per_s": round(len(latencies) / wall, 2), "generated_tokens_per_s": round(tokens[0] / wall, 1),
-        "latency_p50_ms": round(q[49] * 1000, 1), "latency_p95_ms": round(q[94] * 1000, 1),
+        "requests": len(latencies),
+        "errors": errors[0],
+        "wall_seconds": round(wall, 2),
+        "requests_per_s": round(len(latencies) / wall, 2),
+        "generated_tokens_per_s": round(tokens[0] / wall, 1),
+        "latency_p50_ms": round(q[49] * 1000, 1),
+        "latency_p95_ms": round(q[94] * 1000, 1),
         "latency_p99_ms": round(q[98] * 1000, 1),
     }
 
@@ -107,8 +115,14 @@ def main() -> None:
 
     from lmforge.serve import create_app
 
-    results = {"machine": machine(), "clients": args.clients, "seconds": args.seconds,
-               "max_tokens": args.max_tokens, "model": f"random gpt {args.n_layer}x{args.n_embd}, char", "runs": {}}
+    results = {
+        "machine": machine(),
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "max_tokens": args.max_tokens,
+        "model": f"random gpt {args.n_layer}x{args.n_embd}, char",
+        "runs": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_checkpoint(Path(tmp), args.n_layer, args.n_embd)
         for size in [int(s) for s in args.batch_sizes.split(",")]:
@@ -121,8 +135,11 @@ def main() -> None:
                 thread.join(timeout=30)
                 sock.close()
             stats = app.state.batcher.stats
-            run.update(decode_calls=stats.batches, batched_requests=stats.batched_requests,
-                       largest_batch=stats.largest_batch)
+            run.update(
+                decode_calls=stats.batches,
+                batched_requests=stats.batched_requests,
+                largest_batch=stats.largest_batch,
+            )
             results["runs"][f"max_batch_size={size}"] = run
     emit(results)
 

@@ -31,10 +31,21 @@ def one_run(args) -> dict:
         model = str(import_minilm(out / "minilm"))
     start = time.perf_counter()
     result = lmforge.finetune(
-        "classify", model, shared("sst2/train.tsv"), out / "run", dev=shared("sst2/glue_dev.tsv"),
-        fields=Fields(text="sentence", label="label"), epochs=args.epochs, max_examples=args.max_examples,
-        max_length=args.max_length, batch_size=args.batch_size, lora=args.one.endswith("lora"),
-        max_minutes=args.max_minutes, seed=args.seed, overrides={"train.eval_every": 10**9}, progress=False,
+        "classify",
+        model,
+        shared("sst2/train.tsv"),
+        out / "run",
+        dev=shared("sst2/glue_dev.tsv"),
+        fields=Fields(text="sentence", label="label"),
+        epochs=args.epochs,
+        max_examples=args.max_examples,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        lora=args.one.endswith("lora"),
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+        overrides={"train.eval_every": 10**9},
+        progress=False,
     )
     wall = time.perf_counter() - start
     seen = min(result.step * args.batch_size, args.epochs * args.max_examples)
@@ -68,7 +79,11 @@ def main() -> None:
     if args.one:
         print(json.dumps(one_run(args)))
         return
-    options = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if v is not None and k not in ("runs", "one")]
+    options = [
+        f"--{k.replace('_', '-')}={v}"
+        for k, v in vars(args).items()
+        if v is not None and k not in ("runs", "one")
+    ]
     results = [rs[0] for rs in run_alternating(__file__, args.runs.split(","), options).values()]
     emit({"benchmark": "sst2_finetune", "dev": "GLUE SST-2 dev (872)", "runs": results, "machine": machine()})
 

@@ -46,10 +46,26 @@ def main() -> None:
     for name, rows in (("train", train), ("dev", dev), ("test", test)):
         write_pairs(out / f"{name}.tsv", rows)
     fields = ["--source-field", "source", "--target-field", "target"]
-    scores = finetune_and_score("translate", "seq2seq-small", [str(out / "train.tsv")], [str(out / "dev.tsv")],
-                                [str(out / "test.tsv")], fields, out / "run", args.epochs, args.max_minutes)
-    emit({"benchmark": "tatoeba zh->en", **scores, "pairs": {"train": len(train), "dev": len(dev), "test": len(test)},
-          "max_minutes": args.max_minutes, "machine": machine()})
+    scores = finetune_and_score(
+        "translate",
+        "seq2seq-small",
+        [str(out / "train.tsv")],
+        [str(out / "dev.tsv")],
+        [str(out / "test.tsv")],
+        fields,
+        out / "run",
+        args.epochs,
+        args.max_minutes,
+    )
+    emit(
+        {
+            "benchmark": "tatoeba zh->en",
+            **scores,
+            "pairs": {"train": len(train), "dev": len(dev), "test": len(test)},
+            "max_minutes": args.max_minutes,
+            "machine": machine(),
+        }
+    )
 
 
 if __name__ == "__main__":

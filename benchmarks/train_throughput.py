@@ -35,7 +35,9 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
         n_layer, n_embd = (int(v) for v in dims.split("x"))
         block, batch = (int(v) for v in rest) if rest else (256, 8)
     except ValueError:
-        raise SystemExit(f"error: --shape {text!r} is not LAYERSxWIDTH[:BLOCK:BATCH], e.g. 6x384:256:8") from None
+        raise SystemExit(
+            f"error: --shape {text!r} is not LAYERSxWIDTH[:BLOCK:BATCH], e.g. 6x384:256:8"
+        ) from None
     return n_layer, n_embd, block, batch
 
 
@@ -62,9 +64,19 @@ def build(kind: str, shape: tuple[int, int, int, int]):
     if kind == "hf":
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        cfg = GPT2Config(vocab_size=VOCAB, n_positions=block, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
-                         attn_implementation="sdpa")
+        cfg = GPT2Config(
+            vocab_size=VOCAB,
+            n_positions=block,
+            n_embd=n_embd,
+            n_layer=n_layer,
+            n_head=n_head,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+            attn_implementation="sdpa",
+        )
         model = GPT2LMHeadModel(cfg)
 
         def loss_fn(x, y):
@@ -72,10 +84,13 @@ def build(kind: str, shape: tuple[int, int, int, int]):
     else:
         from lmforge.models.gpt import GPT, GPTConfig
 
-        model = GPT(GPTConfig(vocab_size=VOCAB, block_size=block, n_layer=n_layer, n_head=n_head, n_embd=n_embd))
+        model = GPT(
+            GPTConfig(vocab_size=VOCAB, block_size=block, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+        )
 
         def loss_fn(x, y):
             return model(x)
+
     matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     if kind == "hf":  # HF's GPT-2 uses Conv1D for its projections; count them the same way
         from transformers.pytorch_utils import Conv1D
@@ -102,6 +117,7 @@ def worker(kind: str, shape, threads: int, autocast: str | None, conn) -> None:
 
         def step_forward(x, y):
             return compiled(x)
+
     from lmforge.config import OptimConfig
     from lmforge.train.optim import build_optimizer
 
@@ -114,7 +130,11 @@ def worker(kind: str, shape, threads: int, autocast: str | None, conn) -> None:
         for _ in range(n):
             data = torch.randint(VOCAB, (batch, block + 1), generator=gen)
             x, y = data[:, :-1], data[:, 1:]
-            with torch.autocast("cpu", dtype=torch.bfloat16) if autocast == "bf16" else contextlib.nullcontext():
+            with (
+                torch.autocast("cpu", dtype=torch.bfloat16)
+                if autocast == "bf16"
+                else contextlib.nullcontext()
+            ):
                 logits = step_forward(x, y)
             loss = F.cross_entropy(logits.float().reshape(-1, VOCAB), y.reshape(-1))
             loss.backward()
@@ -129,12 +149,25 @@ def worker(kind: str, shape, threads: int, autocast: str | None, conn) -> None:
         n = conn.recv()
         if n is None:
             break
-        conn.send({"seconds": train_steps(n), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+        conn.send(
+            {
+                "seconds": train_steps(n),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
     conn.close()
 
 
-def run_shape(name: str, shape, contenders: list[str], rounds: int, steps: int, warmup: int, threads: int,
-              autocast: str | None = None) -> dict:
+def run_shape(
+    name: str,
+    shape,
+    contenders: list[str],
+    rounds: int,
+    steps: int,
+    warmup: int,
+    threads: int,
+    autocast: str | None = None,
+) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -168,36 +201,66 @@ def run_shape(name: str, shape, contenders: list[str], rounds: int, steps: int, 
         for kind in contenders:
             rows[kind]["ratio_to_hf"] = round(rows[kind]["tokens_per_s"] / rows["hf"]["tokens_per_s"], 2)
     n_layer, n_embd, _, _ = shape
-    return {"shape": name, "n_layer": n_layer, "n_embd": n_embd, "block": block, "batch": batch,
-            "matmul_peak_gflops": round(peak, 1), "results": rows}
+    return {
+        "shape": name,
+        "n_layer": n_layer,
+        "n_embd": n_embd,
+        "block": block,
+        "batch": batch,
+        "matmul_peak_gflops": round(peak, 1),
+        "results": rows,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", action="append", help="LAYERSxWIDTH[:BLOCK:BATCH] or 4x128 / 6x384 (repeatable)")
-    ap.add_argument("--contender", action="append", choices=("hf", "lmforge", "lmforge-compile"),
-                    help="default: all three")
+    ap.add_argument(
+        "--shape", action="append", help="LAYERSxWIDTH[:BLOCK:BATCH] or 4x128 / 6x384 (repeatable)"
+    )
+    ap.add_argument(
+        "--contender",
+        action="append",
+        choices=("hf", "lmforge", "lmforge-compile"),
+        help="default: all three",
+    )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=10, help="optimizer steps per round")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: all cores)")
-    ap.add_argument("--autocast", choices=("bf16",), help="every contender's forward under bf16 autocast (CPUs with "
-                    "bf16 instructions only; MFU stays against the fp32 peak)")
+    ap.add_argument(
+        "--autocast",
+        choices=("bf16",),
+        help="every contender's forward under bf16 autocast (CPUs with "
+        "bf16 instructions only; MFU stays against the fp32 peak)",
+    )
     args = ap.parse_args()
     import os
 
     threads = args.threads or os.cpu_count() or 1
     contenders = args.contender or ["hf", "lmforge", "lmforge-compile"]
     shapes = args.shape or list(DEFAULT_SHAPES)
-    emit({
-        "benchmark": "train_throughput",
-        "steps_per_round": args.steps,
-        "rounds": args.rounds,
-        "autocast": args.autocast,
-        "shapes": [run_shape(s, parse_shape(s), contenders, args.rounds, args.steps, args.warmup, threads,
-                             args.autocast) for s in shapes],
-        "machine": machine(),
-    })
+    emit(
+        {
+            "benchmark": "train_throughput",
+            "steps_per_round": args.steps,
+            "rounds": args.rounds,
+            "autocast": args.autocast,
+            "shapes": [
+                run_shape(
+                    s,
+                    parse_shape(s),
+                    contenders,
+                    args.rounds,
+                    args.steps,
+                    args.warmup,
+                    threads,
+                    args.autocast,
+                )
+                for s in shapes
+            ],
+            "machine": machine(),
+        }
+    )
 
 
 if __name__ == "__main__":

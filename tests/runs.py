@@ -10,7 +10,11 @@ from lmforge import checkpoint as ckpt
 
 
 def losses(run_dir):
-    return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    return [
+        r["loss"]
+        for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    ]
 
 
 def assert_resume_is_exact(data, tmp_path, arch=None, overrides=None, steps=20, stop_after=14):

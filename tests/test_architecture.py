@@ -109,13 +109,16 @@ def test_the_layer_contract_holds():
     lint = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
     if not Path(lint).exists():
         pytest.skip("import-linter is not installed (pip install -e '.[test]')")
-    done = subprocess.run([lint, "--config", str(SRC.parent / ".importlinter")], cwd=SRC.parent, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        [lint, "--config", str(SRC.parent / ".importlinter")], cwd=SRC.parent, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout[-3000:]
 
 
 def test_the_command_line_help_does_not_load_torch():
-    code = ("import sys; from lmforge.cli.main import build_parser; build_parser(); "
-            "assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys; from lmforge.cli.main import build_parser; build_parser(); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

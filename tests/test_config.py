@@ -7,7 +7,9 @@ from lmforge.errors import ConfigError
 def test_defaults_preset_file_and_overrides_resolve_in_order(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("model:\n  n_layer: 3\noptim:\n  lr: 0.01\ntrain:\n  batch_size: 5\n")
-    cfg = build_run_config(preset="tiny", config_file=f, overrides=["--optim.lr", "3e-4", "--model.bias=false"])
+    cfg = build_run_config(
+        preset="tiny", config_file=f, overrides=["--optim.lr", "3e-4", "--model.bias=false"]
+    )
     assert cfg.model.n_embd == 128  # from the preset
     assert cfg.model.n_layer == 3  # the file beats the preset
     assert cfg.optim.lr == pytest.approx(3e-4)  # the command line beats the file
@@ -16,7 +18,9 @@ def test_defaults_preset_file_and_overrides_resolve_in_order(tmp_path):
 
 
 def test_override_values_are_typed():
-    cfg = build_run_config(overrides={"train.max_minutes": "2.5", "train.max_steps": "1e3", "model.n_kv_head": "none"})
+    cfg = build_run_config(
+        overrides={"train.max_minutes": "2.5", "train.max_steps": "1e3", "model.n_kv_head": "none"}
+    )
     assert cfg.train.max_minutes == 2.5
     assert cfg.train.max_steps == 1000 and isinstance(cfg.train.max_steps, int)
     assert cfg.model.n_kv_head is None

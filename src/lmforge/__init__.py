@@ -43,5 +43,14 @@ def __getattr__(name):
 
 
 __all__ = [
-    "LmforgeError", "prepare", "pretrain", "finetune", "pipeline", "load", "LM", "evaluate", "Tokenizer", "__version__",
+    "LmforgeError",
+    "prepare",
+    "pretrain",
+    "finetune",
+    "pipeline",
+    "load",
+    "LM",
+    "evaluate",
+    "Tokenizer",
+    "__version__",
 ]

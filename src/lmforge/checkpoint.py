@@ -143,14 +143,18 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     for pointer in ("latest",):
         if (p / pointer).exists():
             return resolve_checkpoint(p / pointer)
-    raise CheckpointError(f"{path} is neither a checkpoint (no config.json) nor a run directory with checkpoints")
+    raise CheckpointError(
+        f"{path} is neither a checkpoint (no config.json) nor a run directory with checkpoints"
+    )
 
 
 def read_config(ckpt: Path) -> dict:
     try:
         config = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{ckpt}/config.json is unreadable or corrupted; use another checkpoint") from None
+        raise CheckpointError(
+            f"{ckpt}/config.json is unreadable or corrupted; use another checkpoint"
+        ) from None
     if config.get("lmforge_version") == "0.1.0":
         _tanh_gelu(config)
     return config
@@ -165,7 +169,9 @@ def _tanh_gelu(config) -> None:
             _tanh_gelu(value)
 
 
-def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, Tokenizer, dict]:
+def load_checkpoint(
+    path: str | os.PathLike, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, Tokenizer, dict]:
     """Load (model, tokenizer, config) from a checkpoint folder or run directory, checking that they match."""
     ckpt = resolve_checkpoint(path)
     config = read_config(ckpt)
@@ -191,7 +197,9 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{weights} is truncated or corrupted ({str(exc).splitlines()[0][:80]})") from None
+        raise CheckpointError(
+            f"{weights} is truncated or corrupted ({str(exc).splitlines()[0][:80]})"
+        ) from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     aliases = tied_aliases(model)
     missing = [k for k in missing if k not in aliases]
@@ -277,7 +285,9 @@ def resume_point(run_dir: str | os.PathLike, resume: bool) -> Path | None:
             raise CheckpointError(f"{run_dir} has no checkpoint to resume from; start without --resume")
         return resolve_checkpoint(run_dir)
     if list_checkpoints(run_dir) or pointed(run_dir, "latest") is not None:
-        raise CheckpointError(f"{run_dir} already holds checkpoints; pass --resume to continue, or choose another --out")
+        raise CheckpointError(
+            f"{run_dir} already holds checkpoints; pass --resume to continue, or choose another --out"
+        )
     return None
 
 

@@ -28,12 +28,22 @@ from lmforge.models.registry import ARCHITECTURES, is_statistical, model_config_
 # warmup for every family alike; under a token budget each schedule spans exactly the budget.
 # A recurrent LM of the GPT's size class: 2 x 256, tied embeddings, the usual BPTT length of 35.
 _RECURRENT = {
-    "model.n_layer": 2, "model.n_embd": 256, "model.n_hidden": 256, "model.block_size": 35, "model.dropout": 0.1,
-    "model.tie_embeddings": True, "train.batch_size": 20, "train.eval_every": 50, "optim.lr": 3e-3,
+    "model.n_layer": 2,
+    "model.n_embd": 256,
+    "model.n_hidden": 256,
+    "model.block_size": 35,
+    "model.dropout": 0.1,
+    "model.tie_embeddings": True,
+    "train.batch_size": 20,
+    "train.eval_every": 50,
+    "optim.lr": 3e-3,
 }
 ARCH_DEFAULTS: dict[str, dict] = {
     "ngram": {"preset": None, "overrides": {"model.order": 5}},
-    "gpt": {"preset": "small", "overrides": {"model.dropout": 0.1, "train.batch_size": 16, "train.eval_every": 25}},
+    "gpt": {
+        "preset": "small",
+        "overrides": {"model.dropout": 0.1, "train.batch_size": 16, "train.eval_every": 25},
+    },
     "lstm": {"preset": None, "overrides": dict(_RECURRENT)},
     "gru": {"preset": None, "overrides": dict(_RECURRENT)},
     # The ungated RNN gets a lower rate: its gradients explode more easily.
@@ -72,12 +82,18 @@ def compare(
         raise ConfigError(f"the budget must be positive, got {budget_tokens} tokens")
     for key in [k for k in (overrides or {}) if k.split(".", 1)[0] in ARCHITECTURES] + list(presets or {}):
         if key.split(".", 1)[0] not in archs:
-            raise ConfigError(f"{key} names a family that is not compared here; compare {key.split('.', 1)[0]} too or drop it")
+            raise ConfigError(
+                f"{key} names a family that is not compared here; compare {key.split('.', 1)[0]} too or drop it"
+            )
     out = Path(out)
     if (out / "runs").exists() or (out / "results.json").exists():
         raise CheckpointError(f"{out} already holds a comparison; choose another --out or remove it")
-    require("matplotlib", extra="tasks", feature="the plot of lmforge compare")  # before the budget, not after it
-    plans = {arch: _plan(arch, overrides or {}, presets or {}, budget_minutes, budget_tokens) for arch in archs}
+    require(
+        "matplotlib", extra="tasks", feature="the plot of lmforge compare"
+    )  # before the budget, not after it
+    plans = {
+        arch: _plan(arch, overrides or {}, presets or {}, budget_minutes, budget_tokens) for arch in archs
+    }
     # torch, imported only when a comparison runs: `lmforge compare --help` shows ARCH_DEFAULTS from this module.
     from lmforge.tasks.lm.run import pretrain
 
@@ -85,8 +101,14 @@ def compare(
     for arch, (preset, arch_overrides) in plans.items():
         if progress:
             print(f"== {arch}", file=sys.stderr, flush=True)
-        run = pretrain(data=data, out=out / "runs" / arch, arch=arch, preset=preset, overrides=arch_overrides,
-                       progress=progress)
+        run = pretrain(
+            data=data,
+            out=out / "runs" / arch,
+            arch=arch,
+            preset=preset,
+            overrides=arch_overrides,
+            progress=progress,
+        )
         rows.append(_row(arch, preset, arch_overrides, run, data))
     results = {
         "data": str(Path(data).resolve()),
@@ -105,7 +127,9 @@ def describe_defaults() -> str:
     """One line per family: its default preset and overrides (for --help)."""
     lines = []
     for arch, d in ARCH_DEFAULTS.items():
-        parts = ([f"preset {d['preset']}"] if d["preset"] else []) + [f"{k} {v}" for k, v in d["overrides"].items()]
+        parts = ([f"preset {d['preset']}"] if d["preset"] else []) + [
+            f"{k} {v}" for k, v in d["overrides"].items()
+        ]
         lines.append(f"  {arch:6s} " + ", ".join(parts))
     return "\n".join(lines)
 
@@ -126,7 +150,9 @@ def _check_archs(archs: list[str]) -> list[str]:
     return archs
 
 
-def _plan(arch: str, overrides: dict, presets: dict, budget_minutes, budget_tokens) -> tuple[str | None, dict]:
+def _plan(
+    arch: str, overrides: dict, presets: dict, budget_minutes, budget_tokens
+) -> tuple[str | None, dict]:
     """The preset and overrides one family trains with: defaults, then the caller's, then the budget."""
     defaults = ARCH_DEFAULTS.get(arch, {"preset": None, "overrides": {}})
     preset = presets.get(arch, defaults["preset"])
@@ -185,16 +211,31 @@ def _curve(run) -> list[dict]:
     Evaluation records carry the step but not the clock; the clock is read off the training records around
     them (and the run's final time), so evaluation time is not counted as training time.
     """
-    records = [json.loads(ln) for ln in (Path(run.run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-               if ln.strip()]
+    records = [
+        json.loads(ln)
+        for ln in (Path(run.run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        if ln.strip()
+    ]
     if run.stop_reason == "fitted":
-        return [{"tokens": run.tokens, "seconds": run.seconds, "val_loss": r["val_loss"]}
-                for r in records if "val_loss" in r]
-    clock = sorted({(0, 0.0), (run.step, run.seconds)} | {(r["step"], r["elapsed_s"]) for r in records
-                                                           if "elapsed_s" in r})
+        return [
+            {"tokens": run.tokens, "seconds": run.seconds, "val_loss": r["val_loss"]}
+            for r in records
+            if "val_loss" in r
+        ]
+    clock = sorted(
+        {(0, 0.0), (run.step, run.seconds)}
+        | {(r["step"], r["elapsed_s"]) for r in records if "elapsed_s" in r}
+    )
     steps, seconds = zip(*clock)
-    return [{"tokens": r["tokens"], "seconds": float(np.interp(r["step"], steps, seconds)), "val_loss": r["val_loss"]}
-            for r in records if "val_loss" in r]
+    return [
+        {
+            "tokens": r["tokens"],
+            "seconds": float(np.interp(r["step"], steps, seconds)),
+            "val_loss": r["val_loss"],
+        }
+        for r in records
+        if "val_loss" in r
+    ]
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -225,11 +266,21 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         for ax, key in zip(axes, ("tokens", "seconds")):
             if r["fitted"]:
                 # Fitted once on the whole split: a level to beat, drawn across the plot.
-                ax.axhline(r["val_loss"], color=color, linestyle="--",
-                           label=f"{r['arch']} (fitted on {r['train_tokens']:,} tokens in {r['train_seconds']:.1f} s)")
+                ax.axhline(
+                    r["val_loss"],
+                    color=color,
+                    linestyle="--",
+                    label=f"{r['arch']} (fitted on {r['train_tokens']:,} tokens in {r['train_seconds']:.1f} s)",
+                )
             else:
-                ax.plot([p[key] for p in pts], [p["val_loss"] for p in pts], "-o", markersize=3, color=color,
-                        label=r["arch"])
+                ax.plot(
+                    [p[key] for p in pts],
+                    [p["val_loss"] for p in pts],
+                    "-o",
+                    markersize=3,
+                    color=color,
+                    label=r["arch"],
+                )
     axes[0].set_xlabel("training tokens")
     axes[1].set_xlabel("training time (s)")
     for ax in axes:

@@ -73,7 +73,9 @@ class TrainConfig:
     patience: int | None = None  # early stop after this many evaluations without a better validation score
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16/fp16 on GPUs that support it, fp32 on CPU)
+    precision: str = (
+        "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16/fp16 on GPUs that support it, fp32 on CPU)
+    )
     # torch.compile the training model: auto = on CUDA; off on CPU, where it measured no faster than eager for
     # our GPT (benchmarks/train_throughput.py) and costs a minute of compilation. true | false force it.
     compile: str = "auto"
@@ -170,11 +172,15 @@ def build_run_config(
     for layer in layers:
         unknown = set(layer) - {"arch", "preset", "model", "optim", "train"}
         if unknown:
-            raise ConfigError(_unknown_message(sorted(unknown)[0], ["arch", "preset", "model", "optim", "train"]))
+            raise ConfigError(
+                _unknown_message(sorted(unknown)[0], ["arch", "preset", "model", "optim", "train"])
+            )
         for section in ("model", "optim", "train"):
             values = layer.get(section) or {}
             if not isinstance(values, dict):
-                raise ConfigError(f"config section {section!r} must be a mapping, got {type(values).__name__}")
+                raise ConfigError(
+                    f"config section {section!r} must be a mapping, got {type(values).__name__}"
+                )
             apply_section(getattr(cfg, section), values, section)
     for key, value in parse_overrides(overrides).items():
         set_dotted(cfg, key, value)
@@ -300,7 +306,8 @@ def _unknown_message(key: str, known: list[str]) -> str:
 def switch(name: str, value) -> str:
     """An auto | true | false setting, also from a boolean or yes/no/on/off/1/0."""
     value = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(
-        str(value).lower(), str(value).lower())
+        str(value).lower(), str(value).lower()
+    )
     _choice(name, value, ("auto", "true", "false"))
     return value
 
@@ -311,6 +318,8 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _range(key: str, value: float, low: float | None, high: float | None, high_open: bool = False) -> None:
-    if (low is not None and value < low) or (high is not None and (value >= high if high_open else value > high)):
+    if (low is not None and value < low) or (
+        high is not None and (value >= high if high_open else value > high)
+    ):
         bound = f">= {low}" if high is None else f"in [{low}, {high}{')' if high_open else ']'}"
         raise ConfigError(f"{key} must be {bound}, got {value}")

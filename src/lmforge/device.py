@@ -25,7 +25,9 @@ def pick_device(name: str = "auto") -> torch.device:
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for but CUDA is not available here; use --train.device cpu")
+        raise ConfigError(
+            f"device {name!r} was asked for but CUDA is not available here; use --train.device cpu"
+        )
     return device
 
 

@@ -23,7 +23,7 @@ def require(module: str, extra: str, feature: str) -> ModuleType:
         if exc.name is not None and module.split(".")[0] != exc.name.split(".")[0]:
             raise  # the package is there but one of its own dependencies is broken: show the real error
         raise MissingExtraError(
-            f"{feature} needs the {module.split('.')[0]} package: pip install \"lmforge[{extra}]\""
+            f'{feature} needs the {module.split(".")[0]} package: pip install "lmforge[{extra}]"'
         ) from None
 
 

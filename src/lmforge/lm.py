@@ -25,8 +25,14 @@ from lmforge.tokenizers import Tokenizer
 class LM:
     """A trained language model and its tokenizer."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, config: dict, path: Path | None = None,
-                 compile: str | bool = "auto"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Tokenizer,
+        config: dict,
+        path: Path | None = None,
+        compile: str | bool = "auto",
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config
@@ -37,7 +43,9 @@ class LM:
         self.compile_decoding = use_compile(compile, self.device)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str = "auto", compile: str | bool = "auto") -> LM:
+    def from_pretrained(
+        cls, path: str | os.PathLike, device: str = "auto", compile: str | bool = "auto"
+    ) -> LM:
         """`compile`: torch.compile the decoding step (auto: on CUDA only; true also pays off on a CPU for long
         generations and servers, after a compile of tens of seconds)."""
         ckpt = resolve_checkpoint(path)
@@ -90,8 +98,10 @@ class LM:
         model, an encoder-decoder, a masked-LM encoder)."""
         task = TASK_MODELS.get(getattr(self.model.config, "objective", None))
         if task is not None:
-            raise ConfigError(f"{self.path or 'this model'} is a fine-tuned {task[0]} model: use `lmforge predict "
-                              f"--task {task[1]}` or lmforge.pipeline('{task[2]}', model=...) instead of generate")
+            raise ConfigError(
+                f"{self.path or 'this model'} is a fine-tuned {task[0]} model: use `lmforge predict "
+                f"--task {task[1]}` or lmforge.pipeline('{task[2]}', model=...) instead of generate"
+            )
         if self.is_seq2seq():
             raise ConfigError(
                 f"{self.path or 'this model'} is an encoder-decoder (seq2seq) that rewrites a source text instead of "
@@ -138,32 +148,48 @@ class LM:
         and min_new_tokens belong to it); num_beams=1 is greedy decoding. With num_return_sequences > 1 each source
         gets a list of that many outputs, best first.
         """
-        prompt = check_transducer(self, "transduce (use generate() to continue a text)")  # None: an encoder-decoder
+        prompt = check_transducer(
+            self, "transduce (use generate() to continue a text)"
+        )  # None: an encoder-decoder
         block = self.model.config.block_size
         limit = block - 1
         if max_new_tokens is not None and max_new_tokens > limit:
             raise ConfigError(f"max_new_tokens can be at most {limit} for this model (block_size {block})")
-        params = SamplingParams(limit if max_new_tokens is None else max_new_tokens, temperature, top_k, top_p)
+        params = SamplingParams(
+            limit if max_new_tokens is None else max_new_tokens, temperature, top_k, top_p
+        )
         params.validate()
         sources = [source] if isinstance(source, str) else list(source)
         if not sources:
             raise ConfigError("transduce needs at least one source text")
-        beams = None if num_beams is None else BeamParams(
-            num_beams, params.max_new_tokens, length_penalty, early_stopping, no_repeat_ngram_size, min_new_tokens,
-            num_return_sequences,
+        beams = (
+            None
+            if num_beams is None
+            else BeamParams(
+                num_beams,
+                params.max_new_tokens,
+                length_penalty,
+                early_stopping,
+                no_repeat_ngram_size,
+                min_new_tokens,
+                num_return_sequences,
+            )
         )
         if beams is None and num_return_sequences != 1:
             raise ConfigError("num_return_sequences > 1 needs beam search; give num_beams")
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         if prompt is not None:  # a decoder-only model continues each source's prompt
-            texts = self._prompted_texts([prompt.prompt_ids(self.tokenizer, s) for s in sources], params, beams,
-                                         generator, use_cache)
+            texts = self._prompted_texts(
+                [prompt.prompt_ids(self.tokenizer, s) for s in sources], params, beams, generator, use_cache
+            )
             return texts[0] if isinstance(source, str) else texts
         ids = [self.tokenizer.encode(s) for s in sources]  # every source is checked before any work
         for i in ids:
             if not 0 < len(i) <= block:
                 raise ConfigError(f"a source is {len(i)} tokens long; the model reads 1 to {block} tokens")
-        src = torch.full((len(ids), max(map(len, ids), default=0)), self.tokenizer.pad_id or 0, dtype=torch.long)
+        src = torch.full(
+            (len(ids), max(map(len, ids), default=0)), self.tokenizer.pad_id or 0, dtype=torch.long
+        )
         src_mask = torch.zeros(src.shape, dtype=torch.bool)
         for row, i in enumerate(ids):
             src[row, : len(i)], src_mask[row, : len(i)] = torch.tensor(i), True
@@ -171,40 +197,69 @@ class LM:
             texts = self._beam_texts(src, src_mask, beams)
             return texts[0] if isinstance(source, str) else texts
         steps = decode_tokens(
-            self.model, src.to(self.device), src_mask.to(self.device), decoder_start_id(self.tokenizer), params,
-            generator, use_cache,
+            self.model,
+            src.to(self.device),
+            src_mask.to(self.device),
+            decoder_start_id(self.tokenizer),
+            params,
+            generator,
+            use_cache,
         )
-        texts = [self.tokenizer.decode(o, skip_special_tokens=False)
-                 for o in tokens_until(steps, len(ids), self.tokenizer.eos_id)]
+        texts = [
+            self.tokenizer.decode(o, skip_special_tokens=False)
+            for o in tokens_until(steps, len(ids), self.tokenizer.eos_id)
+        ]
         return texts[0] if isinstance(source, str) else texts
 
-    def _prompted_texts(self, prompts: list[list[int]], params: SamplingParams, beams: BeamParams | None,
-                        generator, use_cache: bool) -> list[str] | list[list[str]]:
+    def _prompted_texts(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        beams: BeamParams | None,
+        generator,
+        use_cache: bool,
+    ) -> list[str] | list[list[str]]:
         if beams is not None:
-            return self._hypothesis_texts(beam_search_prompts(self.model, prompts, self.tokenizer.eos_id, beams),
-                                          beams.num_return_sequences)
+            return self._hypothesis_texts(
+                beam_search_prompts(self.model, prompts, self.tokenizer.eos_id, beams),
+                beams.num_return_sequences,
+            )
         out = continue_prompts(self.model, prompts, self.tokenizer.eos_id, params, generator, use_cache)
         return [self.tokenizer.decode(o, skip_special_tokens=False) for o in out]
 
     def _beam_texts(self, src: torch.Tensor, src_mask: torch.Tensor, params) -> list[str] | list[list[str]]:
         if self.tokenizer.eos_id is None:
             raise ConfigError("beam search needs a tokenizer with an <|eos|> token")
-        beams = beam_search(self.model, src.to(self.device), src_mask.to(self.device),
-                            decoder_start_id(self.tokenizer), self.tokenizer.eos_id, params)
+        beams = beam_search(
+            self.model,
+            src.to(self.device),
+            src_mask.to(self.device),
+            decoder_start_id(self.tokenizer),
+            self.tokenizer.eos_id,
+            params,
+        )
         return self._hypothesis_texts(beams, params.num_return_sequences)
 
     def _hypothesis_texts(self, beams, n: int) -> list[str] | list[list[str]]:
         """Each source's n best hypotheses as text (a string each when n is 1)."""
-        texts = [[self.tokenizer.decode(h.tokens, skip_special_tokens=False) for h in hyps[:n]] for hyps in beams]
+        texts = [
+            [self.tokenizer.decode(h.tokens, skip_special_tokens=False) for h in hyps[:n]] for hyps in beams
+        ]
         return [t[0] for t in texts] if n == 1 else texts
 
     def fill_mask(self, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
         """The top_k (token, probability) guesses for each mask token in `text` (a masked-LM encoder only)."""
         if not getattr(self.model.config, "bidirectional", False):
-            raise ConfigError("fill_mask needs a masked-LM encoder (arch bert); use generate() with this model")
-        mask = self.tokenizer.id_to_token(self.tokenizer.mask_id) if self.tokenizer.mask_id is not None else None
+            raise ConfigError(
+                "fill_mask needs a masked-LM encoder (arch bert); use generate() with this model"
+            )
+        mask = (
+            self.tokenizer.id_to_token(self.tokenizer.mask_id) if self.tokenizer.mask_id is not None else None
+        )
         if mask is None or mask not in text:
-            raise ConfigError(f"the text has no mask token; write {mask or '<|mask|>'} where a token is missing")
+            raise ConfigError(
+                f"the text has no mask token; write {mask or '<|mask|>'} where a token is missing"
+            )
         ids = self.tokenizer.encode(text)
         if self.tokenizer.bos_id is not None:
             ids = [self.tokenizer.bos_id] + ids
@@ -240,17 +295,28 @@ class LM:
         return None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
 
     def _stream(
-        self, prompt: str, ids: list[int], params: SamplingParams, stops: list[str], seed: int | None,
+        self,
+        prompt: str,
+        ids: list[int],
+        params: SamplingParams,
+        stops: list[str],
+        seed: int | None,
         use_cache: bool,
     ) -> Iterator[str]:
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        steps = generate_tokens(self.model, x, params, self._generator(seed), use_cache,
-                                compile=self.compile_decoding)
+        steps = generate_tokens(
+            self.model, x, params, self._generator(seed), use_cache, compile=self.compile_decoding
+        )
         tokens = (int(tok[0]) for tok in steps)
         return self._pieces(prompt, tokens, stops)
 
     def _generate_batch(
-        self, prompts: list[str], ids: list[list[int]], params: SamplingParams, stops: list[str], seed: int | None,
+        self,
+        prompts: list[str],
+        ids: list[list[int]],
+        params: SamplingParams,
+        stops: list[str],
+        seed: int | None,
         use_cache: bool,
     ) -> list[str]:
         """Continue several prompts in one batch, left-padded to one length: one forward pass per step for all.
@@ -262,8 +328,15 @@ class LM:
         rows: list[list[int]] = [[] for _ in ids]
         done = [False] * len(ids)
         eos = self.tokenizer.eos_id
-        for step in generate_tokens(self.model, x, params, self._generator(seed), use_cache, prompt_mask=mask,
-                                    compile=self.compile_decoding):
+        for step in generate_tokens(
+            self.model,
+            x,
+            params,
+            self._generator(seed),
+            use_cache,
+            prompt_mask=mask,
+            compile=self.compile_decoding,
+        ):
             for r, t in enumerate(step.tolist()):
                 if not done[r]:
                     done[r] = t == eos

@@ -60,7 +60,9 @@ def quickstart(
     if corpus in BUILTIN_CORPORA:
         corpus_dir = out / "corpus"
         stats = write_builtin_corpus(corpus, corpus_dir)
-        console.print(f"built-in corpus {corpus!r}: {stats['documents']:,} documents, {stats['bytes'] / 1e6:.1f} MB")
+        console.print(
+            f"built-in corpus {corpus!r}: {stats['documents']:,} documents, {stats['bytes'] / 1e6:.1f} MB"
+        )
         inputs = [str(corpus_dir)]
     else:
         inputs = [corpus]
@@ -71,8 +73,12 @@ def quickstart(
         manifest = prepare(inputs, str(data_dir), tokenizer="bpe", vocab_size=vocab_size, seed=seed)
     except EmptySplitError:
         # Too few documents for a document-level split (e.g. one long file): hold out the end of the corpus.
-        console.print("too few documents for a per-document split; holding out the last 10% of the text instead")
-        manifest = prepare(inputs, str(data_dir), tokenizer="bpe", vocab_size=vocab_size, seed=seed, split="tail")
+        console.print(
+            "too few documents for a per-document split; holding out the last 10% of the text instead"
+        )
+        manifest = prepare(
+            inputs, str(data_dir), tokenizer="bpe", vocab_size=vocab_size, seed=seed, split="tail"
+        )
     train, val = manifest["splits"]["train"], manifest["splits"]["val"]
     console.print(
         f"train: {train['documents']:,} documents, {train['tokens']:,} tokens; "
@@ -114,10 +120,18 @@ def quickstart(
     model_eval = evaluate(run_dir / "best", data_dir)
     baseline = unigram_baseline(data_dir)
     table = Table("model", "loss (nats/token)", "perplexity", "bits per byte")
-    table.add_row("unigram baseline", f"{baseline['loss']:.3f}", f"{baseline['perplexity']:.1f}",
-                  f"{baseline['bits_per_byte']:.3f}")
-    table.add_row(f"GPT ({preset})", f"{model_eval['loss']:.3f}", f"{model_eval['perplexity']:.1f}",
-                  f"{model_eval['bits_per_byte']:.3f}")
+    table.add_row(
+        "unigram baseline",
+        f"{baseline['loss']:.3f}",
+        f"{baseline['perplexity']:.1f}",
+        f"{baseline['bits_per_byte']:.3f}",
+    )
+    table.add_row(
+        f"GPT ({preset})",
+        f"{model_eval['loss']:.3f}",
+        f"{model_eval['perplexity']:.1f}",
+        f"{model_eval['bits_per_byte']:.3f}",
+    )
     console.print(table)
 
     console.rule("[bold]5. samples")
@@ -156,7 +170,6 @@ def quickstart(
 def _time_training_steps(data_dir: Path, preset: str, seed: int) -> tuple[float, int]:
     """Seconds per training step of the preset on this machine (timed over a few steps), and tokens per step."""
     import torch
-
 
     cfg = build_run_config(preset=preset)
     tokenizer = Tokenizer.load(data_dir)

@@ -14,8 +14,16 @@ from tests.conftest import TINY
 # A student far smaller than the teacher, on few tokens (batch 2): the regime where a teacher's full next-token
 # distributions carry much more than the one observed token. With batch 8 and T=2 the gain was within noise
 # (0.01 nats); here it was 0.12-0.17 nats over two seeds.
-STUDENT = {**TINY, "model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16, "model.block_size": 32,
-           "train.batch_size": 2, "optim.lr": 1e-2, "train.eval_every": 60}
+STUDENT = {
+    **TINY,
+    "model.n_layer": 1,
+    "model.n_head": 2,
+    "model.n_embd": 16,
+    "model.block_size": 32,
+    "train.batch_size": 2,
+    "optim.lr": 1e-2,
+    "train.eval_every": 60,
+}
 
 
 def test_loss_matches_a_hand_computation():
@@ -39,7 +47,9 @@ def test_soft_loss_is_zero_when_student_equals_teacher():
     logits = torch.randn(2, 5, 11, generator=torch.Generator().manual_seed(0))
     y = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(1))
     assert distill_loss_sum(logits, logits.clone(), y, 3.0, 1.0).item() == pytest.approx(0.0, abs=1e-5)
-    assert distill_loss_sum(logits + 1, logits, y, 3.0, 1.0).item() == pytest.approx(0.0, abs=1e-5)  # shift-invariant
+    assert distill_loss_sum(logits + 1, logits, y, 3.0, 1.0).item() == pytest.approx(
+        0.0, abs=1e-5
+    )  # shift-invariant
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +63,37 @@ def test_the_teacher_helps_a_tiny_student(teacher, char_data, tmp_path):
     """Same seed, same batches, same steps; only alpha differs (alpha 0 is plain next-token training)."""
     losses = {}
     for alpha in (0.0, 0.5):
-        result = distill(teacher, char_data, tmp_path / f"a{alpha}", "test", overrides=STUDENT, max_steps=60,
-                         temperature=1.0, alpha=alpha, progress=False)
+        result = distill(
+            teacher,
+            char_data,
+            tmp_path / f"a{alpha}",
+            "test",
+            overrides=STUDENT,
+            max_steps=60,
+            temperature=1.0,
+            alpha=alpha,
+            progress=False,
+        )
         losses[alpha] = result.metrics["val_loss"]
     assert losses[0.5] < losses[0.0] - 0.05
 
 
 def test_cli_distill_json(teacher, char_data, tmp_path, capsys):
-    argv = ["distill", "--teacher", str(teacher), "--student-preset", "test", "--data", str(char_data),
-            "--out", str(tmp_path / "s"), "--max-steps", "10", "--quiet", "--json"]
+    argv = [
+        "distill",
+        "--teacher",
+        str(teacher),
+        "--student-preset",
+        "test",
+        "--data",
+        str(char_data),
+        "--out",
+        str(tmp_path / "s"),
+        "--max-steps",
+        "10",
+        "--quiet",
+        "--json",
+    ]
     argv += [x for k, v in STUDENT.items() for x in (f"--{k}", str(v))]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
@@ -82,12 +114,39 @@ def test_cli_distill_rejects_bad_input_with_one_error_line(teacher, char_data, c
     capsys.readouterr()
     base = ["distill", "--student-preset", "test", "--max-steps", "2", "--quiet"]
     cases = [
-        ([*base, "--teacher", str(teacher), "--data", str(word_data), "--out", str(tmp_path / "a")], "tokenized"),
+        (
+            [*base, "--teacher", str(teacher), "--data", str(word_data), "--out", str(tmp_path / "a")],
+            "tokenized",
+        ),
         ([*base, "--teacher", str(ngram), "--data", str(char_data), "--out", str(tmp_path / "b")], "n-gram"),
-        ([*base, "--teacher", str(teacher), "--data", str(char_data), "--out", str(tmp_path / "c"), "--alpha", "2"],
-         "--alpha"),
-        ([*base, "--teacher", str(teacher), "--data", str(char_data), "--out", str(tmp_path / "d"),
-          "--student-preset", "bert-test"], "GPT preset"),
+        (
+            [
+                *base,
+                "--teacher",
+                str(teacher),
+                "--data",
+                str(char_data),
+                "--out",
+                str(tmp_path / "c"),
+                "--alpha",
+                "2",
+            ],
+            "--alpha",
+        ),
+        (
+            [
+                *base,
+                "--teacher",
+                str(teacher),
+                "--data",
+                str(char_data),
+                "--out",
+                str(tmp_path / "d"),
+                "--student-preset",
+                "bert-test",
+            ],
+            "GPT preset",
+        ),
     ]
     for argv, expected in cases:
         assert main(argv) == 2

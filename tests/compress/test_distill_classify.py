@@ -17,16 +17,31 @@ from lmforge.tasks.classify.pipeline import evaluate_classifier
 from tests.tasks.test_classify import FIELDS, sentiment, tiny_backbones  # noqa: F401 (fixtures)
 
 # A student several times smaller than the teacher (a 2x32 BERT, ~32k parameters): ~6k parameters.
-SMALL_GPT = {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16, "optim.lr": 3e-3, "train.batch_size": 16}
+SMALL_GPT = {
+    "model.n_layer": 1,
+    "model.n_head": 2,
+    "model.n_embd": 16,
+    "optim.lr": 3e-3,
+    "train.batch_size": 16,
+}
 SMALL_LSTM = {"model.n_embd": 16, "model.n_hidden": 16, "optim.lr": 3e-3, "train.batch_size": 16}
 
 
 @pytest.fixture(scope="module")
-def teacher(sentiment, tiny_backbones, tmp_path_factory):  # noqa: F811
+def teacher(sentiment, tiny_backbones, tmp_path_factory):
     run = tmp_path_factory.mktemp("teacher") / "run"
-    result = lmforge.finetune("classify", str(tiny_backbones["bert"]), sentiment / "train.tsv", run,
-                              dev=sentiment / "dev.tsv", fields=FIELDS, epochs=4, batch_size=16, lr=3e-3,
-                              progress=False)
+    result = lmforge.finetune(
+        "classify",
+        str(tiny_backbones["bert"]),
+        sentiment / "train.tsv",
+        run,
+        dev=sentiment / "dev.tsv",
+        fields=FIELDS,
+        epochs=4,
+        batch_size=16,
+        lr=3e-3,
+        progress=False,
+    )
     assert result.metrics["val_accuracy"] > 0.9
     return run
 
@@ -63,14 +78,24 @@ def test_batches_carry_the_teacher_logits_of_their_own_examples():
 def test_the_loss_weighs_teacher_and_gold_by_alpha():
     s, t = torch.randn(6, 3), torch.randn(6, 3)
     y = torch.tensor([0, 1, 2, 0, 1, 2])
-    assert distill_loss_sum(s, t, y, 2.0, 0.0).item() == pytest.approx(F.cross_entropy(s, y, reduction="sum").item())
+    assert distill_loss_sum(s, t, y, 2.0, 0.0).item() == pytest.approx(
+        F.cross_entropy(s, y, reduction="sum").item()
+    )
     soft = F.kl_div(F.log_softmax(s / 3, -1), F.softmax(t / 3, -1), reduction="sum")
     assert distill_loss_sum(s, t, y, 3.0, 1.0).item() == pytest.approx(9 * soft.item(), rel=1e-5)
 
 
-def test_the_student_is_a_smaller_ordinary_classifier(teacher, sentiment, tmp_path):  # noqa: F811
-    result = distill_classifier(teacher, sentiment / "train.tsv", tmp_path / "s", "test", dev=sentiment / "dev.tsv",
-                                epochs=4, overrides=SMALL_GPT, progress=False)
+def test_the_student_is_a_smaller_ordinary_classifier(teacher, sentiment, tmp_path):
+    result = distill_classifier(
+        teacher,
+        sentiment / "train.tsv",
+        tmp_path / "s",
+        "test",
+        dev=sentiment / "dev.tsv",
+        epochs=4,
+        overrides=SMALL_GPT,
+        progress=False,
+    )
     assert result.metrics["val_accuracy"] > 0.8  # chance is about 0.5
     student = lmforge.load(tmp_path / "s")
     assert student.model.num_params() * 3 < lmforge.load(teacher).model.num_params()
@@ -81,9 +106,18 @@ def test_the_student_is_a_smaller_ordinary_classifier(teacher, sentiment, tmp_pa
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.0])
-def test_alpha_one_learns_the_teachers_label_alpha_zero_the_gold_one(alpha, liar, sentiment, tmp_path):  # noqa: F811
-    distill_classifier(liar, sentiment / "train.tsv", tmp_path / "s", "lstm", epochs=3, overrides=SMALL_LSTM,
-                       temperature=2.0, alpha=alpha, progress=False)
+def test_alpha_one_learns_the_teachers_label_alpha_zero_the_gold_one(alpha, liar, sentiment, tmp_path):
+    distill_classifier(
+        liar,
+        sentiment / "train.tsv",
+        tmp_path / "s",
+        "lstm",
+        epochs=3,
+        overrides=SMALL_LSTM,
+        temperature=2.0,
+        alpha=alpha,
+        progress=False,
+    )
     dev = read_examples(sentiment / "dev.tsv", FIELDS)
     preds = [p["label"] for p in lmforge.pipeline("classify", model=tmp_path / "s")([ex.text for ex in dev])]
     gold = [ex.labels[0] for ex in dev]
@@ -94,11 +128,29 @@ def test_alpha_one_learns_the_teachers_label_alpha_zero_the_gold_one(alpha, liar
         assert sum(p == g for p, g in zip(preds, gold)) / len(gold) > 0.75
 
 
-def test_cli_distill_classify_report_predict_evaluate(teacher, sentiment, tmp_path, capsys):  # noqa: F811
+def test_cli_distill_classify_report_predict_evaluate(teacher, sentiment, tmp_path, capsys):
     out = tmp_path / "s"
-    argv = ["distill", "--teacher", str(teacher), "--student-preset", "bert-test", "--train",
-            str(sentiment / "train.tsv"), "--dev", str(sentiment / "dev.tsv"), "--out", str(out),
-            "--text-field", "sentence", "--epochs", "2", "--temperature", "3", "--quiet", "--json"]
+    argv = [
+        "distill",
+        "--teacher",
+        str(teacher),
+        "--student-preset",
+        "bert-test",
+        "--train",
+        str(sentiment / "train.tsv"),
+        "--dev",
+        str(sentiment / "dev.tsv"),
+        "--out",
+        str(out),
+        "--text-field",
+        "sentence",
+        "--epochs",
+        "2",
+        "--temperature",
+        "3",
+        "--quiet",
+        "--json",
+    ]
     argv += [x for k, v in SMALL_GPT.items() for x in (f"--{k}", str(v))]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
@@ -112,19 +164,37 @@ def test_cli_distill_classify_report_predict_evaluate(teacher, sentiment, tmp_pa
     texts = tmp_path / "texts.txt"
     texts.write_text("a superb story\nboring acting\n", encoding="utf-8")
     assert main(["predict", str(out), "--task", "classify", "--input", str(texts), "--json"]) == 0
-    assert all(json.loads(ln)["prediction"]["label"] in ("neg", "pos") for ln in capsys.readouterr().out.splitlines())
-    assert main(["evaluate", str(out), "--task", "classify", "--data", str(sentiment / "dev.tsv"), "--json"]) == 0
+    assert all(
+        json.loads(ln)["prediction"]["label"] in ("neg", "pos") for ln in capsys.readouterr().out.splitlines()
+    )
+    assert (
+        main(["evaluate", str(out), "--task", "classify", "--data", str(sentiment / "dev.tsv"), "--json"])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["examples"] == 100
 
     # the printed table: a row per model; without --dev the accuracy columns are "-"
-    assert main([*argv[:7], "--out", str(tmp_path / "t"), "--max-steps", "3", "--text-field", "sentence",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                *argv[:7],
+                "--out",
+                str(tmp_path / "t"),
+                "--max-steps",
+                "3",
+                "--text-field",
+                "sentence",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert "examples/s" in lines[1] and "dev accuracy" in lines[1]
     assert lines[2].split()[0] == "teacher" and lines[3].split()[0] == "student" and " - " in lines[3]
 
 
-def test_cli_distill_classify_rejects_bad_input(teacher, tiny_backbones, sentiment, tmp_path, capsys):  # noqa: F811
+def test_cli_distill_classify_rejects_bad_input(teacher, tiny_backbones, sentiment, tmp_path, capsys):
     """One error line and no run directory for each."""
     train = str(sentiment / "train.tsv")
     base = ["distill", "--student-preset", "test", "--max-steps", "2", "--quiet", "--text-field", "sentence"]
@@ -133,8 +203,14 @@ def test_cli_distill_classify_rejects_bad_input(teacher, tiny_backbones, sentime
         (["--teacher", str(teacher), "--train", train, "--temperature", "0"], "--temperature"),
         (["--teacher", str(teacher), "--train", train, "--alpha", "-0.1"], "--alpha"),
         (["--teacher", str(teacher), "--train", train, "--alpha", "1.5"], "--alpha"),
-        (["--teacher", str(teacher), "--data", str(tmp_path)], "--text-field"),  # a classify option with --data
-        (["--teacher", str(teacher), "--train", train, "--student-preset", "zaremba-small"], "bert or gpt preset"),
+        (
+            ["--teacher", str(teacher), "--data", str(tmp_path)],
+            "--text-field",
+        ),  # a classify option with --data
+        (
+            ["--teacher", str(teacher), "--train", train, "--student-preset", "zaremba-small"],
+            "bert or gpt preset",
+        ),
         (["--teacher", str(teacher)], "--data"),
     ]
     for i, (extra, expected) in enumerate(cases):
@@ -142,8 +218,24 @@ def test_cli_distill_classify_rejects_bad_input(teacher, tiny_backbones, sentime
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and expected in err[0], err
     # a classifier teacher on the language-model path says what to give instead
-    assert main(["distill", "--teacher", str(teacher), "--student-preset", "test", "--data", str(tmp_path),
-                 "--out", str(tmp_path / "lm")]) != 0
+    assert (
+        main(
+            [
+                "distill",
+                "--teacher",
+                str(teacher),
+                "--student-preset",
+                "test",
+                "--data",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "lm"),
+            ]
+        )
+        != 0
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--train" in err[0]
-    assert not any((tmp_path / f"o{i}").exists() for i in range(len(cases))) and not (tmp_path / "lm").exists()
+    assert (
+        not any((tmp_path / f"o{i}").exists() for i in range(len(cases))) and not (tmp_path / "lm").exists()
+    )

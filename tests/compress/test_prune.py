@@ -12,8 +12,15 @@ from lmforge.eval.perplexity import evaluate
 from lmforge.models.registry import build_model
 from tests.conftest import TINY
 
-LLAMA = {"model.position": "rope", "model.norm": "rmsnorm", "model.activation": "swiglu", "model.bias": False,
-         "model.tie_embeddings": False, "model.n_head": 4, "model.n_kv_head": 2}
+LLAMA = {
+    "model.position": "rope",
+    "model.norm": "rmsnorm",
+    "model.activation": "swiglu",
+    "model.bias": False,
+    "model.tie_embeddings": False,
+    "model.n_head": 4,
+    "model.n_kv_head": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +36,9 @@ def runs(char_data, tmp_path_factory):
 
 def fresh_gpt(**extra):
     torch.manual_seed(0)
-    return build_model("gpt", {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "vocab_size": 40, **extra})
+    return build_model(
+        "gpt", {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "vocab_size": 40, **extra}
+    )
 
 
 @pytest.mark.parametrize("per_layer", [False, True])
@@ -55,7 +64,9 @@ def test_magnitude_pruned_checkpoint_reloads_with_its_zeros(runs, tmp_path):
     model = lmforge.load(out, device="cpu").model
     weights = [m.weight for _, m in prunable_layers(model)]
     assert sum(int((w == 0).sum()) for w in weights) == round(0.5 * sum(w.numel() for w in weights))
-    assert json.loads((out / "config.json").read_text())["pruning"]["linear_sparsity"] == pytest.approx(0.5, abs=1e-4)
+    assert json.loads((out / "config.json").read_text())["pruning"]["linear_sparsity"] == pytest.approx(
+        0.5, abs=1e-4
+    )
 
 
 @pytest.mark.parametrize("extra", [{}, {k.removeprefix("model."): v for k, v in LLAMA.items()}])
@@ -91,7 +102,9 @@ def test_pruning_the_least_important_units_hurts_less(runs, char_data):
 
 def test_recovery_keeps_the_zeros_and_lowers_perplexity(runs, char_data, tmp_path):
     plain = prune_checkpoint(runs["gpt2"], tmp_path / "plain", "magnitude", 0.7)
-    recovered = prune_checkpoint(runs["gpt2"], tmp_path / "rec", "magnitude", 0.7, data=char_data, recover_steps=30)
+    recovered = prune_checkpoint(
+        runs["gpt2"], tmp_path / "rec", "magnitude", 0.7, data=char_data, recover_steps=30
+    )
     before, after = lmforge.load(plain, device="cpu"), lmforge.load(recovered, device="cpu")
     for (_, a), (_, b) in zip(prunable_layers(before.model), prunable_layers(after.model)):
         assert torch.equal(a.weight == 0, b.weight == 0)  # the same entries, still exactly zero
@@ -103,27 +116,65 @@ def test_structured_scores_choose_different_units(runs, char_data, tmp_path):
     # Which score prunes better is not stable at this size (l2 won here once, taylor on a larger run): no ordering.
     weights = {}
     for score in ("l2", "taylor"):
-        out = prune_checkpoint(runs["llama"], tmp_path / score, "structured", 0.5, data=char_data, score=score)
+        out = prune_checkpoint(
+            runs["llama"], tmp_path / score, "structured", 0.5, data=char_data, score=score
+        )
         assert json.loads((out / "config.json").read_text())["pruning"]["score"] == score
         weights[score] = lmforge.load(out, device="cpu").model.blocks[0].mlp.down_proj.weight
     assert not torch.equal(weights["l2"], weights["taylor"])
 
 
 def test_cli_prune_structured_report_json(runs, char_data, tmp_path, capsys):
-    code = main(["prune", str(runs["llama"]), "--method", "structured", "--amount", "0.5", "--out",
-                 str(tmp_path / "s"), "--report", "--data", str(char_data), "--json"])
+    code = main(
+        [
+            "prune",
+            str(runs["llama"]),
+            "--method",
+            "structured",
+            "--amount",
+            "0.5",
+            "--out",
+            str(tmp_path / "s"),
+            "--report",
+            "--data",
+            str(char_data),
+            "--json",
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     report = result["report"]
     assert result["score"] == "taylor" and result["heads"] == [4, 2]
     for side in ("original", "pruned"):
-        assert set(report[side]) >= {"size_bytes", "parameters", "linear_sparsity", "tokens_per_s", "perplexity"}
+        assert set(report[side]) >= {
+            "size_bytes",
+            "parameters",
+            "linear_sparsity",
+            "tokens_per_s",
+            "perplexity",
+        }
     assert report["pruned"]["parameters"] < report["original"]["parameters"]
 
 
 def test_cli_prune_sweep_writes_a_table_and_a_plot(runs, char_data, tmp_path, capsys):
-    code = main(["prune", str(runs["gpt2"]), "--method", "magnitude", "--amount", "0.5", "--out", str(tmp_path / "w"),
-                 "--report", "--data", str(char_data), "--amounts", "0.2,0.6", "--json"])
+    code = main(
+        [
+            "prune",
+            str(runs["gpt2"]),
+            "--method",
+            "magnitude",
+            "--amount",
+            "0.5",
+            "--out",
+            str(tmp_path / "w"),
+            "--report",
+            "--data",
+            str(char_data),
+            "--amounts",
+            "0.2,0.6",
+            "--json",
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert [r["amount"] for r in result["rows"]] == [0.0, 0.2, 0.6]
@@ -136,15 +187,65 @@ def test_cli_prune_rejects_bad_input_with_one_error_line(runs, char_data, tmp_pa
     lmforge.pretrain(char_data, ngram, arch="ngram", overrides={"model.order": 2}, progress=False)
     capsys.readouterr()
     cases = [
-        (["prune", str(ngram), "--method", "magnitude", "--amount", "0.5", "--out", str(tmp_path / "a")], "n-gram"),
-        (["prune", str(runs["gpt2"]), "--method", "magnitude", "--amount", "1", "--out", str(tmp_path / "b")],
-         "[0, 1)"),
-        (["prune", str(runs["gpt2"]), "--method", "random", "--amount", "0.2", "--out", str(tmp_path / "c")],
-         "unknown pruning method"),
-        (["prune", str(runs["gpt2"]), "--method", "magnitude", "--amount", "0.2", "--out", str(tmp_path / "d"),
-          "--report"], "--data"),
-        (["prune", str(runs["gpt2"]), "--method", "structured", "--amount", "0.2", "--out", str(tmp_path / "e"),
-          "--score", "taylor"], "--data"),
+        (
+            ["prune", str(ngram), "--method", "magnitude", "--amount", "0.5", "--out", str(tmp_path / "a")],
+            "n-gram",
+        ),
+        (
+            [
+                "prune",
+                str(runs["gpt2"]),
+                "--method",
+                "magnitude",
+                "--amount",
+                "1",
+                "--out",
+                str(tmp_path / "b"),
+            ],
+            "[0, 1)",
+        ),
+        (
+            [
+                "prune",
+                str(runs["gpt2"]),
+                "--method",
+                "random",
+                "--amount",
+                "0.2",
+                "--out",
+                str(tmp_path / "c"),
+            ],
+            "unknown pruning method",
+        ),
+        (
+            [
+                "prune",
+                str(runs["gpt2"]),
+                "--method",
+                "magnitude",
+                "--amount",
+                "0.2",
+                "--out",
+                str(tmp_path / "d"),
+                "--report",
+            ],
+            "--data",
+        ),
+        (
+            [
+                "prune",
+                str(runs["gpt2"]),
+                "--method",
+                "structured",
+                "--amount",
+                "0.2",
+                "--out",
+                str(tmp_path / "e"),
+                "--score",
+                "taylor",
+            ],
+            "--data",
+        ),
     ]
     for argv, expected in cases:
         assert main(argv) == 2

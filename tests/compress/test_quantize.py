@@ -27,12 +27,15 @@ def linear():
     return nn.Linear(256, 96)
 
 
-@pytest.mark.parametrize("quantized, tolerance", [
-    (lambda m: Int8Linear.from_float(m), 0.01),
-    (lambda m: Int8Linear.from_float(m, dynamic=True), 0.02),
-    (lambda m: Int4Linear.from_float(m, 32), 0.10),
-    (lambda m: Int4Linear.from_float(m, 128), 0.12),
-])
+@pytest.mark.parametrize(
+    "quantized, tolerance",
+    [
+        (lambda m: Int8Linear.from_float(m), 0.01),
+        (lambda m: Int8Linear.from_float(m, dynamic=True), 0.02),
+        (lambda m: Int4Linear.from_float(m, 32), 0.10),
+        (lambda m: Int4Linear.from_float(m, 128), 0.12),
+    ],
+)
 def test_quantized_layers_match_the_float_layer(linear, quantized, tolerance):
     x = torch.randn(8, 5, 256, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -57,8 +60,14 @@ def test_int4_packing_round_trips_exactly():
 def runs(char_data, tmp_path_factory):
     """A tiny GPT-2 style and a tiny Llama style model, trained on the char data; group size 32 fits both."""
     out = {}
-    llama = {"model.position": "rope", "model.norm": "rmsnorm", "model.activation": "swiglu", "model.bias": False,
-             "model.tie_embeddings": False, "model.n_kv_head": 1}
+    llama = {
+        "model.position": "rope",
+        "model.norm": "rmsnorm",
+        "model.activation": "swiglu",
+        "model.bias": False,
+        "model.tie_embeddings": False,
+        "model.n_kv_head": 1,
+    }
     for name, extra in (("gpt2", {}), ("llama", llama)):
         run = tmp_path_factory.mktemp(name) / "run"
         lmforge.pretrain(char_data, run, overrides={**TINY, **extra}, max_steps=120, progress=False)
@@ -71,17 +80,25 @@ def greedy(lm, n=40):
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
-@pytest.mark.parametrize("method, ppl_tolerance", [
-    ("dynamic-int8", 0.03), ("int8-weight", 0.02), ("int4-weight", 0.06),
-])
-def test_quantized_gpt_keeps_its_perplexity_and_reloads_exactly(runs, char_data, tmp_path, style, method,
-                                                                 ppl_tolerance):
+@pytest.mark.parametrize(
+    "method, ppl_tolerance",
+    [
+        ("dynamic-int8", 0.03),
+        ("int8-weight", 0.02),
+        ("int4-weight", 0.06),
+    ],
+)
+def test_quantized_gpt_keeps_its_perplexity_and_reloads_exactly(
+    runs, char_data, tmp_path, style, method, ppl_tolerance
+):
     original = lmforge.load(runs[style], device="cpu")
     out = quantize_checkpoint(runs[style], tmp_path / "q", method)
     quantized = lmforge.load(out, device="cpu")
     assert quantized.config["quantization"]["method"] == method
     assert "lm_head" not in quantized.config["quantization"]["layers"]
-    assert isinstance(quantized.model.blocks[0].mlp.up_proj, Int4Linear if method == "int4-weight" else Int8Linear)
+    assert isinstance(
+        quantized.model.blocks[0].mlp.up_proj, Int4Linear if method == "int4-weight" else Int8Linear
+    )
     base, ppl = original.evaluate(char_data)["perplexity"], quantized.evaluate(char_data)["perplexity"]
     assert abs(ppl - base) / base < ppl_tolerance
     a, b = greedy(original), greedy(quantized)
@@ -89,7 +106,9 @@ def test_quantized_gpt_keeps_its_perplexity_and_reloads_exactly(runs, char_data,
     # The checkpoint holds what was in memory: quantizing in memory gives the same logits as loading it back.
     in_memory = lmforge.load(runs[style], device="cpu").model
     quantize_model(in_memory, method)
-    x = torch.randint(0, original.model.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
+    x = torch.randint(
+        0, original.model.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         assert torch.equal(in_memory.eval()(x), quantized.model(x))
 
@@ -99,7 +118,9 @@ def test_size_on_disk_shrinks_int4_below_int8_below_fp32(runs, tmp_path):
         from safetensors.torch import load_file
 
         state = load_file(str(ckpt / "model.safetensors"))
-        return sum(v.numel() * v.element_size() for k, v in state.items() if "blocks." in k and "norm" not in k)
+        return sum(
+            v.numel() * v.element_size() for k, v in state.items() if "blocks." in k and "norm" not in k
+        )
 
     fp32 = linear_bytes(runs["gpt2"] / "latest")
     int8 = linear_bytes(quantize_checkpoint(runs["gpt2"], tmp_path / "i8", "int8-weight"))
@@ -121,11 +142,21 @@ def test_a_quantized_classifier_still_predicts(tmp_path, backbone):
     tok = Tokenizer.train("wordpiece", texts * 10, vocab_size=120, min_frequency=1)
     torch.manual_seed(0)
     encoder = dict(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=tok.vocab_size)
-    model = build_model("classifier", dict(backbone=backbone, encoder=encoder, labels=["neg", "pos"],
-                                           vocab_size=tok.vocab_size, block_size=32, dropout=0.0))
+    model = build_model(
+        "classifier",
+        dict(
+            backbone=backbone,
+            encoder=encoder,
+            labels=["neg", "pos"],
+            vocab_size=tok.vocab_size,
+            block_size=32,
+            dropout=0.0,
+        ),
+    )
     nn.init.normal_(model.head.weight, std=1.0)  # a random head that separates the classes clearly
-    ckpt = save_checkpoint(tmp_path / "clf", model, tok,
-                           {"arch": "classifier", "model": dataclasses.asdict(model.config)})
+    ckpt = save_checkpoint(
+        tmp_path / "clf", model, tok, {"arch": "classifier", "model": dataclasses.asdict(model.config)}
+    )
     out = quantize_checkpoint(ckpt, tmp_path / "q", "int8-weight")
     layers = json.loads((out / "config.json").read_text())["quantization"]["layers"]
     assert layers and all(name.startswith("backbone.") for name in layers)  # the head stays fp32
@@ -139,8 +170,22 @@ def test_a_quantized_classifier_still_predicts(tmp_path, backbone):
 
 def test_cli_quantize_with_report_json(runs, char_data, tmp_path, capsys):
     out = tmp_path / "q4"
-    code = main(["quantize", str(runs["gpt2"]), "--method", "int4-weight", "--group-size", "32", "--out", str(out),
-                 "--report", "--data", str(char_data), "--json"])
+    code = main(
+        [
+            "quantize",
+            str(runs["gpt2"]),
+            "--method",
+            "int4-weight",
+            "--group-size",
+            "32",
+            "--out",
+            str(out),
+            "--report",
+            "--data",
+            str(char_data),
+            "--json",
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     report = result["report"]
@@ -160,7 +205,16 @@ def test_cli_rejects_bad_input_with_one_error_line(runs, char_data, tmp_path, ca
         ["quantize", str(ngram), "--method", "int8-weight", "--out", str(tmp_path / "a")],
         ["quantize", str(runs["gpt2"]), "--method", "int3", "--out", str(tmp_path / "b")],
         ["quantize", str(runs["gpt2"]), "--method", "int8-weight", "--out", str(tmp_path / "c"), "--report"],
-        ["quantize", str(runs["gpt2"]), "--method", "int4-weight", "--group-size", "48", "--out", str(tmp_path / "d")],
+        [
+            "quantize",
+            str(runs["gpt2"]),
+            "--method",
+            "int4-weight",
+            "--group-size",
+            "48",
+            "--out",
+            str(tmp_path / "d"),
+        ],
     ]
     for argv, expected in zip(cases, ("n-gram", "unknown quantization method", "--data", "group-size")):
         assert main(argv) == 2

@@ -42,15 +42,45 @@ def test_good_input_prints_a_summary_and_returns_0(tmp_path, corpus, capsys):
 
 
 def test_json_prints_the_manifest_and_flags_reach_prepare(tmp_path, corpus, capsys):
-    argv = ["prepare", str(corpus), "--out", str(tmp_path / "data"), "--tokenizer", "char", "--split", "tail",
-            "--doc-split", "line", "--normalize", "none", "--no-dedup", "--html", "off", "--seed", "3", "--json"]  # fmt: skip
+    argv = [
+        "prepare",
+        str(corpus),
+        "--out",
+        str(tmp_path / "data"),
+        "--tokenizer",
+        "char",
+        "--split",
+        "tail",
+        "--doc-split",
+        "line",
+        "--normalize",
+        "none",
+        "--no-dedup",
+        "--html",
+        "off",
+        "--seed",
+        "3",
+        "--json",
+    ]
     assert cli_main.main(argv) == 0
     manifest = json.loads(capsys.readouterr().out)
     assert manifest["format"] == "lmforge-shards/1"
     opts = manifest["options"]
-    assert (opts["split"], opts["doc_split"], opts["normalize"], opts["dedup"], opts["html"], manifest["seed"]) == (
-        "tail", "line", None, False, "off", 3,
-    )  # fmt: skip
+    assert (
+        opts["split"],
+        opts["doc_split"],
+        opts["normalize"],
+        opts["dedup"],
+        opts["html"],
+        manifest["seed"],
+    ) == (
+        "tail",
+        "line",
+        None,
+        False,
+        "off",
+        3,
+    )
     assert manifest["splits"]["train"]["documents"] + manifest["splits"]["val"]["documents"] >= 60
 
 
@@ -89,12 +119,24 @@ def test_add_eos_puts_one_eos_after_every_line_and_keeps_repeats(tmp_path, capsy
     text.write_text("the cat sat\nthe dog ran\nthe cat sat\n", encoding="utf-8")
     val = tmp_path / "valid.txt"
     val.write_text("the dog sat\n", encoding="utf-8")
-    args = ["prepare", str(text), "--out", str(tmp_path / "d"), "--tokenizer", "word", "--val", str(val), "--add-eos"]
+    args = [
+        "prepare",
+        str(text),
+        "--out",
+        str(tmp_path / "d"),
+        "--tokenizer",
+        "word",
+        "--val",
+        str(val),
+        "--add-eos",
+    ]
     assert cli_main.main(args) == 0
     ids = [int(i) for a in TokenShards(tmp_path / "d", "train").arrays for i in a]
     from lmforge.tokenizers import Tokenizer
 
     tok = Tokenizer.load(tmp_path / "d")
     assert ids.count(tok.eos_id) == 3 and len(ids) == 12  # 9 words + 3 <eos>, the repeated line kept
-    assert cli_main.main(args[:2] + ["--out", str(tmp_path / "e"), "--add-eos", "--doc-split", "paragraph"]) == 2
+    assert (
+        cli_main.main(args[:2] + ["--out", str(tmp_path / "e"), "--add-eos", "--doc-split", "paragraph"]) == 2
+    )
     assert "--add-eos" in capsys.readouterr().err

@@ -99,8 +99,14 @@ def test_tail_split_val_is_the_end_of_the_corpus_cut_at_a_line(tmp_path, split_d
     lines = [f"Line {i}: " + " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(6)) for i in range(400)]
     text = "\n".join(lines)
     (tmp_path / "book.txt").write_text(text + "\n", encoding="utf-8")
-    m = prepare([str(tmp_path / "book.txt")], str(tmp_path / "data"), tokenizer="bpe", vocab_size=300,
-                split="tail", progress=False)  # fmt: skip
+    m = prepare(
+        [str(tmp_path / "book.txt")],
+        str(tmp_path / "data"),
+        tokenizer="bpe",
+        vocab_size=300,
+        split="tail",
+        progress=False,
+    )
     train, val = split_docs(tmp_path / "data", "train"), split_docs(tmp_path / "data", "val")
     assert len(train) == len(val) == 1
     assert train[0] + val[0] == text
@@ -208,8 +214,15 @@ def test_structured_and_stdin_inputs(tmp_path, monkeypatch, split_docs):
     pq.write_table(pa.table({"body": docs[20:30], "n": list(range(10))}), tmp_path / "c.parquet")
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("\n\n".join(docs[30:]).encode())))
     inputs = [str(tmp_path / "a.jsonl"), str(tmp_path / "b.csv"), str(tmp_path / "c.parquet"), "-"]
-    m = prepare(inputs, str(tmp_path / "data"), tokenizer="char", text_field="body", doc_split="paragraph",
-                val_fraction=0.3, progress=False)  # fmt: skip
+    m = prepare(
+        inputs,
+        str(tmp_path / "data"),
+        tokenizer="char",
+        text_field="body",
+        doc_split="paragraph",
+        val_fraction=0.3,
+        progress=False,
+    )
     assert [(s["path"], s["documents"]) for s in m["sources"]] == [(p, 10) for p in inputs]
     got = split_docs(tmp_path / "data", "train") + split_docs(tmp_path / "data", "val")
     assert sorted(got) == sorted(docs)
@@ -224,8 +237,17 @@ def test_segmentation_and_stopwords(tmp_path, split_docs):
         "这本书非常有意思",
     ]
     (tmp_path / "zh.txt").write_text("\n".join(sentences * 4) + "\n", encoding="utf-8")
-    m = prepare([str(tmp_path / "zh.txt")], str(tmp_path / "data"), tokenizer="char", doc_split="line",
-                dedup=False, segment=True, stopwords="zh", val_fraction=0.5, progress=False)  # fmt: skip
+    m = prepare(
+        [str(tmp_path / "zh.txt")],
+        str(tmp_path / "data"),
+        tokenizer="char",
+        doc_split="line",
+        dedup=False,
+        segment=True,
+        stopwords="zh",
+        val_fraction=0.5,
+        progress=False,
+    )
     got = split_docs(tmp_path / "data", "train") + split_docs(tmp_path / "data", "val")
     assert "爱 北京 天安门" in got and "今天 天气 好" in got
     assert all(" " in d and "的" not in d.split() and "我" not in d.split() for d in got)
@@ -367,8 +389,22 @@ def _bad_input_cases(tmp: Path):
     }
 
 
-CASE_NAMES = ["missing", "empty", "binary", "undecodable", "encoding", "single doc", "val 0", "val 1",
-              "tokenizer path", "tokenizer file", "field", "bad json", "stopwords", "split"]  # fmt: skip
+CASE_NAMES = [
+    "missing",
+    "empty",
+    "binary",
+    "undecodable",
+    "encoding",
+    "single doc",
+    "val 0",
+    "val 1",
+    "tokenizer path",
+    "tokenizer file",
+    "field",
+    "bad json",
+    "stopwords",
+    "split",
+]
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
@@ -426,8 +462,14 @@ def test_tokens_do_not_depend_on_how_a_long_document_is_cut(tmp_path, monkeypatc
             monkeypatch.setattr(prep, "FLUSH_BYTES", 50)
             monkeypatch.setattr(prep, "ENCODE_CHUNK_BYTES", 64)
             monkeypatch.setattr(prep, "ENCODE_BATCH_BYTES", 300)
-        prepare([str(corpus)], str(tmp_path / name), tokenizer=str(tmp_path / "tok"), split="tail",
-                val_fraction=0.02, progress=False)  # fmt: skip
+        prepare(
+            [str(corpus)],
+            str(tmp_path / name),
+            tokenizer=str(tmp_path / "tok"),
+            split="tail",
+            val_fraction=0.02,
+            progress=False,
+        )
         ids[name] = split_ids(tmp_path / name, "train").tolist()
     assert ids["cut"] == ids["whole"]
     assert ids["whole"][: len(expected) + 1] == [*expected, tok.eos_id]
@@ -440,11 +482,20 @@ def test_val_inputs_are_the_validation_split(tmp_path):
     train.write_text("a b c\nb c d\na b c\n")
     valid = tmp_path / "valid.txt"
     valid.write_text("c d e\na b c\n")
-    manifest = prepare([str(train)], str(tmp_path / "d"), tokenizer="word", doc_split="line", dedup=False,
-                       val_inputs=[str(valid)], progress=False)
+    manifest = prepare(
+        [str(train)],
+        str(tmp_path / "d"),
+        tokenizer="word",
+        doc_split="line",
+        dedup=False,
+        val_inputs=[str(valid)],
+        progress=False,
+    )
     splits = manifest["splits"]
     assert (splits["train"]["documents"], splits["val"]["documents"]) == (3, 2)
-    assert splits["val"]["bytes"] == len("c d ea b c")  # each line's text, its newline is the document boundary
+    assert splits["val"]["bytes"] == len(
+        "c d ea b c"
+    )  # each line's text, its newline is the document boundary
     assert [s.get("val", False) for s in manifest["sources"]] == [False, True]
     from lmforge.errors import ConfigError
 

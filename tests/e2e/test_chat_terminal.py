@@ -37,8 +37,14 @@ class Terminal:
         master, slave = pty.openpty()
         env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # the CLI must flush by itself
         env.update(OMP_NUM_THREADS="1", TERM="dumb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "lmforge", "chat", *map(str, args)], stdin=slave,
-                                     stdout=slave, stderr=slave, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lmforge", "chat", *map(str, args)],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            start_new_session=True,
+        )
         os.close(slave)
         self.fd, self.closed = master, False
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -66,12 +72,14 @@ class Terminal:
             shown = self.transcript()
             found = re.compile(pattern).search(shown, self.pos)
             if found:
-                before, self.pos = shown[self.pos:found.end()], found.end()
+                before, self.pos = shown[self.pos : found.end()], found.end()
                 return before
             left = deadline - time.monotonic()
             if self.closed or left <= 0:
                 why = "the chat closed the terminal" if self.closed else f"{timeout}s passed"
-                raise AssertionError(f"waited for {pattern!r} but {why}; the terminal shows:\n{shown[self.pos:]}")
+                raise AssertionError(
+                    f"waited for {pattern!r} but {why}; the terminal shows:\n{shown[self.pos :]}"
+                )
             self._read(min(left, 1.0))
 
     def type(self, keys: str) -> None:
@@ -122,10 +130,20 @@ def reply_and_prompt(shown: str) -> tuple[str, str]:
     return streamed(shown), prompts[0]
 
 
-def test_a_conversation_in_a_terminal(chat_run, terminals):  # noqa: F811
-    term = terminals(chat_run[0].best, "--temperature", "0", "--max-new-tokens", "12", "--max-turn-chars", "40",
-                     "--show-prompt")
-    assert "/reset, /system TEXT, /quit" in term.expect(PROMPT)  # the greeting, then the prompt, before any input
+def test_a_conversation_in_a_terminal(chat_run, terminals):
+    term = terminals(
+        chat_run[0].best,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "12",
+        "--max-turn-chars",
+        "40",
+        "--show-prompt",
+    )
+    assert "/reset, /system TEXT, /quit" in term.expect(
+        PROMPT
+    )  # the greeting, then the prompt, before any input
 
     shown = term.say("i am roy")
     assert shown.startswith("i am roy\n")  # the terminal echoes what was typed
@@ -152,7 +170,7 @@ def test_a_conversation_in_a_terminal(chat_run, terminals):  # noqa: F811
     assert "Traceback" not in term.transcript()
 
 
-def test_ctrl_d_ends_the_chat_on_a_line_of_its_own(chat_run, terminals):  # noqa: F811
+def test_ctrl_d_ends_the_chat_on_a_line_of_its_own(chat_run, terminals):
     term = terminals(chat_run[0].best, "--temperature", "0", "--max-new-tokens", "8")
     term.expect(PROMPT)
     assert streamed(term.say("i am eve")).strip()
@@ -163,15 +181,26 @@ def test_ctrl_d_ends_the_chat_on_a_line_of_its_own(chat_run, terminals):  # noqa
 
 
 @pytest.fixture(scope="module")
-def sentiment_model(sentiment, tmp_path_factory):  # noqa: F811
+def sentiment_model(sentiment, tmp_path_factory):
     out = tmp_path_factory.mktemp("sentiment-model") / "run"
-    return lmforge.finetune("classify", "lstm", sentiment / "train.tsv", out, fields=FIELDS, epochs=3, lr=3e-3,
-                            progress=False).best
+    return lmforge.finetune(
+        "classify", "lstm", sentiment / "train.tsv", out, fields=FIELDS, epochs=3, lr=3e-3, progress=False
+    ).best
 
 
-def test_sentiment_aware_chat_states_the_mood(chat_run, sentiment_model, terminals):  # noqa: F811
-    term = terminals(chat_run[0].best, "--sentiment-model", sentiment_model, "--system", "be kind",
-                     "--temperature", "0", "--max-new-tokens", "8", "--show-prompt")
+def test_sentiment_aware_chat_states_the_mood(chat_run, sentiment_model, terminals):
+    term = terminals(
+        chat_run[0].best,
+        "--sentiment-model",
+        sentiment_model,
+        "--system",
+        "be kind",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "8",
+        "--show-prompt",
+    )
     term.expect(PROMPT)
     for line in ("the film was really awful", "a great story and lovely music"):
         reply, prompt = reply_and_prompt(term.say(line))
@@ -182,7 +211,7 @@ def test_sentiment_aware_chat_states_the_mood(chat_run, sentiment_model, termina
     assert term.exit_code() == 0
 
 
-def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(chat_run, monkeypatch, capsys):  # noqa: F811
+def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(chat_run, monkeypatch, capsys):
     from lmforge.cli.main import main
     from lmforge.lm import LM
 
@@ -198,7 +227,9 @@ def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(chat_run, monkeypatch, capsys
 
     monkeypatch.setattr(LM, "generate", interrupted_once)
     monkeypatch.setattr("sys.stdin", io.StringIO("i am roy\ni am una\n/quit\n"))
-    code = main(["chat", str(chat_run[0].best), "--temperature", "0", "--max-new-tokens", "8", "--show-prompt"])
+    code = main(
+        ["chat", str(chat_run[0].best), "--temperature", "0", "--max-new-tokens", "8", "--show-prompt"]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "assistant> hel\n(reply interrupted)\n" in out and len(calls) == 2
     prompts = [ln for ln in out.splitlines() if ln.startswith("[prompt] ")]

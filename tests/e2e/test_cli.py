@@ -14,9 +14,26 @@ import pytest
 from lmforge.cli.main import build_parser, main
 
 TINY = [
-    "--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32", "--model.block_size", "32",
-    "--train.batch_size", "8", "--train.eval_every", "20", "--train.eval_tokens", "2048",
-    "--train.tensorboard", "false", "--optim.lr", "3e-3", "--optim.warmup_steps", "5",
+    "--model.n_layer",
+    "2",
+    "--model.n_head",
+    "2",
+    "--model.n_embd",
+    "32",
+    "--model.block_size",
+    "32",
+    "--train.batch_size",
+    "8",
+    "--train.eval_every",
+    "20",
+    "--train.eval_tokens",
+    "2048",
+    "--train.tensorboard",
+    "false",
+    "--optim.lr",
+    "3e-3",
+    "--optim.warmup_steps",
+    "5",
 ]
 
 
@@ -34,10 +51,14 @@ def one_error_line(err: str) -> str:
 
 def test_lifecycle_prepare_pretrain_evaluate_generate_resume(corpus_dir, tmp_path, capsys):
     data, run = tmp_path / "data", tmp_path / "run"
-    code, out, _ = cli(capsys, "prepare", corpus_dir, "--out", data, "--tokenizer", "char", "--val-fraction", "0.2")
+    code, out, _ = cli(
+        capsys, "prepare", corpus_dir, "--out", data, "--tokenizer", "char", "--val-fraction", "0.2"
+    )
     assert code == 0 and (data / "manifest.json").is_file()
 
-    code, out, _ = cli(capsys, "pretrain", "--data", data, "--out", run, "--max-steps", "40", "--quiet", "--json", *TINY)
+    code, out, _ = cli(
+        capsys, "pretrain", "--data", data, "--out", run, "--max-steps", "40", "--quiet", "--json", *TINY
+    )
     assert code == 0
     trained = json.loads(out)
     assert trained["step"] == 40 and trained["val_loss"] < 2.5
@@ -46,25 +67,32 @@ def test_lifecycle_prepare_pretrain_evaluate_generate_resume(corpus_dir, tmp_pat
     assert code == 0
     figures = json.loads(out)
     assert {"loss", "perplexity", "bits_per_byte"} <= set(figures)
-    assert figures["loss"] == pytest.approx(trained["val_loss"], rel=1e-6)  # the same 2048 tokens as in training
+    assert figures["loss"] == pytest.approx(
+        trained["val_loss"], rel=1e-6
+    )  # the same 2048 tokens as in training
 
-    code, out, _ = cli(capsys, "generate", run / "best", "--prompt", "alice", "--max-new-tokens", "20",
-                       "--temperature", "0")
+    code, out, _ = cli(
+        capsys, "generate", run / "best", "--prompt", "alice", "--max-new-tokens", "20", "--temperature", "0"
+    )
     assert code == 0 and out.startswith("alice") and len(out.strip()) > len("alice")
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("alice\nbob\n")
-    code, out, _ = cli(capsys, "generate", run, "--prompts-file", prompts, "--max-new-tokens", "10", "--json",
-                       "--seed", "1")
+    code, out, _ = cli(
+        capsys, "generate", run, "--prompts-file", prompts, "--max-new-tokens", "10", "--json", "--seed", "1"
+    )
     assert code == 0 and [r["prompt"] for r in json.loads(out)] == ["alice", "bob"]
 
-    code, out, _ = cli(capsys, "pretrain", "--data", data, "--out", run, "--resume", "--max-steps", "60", "--quiet",
-                       "--json")
+    code, out, _ = cli(
+        capsys, "pretrain", "--data", data, "--out", run, "--resume", "--max-steps", "60", "--quiet", "--json"
+    )
     assert code == 0 and json.loads(out)["step"] == 60
 
     code, out, _ = cli(capsys, "info", run, "--json")
     info = json.loads(out)
-    assert code == 0 and info["params"] > 0 and info["flops_per_token"] > info["params"] and info["step"] == 60
+    assert (
+        code == 0 and info["params"] > 0 and info["flops_per_token"] > info["params"] and info["step"] == 60
+    )
 
 
 def test_info_on_presets(capsys):
@@ -90,19 +118,41 @@ def test_every_verb_explains_itself(verb, capsys):
 
 
 def test_python_dash_m_works(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "lmforge", "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmforge", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and "quickstart" in proc.stdout
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(char_data, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "lmforge", "pretrain", "--data", str(char_data), "--out", str(run),
-           "--max-steps", "100000", "--train.log_every", "1", *TINY]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmforge",
+        "pretrain",
+        "--data",
+        str(char_data),
+        "--out",
+        str(run),
+        "--max-steps",
+        "100000",
+        "--train.log_every",
+        "1",
+        *TINY,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 5):
+    while time.monotonic() < deadline and (
+        not metrics.is_file() or len(metrics.read_text().splitlines()) < 5
+    ):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -111,15 +161,29 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(char_data, tmp_path):
     latest = Path(os.path.realpath(run / "latest"))
     step = int(latest.name.split("-")[1])
     assert 5 <= step < 100000 and (latest / "train_state.pt").is_file()
-    code = main(["pretrain", "--data", str(char_data), "--out", str(run), "--resume", "--max-steps", str(step + 3),
-                 "--quiet"])
+    code = main(
+        [
+            "pretrain",
+            "--data",
+            str(char_data),
+            "--out",
+            str(run),
+            "--resume",
+            "--max-steps",
+            str(step + 3),
+            "--quiet",
+        ]
+    )
     assert code == 0 and os.path.realpath(run / "latest").endswith(f"ckpt-{step + 3:07d}")
 
 
 @pytest.fixture(scope="module")
 def trained(char_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("bad") / "run"
-    assert main(["pretrain", "--data", str(char_data), "--out", str(run), "--max-steps", "5", "--quiet", *TINY]) == 0
+    assert (
+        main(["pretrain", "--data", str(char_data), "--out", str(run), "--max-steps", "5", "--quiet", *TINY])
+        == 0
+    )
     return run
 
 
@@ -135,12 +199,37 @@ def test_bad_input_gets_one_error_line_and_exit_2(tmp_path, char_data, corpus_di
         (["prepare", binary, "--out", tmp_path / "d2"], "binary"),
         (["prepare", latin, "--out", tmp_path / "d3"], "--encoding"),
         (["prepare", latin, "--out", tmp_path / "d4", "--encoding", "klingon"], "encoding"),
-        (["pretrain", "--data", char_data, "--out", tmp_path / "r1", "--model.n_layers", "2"], "did you mean"),
+        (
+            ["pretrain", "--data", char_data, "--out", tmp_path / "r1", "--model.n_layers", "2"],
+            "did you mean",
+        ),
         (["pretrain", "--data", char_data, "--out", tmp_path / "r2", "--optim.lr", "-1e-3"], "optim.lr"),
-        (["pretrain", "--data", char_data, "--out", tmp_path / "r3", "--model.block_size", "100000"], "block_size"),
+        (
+            ["pretrain", "--data", char_data, "--out", tmp_path / "r3", "--model.block_size", "100000"],
+            "block_size",
+        ),
         (["pretrain", "--data", tmp_path / "nodata", "--out", tmp_path / "r4"], "lmforge prepare"),
-        (["pretrain", "--data", char_data, "--out", tmp_path / "r5", "--max-steps", "50", "--optim.lr", "1e30",
-          "--optim.warmup_steps", "0", "--optim.grad_clip", "0", "--train.log_every", "1", "--quiet"], "nan"),
+        (
+            [
+                "pretrain",
+                "--data",
+                char_data,
+                "--out",
+                tmp_path / "r5",
+                "--max-steps",
+                "50",
+                "--optim.lr",
+                "1e30",
+                "--optim.warmup_steps",
+                "0",
+                "--optim.grad_clip",
+                "0",
+                "--train.log_every",
+                "1",
+                "--quiet",
+            ],
+            "nan",
+        ),
         (["evaluate", tmp_path / "nockpt", "--data", char_data], "does not exist"),
         (["generate", trained, "--prompt", "alice " * 20], "context"),
         (["generate", trained, "--temperature", "-1"], "temperature"),
@@ -165,7 +254,10 @@ def test_truncated_checkpoint_and_mismatched_tokenizer(tmp_path, char_data, corp
     assert code == 2 and "truncated or corrupted" in one_error_line(err)
 
     other = tmp_path / "bpe-data"
-    assert main(["prepare", str(corpus_dir), "--out", str(other), "--tokenizer", "bpe", "--vocab-size", "300"]) == 0
+    assert (
+        main(["prepare", str(corpus_dir), "--out", str(other), "--tokenizer", "bpe", "--vocab-size", "300"])
+        == 0
+    )
     capsys.readouterr()
     code, _, err = cli(capsys, "evaluate", trained, "--data", other)
     assert code == 2 and "different tokenizer" in one_error_line(err)

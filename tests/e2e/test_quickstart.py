@@ -5,11 +5,25 @@ from lmforge.cli.main import main
 
 def test_quickstart_on_a_user_corpus_beats_the_unigram_baseline(corpus_dir, tmp_path, capsys):
     out = tmp_path / "qs"
-    code = main(["quickstart", "--corpus", str(corpus_dir), "--out", str(out), "--preset", "test",
-                 "--vocab-size", "300", "--max-steps", "200", "--json"])
+    code = main(
+        [
+            "quickstart",
+            "--corpus",
+            str(corpus_dir),
+            "--out",
+            str(out),
+            "--preset",
+            "test",
+            "--vocab-size",
+            "300",
+            "--max-steps",
+            "200",
+            "--json",
+        ]
+    )
     captured = capsys.readouterr().out
     assert code == 0
-    report = json.loads(captured[captured.index("{\n"):])
+    report = json.loads(captured[captured.index("{\n") :])
     assert report["steps"] == 200
     assert report["model"]["bits_per_byte"] < 0.8 * report["unigram"]["bits_per_byte"]
     assert len(report["samples"]) == 3 and all(s["completion"] for s in report["samples"])
@@ -26,8 +40,21 @@ def test_quickstart_on_a_single_file_holds_out_its_end(tmp_path, capsys):
     book = tmp_path / "book.txt"
     book.write_text("".join(make_text(30)), encoding="utf-8")
     out = tmp_path / "qs"
-    code = main(["quickstart", "--corpus", str(book), "--out", str(out), "--preset", "test", "--vocab-size", "300",
-                 "--max-steps", "5"])
+    code = main(
+        [
+            "quickstart",
+            "--corpus",
+            str(book),
+            "--out",
+            str(out),
+            "--preset",
+            "test",
+            "--vocab-size",
+            "300",
+            "--max-steps",
+            "5",
+        ]
+    )
     assert code == 0
     assert "holding out the last 10%" in capsys.readouterr().out
     manifest = json.loads((out / "data" / "manifest.json").read_text())

@@ -11,12 +11,30 @@ from lmforge.errors import CheckpointError, ConfigError
 
 # Tiny models so that a whole comparison takes a few seconds; per-family keys carry the family's name.
 TINY = {
-    "gpt.model.n_layer": 1, "gpt.model.n_head": 2, "gpt.model.n_embd": 32, "gpt.model.block_size": 32,
-    "lstm.model.n_embd": 32, "lstm.model.n_hidden": 32, "lstm.model.block_size": 16,
-    "train.batch_size": 4, "train.eval_tokens": 512, "train.log_every": 1, "optim.warmup_steps": 2,
+    "gpt.model.n_layer": 1,
+    "gpt.model.n_head": 2,
+    "gpt.model.n_embd": 32,
+    "gpt.model.block_size": 32,
+    "lstm.model.n_embd": 32,
+    "lstm.model.n_hidden": 32,
+    "lstm.model.block_size": 16,
+    "train.batch_size": 4,
+    "train.eval_tokens": 512,
+    "train.log_every": 1,
+    "optim.warmup_steps": 2,
 }
-ROW_KEYS = {"arch", "parameters", "train_seconds", "train_tokens", "tokens_per_s", "val_loss", "val_perplexity",
-            "val_bits_per_byte", "curve", "stop_reason"}
+ROW_KEYS = {
+    "arch",
+    "parameters",
+    "train_seconds",
+    "train_tokens",
+    "tokens_per_s",
+    "val_loss",
+    "val_perplexity",
+    "val_bits_per_byte",
+    "curve",
+    "stop_reason",
+}
 
 
 def check_report(out, archs):
@@ -53,15 +71,32 @@ def test_compare_api_token_budget(char_data, tmp_path):
     assert ngram["val_perplexity"] < 10
     # The curves go forward in tokens and time: ~20 evaluations under a token budget unless told otherwise.
     assert len(gpt["curve"]) >= 10 and len(lstm["curve"]) == 5
-    assert all(a["tokens"] < b["tokens"] and a["seconds"] <= b["seconds"] for a, b in zip(gpt["curve"], gpt["curve"][1:]))
+    assert all(
+        a["tokens"] < b["tokens"] and a["seconds"] <= b["seconds"]
+        for a, b in zip(gpt["curve"], gpt["curve"][1:])
+    )
     assert (out / "runs" / "lstm" / "latest").exists()
 
 
 def test_compare_cli_minute_budget_and_json(char_data, tmp_path, capsys):
     out = tmp_path / "report"
     flags = [f"--{k}={v}" for k, v in TINY.items() if not k.startswith("lstm.")]
-    code = main(["compare", "--data", str(char_data), "--archs", "ngram,gpt", "--budget-minutes", "0.005",
-                 "--out", str(out), "--quiet", "--json", *flags])
+    code = main(
+        [
+            "compare",
+            "--data",
+            str(char_data),
+            "--archs",
+            "ngram,gpt",
+            "--budget-minutes",
+            "0.005",
+            "--out",
+            str(out),
+            "--quiet",
+            "--json",
+            *flags,
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     printed = json.loads(captured.out)
@@ -75,8 +110,19 @@ def test_compare_refuses_masked_lms_before_training(char_data, tmp_path, capsys)
     with pytest.raises(ConfigError, match="bert.*mlm"):
         compare(char_data, ["gpt", "bert"], tmp_path / "api", budget_tokens=100, progress=False)
     assert not (tmp_path / "api").exists()
-    code = main(["compare", "--data", str(char_data), "--archs", "ngram,bert", "--budget-tokens", "100",
-                 "--out", str(tmp_path / "cli")])
+    code = main(
+        [
+            "compare",
+            "--data",
+            str(char_data),
+            "--archs",
+            "ngram,bert",
+            "--budget-tokens",
+            "100",
+            "--out",
+            str(tmp_path / "cli"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: bert")
     assert not (tmp_path / "cli").exists()

@@ -50,7 +50,9 @@ def test_evaluate_on_shards_and_on_a_text_file(run, char_data, tmp_path):
     f.write_text(text)
     on_text = evaluate(run, f)
     assert on_text["tokens"] == len(text) and on_text["bytes"] == len(text)
-    assert on_text["bits_per_byte"] * on_text["bytes"] * math.log(2) == pytest.approx(on_text["loss"] * len(text))
+    assert on_text["bits_per_byte"] * on_text["bytes"] * math.log(2) == pytest.approx(
+        on_text["loss"] * len(text)
+    )
     limited = evaluate(run, char_data, max_tokens=100)
     assert limited["tokens"] == 100
 

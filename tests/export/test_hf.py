@@ -49,8 +49,11 @@ def imported(tmp_path, hf_model, tokenizer):
 
 def test_gpt2_logits_agree(tmp_path, tokenizer):
     torch.manual_seed(0)
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=64))
+    hf = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(
+            vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=64
+        )
+    )
     ours = imported(tmp_path, hf, tokenizer)
     x, _ = batch(tokenizer.vocab_size)
     with torch.no_grad():
@@ -59,9 +62,17 @@ def test_gpt2_logits_agree(tmp_path, tokenizer):
 
 def test_llama_with_grouped_query_attention_logits_agree(tmp_path, tokenizer):
     torch.manual_seed(0)
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+    hf = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    )
     ours = imported(tmp_path, hf, tokenizer)
     assert ours.config.n_kv_head == 2 and ours.config.position == "rope"
     x, _ = batch(tokenizer.vocab_size)
@@ -71,9 +82,16 @@ def test_llama_with_grouped_query_attention_logits_agree(tmp_path, tokenizer):
 
 def test_bert_masked_lm_logits_agree_with_padding(tmp_path, tokenizer):
     torch.manual_seed(0)
-    hf = transformers.BertForMaskedLM(transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64))
+    hf = transformers.BertForMaskedLM(
+        transformers.BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    )
     ours = imported(tmp_path, hf, tokenizer)
     x, mask = batch(tokenizer.vocab_size, pad_last=4)
     with torch.no_grad():
@@ -85,7 +103,9 @@ def test_bert_masked_lm_logits_agree_with_padding(tmp_path, tokenizer):
 
 @pytest.mark.parametrize("style", ["test", "llama-test"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_exported_decoders_load_in_transformers_and_generate_the_same_tokens(tmp_path, tokenizer, style, bias):
+def test_exported_decoders_load_in_transformers_and_generate_the_same_tokens(
+    tmp_path, tokenizer, style, bias
+):
     from lmforge.config import build_run_config
 
     cfg = build_run_config(preset=style, overrides={"model.bias": bias})
@@ -98,7 +118,9 @@ def test_exported_decoders_load_in_transformers_and_generate_the_same_tokens(tmp
                 p.normal_(0, 0.05)
     import dataclasses
 
-    ckpt = save_checkpoint(tmp_path / "ckpt", model, tokenizer, {"arch": "gpt", "model": dataclasses.asdict(cfg.model)})
+    ckpt = save_checkpoint(
+        tmp_path / "ckpt", model, tokenizer, {"arch": "gpt", "model": dataclasses.asdict(cfg.model)}
+    )
     hf_dir = export_hf(ckpt, tmp_path / "hf")
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     x, _ = batch(tokenizer.vocab_size)
@@ -114,9 +136,16 @@ def test_exported_decoders_load_in_transformers_and_generate_the_same_tokens(tmp
 
 def test_bert_round_trip_through_transformers(tmp_path, tokenizer):
     torch.manual_seed(0)
-    hf = transformers.BertForMaskedLM(transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64)).eval()
+    hf = transformers.BertForMaskedLM(
+        transformers.BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    ).eval()
     save_hf(hf, tokenizer, tmp_path / "hf")
     assert main(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")]) == 0
     assert main(["export-hf", str(tmp_path / "ours"), str(tmp_path / "back")]) == 0
@@ -161,7 +190,9 @@ def test_the_real_minilm_encoder_matches_transformers(tmp_path):
     texts = ["A man is playing a guitar.", "Transfer learning makes small data go far, 也适用于中文。"]
     enc = hf_tok(texts, padding=True, return_tensors="pt")
     ids = [[lm.tokenizer.bos_id, *lm.tokenizer.encode(t), lm.tokenizer.eos_id] for t in texts]
-    assert ids == [row[row != 0].tolist() for row in enc["input_ids"]]  # the same WordPiece ids, [CLS]/[SEP] roles
+    assert ids == [
+        row[row != 0].tolist() for row in enc["input_ids"]
+    ]  # the same WordPiece ids, [CLS]/[SEP] roles
     with torch.no_grad():
         theirs = hf(**enc)
         mine = lm.model.encode(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
@@ -183,13 +214,16 @@ def test_a_head_pruned_llama_exports_with_its_head_dim_and_gpt2_style_refuses(tm
         pruned, _ = structured_prune(build_model(cfg.arch, cfg.model).eval(), 0.5)
         pruned.eval()
         assert pruned.config.head_size * pruned.config.n_head != pruned.config.n_embd
-        ckpt = save_checkpoint(tmp_path / preset, pruned, tokenizer,
-                               {"arch": "gpt", "model": dataclasses.asdict(pruned.config)})
+        ckpt = save_checkpoint(
+            tmp_path / preset, pruned, tokenizer, {"arch": "gpt", "model": dataclasses.asdict(pruned.config)}
+        )
         if not ok:
             with pytest.raises(ConfigError, match="pruned"):
                 export_hf(ckpt, tmp_path / f"hf-{preset}")
             continue
-        hf = transformers.AutoModelForCausalLM.from_pretrained(export_hf(ckpt, tmp_path / f"hf-{preset}")).eval()
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            export_hf(ckpt, tmp_path / f"hf-{preset}")
+        ).eval()
         x, _ = batch(tokenizer.vocab_size)
         with torch.no_grad():
             assert torch.allclose(pruned(x), hf(x).logits, atol=1e-4)

@@ -18,7 +18,9 @@ from lmforge.tokenizers import Tokenizer
 ort = pytest.importorskip("onnxruntime")
 
 TEXTS = ["the film was good", "an awful boring plot", "great acting and music", "dull and poor"]
-LLAMA = dict(position="rope", norm="rmsnorm", activation="swiglu", bias=False, tie_embeddings=False, n_kv_head=1)
+LLAMA = dict(
+    position="rope", norm="rmsnorm", activation="swiglu", bias=False, tie_embeddings=False, n_kv_head=1
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,14 @@ def checkpoint(folder, tok, arch, cfg):
 
 
 def gpt_config(tok, style):
-    return dict(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32,
-                **(LLAMA if style == "llama" else {}))
+    return dict(
+        vocab_size=tok.vocab_size,
+        block_size=32,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        **(LLAMA if style == "llama" else {}),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +59,17 @@ def cli_export(tok, tmp_path_factory):
 def test_cli_export_check_json_and_bad_input(cli_export, capsys):
     ckpt, out, printed = cli_export
     check = printed["check"]
-    assert check["ok"] and check["onnxruntime_ms"] > 0 and check["torch_ms"] > 0 and "model.onnx" in printed["files"]
+    assert (
+        check["ok"]
+        and check["onnxruntime_ms"] > 0
+        and check["torch_ms"] > 0
+        and "model.onnx" in printed["files"]
+    )
     for argv, expected in (
-        (["export", str(ckpt), "--format", "tflite", "--out", str(out.parent / "a")], "unknown export format"),
+        (
+            ["export", str(ckpt), "--format", "tflite", "--out", str(out.parent / "a")],
+            "unknown export format",
+        ),
         (["export", str(ckpt), "--format", "onnx", "--out", str(out)], "not empty"),
     ):
         assert main(argv) == 2
@@ -88,8 +104,18 @@ def test_gpt_prefill_and_kv_cache_decode_match_pytorch(tok, tmp_path, style, cli
 @pytest.mark.parametrize("backbone", ["bert", "gpt"])
 def test_classifier_logits_match_pytorch(tok, tmp_path, backbone):
     encoder = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=tok.vocab_size)
-    ckpt = checkpoint(tmp_path / "clf", tok, "classifier", dict(backbone=backbone, encoder=encoder, labels=["neg", "pos"],
-                                                                 vocab_size=tok.vocab_size, block_size=32))
+    ckpt = checkpoint(
+        tmp_path / "clf",
+        tok,
+        "classifier",
+        dict(
+            backbone=backbone,
+            encoder=encoder,
+            labels=["neg", "pos"],
+            vocab_size=tok.vocab_size,
+            block_size=32,
+        ),
+    )
     out = export_onnx(ckpt, tmp_path / "onnx")
     config = json.loads((out / "config.json").read_text())
     assert config["kind"] == "classifier" and config["labels"] == ["neg", "pos"]
@@ -100,8 +126,11 @@ def test_classifier_logits_match_pytorch(tok, tmp_path, backbone):
     ids = torch.randint(0, tok.vocab_size, (2, 9))
     mask = torch.tensor([[1] * 9, [1] * 4 + [0] * 5])
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": np.zeros((2, 9), np.int64)}
+    feeds = {
+        "input_ids": ids.numpy(),
+        "attention_mask": mask.numpy(),
+        "token_type_ids": np.zeros((2, 9), np.int64),
+    }
     logits = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0]
     with torch.no_grad():
         assert np.abs(logits - model(ids, mask).numpy()).max() <= 1e-4
-

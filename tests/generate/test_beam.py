@@ -17,8 +17,9 @@ def tiny(seed=0) -> Seq2Seq:
     """A random model whose outputs vary and sometimes end: an untrained model with shared embeddings only repeats
     its start token, so the head is separate, sharper, and has a bias towards end-of-sequence."""
     torch.manual_seed(seed)
-    cfg = Seq2SeqConfig(vocab_size=30, block_size=24, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
-                        share_embeddings=False)
+    cfg = Seq2SeqConfig(
+        vocab_size=30, block_size=24, n_layer=2, n_head=2, n_embd=32, dropout=0.0, share_embeddings=False
+    )
     return with_sharp_head(Seq2Seq(cfg).eval(), scale=3, eos_bias=5.0)
 
 
@@ -71,8 +72,13 @@ def test_a_beam_of_one_is_greedy_decoding(seed):
 def test_beams_are_sorted_and_scores_are_teacher_forced_logprobs_over_length(alpha):
     model = tiny()
     src, mask = sources()
-    beams = beam_search(model, src, mask, START, EOS, BeamParams(num_beams=4, max_new_tokens=12, length_penalty=alpha))
-    assert {h.finished for hyps in beams for h in hyps} == {True, False}  # both kinds of hypotheses are checked
+    beams = beam_search(
+        model, src, mask, START, EOS, BeamParams(num_beams=4, max_new_tokens=12, length_penalty=alpha)
+    )
+    assert {h.finished for hyps in beams for h in hyps} == {
+        True,
+        False,
+    }  # both kinds of hypotheses are checked
     for b, hyps in enumerate(beams):
         assert len(hyps) == 4
         scores = [h.score for h in hyps]
@@ -99,11 +105,21 @@ def has_repeated_ngram(tokens: list[int], n: int) -> bool:
 def test_no_repeat_ngram_size_prevents_repeats_and_min_new_tokens_delays_the_end():
     model = tiny()
     src, mask = sources()
-    free = beam_search(model, src, mask, START, EOS, BeamParams(num_beams=3, max_new_tokens=20, min_new_tokens=20))
-    assert any(has_repeated_ngram(h.tokens, 2) for hyps in free for h in hyps)  # without the ban there are repeats
+    free = beam_search(
+        model, src, mask, START, EOS, BeamParams(num_beams=3, max_new_tokens=20, min_new_tokens=20)
+    )
+    assert any(
+        has_repeated_ngram(h.tokens, 2) for hyps in free for h in hyps
+    )  # without the ban there are repeats
     assert all(len(h.tokens) == 20 for hyps in free for h in hyps)
-    banned = beam_search(model, src, mask, START, EOS,
-                         BeamParams(num_beams=3, max_new_tokens=20, no_repeat_ngram_size=2, min_new_tokens=20))
+    banned = beam_search(
+        model,
+        src,
+        mask,
+        START,
+        EOS,
+        BeamParams(num_beams=3, max_new_tokens=20, no_repeat_ngram_size=2, min_new_tokens=20),
+    )
     assert not any(has_repeated_ngram(h.tokens, 2) for hyps in banned for h in hyps)
 
 
@@ -138,9 +154,17 @@ def test_transduce_with_beams():
 def test_without_early_stopping_the_search_goes_on_while_a_beam_can_still_win():
     model = tiny(2)
     src, mask = sources()
-    early = beam_search(model, src, mask, START, EOS, BeamParams(num_beams=3, max_new_tokens=15, length_penalty=0.0))
-    full = beam_search(model, src, mask, START, EOS,
-                       BeamParams(num_beams=3, max_new_tokens=15, length_penalty=0.0, early_stopping=False))
+    early = beam_search(
+        model, src, mask, START, EOS, BeamParams(num_beams=3, max_new_tokens=15, length_penalty=0.0)
+    )
+    full = beam_search(
+        model,
+        src,
+        mask,
+        START,
+        EOS,
+        BeamParams(num_beams=3, max_new_tokens=15, length_penalty=0.0, early_stopping=False),
+    )
     # Without a length penalty a running beam's log-probability only falls, so the longer search is exact, never worse.
     for a, b in zip(early, full):
         assert b[0].score >= a[0].score - 1e-6
@@ -188,11 +212,15 @@ def test_a_beam_of_one_is_greedy_decoding_for_a_decoder_only_model(seed):
 
     model = tiny_gpt(seed)
     beams = beam_search_prompts(model, prompts(), EOS, BeamParams(num_beams=1, max_new_tokens=12))
-    greedy_batched = continue_prompts(model, prompts(), EOS, SamplingParams(12, temperature=0.0), batch_size=2)
+    greedy_batched = continue_prompts(
+        model, prompts(), EOS, SamplingParams(12, temperature=0.0), batch_size=2
+    )
     expected = [gpt_greedy_one_at_a_time(model, p, 12) for p in prompts()]
     assert greedy_batched == expected  # batches of equal-length prompts change nothing
     assert [hyps[0].tokens for hyps in beams] == expected
-    assert {len(t) for t in expected} != {12} and any(expected)  # some end early, some do not, some say something
+    assert {len(t) for t in expected} != {12} and any(
+        expected
+    )  # some end early, some do not, some say something
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
@@ -200,8 +228,9 @@ def test_decoder_only_beams_are_sorted_and_scored_as_their_teacher_forced_logpro
     from lmforge.generate.beam import beam_search_prompts
 
     model = tiny_gpt(2)
-    beams = beam_search_prompts(model, prompts(), EOS, BeamParams(num_beams=4, max_new_tokens=10, length_penalty=alpha),
-                                batch_size=2)
+    beams = beam_search_prompts(
+        model, prompts(), EOS, BeamParams(num_beams=4, max_new_tokens=10, length_penalty=alpha), batch_size=2
+    )
     assert {h.finished for hyps in beams for h in hyps} == {True, False}
     for prompt, hyps in zip(prompts(), beams):
         scores = [h.score for h in hyps]
@@ -227,10 +256,15 @@ def test_decoder_only_outputs_stop_at_the_end_of_the_context_and_long_prompts_ar
     greedy = continue_prompts(model, full, None, SamplingParams(50, temperature=0.0))
     assert [len(t) for t in greedy] == [4, 1]
     too_long = [[EOS] * 25, [EOS] * 3, [EOS] * 30]
-    for search in (lambda: beam_search_prompts(model, too_long, EOS, params),
-                   lambda: continue_prompts(model, too_long, EOS, SamplingParams(5))):
-        with pytest.raises(ConfigError, match=r"2 of 3 prompt\(s\) are longer than the model's context of 24 tokens "
-                                              r"\(the longest: 30\)"):
+    for search in (
+        lambda: beam_search_prompts(model, too_long, EOS, params),
+        lambda: continue_prompts(model, too_long, EOS, SamplingParams(5)),
+    ):
+        with pytest.raises(
+            ConfigError,
+            match=r"2 of 3 prompt\(s\) are longer than the model's context of 24 tokens "
+            r"\(the longest: 30\)",
+        ):
             search()
 
 
@@ -241,16 +275,24 @@ def test_transduce_with_a_decoder_only_model_fine_tuned_on_pairs():
 
     tok = Tokenizer.train("char", ["abcdefghijklmnopqrstuvwx\n"])
     prompt = PairPrompt.for_tokenizer(tok)
-    assert (tok.eos_id, tok.vocab_size, prompt.separator) == (EOS, 30, "\n")  # "=" and ">" are not in the vocabulary
+    assert (tok.eos_id, tok.vocab_size, prompt.separator) == (
+        EOS,
+        30,
+        "\n",
+    )  # "=" and ">" are not in the vocabulary
     config = {"arch": "gpt", "data": {"pair_prompt": prompt.to_dict()}}
     lm = LM(tiny_gpt(1), tok, config)
     texts = ["abcde", "xw", "hello", "mmm", "abcdx"]
     greedy = lm.transduce(texts, max_new_tokens=10)
     assert lm.transduce(texts, max_new_tokens=10, num_beams=1) == greedy
     ids = [prompt.prompt_ids(tok, t) for t in texts]
-    assert greedy == [tok.decode(gpt_greedy_one_at_a_time(lm.model, i, 10), skip_special_tokens=False) for i in ids]
+    assert greedy == [
+        tok.decode(gpt_greedy_one_at_a_time(lm.model, i, 10), skip_special_tokens=False) for i in ids
+    ]
     best = lm.transduce(texts, max_new_tokens=10, num_beams=3, num_return_sequences=2)
-    assert [len(b) for b in best] == [2] * 5 and [b[0] for b in best] == lm.transduce(texts, max_new_tokens=10, num_beams=3)
+    assert [len(b) for b in best] == [2] * 5 and [b[0] for b in best] == lm.transduce(
+        texts, max_new_tokens=10, num_beams=3
+    )
     with pytest.raises(ConfigError, match="1 of 2 prompt.* longer than the model's context of 24 tokens"):
         lm.transduce(["abc", "a" * 30], num_beams=2)
     with pytest.raises(ConfigError, match="neither an encoder-decoder .* nor a gpt fine-tuned"):

@@ -9,12 +9,16 @@ from lmforge.generate import sampling
 from lmforge.generate.sampling import DecodeStep, SamplingParams, generate_tokens
 from lmforge.models.registry import build_model
 
-LLAMA = dict(position="rope", norm="rmsnorm", activation="swiglu", bias=False, tie_embeddings=False, n_kv_head=2)
+LLAMA = dict(
+    position="rope", norm="rmsnorm", activation="swiglu", bias=False, tie_embeddings=False, n_kv_head=2
+)
 
 
 def tiny_llama():
     torch.manual_seed(0)
-    return build_model("gpt", dict(vocab_size=61, block_size=48, n_layer=2, n_head=4, n_embd=32, **LLAMA)).eval()
+    return build_model(
+        "gpt", dict(vocab_size=61, block_size=48, n_layer=2, n_head=4, n_embd=32, **LLAMA)
+    ).eval()
 
 
 def test_compiled_steps_decode_the_eager_tokens_for_left_padded_rows():
@@ -59,7 +63,9 @@ def test_weights_changed_after_compiling_decode_eagerly_with_the_new_weights():
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(-1.5)
-    with pytest.warns(UserWarning, match="weights changed after its decoding step was compiled; decoding eagerly"):
+    with pytest.warns(
+        UserWarning, match="weights changed after its decoding step was compiled; decoding eagerly"
+    ):
         after = torch.stack(list(generate_tokens(model, x, greedy, compile=True)))
     assert DecodeStep.of(model).compiled is None
     assert torch.equal(after, torch.stack(list(generate_tokens(model, x, greedy))))

@@ -17,7 +17,9 @@ STYLES = {
 def sharp_gpt(style: str) -> GPT:
     """A random GPT whose next-token choices are far apart, so greedy decoding is not decided by rounding."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=32, **STYLES[style])).eval()
+    model = GPT(
+        GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=32, **STYLES[style])
+    ).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(40)
     return model
@@ -31,7 +33,9 @@ def left_padded(prompts: list[list[int]], pad: int = 7) -> tuple[torch.Tensor, t
 
 
 def decode(model, x, steps, use_cache=True, mask=None, temperature=0.0, repetition_penalty=1.0):
-    params = SamplingParams(max_new_tokens=steps, temperature=temperature, repetition_penalty=repetition_penalty)
+    params = SamplingParams(
+        max_new_tokens=steps, temperature=temperature, repetition_penalty=repetition_penalty
+    )
     gen = torch.Generator().manual_seed(0)
     return torch.stack(list(generate_tokens(model, x, params, gen, use_cache, prompt_mask=mask)), dim=1)
 
@@ -58,7 +62,7 @@ def test_padding_changes_nothing_in_the_logits_of_real_tokens(style):
         padded = model(x, key_mask=mask)
         for r, prompt in enumerate(PROMPTS):
             alone = model(torch.tensor([prompt]))[0]
-            torch.testing.assert_close(padded[r, -len(prompt):], alone, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(padded[r, -len(prompt) :], alone, atol=1e-4, rtol=1e-4)
         assert torch.isfinite(padded).all()  # padding queries attend to themselves, never to nothing
 
 
@@ -70,7 +74,7 @@ def test_without_the_mask_padding_would_leak_into_the_rows():
         unmasked = model(x)
         for r, prompt in enumerate(PROMPTS):
             alone = model(torch.tensor([prompt]))[0]
-            leaked = (unmasked[r, -len(prompt):] - alone).abs().max().item()
+            leaked = (unmasked[r, -len(prompt) :] - alone).abs().max().item()
             assert leaked > 1e-2 if len(prompt) < x.shape[1] else leaked < 1e-4
 
 

@@ -19,7 +19,9 @@ def run(model, prompt, use_cache, seed=None, **kw):
     return torch.stack(list(generate_tokens(model, prompt, params, gen, use_cache)), dim=1)
 
 
-@pytest.mark.parametrize("kw", [dict(temperature=0), dict(temperature=1.0, top_k=10), dict(temperature=0.9, top_p=0.8)])
+@pytest.mark.parametrize(
+    "kw", [dict(temperature=0), dict(temperature=1.0, top_k=10), dict(temperature=0.9, top_p=0.8)]
+)
 def test_cached_and_uncached_decoding_give_the_same_tokens(model, kw):
     prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(1))
     a = run(model, prompt, True, seed=3, max_new_tokens=25, **kw)
@@ -44,7 +46,9 @@ def test_top_k_one_and_tiny_top_p_are_greedy():
 def test_top_k_never_samples_outside_the_k_best():
     logits = torch.randn(1, 100, generator=torch.Generator().manual_seed(0)).repeat(500, 1)
     allowed = set(torch.topk(logits[0], 5).indices.tolist())
-    picks = next_token(logits, torch.zeros(500, 1, dtype=torch.long), SamplingParams(top_k=5), torch.Generator())
+    picks = next_token(
+        logits, torch.zeros(500, 1, dtype=torch.long), SamplingParams(top_k=5), torch.Generator()
+    )
     assert set(picks.tolist()) <= allowed and len(set(picks.tolist())) > 1
 
 

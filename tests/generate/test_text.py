@@ -102,13 +102,20 @@ class Scripted(torch.nn.Module):
 
 def test_the_server_reads_a_continuation_as_the_library_does():
     tok = ByteTokenizer()
-    cases = [([A, NL, US, ER, B], ["\nUser:"]), ([A, E1, E2, B, EOS, A], []), ([A, E1], ["b"]),
-             ([A, B, A, B, A, B, NL, US, A], ["\nUser:", "\nSystem:"])]
+    cases = [
+        ([A, NL, US, ER, B], ["\nUser:"]),
+        ([A, E1, E2, B, EOS, A], []),
+        ([A, E1], ["b"]),
+        ([A, B, A, B, A, B, NL, US, A], ["\nUser:", "\nSystem:"]),
+    ]
     for script, stops in cases:
-        lm = SimpleNamespace(model=Scripted(script, 2), tokenizer=tok, device=torch.device("cpu"),
-                             compile_decoding=False)
+        lm = SimpleNamespace(
+            model=Scripted(script, 2), tokenizer=tok, device=torch.device("cpu"), compile_decoding=False
+        )
         pieces: list[str] = []
-        job = GenerateJob("", [EOS, B], SamplingParams(len(script), temperature=0.0), stops, on_piece=pieces.append)
+        job = GenerateJob(
+            "", [EOS, B], SamplingParams(len(script), temperature=0.0), stops, on_piece=pieces.append
+        )
         (completion,) = decode_batch(lm, [job])
         expected = list(text_pieces(tok, "", script, stops))
         assert pieces == expected and completion.text == "".join(expected), (script, stops)

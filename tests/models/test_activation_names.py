@@ -26,10 +26,16 @@ def test_gelu_is_exact_and_gelu_tanh_is_gpt2s_approximation():
 
 def test_a_version_0_1_0_checkpoint_keeps_the_tanh_gelu_it_was_trained_with(tmp_path):
     tok = Tokenizer.train("char", ["abc def"] * 2)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=8,
-                          activation="gelu_tanh"))
-    config = {"arch": "gpt", "model": {**model.config.__dict__, "activation": "gelu"},
-              "run": {"model": {"activation": "gelu"}}}
+    model = GPT(
+        GPTConfig(
+            vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=8, activation="gelu_tanh"
+        )
+    )
+    config = {
+        "arch": "gpt",
+        "model": {**model.config.__dict__, "activation": "gelu"},
+        "run": {"model": {"activation": "gelu"}},
+    }
     path = save_checkpoint(tmp_path / "old", model, tok, config)
     saved = json.loads((path / "config.json").read_text())
     saved["lmforge_version"] = "0.1.0"  # what the older release wrote
@@ -39,7 +45,15 @@ def test_a_version_0_1_0_checkpoint_keeps_the_tanh_gelu_it_was_trained_with(tmp_
     x = torch.tensor([[1, 2, 3]])
     torch.testing.assert_close(loaded(x), model(x))
     # A checkpoint written now keeps "gelu" meaning the exact function.
-    new = save_checkpoint(tmp_path / "new", GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1,
-                                                          n_head=2, n_embd=8)), tok, {"arch": "gpt", "model": {
-        **GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=8).__dict__}})
+    new = save_checkpoint(
+        tmp_path / "new",
+        GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=8)),
+        tok,
+        {
+            "arch": "gpt",
+            "model": {
+                **GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=8).__dict__
+            },
+        },
+    )
     assert load_checkpoint(new)[0].config.activation == "gelu"

@@ -11,7 +11,9 @@ from lmforge.models.registry import build_model
 
 def small(**kw) -> Bert:
     torch.manual_seed(0)
-    return Bert(BertConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0, **kw)).eval()
+    return Bert(
+        BertConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0, **kw)
+    ).eval()
 
 
 def test_bert_base_preset_has_bert_base_parameters():

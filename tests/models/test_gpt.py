@@ -10,7 +10,9 @@ def tiny(**kw):
     return build_model("gpt", cfg).eval()
 
 
-LLAMA = dict(position="rope", norm="rmsnorm", activation="swiglu", bias=False, tie_embeddings=False, n_kv_head=2)
+LLAMA = dict(
+    position="rope", norm="rmsnorm", activation="swiglu", bias=False, tie_embeddings=False, n_kv_head=2
+)
 
 
 @pytest.mark.parametrize("style", [{}, LLAMA], ids=["gpt2", "llama"])

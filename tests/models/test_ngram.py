@@ -70,7 +70,9 @@ def test_discounts_and_a_probability_match_a_hand_computed_example():
     assert math.isclose(model.logprob([a], b), math.log(p_b_a), abs_tol=1e-12)
     # an id never seen (pad) gets only the uniform share of the unigram level, here after <s> (a new sentence):
     # gamma(<s>) = (D3+ + D2 + D1) / (4 + 2 + 1) = 3/7 for <s> a 4, <s> b 2, <s> c 1
-    assert math.isclose(model.logprob([a, b, EOS], PAD), math.log(Fraction(3, 7) * Fraction(33, 40) / 6), abs_tol=1e-12)
+    assert math.isclose(
+        model.logprob([a, b, EOS], PAD), math.log(Fraction(3, 7) * Fraction(33, 40) / 6), abs_tol=1e-12
+    )
     assert math.isclose(model.logprob([], PAD), model.logprob([a, b, EOS], PAD))
     assert model.logprob([a], BOS) == -math.inf
 
@@ -194,11 +196,15 @@ def test_vectorised_score_equals_the_sum_of_scalar_logprobs(bos, monkeypatch):
     held_out = np.concatenate([[BOS], held_out[:50], [BOS], held_out[50:]]) if bos != EOS else held_out
     monkeypatch.setattr("lmforge.models.ngram.SCORE_CHUNK", 37)  # chunk boundaries fall inside sentences
     nats, count = model.score(held_out)
-    expected = -sum(model.logprob(held_out[:i], int(t)) for i, t in enumerate(held_out) if t != bos or bos == EOS)
+    expected = -sum(
+        model.logprob(held_out[:i], int(t)) for i, t in enumerate(held_out) if t != bos or bos == EOS
+    )
     assert count == int(np.sum(held_out != bos)) if bos != EOS else count == held_out.size
     assert math.isclose(nats, expected, rel_tol=1e-12)
     for i in (0, 5, 17, 60):
-        assert math.isclose(model.next_logprobs(held_out[:i])[held_out[i]], model.logprob(held_out[:i], held_out[i]))
+        assert math.isclose(
+            model.next_logprobs(held_out[:i])[held_out[i]], model.logprob(held_out[:i], held_out[i])
+        )
 
 
 def test_out_of_vocabulary_ids_and_empty_data_are_data_errors():
@@ -369,8 +375,14 @@ def no_end(lines):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (bad_header, r"line 5: expected a count line 'ngram N=COUNT' in the \\data\\ header, found 'ngram 2=many'"),
-        (truncated_section, r"truncated: it ends after 4 of the \d+ entries that the header announces for \\2-grams:"),
+        (
+            bad_header,
+            r"line 5: expected a count line 'ngram N=COUNT' in the \\data\\ header, found 'ngram 2=many'",
+        ),
+        (
+            truncated_section,
+            r"truncated: it ends after 4 of the \d+ entries that the header announces for \\2-grams:",
+        ),
         (non_numeric_prob, r"line \d+: 'abc' is not a number \(a log10 probability or backoff of a 2-gram\)"),
         (short_section, r"line \d+: \\1-grams: has 9 entries but the header announces 12"),
         (no_end, r"truncated: it ends without the \\end\\ line"),
@@ -394,8 +406,9 @@ def test_state_dict_round_trip_through_safetensors(tmp_path):
     model = fit(random_sentences(200, seed=5), 3, unk_id=UNK)
     save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps(model.config))
-    back = NGramLM.from_state_dict(load_file(str(tmp_path / "model.safetensors")),
-                                   json.loads((tmp_path / "config.json").read_text()))  # fmt: skip
+    back = NGramLM.from_state_dict(
+        load_file(str(tmp_path / "model.safetensors")), json.loads((tmp_path / "config.json").read_text())
+    )
     held_out = stream_of(random_sentences(20, seed=6))
     assert back.score(held_out) == model.score(held_out)
     np.testing.assert_array_equal(back.discounts, model.discounts)
@@ -407,7 +420,11 @@ def test_state_dict_round_trip_through_safetensors(tmp_path):
 def markov_sentences(n: int, seed: int) -> list[list[int]]:
     """Sentences from a fixed sparse second-order Markov source over the words (the source is seed 0's)."""
     source = np.random.default_rng(0)
-    table = {(a, b): source.choice(WORDS + [EOS], size=3, replace=False) for a in [BOS, *WORDS] for b in [BOS, *WORDS]}
+    table = {
+        (a, b): source.choice(WORDS + [EOS], size=3, replace=False)
+        for a in [BOS, *WORDS]
+        for b in [BOS, *WORDS]
+    }
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):

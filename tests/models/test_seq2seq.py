@@ -24,7 +24,9 @@ VARIANTS = [
 
 def tiny(vocab_size=50, **kw) -> Seq2Seq:
     torch.manual_seed(0)
-    cfg = Seq2SeqConfig(vocab_size=vocab_size, block_size=24, n_layer=2, n_head=2, n_embd=32, dropout=0.0, **kw)
+    cfg = Seq2SeqConfig(
+        vocab_size=vocab_size, block_size=24, n_layer=2, n_head=2, n_embd=32, dropout=0.0, **kw
+    )
     return Seq2Seq(cfg).eval()
 
 
@@ -44,13 +46,17 @@ def test_cached_decoding_matches_decoding_the_whole_target(kw):
         full = model.decode(tgt, memory, mask)
         state = model.start_decoding(memory, mask)
         # A prefix in one call, then one token per step: both paths of the self-attention cache.
-        steps = [model.decode_step(tgt[:, :5], state)] + [model.decode_step(tgt[:, i : i + 1], state) for i in range(5, 12)]
+        steps = [model.decode_step(tgt[:, :5], state)] + [
+            model.decode_step(tgt[:, i : i + 1], state) for i in range(5, 12)
+        ]
     assert state.pos == 12
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
     for temperature, seed in ((0.0, None), (1.0, 3)):
         params = SamplingParams(max_new_tokens=20, temperature=temperature)
         runs = [
-            decoded(model, src, mask, params, torch.Generator().manual_seed(seed) if seed else None, use_cache)
+            decoded(
+                model, src, mask, params, torch.Generator().manual_seed(seed) if seed else None, use_cache
+            )
             for use_cache in (True, False)
         ]
         assert runs[0].shape == (3, 20) and torch.equal(runs[0], runs[1])
@@ -86,9 +92,13 @@ def test_shared_embeddings_are_one_matrix():
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, kw):
     tok = Tokenizer.train("char", ["alice sees bob at 3 o'clock."])
     model = tiny(vocab_size=tok.vocab_size, **kw)
-    save_checkpoint(tmp_path / "ckpt", model, tok, {"arch": "seq2seq", "model": dataclasses.asdict(model.config)})
+    save_checkpoint(
+        tmp_path / "ckpt", model, tok, {"arch": "seq2seq", "model": dataclasses.asdict(model.config)}
+    )
     stored = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
-    assert ("lm_head.weight" in stored) == (not model.config.share_embeddings)  # a shared matrix is stored once
+    assert ("lm_head.weight" in stored) == (
+        not model.config.share_embeddings
+    )  # a shared matrix is stored once
     loaded = load_checkpoint(tmp_path / "ckpt")[0].eval()
     if model.config.share_embeddings:
         assert loaded.lm_head.weight is loaded.tok_emb.weight  # tied again after loading, not two copies
@@ -99,11 +109,18 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, kw):
 
 
 def test_config_errors_and_info(capsys):
-    for bad in (dict(norm_position="middle"), dict(position="rope"), dict(n_embd=30, n_head=4), dict(label_smoothing=1.0)):
+    for bad in (
+        dict(norm_position="middle"),
+        dict(position="rope"),
+        dict(n_embd=30, n_head=4),
+        dict(label_smoothing=1.0),
+    ):
         with pytest.raises(ConfigError):
             Seq2Seq(Seq2SeqConfig(**bad))
     info = describe("seq2seq-test")
-    assert 50_000 < info["params"] < 200_000 and info["flops_per_token"] == 3 * info["forward_flops_per_token"]
+    assert (
+        50_000 < info["params"] < 200_000 and info["flops_per_token"] == 3 * info["forward_flops_per_token"]
+    )
     assert main(["info", "seq2seq-small"]) == 0
     out = capsys.readouterr().out
     assert "3 + 3 layers x 256" in out and "encoder-decoder (pre-LN, sinusoidal positions" in out

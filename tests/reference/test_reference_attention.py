@@ -97,8 +97,18 @@ def gpt_block():
     """lmforge's GPT-2 block in float64, with every weight randomised (LayerNorm gains away from 1, biases
     nonzero) so that no term of the backward pass can hide behind a 1 or a 0."""
     torch.manual_seed(0)
-    block = Block(GPTConfig(vocab_size=16, block_size=T, n_layer=1, n_head=N_HEAD, n_embd=C, dropout=0.0,
-                            activation="gelu_tanh"), 0)  # the reference block is GPT-2's, tanh GELU
+    block = Block(
+        GPTConfig(
+            vocab_size=16,
+            block_size=T,
+            n_layer=1,
+            n_head=N_HEAD,
+            n_embd=C,
+            dropout=0.0,
+            activation="gelu_tanh",
+        ),
+        0,
+    )  # the reference block is GPT-2's, tanh GELU
     block = block.double().eval()
     with torch.no_grad():
         for name, p in block.named_parameters():

@@ -28,7 +28,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
-    reason="headless browser tests need chromium and chromedriver (apt-get install chromium chromium-driver)")
+    reason="headless browser tests need chromium and chromedriver (apt-get install chromium chromium-driver)",
+)
 
 MAX_TOKENS_LIMIT = 2000  # the server refuses more (the page must show that error); Stop interrupts this many
 WAIT = 60  # seconds: generous, the CI machine is shared
@@ -43,9 +44,16 @@ def server_app(lm):
 def browser(tmp_path_factory):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--disable-extensions", "--no-first-run", "--window-size=1200,900",
-                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--disable-extensions",
+        "--no-first-run",
+        "--window-size=1200,900",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(WAIT)
@@ -91,13 +99,17 @@ def generate(driver, prompt: str, max_tokens: int, temperature: float = 0) -> No
     set_field(driver, "temperature", temperature)
     driver.find_element(By.ID, "run").click()
     WebDriverWait(driver, WAIT).until(
-        lambda d: d.find_element(By.ID, "stop").get_attribute("disabled") is not None
-        and d.find_element(By.ID, "run").is_enabled())
+        lambda d: (
+            d.find_element(By.ID, "stop").get_attribute("disabled") is not None
+            and d.find_element(By.ID, "run").is_enabled()
+        )
+    )
 
 
 def generated(driver) -> str:
     return driver.execute_script(
-        'const s = document.querySelectorAll("#output span:not(.prompt)"); return s.length ? s[s.length - 1].textContent : ""')
+        'const s = document.querySelectorAll("#output span:not(.prompt)"); return s.length ? s[s.length - 1].textContent : ""'
+    )
 
 
 def test_a_typed_prompt_streams_the_greedy_text_into_the_page_and_a_second_prompt_works(page, lm):

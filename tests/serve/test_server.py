@@ -26,7 +26,9 @@ def lm(char_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(lm):
-    return create_app(lm, api_key="", max_batch_size=8, max_tokens_limit=200)  # "" : no key, even if env has one
+    return create_app(
+        lm, api_key="", max_batch_size=8, max_tokens_limit=200
+    )  # "" : no key, even if env has one
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,10 @@ def test_greedy_completion_equals_lm_generate_and_counts_usage(client, lm):
     assert choice["finish_reason"] in ("length", "stop")
     usage = body["usage"]
     assert usage["prompt_tokens"] == len(lm.prompt_ids("alice "))
-    assert 0 < usage["completion_tokens"] <= 20 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert (
+        0 < usage["completion_tokens"] <= 20
+        and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    )
 
 
 def test_stop_strings_seeds_and_prompt_lists_match_lm_generate(client, lm):
@@ -73,7 +78,9 @@ def test_stop_strings_seeds_and_prompt_lists_match_lm_generate(client, lm):
     assert len(r.json()["choices"][0]["text"]) <= 5
     assert r.json()["choices"][0]["finish_reason"] == "stop"
     r = complete(client, prompt="carol ", max_tokens=25, temperature=1.0, top_k=5, seed=3)
-    assert r.json()["choices"][0]["text"] == lm.generate("carol ", max_new_tokens=25, temperature=1.0, top_k=5, seed=3)
+    assert r.json()["choices"][0]["text"] == lm.generate(
+        "carol ", max_new_tokens=25, temperature=1.0, top_k=5, seed=3
+    )
     r = complete(client, prompt=["alice ", "dave meets"], max_tokens=12, temperature=0)
     texts = [c["text"] for c in r.json()["choices"]]
     assert texts == lm.generate(["alice ", "dave meets"], max_new_tokens=12, temperature=0)
@@ -81,9 +88,17 @@ def test_stop_strings_seeds_and_prompt_lists_match_lm_generate(client, lm):
 
 @pytest.mark.parametrize("prompt", ["alice ", "erin helps frank at 1"])
 def test_streamed_chunks_add_up_to_the_greedy_text(client, lm, prompt):
-    with client.stream("POST", "/v1/completions",
-                       json={"prompt": prompt, "max_tokens": 25, "temperature": 0, "stream": True,
-                             "stream_options": {"include_usage": True}}) as r:
+    with client.stream(
+        "POST",
+        "/v1/completions",
+        json={
+            "prompt": prompt,
+            "max_tokens": 25,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ) as r:
         r.read()
     assert r.status_code == 200
     events = sse_events(r)
@@ -102,12 +117,19 @@ def test_chat_completion_uses_the_plain_template(client, lm):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
-    expected = lm.generate("System: be brief\nUser: alice\nAssistant:", max_new_tokens=15, temperature=0,
-                           stop=["\nUser:", "\nSystem:"])
+    expected = lm.generate(
+        "System: be brief\nUser: alice\nAssistant:",
+        max_new_tokens=15,
+        temperature=0,
+        stop=["\nUser:", "\nSystem:"],
+    )
     assert body["choices"][0]["message"]["content"] == expected and body["usage"]["prompt_tokens"] > 10
 
-    with client.stream("POST", "/v1/chat/completions",
-                       json={"messages": messages, "max_tokens": 15, "temperature": 0, "stream": True}) as r:
+    with client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={"messages": messages, "max_tokens": 15, "temperature": 0, "stream": True},
+    ) as r:
         r.read()
     chunks = [json.loads(e) for e in sse_events(r)[:-1]]
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
@@ -116,15 +138,20 @@ def test_chat_completion_uses_the_plain_template(client, lm):
 
 
 def test_a_chat_template_in_the_config_is_used(lm):
-    lm.config["chat_template"] = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
+    lm.config["chat_template"] = (
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
+    )
     try:
         with TestClient(create_app(lm, api_key="")) as c:
-            r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "bob"}],
-                                                     "max_tokens": 8, "temperature": 0})
+            r = c.post(
+                "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "bob"}], "max_tokens": 8, "temperature": 0},
+            )
     finally:
         del lm.config["chat_template"]
-    assert r.json()["choices"][0]["message"]["content"] == lm.generate("<user>bob\n<assistant>", max_new_tokens=8,
-                                                                       temperature=0)
+    assert r.json()["choices"][0]["message"]["content"] == lm.generate(
+        "<user>bob\n<assistant>", max_new_tokens=8, temperature=0
+    )
 
 
 BAD = [
@@ -152,7 +179,9 @@ def test_bad_completion_requests_get_4xx_in_openai_shape(client, body, status, c
 
 def test_bad_bodies_paths_and_chats(client):
     headers = {"Content-Type": "application/json"}
-    assert_error(client.post("/v1/completions", content=b'{"prompt": "a",', headers=headers), 400, "invalid_json")
+    assert_error(
+        client.post("/v1/completions", content=b'{"prompt": "a",', headers=headers), 400, "invalid_json"
+    )
     assert_error(client.post("/v1/completions", content=b"[1, 2]", headers=headers), 400)
     huge = json.dumps({"prompt": "a" * (1 << 20)}).encode()
     assert_error(client.post("/v1/completions", content=huge, headers=headers), 413, "request_too_large")
@@ -168,10 +197,15 @@ def test_api_key_is_required_when_set(lm, monkeypatch):
     monkeypatch.setenv("LMFORGE_API_KEY", "s3cret")
     with TestClient(create_app(lm)) as c:
         assert_error(complete(c, prompt="a", max_tokens=2), 401, "invalid_api_key")
-        assert_error(c.post("/v1/completions", json={"prompt": "a"}, headers={"Authorization": "Bearer wrong"}), 401)
+        assert_error(
+            c.post("/v1/completions", json={"prompt": "a"}, headers={"Authorization": "Bearer wrong"}), 401
+        )
         assert_error(c.get("/v1/models", headers={"Authorization": "s3cret"}), 401)
-        ok = c.post("/v1/completions", json={"prompt": "a", "max_tokens": 2},
-                    headers={"Authorization": "Bearer s3cret"})
+        ok = c.post(
+            "/v1/completions",
+            json={"prompt": "a", "max_tokens": 2},
+            headers={"Authorization": "Bearer s3cret"},
+        )
         assert ok.status_code == 200
         assert c.get("/health").status_code == 200  # probes and the playground page stay open
     with TestClient(create_app(lm, api_key="other")) as c:
@@ -183,7 +217,11 @@ def test_models_health_playground_and_metrics(lm):
     with TestClient(create_app(lm, api_key="")) as c:
         models = c.get("/v1/models").json()
         assert models["object"] == "list" and models["data"][0]["kind"] == "generate"
-        assert c.get("/health").json()["endpoints"] == ["/v1/completions", "/v1/chat/completions", "/v1/embeddings"]
+        assert c.get("/health").json()["endpoints"] == [
+            "/v1/completions",
+            "/v1/chat/completions",
+            "/v1/embeddings",
+        ]
         page = c.get("/")
         assert page.status_code == 200 and "textContent" in page.text and ".innerHTML" not in page.text
         for _ in range(3):
@@ -228,7 +266,8 @@ def test_concurrent_requests_are_decoded_together(app, client, lm, max_tokens, d
     assert all(r.status_code == 200 for r in results)
     # Greedy rows in a batch continue exactly as they would alone.
     assert [r.json()["choices"][0]["text"] for r in results] == [
-        lm.generate(p, max_new_tokens=max_tokens, temperature=0) for p in prompts]
+        lm.generate(p, max_new_tokens=max_tokens, temperature=0) for p in prompts
+    ]
     assert batcher.stats.batches - before[0] == decodes
     assert batcher.stats.batched_requests - before[1] == 6 and batcher.stats.largest_batch >= 4
 
@@ -248,8 +287,15 @@ def test_a_request_that_takes_too_long_is_stopped_with_504(lm):
 
 def test_many_concurrent_mixed_requests_all_succeed(client, lm):
     rng = random.Random(0)
-    bodies = [dict(prompt=rng.choice(["alice ", "bob ", "x"]), max_tokens=rng.randint(1, 8),
-                   temperature=rng.choice([0, 0.7]), stream=rng.random() < 0.3) for _ in range(16)]
+    bodies = [
+        dict(
+            prompt=rng.choice(["alice ", "bob ", "x"]),
+            max_tokens=rng.randint(1, 8),
+            temperature=rng.choice([0, 0.7]),
+            stream=rng.random() < 0.3,
+        )
+        for _ in range(16)
+    ]
     statuses = []
 
     def ask(body):
@@ -271,13 +317,23 @@ def classifier(tmp_path_factory):
     rows = ["sentence\tlabel"]
     for _ in range(200):
         label = rng.choice(["pos", "neg"])
-        words = rng.sample(["the", "film", "was", "a", "plot", "story"], 3) + [rng.choice(
-            ["good", "great", "lovely"] if label == "pos" else ["bad", "awful", "dull"])]
+        words = rng.sample(["the", "film", "was", "a", "plot", "story"], 3) + [
+            rng.choice(["good", "great", "lovely"] if label == "pos" else ["bad", "awful", "dull"])
+        ]
         rng.shuffle(words)
         rows.append(" ".join(words) + "\t" + label)
     (folder / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    lmforge.finetune("classify", "lstm", folder / "train.tsv", folder / "run", fields=Fields(text="sentence", label="label"),
-                     epochs=3, batch_size=16, lr=3e-3, progress=False)
+    lmforge.finetune(
+        "classify",
+        "lstm",
+        folder / "train.tsv",
+        folder / "run",
+        fields=Fields(text="sentence", label="label"),
+        epochs=3,
+        batch_size=16,
+        lr=3e-3,
+        progress=False,
+    )
     return folder / "run" / "best"
 
 
@@ -332,10 +388,13 @@ def test_the_openai_client_against_a_real_server(server, lm):
     done = client.completions.create(model="lmforge", prompt="alice ", max_tokens=15, temperature=0)
     expected = lm.generate("alice ", max_new_tokens=15, temperature=0)
     assert done.choices[0].text == expected and done.usage.completion_tokens > 0
-    stream = client.completions.create(model="lmforge", prompt="alice ", max_tokens=15, temperature=0, stream=True)
+    stream = client.completions.create(
+        model="lmforge", prompt="alice ", max_tokens=15, temperature=0, stream=True
+    )
     assert "".join(c.choices[0].text for c in stream if c.choices) == expected
-    chat = client.chat.completions.create(model="lmforge", messages=[{"role": "user", "content": "bob"}],
-                                          max_tokens=10, temperature=0)
+    chat = client.chat.completions.create(
+        model="lmforge", messages=[{"role": "user", "content": "bob"}], max_tokens=10, temperature=0
+    )
     assert chat.choices[0].message.role == "assistant" and chat.usage.total_tokens > 0
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         client.completions.create(model="lmforge", prompt="a", max_tokens=0)

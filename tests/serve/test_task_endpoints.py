@@ -31,14 +31,17 @@ def backbones(tmp_path_factory):
     """A random BERT-style and a random GPT checkpoint sharing a word-piece tokenizer of reviews and QA contexts."""
     folder = tmp_path_factory.mktemp("backbones")
     contexts = [p["context"] for p in squad(200, 0)["data"][0]["paragraphs"]]
-    tok = Tokenizer.train("wordpiece", [t for t, _ in reviews(300, 5)] + contexts + [QUESTION], vocab_size=250,
-                          min_frequency=1)
+    tok = Tokenizer.train(
+        "wordpiece", [t for t, _ in reviews(300, 5)] + contexts + [QUESTION], vocab_size=250, min_frequency=1
+    )
     out = {}
     for arch in ("bert", "gpt"):
         torch.manual_seed(0)
         cfg = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=tok.vocab_size)
         model = build_model(arch, cfg | ({"dropout": 0.0} if arch == "bert" else {}))
-        out[arch] = save_checkpoint(folder / arch, model, tok, {"arch": arch, "model": dataclasses.asdict(model.config)})
+        out[arch] = save_checkpoint(
+            folder / arch, model, tok, {"arch": arch, "model": dataclasses.asdict(model.config)}
+        )
     return out
 
 
@@ -46,36 +49,94 @@ def backbones(tmp_path_factory):
 def checkpoints(backbones, tmp_path_factory):
     """Fine-tuned classify (BERT backbone), ner, qa, translate and summarize checkpoints, by kind."""
     folder = tmp_path_factory.mktemp("tasks")
-    (folder / "reviews.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in reviews(200, 0)))
-    lmforge.finetune("classify", str(backbones["bert"]), folder / "reviews.tsv", folder / "classify",
-                     fields=Fields(text="sentence", label="label"), epochs=1, batch_size=16, lr=3e-3, **QUIET)
-    lmforge.finetune("ner", "lstm", write_conll(folder / "train.txt", 200, 0), folder / "ner", epochs=3,
-                     batch_size=16, lr=3e-3, **QUIET)
+    (folder / "reviews.tsv").write_text(
+        "sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in reviews(200, 0))
+    )
+    lmforge.finetune(
+        "classify",
+        str(backbones["bert"]),
+        folder / "reviews.tsv",
+        folder / "classify",
+        fields=Fields(text="sentence", label="label"),
+        epochs=1,
+        batch_size=16,
+        lr=3e-3,
+        **QUIET,
+    )
+    lmforge.finetune(
+        "ner",
+        "lstm",
+        write_conll(folder / "train.txt", 200, 0),
+        folder / "ner",
+        epochs=3,
+        batch_size=16,
+        lr=3e-3,
+        **QUIET,
+    )
     (folder / "squad.json").write_text(json.dumps(squad(200, 0)))
-    lmforge.finetune("qa", backbones["bert"], folder / "squad.json", folder / "qa", epochs=2, max_length=32, doc_stride=12,
-                batch_size=16, lr=3e-3, **QUIET)
+    lmforge.finetune(
+        "qa",
+        backbones["bert"],
+        folder / "squad.json",
+        folder / "qa",
+        epochs=2,
+        max_length=32,
+        doc_stride=12,
+        batch_size=16,
+        lr=3e-3,
+        **QUIET,
+    )
     (folder / "pairs.tsv").write_text(translation_pairs(200, 0), encoding="utf-8")
-    lmforge.finetune("translate", "seq2seq-test", folder / "pairs.tsv", folder / "translate", epochs=4, lr=3e-3,
-                     overrides=FAST, **QUIET)
+    lmforge.finetune(
+        "translate",
+        "seq2seq-test",
+        folder / "pairs.tsv",
+        folder / "translate",
+        epochs=4,
+        lr=3e-3,
+        overrides=FAST,
+        **QUIET,
+    )
     (folder / "news.jsonl").write_text("".join(json.dumps(x) + "\n" for x in summary_pairs(64, 0)))
-    lmforge.finetune("summarize", "seq2seq-test", folder / "news.jsonl", folder / "summarize", source_field="article",
-                     target_field="summary", epochs=1, lr=3e-3, overrides=FAST, **QUIET)
+    lmforge.finetune(
+        "summarize",
+        "seq2seq-test",
+        folder / "news.jsonl",
+        folder / "summarize",
+        source_field="article",
+        target_field="summary",
+        epochs=1,
+        lr=3e-3,
+        overrides=FAST,
+        **QUIET,
+    )
     return {kind: folder / kind / "best" for kind in ("classify", "ner", "qa", "translate", "summarize")} | {
-        "generate": backbones["gpt"], "embed": backbones["bert"]}
+        "generate": backbones["gpt"],
+        "embed": backbones["bert"],
+    }
 
 
 @pytest.fixture(scope="module")
 def clients(checkpoints):
     """A test client for a server of each kind of checkpoint."""
-    with TestClient(create_app(str(checkpoints["generate"]), api_key="")) as generate, \
-            TestClient(create_app(str(checkpoints["embed"]), api_key="")) as embed, \
-            TestClient(create_app(str(checkpoints["classify"]), api_key="")) as classify, \
-            TestClient(create_app(str(checkpoints["ner"]), api_key="")) as ner, \
-            TestClient(create_app(str(checkpoints["qa"]), api_key="")) as qa, \
-            TestClient(create_app(str(checkpoints["translate"]), api_key="", max_tokens_limit=50)) as translate, \
-            TestClient(create_app(str(checkpoints["summarize"]), api_key="")) as summarize:
-        yield {"generate": generate, "embed": embed, "classify": classify, "ner": ner, "qa": qa,
-               "translate": translate, "summarize": summarize}
+    with (
+        TestClient(create_app(str(checkpoints["generate"]), api_key="")) as generate,
+        TestClient(create_app(str(checkpoints["embed"]), api_key="")) as embed,
+        TestClient(create_app(str(checkpoints["classify"]), api_key="")) as classify,
+        TestClient(create_app(str(checkpoints["ner"]), api_key="")) as ner,
+        TestClient(create_app(str(checkpoints["qa"]), api_key="")) as qa,
+        TestClient(create_app(str(checkpoints["translate"]), api_key="", max_tokens_limit=50)) as translate,
+        TestClient(create_app(str(checkpoints["summarize"]), api_key="")) as summarize,
+    ):
+        yield {
+            "generate": generate,
+            "embed": embed,
+            "classify": classify,
+            "ner": ner,
+            "qa": qa,
+            "translate": translate,
+            "summarize": summarize,
+        }
 
 
 def ok(response) -> dict:
@@ -105,8 +166,9 @@ TEXTS = ["the film was a great story", "an awful dull plot and boring music it w
 @pytest.mark.parametrize("kind", ["generate", "embed", "classify"])  # GPT, BERT, a classifier's BERT backbone
 def test_embeddings_with_the_openai_client_equal_the_in_process_vectors(kind, checkpoints, clients):
     openai = pytest.importorskip("openai")
-    client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", max_retries=0,
-                           http_client=clients[kind])  # TestClient is an httpx.Client that calls the app directly
+    client = openai.OpenAI(
+        base_url="http://testserver/v1", api_key="unused", max_retries=0, http_client=clients[kind]
+    )  # TestClient is an httpx.Client that calls the app directly
     lm = lmforge.load(checkpoints[kind])
     expected = [mean_hidden(lm, t) for t in TEXTS]
     assert not torch.allclose(expected[0], expected[1], atol=1e-3)
@@ -119,15 +181,25 @@ def test_embeddings_with_the_openai_client_equal_the_in_process_vectors(kind, ch
         tokens = sum(len(lm.tokenizer.encode(t)) + (2 if kind != "generate" else 1) for t in TEXTS)
         assert done.usage.prompt_tokens == done.usage.total_tokens == tokens
     single = client.embeddings.create(model="x", input=TEXTS[1])
-    assert len(single.data) == 1 and torch.allclose(torch.tensor(single.data[0].embedding), expected[1], atol=1e-4)
+    assert len(single.data) == 1 and torch.allclose(
+        torch.tensor(single.data[0].embedding), expected[1], atol=1e-4
+    )
     assert "/v1/embeddings" in clients[kind].get("/health").json()["endpoints"]
 
 
 def test_embeddings_refuse_bad_input_and_models_without_an_encoder(clients):
     c = clients["embed"]
-    for body in ({"input": ""}, {"input": "   "}, {"input": []}, {"input": ["a good film"] * 65},
-                 {"input": ["a good film", ""]}, {"input": 5}, {"input": [[1, 2, 3]]},
-                 {"input": "a", "encoding_format": "hex"}, {"input": "a", "dimensions": 8}):
+    for body in (
+        {"input": ""},
+        {"input": "   "},
+        {"input": []},
+        {"input": ["a good film"] * 65},
+        {"input": ["a good film", ""]},
+        {"input": 5},
+        {"input": [[1, 2, 3]]},
+        {"input": "a", "encoding_format": "hex"},
+        {"input": "a", "dimensions": 8},
+    ):
         assert_error(c.post("/v1/embeddings", json=body), 400)
         assert ok(c.post("/v1/embeddings", json={"input": "good"}))["data"][0]["index"] == 0
     too_long = c.post("/v1/embeddings", json={"input": ["good", "the film " * 40]})  # 82 tokens, context 64
@@ -137,7 +209,9 @@ def test_embeddings_refuse_bad_input_and_models_without_an_encoder(clients):
         wrong = clients[kind].post("/v1/embeddings", json={"input": "good"})
         assert_error(wrong, 400, "wrong_model_kind")
         assert f"/v1/{kind}" in wrong.json()["error"]["message"]
-    assert clients["ner"].post("/v1/embeddings", json={"input": "mr Kalo"}).status_code == 200  # a tagger's LSTM
+    assert (
+        clients["ner"].post("/v1/embeddings", json={"input": "mr Kalo"}).status_code == 200
+    )  # a tagger's LSTM
 
 
 # ---- /v1/ner and /v1/qa -----------------------------------------------------------------------------------
@@ -147,7 +221,9 @@ def test_ner_endpoint_answers_what_the_pipeline_answers(checkpoints, clients):
     data = ok(clients["ner"].post("/v1/ner", json={"text": texts}))["data"]
     assert [d["index"] for d in data] == [0, 1, 2]
     assert [d["entities"] for d in data] == ner(texts)
-    assert any(data[0]["entities"]) and all(texts[0][e["start"] : e["end"]] == e["text"] for e in data[0]["entities"])
+    assert any(data[0]["entities"]) and all(
+        texts[0][e["start"] : e["end"]] == e["text"] for e in data[0]["entities"]
+    )
     assert set(data[0]["entities"][0]) == {"type", "text", "start", "end", "score"}
     single = ok(clients["ner"].post("/v1/ner", json={"text": texts[2]}))
     assert single["data"] == [{"index": 0, "entities": ner(texts[2])}] and single["object"] == "list"
@@ -155,8 +231,10 @@ def test_ner_endpoint_answers_what_the_pipeline_answers(checkpoints, clients):
 
 def test_qa_endpoint_takes_one_question_or_a_list(checkpoints, clients):
     qa = lmforge.pipeline("qa", model=checkpoints["qa"])
-    items = [{"question": QUESTION, "context": "the fans came to see 42 in the big stadium"},
-             {"question": QUESTION, "context": "many fans came on a sunny day 17 and the game was played " * 3}]
+    items = [
+        {"question": QUESTION, "context": "the fans came to see 42 in the big stadium"},
+        {"question": QUESTION, "context": "many fans came on a sunny day 17 and the game was played " * 3},
+    ]
     data = ok(clients["qa"].post("/v1/qa", json=items))["data"]
     assert [d.pop("index") for d in data] == [0, 1] and data == qa(items)
     assert all(items[i]["context"][d["start"] : d["end"]] == d["answer"] for i, d in enumerate(data))

@@ -48,11 +48,15 @@ def tiny_backbones(tmp_path_factory):
     texts = [t for t, _ in reviews(300, 5)]
     tok = Tokenizer.train("wordpiece", texts, vocab_size=200, min_frequency=1)
     out = {}
-    for arch, cfg in (("bert", dict(n_layer=2, n_head=2, n_embd=32, block_size=32, dropout=0.0)),
-                      ("gpt", dict(n_layer=2, n_head=2, n_embd=32, block_size=32))):
+    for arch, cfg in (
+        ("bert", dict(n_layer=2, n_head=2, n_embd=32, block_size=32, dropout=0.0)),
+        ("gpt", dict(n_layer=2, n_head=2, n_embd=32, block_size=32)),
+    ):
         torch.manual_seed(0)
         model = build_model(arch, dict(cfg, vocab_size=tok.vocab_size))
-        out[arch] = save_checkpoint(folder / arch, model, tok, {"arch": arch, "model": dataclasses.asdict(model.config)})
+        out[arch] = save_checkpoint(
+            folder / arch, model, tok, {"arch": arch, "model": dataclasses.asdict(model.config)}
+        )
     return out
 
 
@@ -62,8 +66,18 @@ FIELDS = Fields(text="sentence", label="label")
 @pytest.mark.parametrize("backbone", ["bert", "gpt", "lstm"])
 def test_each_backbone_learns_the_keyword_task(backbone, sentiment, tiny_backbones, tmp_path):
     model = str(tiny_backbones[backbone]) if backbone in tiny_backbones else backbone
-    result = lmforge.finetune("classify", model, sentiment / "train.tsv", tmp_path / "run", dev=sentiment / "dev.tsv",
-                              fields=FIELDS, epochs=4, batch_size=16, lr=3e-3, progress=False)
+    result = lmforge.finetune(
+        "classify",
+        model,
+        sentiment / "train.tsv",
+        tmp_path / "run",
+        dev=sentiment / "dev.tsv",
+        fields=FIELDS,
+        epochs=4,
+        batch_size=16,
+        lr=3e-3,
+        progress=False,
+    )
     assert result.metrics["val_accuracy"] > 0.9, result.metrics
     clf = lmforge.pipeline("sentiment-analysis", model=tmp_path / "run" / "best")
     assert clf("the film was superb")["label"] == "pos"
@@ -74,15 +88,49 @@ def test_each_backbone_learns_the_keyword_task(backbone, sentiment, tiny_backbon
 
 def test_cli_finetune_evaluate_report_predict(sentiment, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["finetune", "--task", "classify", "--model", "lstm", "--train", str(sentiment / "train.tsv"),
-                 "--dev", str(sentiment / "dev.tsv"), "--out", str(run), "--text-field", "sentence",
-                 "--epochs", "3", "--batch-size", "16", "--quiet", "--json"])
+    code = main(
+        [
+            "finetune",
+            "--task",
+            "classify",
+            "--model",
+            "lstm",
+            "--train",
+            str(sentiment / "train.tsv"),
+            "--dev",
+            str(sentiment / "dev.tsv"),
+            "--out",
+            str(run),
+            "--text-field",
+            "sentence",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "16",
+            "--quiet",
+            "--json",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["val_accuracy"] > 0.9 and summary["best"]
     # evaluate reads the fields the run was trained with; the report has the JSON, Markdown and plots
-    assert main(["evaluate", str(run), "--task", "classify", "--data", str(sentiment / "dev.tsv"), "--json",
-                 "--report", str(tmp_path / "report")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run),
+                "--task",
+                "classify",
+                "--data",
+                str(sentiment / "dev.tsv"),
+                "--json",
+                "--report",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
     scores = json.loads(capsys.readouterr().out)
     assert set(scores["per_class"]) == {"neg", "pos"} and sum(map(sum, scores["confusion_matrix"])) == 100
     assert 0.9 < scores["roc_auc"] <= 1.0
@@ -111,20 +159,38 @@ def test_text_pairs_get_segments_and_are_cut_longest_first():
 def test_nli_pairs_multi_label_and_cross_validation(tmp_path):
     rng = random.Random(0)
     rows = []
-    for _ in range(400):  # pairs whose label the hypothesis decides (the pair plumbing, not reasoning, is tested)
+    for _ in range(
+        400
+    ):  # pairs whose label the hypothesis decides (the pair plumbing, not reasoning, is tested)
         premise, hypothesis = rng.choice(GOOD + BAD), rng.choice(GOOD + BAD)
-        rows.append({"premise": f"the film was {premise}", "hypothesis": f"it was {hypothesis}",
-                     "label": "entailment" if hypothesis in GOOD else "contradiction",
-                     "tags": ["kw"] + (["long"] if len(premise) > 4 else [])})
+        rows.append(
+            {
+                "premise": f"the film was {premise}",
+                "hypothesis": f"it was {hypothesis}",
+                "label": "entailment" if hypothesis in GOOD else "contradiction",
+                "tags": ["kw"] + (["long"] if len(premise) > 4 else []),
+            }
+        )
     data = tmp_path / "nli.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     fields = Fields(text="premise", pair="hypothesis", label="label")
-    summary = lmforge.finetune("nli", "lstm", data, tmp_path / "cv", fields=fields, folds=2, epochs=5,
-                               batch_size=16, progress=False)
+    summary = lmforge.finetune(
+        "nli", "lstm", data, tmp_path / "cv", fields=fields, folds=2, epochs=5, batch_size=16, progress=False
+    )
     assert summary["folds"] == 2 and len(summary["per_fold"]) == 2
     assert summary["mean"]["val_accuracy"] > 0.8 and (tmp_path / "cv" / "cv.json").is_file()
-    multi = lmforge.finetune("classify", "lstm", data, tmp_path / "multi", dev=data, multi_label=True,
-                             fields=Fields(text="premise", label="tags"), epochs=3, batch_size=16, progress=False)
+    multi = lmforge.finetune(
+        "classify",
+        "lstm",
+        data,
+        tmp_path / "multi",
+        dev=data,
+        multi_label=True,
+        fields=Fields(text="premise", label="tags"),
+        epochs=3,
+        batch_size=16,
+        progress=False,
+    )
     assert multi.metrics["val_micro_f1"] > 0.9
     clf = lmforge.pipeline("text-classification", model=tmp_path / "multi")
     assert {p["label"] for p in clf("the film was superb")} == {"kw", "long"}
@@ -136,16 +202,36 @@ def test_bad_labelled_files(sentiment, tmp_path, capsys):
     dev = tmp_path / "dev.tsv"
     dev.write_text("sentence\tlabel\nthe film was good\tmaybe\n", encoding="utf-8")
     with pytest.raises(DataError, match="maybe"):
-        lmforge.finetune("classify", "lstm", sentiment / "train.tsv", tmp_path / "r", dev=dev, fields=FIELDS,
-                         progress=False)
+        lmforge.finetune(
+            "classify",
+            "lstm",
+            sentiment / "train.tsv",
+            tmp_path / "r",
+            dev=dev,
+            fields=FIELDS,
+            progress=False,
+        )
     empty = tmp_path / "empty.tsv"
     empty.write_text("sentence\tlabel\nfine\tpos\n   \tneg\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"empty.tsv:3 has an empty text"):
         read_examples(empty, FIELDS)
     with pytest.raises(DataError, match="no field 'text'"):
         read_examples(sentiment / "dev.tsv", Fields())
-    code = main(["finetune", "--task", "classify", "--model", "no-such-ckpt", "--train", str(sentiment / "train.tsv"),
-                 "--out", str(tmp_path / "r2"), "--text-field", "sentence"])
+    code = main(
+        [
+            "finetune",
+            "--task",
+            "classify",
+            "--model",
+            "no-such-ckpt",
+            "--train",
+            str(sentiment / "train.tsv"),
+            "--out",
+            str(tmp_path / "r2"),
+            "--text-field",
+            "sentence",
+        ]
+    )
     assert code == 2 and "neither a checkpoint" in capsys.readouterr().err
     headerless = tmp_path / "agnews.tsv"
     headerless.write_text('It #39;s "quoted" text\tSci/Tech\nmarkets fall\tBusiness\n', encoding="utf-8")
@@ -158,7 +244,9 @@ def test_lora_merge_is_exact_and_only_adapters_and_head_learn(sentiment, tiny_ba
 
     torch.manual_seed(0)
     block = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))  # not a target
-    net = torch.nn.ModuleDict({"attn": torch.nn.ModuleDict({"qkv_proj": torch.nn.Linear(8, 8)}), "out": block})
+    net = torch.nn.ModuleDict(
+        {"attn": torch.nn.ModuleDict({"qkv_proj": torch.nn.Linear(8, 8)}), "out": block}
+    )
     assert apply_lora(net, r=2, alpha=4, dropout=0.0) == 1 and isinstance(net["attn"]["qkv_proj"], LoRALinear)
     assert trainable_parameters(net) == 2 * 8 + 8 * 2
     x = torch.randn(3, 8)
@@ -168,9 +256,20 @@ def test_lora_merge_is_exact_and_only_adapters_and_head_learn(sentiment, tiny_ba
     assert torch.allclose(net["attn"]["qkv_proj"](x), merged["attn"]["qkv_proj"](x), atol=1e-6)
 
     base = lmforge.load(tiny_backbones["bert"]).model.state_dict()
-    result = lmforge.finetune("classify", str(tiny_backbones["bert"]), sentiment / "train.tsv", tmp_path / "run",
-                              dev=sentiment / "dev.tsv", fields=FIELDS, epochs=10, batch_size=16, lr=5e-3, lora=True,
-                              lora_r=4, progress=False)
+    result = lmforge.finetune(
+        "classify",
+        str(tiny_backbones["bert"]),
+        sentiment / "train.tsv",
+        tmp_path / "run",
+        dev=sentiment / "dev.tsv",
+        fields=FIELDS,
+        epochs=10,
+        batch_size=16,
+        lr=5e-3,
+        lora=True,
+        lora_r=4,
+        progress=False,
+    )
     assert result.metrics["val_accuracy"] > 0.85, result.metrics
     tuned = lmforge.load(tmp_path / "run").model.backbone.state_dict()  # adapters merged: plain weight names
     changed = {k for k in base if not torch.equal(base[k], tuned[k])}
@@ -179,7 +278,11 @@ def test_lora_merge_is_exact_and_only_adapters_and_head_learn(sentiment, tiny_ba
 
 def test_chinese_text_end_to_end_with_a_character_model(tmp_path, capsys):
     rng = random.Random(3)
-    good, bad, fill = ["好看", "精彩", "感人"], ["无聊", "难看", "失望"], ["这部", "电影", "真的", "非常", "剧情", "演员"]
+    good, bad, fill = (
+        ["好看", "精彩", "感人"],
+        ["无聊", "难看", "失望"],
+        ["这部", "电影", "真的", "非常", "剧情", "演员"],
+    )
     rows = ["text\tlabel"]
     for _ in range(300):
         label = rng.choice(["正面", "负面"])
@@ -187,8 +290,16 @@ def test_chinese_text_end_to_end_with_a_character_model(tmp_path, capsys):
         rng.shuffle(words)
         rows.append("".join(words) + f"\t{label}")  # no spaces, as Chinese is written
     (tmp_path / "zh.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    result = lmforge.finetune("classify", "lstm", tmp_path / "zh.tsv", tmp_path / "run", dev=tmp_path / "zh.tsv",
-                              epochs=4, batch_size=16, progress=False)
+    result = lmforge.finetune(
+        "classify",
+        "lstm",
+        tmp_path / "zh.tsv",
+        tmp_path / "run",
+        dev=tmp_path / "zh.tsv",
+        epochs=4,
+        batch_size=16,
+        progress=False,
+    )
     assert result.metrics["val_accuracy"] > 0.9
     clf = lmforge.pipeline("sentiment-analysis", model=tmp_path / "run")
     assert clf.lm.tokenizer.kind == "char"  # no spaces between Chinese words: characters are the units
@@ -205,21 +316,33 @@ def test_a_checkpoint_that_is_not_a_classifier_is_refused(tiny_backbones, tmp_pa
 
 def test_task_models_refuse_generation_and_language_model_evaluation(sentiment, tmp_path, capsys):
     run = tmp_path / "run"
-    lmforge.finetune("classify", "lstm", sentiment / "train.tsv", run, fields=FIELDS, epochs=1, progress=False)
+    lmforge.finetune(
+        "classify", "lstm", sentiment / "train.tsv", run, fields=FIELDS, epochs=1, progress=False
+    )
     assert main(["generate", str(run), "--prompt", "x"]) == 2
     assert "predict --task classify" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--data", str(sentiment / "dev.tsv")]) == 2
     assert "--task classify" in capsys.readouterr().err
     from lmforge.errors import CheckpointError
 
-    with pytest.raises(CheckpointError, match="already holds checkpoints"):  # a second run never overwrites one
-        lmforge.finetune("classify", "lstm", sentiment / "train.tsv", run, fields=FIELDS, epochs=1, progress=False)
+    with pytest.raises(
+        CheckpointError, match="already holds checkpoints"
+    ):  # a second run never overwrites one
+        lmforge.finetune(
+            "classify", "lstm", sentiment / "train.tsv", run, fields=FIELDS, epochs=1, progress=False
+        )
 
 
 def test_options_that_do_not_apply_to_a_task_are_refused_not_ignored(sentiment, tmp_path):
     with pytest.raises(ConfigError, match="--max-length does not apply to translate"):
-        lmforge.finetune("translate", "seq2seq-test", sentiment / "train.tsv", tmp_path / "r", max_length=64,
-                         progress=False)
+        lmforge.finetune(
+            "translate",
+            "seq2seq-test",
+            sentiment / "train.tsv",
+            tmp_path / "r",
+            max_length=64,
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="not ner"):
         lmforge.finetune("ner", "lstm", sentiment / "train.tsv", tmp_path / "r", folds=3, progress=False)
     assert not (tmp_path / "r").exists()

@@ -16,7 +16,9 @@ from lmforge.train.labels import IGNORE_INDEX
 from lmforge.train.objectives import collate_labelled as collate
 from tests.conftest import TINY
 
-LETTERS = "abcdefhk"  # characters the pretraining corpus (tests/conftest.py) has, so the char tokenizer knows them
+LETTERS = (
+    "abcdefhk"  # characters the pretraining corpus (tests/conftest.py) has, so the char tokenizer knows them
+)
 
 
 def copy_pairs(n: int, seed: int) -> str:
@@ -42,9 +44,18 @@ def copier(gpt):
     folder = gpt.parent
     (folder / "train.tsv").write_text(copy_pairs(300, 0), encoding="utf-8")
     (folder / "dev.tsv").write_text(copy_pairs(20, 1), encoding="utf-8")
-    result = lmforge.finetune("translate", str(gpt), folder / "train.tsv", folder / "run", dev=folder / "dev.tsv",
-                              epochs=20, lr=3e-3, batch_size=16, overrides={"train.threads": 1, "train.log_every": 50},
-                              progress=False)
+    result = lmforge.finetune(
+        "translate",
+        str(gpt),
+        folder / "train.tsv",
+        folder / "run",
+        dev=folder / "dev.tsv",
+        epochs=20,
+        lr=3e-3,
+        batch_size=16,
+        overrides={"train.threads": 1, "train.log_every": 50},
+        progress=False,
+    )
     return folder, result
 
 
@@ -58,13 +69,19 @@ def test_the_loss_covers_the_target_only_and_long_sources_lose_their_end(gpt):
     prompt_len = len(prompt.prompt_ids(tok, "a b c"))  # <|eos|>, 5 characters, the separator
     assert prompt_len == 7
     assert (y[0, : prompt_len - 1] == IGNORE_INDEX).all()  # no loss anywhere on the prompt...
-    assert y[0, prompt_len - 1 :].tolist() == tok.encode("c b a") + [tok.eos_id]  # ...all of it on target and end
-    assert tok.decode([t for t in y[1].tolist() if t != IGNORE_INDEX], skip_special_tokens=False) == "h<|eos|>"
+    assert y[0, prompt_len - 1 :].tolist() == tok.encode("c b a") + [
+        tok.eos_id
+    ]  # ...all of it on target and end
+    assert (
+        tok.decode([t for t in y[1].tolist() if t != IGNORE_INDEX], skip_special_tokens=False) == "h<|eos|>"
+    )
     # Over the block: the source is cut from its end, the target is kept whole.
-    (ids, labels), = prompt.training_rows(tok, [Pair("a b c d e f", "f e d c b a")], 16, "pairs.tsv")
+    ((ids, labels),) = prompt.training_rows(tok, [Pair("a b c d e f", "f e d c b a")], 16, "pairs.tsv")
     assert len(ids) == 16 and tok.decode(ids, skip_special_tokens=False) == "<|eos|>a b\nf e d c b a"
     assert tok.decode([t for t in labels if t != IGNORE_INDEX]) == "f e d c b a"
-    with pytest.raises(DataError, match=r"pairs\.tsv: pair 2 has a target of 15 tokens; .* context of 16 tokens"):
+    with pytest.raises(
+        DataError, match=r"pairs\.tsv: pair 2 has a target of 15 tokens; .* context of 16 tokens"
+    ):
         prompt.training_rows(tok, [Pair("a", "b"), Pair("a", "a b c d e f h k")], 16, "pairs.tsv")
 
 
@@ -91,8 +108,22 @@ def test_cli_finetunes_evaluates_and_predicts_with_a_gpt(copier, gpt, tmp_path, 
     test = tmp_path / "test.tsv"
     test.write_text(copy_pairs(30, 2), encoding="utf-8")
     for beams in ("1", "3"):
-        assert main(["evaluate", str(folder / "run"), "--task", "translate", "--data", str(test), "--num-beams", beams,
-                     "--json"]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(folder / "run"),
+                    "--task",
+                    "translate",
+                    "--data",
+                    str(test),
+                    "--num-beams",
+                    beams,
+                    "--json",
+                ]
+            )
+            == 0
+        )
         scores = json.loads(capsys.readouterr().out)
         assert scores["bleu"] > 60 and scores["chrf"] > 60 and scores["pairs"] == 30, scores
     assert main(["evaluate", str(folder / "run"), "--task", "summarize", "--data", str(test), "--json"]) == 0
@@ -100,8 +131,22 @@ def test_cli_finetunes_evaluates_and_predicts_with_a_gpt(copier, gpt, tmp_path, 
     sources = tmp_path / "sources.txt"
     long = " ".join(LETTERS * 5)  # 79 characters: LM.transduce refuses it, evaluate and predict cut its end
     sources.write_text(f"a b c\n\nk h\n{long}\n", encoding="utf-8")
-    assert main(["predict", str(folder / "run"), "--task", "translate", "--input", str(sources), "--num-beams", "2",
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(folder / "run"),
+                "--task",
+                "translate",
+                "--input",
+                str(sources),
+                "--num-beams",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
     assert [ln["source"] for ln in lines] == ["a b c", "k h", long]
     assert sum(ln["output"] == ln["source"] for ln in lines) >= 1
@@ -109,9 +154,27 @@ def test_cli_finetunes_evaluates_and_predicts_with_a_gpt(copier, gpt, tmp_path, 
         lmforge.load(result.best).transduce(long)
     # `lmforge finetune --task translate --model GPT-CHECKPOINT` from the command line.
     (tmp_path / "few.tsv").write_text(copy_pairs(32, 3), encoding="utf-8")
-    argv = ["finetune", "--task", "translate", "--model", str(gpt), "--train", str(tmp_path / "few.tsv"),
-            "--dev", str(tmp_path / "few.tsv"), "--out", str(tmp_path / "cli-run"), "--epochs", "1", "--batch-size",
-            "16", "--json", "--quiet", "--train.threads", "1"]
+    argv = [
+        "finetune",
+        "--task",
+        "translate",
+        "--model",
+        str(gpt),
+        "--train",
+        str(tmp_path / "few.tsv"),
+        "--dev",
+        str(tmp_path / "few.tsv"),
+        "--out",
+        str(tmp_path / "cli-run"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--json",
+        "--quiet",
+        "--train.threads",
+        "1",
+    ]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["steps"] == 2 and {"val_bleu", "val_chrf", "val_loss"} <= set(out)

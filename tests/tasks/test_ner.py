@@ -22,7 +22,22 @@ from lmforge.train.labels import IGNORE_INDEX
 
 SYLLABLES = ["ka", "lo", "mi", "ren", "tor", "vak", "sel", "du", "bri", "gan", "os", "pe"]
 CITIES = [["Paris"], ["London"], ["New", "York"], ["Rome"], ["Cairo"], ["Buenos", "Aires"]]
-FILL = ["the", "a", "met", "saw", "yesterday", "and", "visited", "went", "today", "with", "he", "she", ",", "."]
+FILL = [
+    "the",
+    "a",
+    "met",
+    "saw",
+    "yesterday",
+    "and",
+    "visited",
+    "went",
+    "today",
+    "with",
+    "he",
+    "she",
+    ",",
+    ".",
+]
 
 
 def name(rng) -> str:
@@ -76,23 +91,30 @@ def tiny_backbones(tmp_path_factory):
         torch.manual_seed(0)
         cfg = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=tok.vocab_size)
         model = build_model(arch, cfg | ({"dropout": 0.0} if arch == "bert" else {}))
-        out[arch] = save_checkpoint(folder / arch, model, tok, {"arch": arch, "model": dataclasses.asdict(model.config)})
+        out[arch] = save_checkpoint(
+            folder / arch, model, tok, {"arch": arch, "model": dataclasses.asdict(model.config)}
+        )
     return out
 
 
 def test_conll_reader_sentences_docstart_and_malformed_lines(tmp_path):
     good = tmp_path / "good.txt"
-    good.write_text("-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\n"
-                    "-DOCSTART- -X- -X- O\nPeter NNP B-NP I-PER\nBlackburn NNP I-NP I-PER\n", encoding="utf-8")
+    good.write_text(
+        "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\n"
+        "-DOCSTART- -X- -X- O\nPeter NNP B-NP I-PER\nBlackburn NNP I-NP I-PER\n",
+        encoding="utf-8",
+    )
     sentences = read_conll(good)
     assert [s.words for s in sentences] == [["EU", "rejects"], ["Peter", "Blackburn"]]
     assert sentences[0].tags == ["B-ORG", "O"] and sentences[1].line == 8
     assert sentences[1].tags == ["B-PER", "I-PER"]  # IOB1's entity-opening I- read as IOB2's B-
     assert len(read_conll(good, max_sentences=1)) == 1
-    for body, message in (("EU NNP B-NP B-ORG\nrejects\n", "bad.txt:2 has no tag"),
-                          ("EU NNP B-NP B-ORG\n\nrejects VBZ O\n", "bad.txt:3 has 3 columns"),
-                          ("EU NNP B-NP ORG\n", "bad.txt:1 has tag 'ORG'"),
-                          ("-DOCSTART- -X- -X- O\n\n", "no sentences")):
+    for body, message in (
+        ("EU NNP B-NP B-ORG\nrejects\n", "bad.txt:2 has no tag"),
+        ("EU NNP B-NP B-ORG\n\nrejects VBZ O\n", "bad.txt:3 has 3 columns"),
+        ("EU NNP B-NP ORG\n", "bad.txt:1 has tag 'ORG'"),
+        ("-DOCSTART- -X- -X- O\n\n", "no sentences"),
+    ):
         bad = tmp_path / "bad.txt"
         bad.write_text(body, encoding="utf-8")
         with pytest.raises(DataError, match=message):
@@ -100,8 +122,9 @@ def test_conll_reader_sentences_docstart_and_malformed_lines(tmp_path):
 
 
 def test_only_the_first_sub_token_of_a_word_is_labelled():
-    tok = Tokenizer.train("wordpiece", ["the cat sat on the mat", "blackburn black burn"] * 20, vocab_size=60,
-                          min_frequency=1)
+    tok = Tokenizer.train(
+        "wordpiece", ["the cat sat on the mat", "blackburn black burn"] * 20, vocab_size=60, min_frequency=1
+    )
     words = ["the", "bathtub", "cat"]
     assert len(tok.encode("bathtub")) > 2  # an unseen word in several pieces (b ##at ##h ...)
     enc = WordEncoder(tok, "bert", max_length=64)
@@ -136,15 +159,19 @@ def test_strict_entity_scores_on_a_hand_made_example():
     assert m["per_type"]["LOC"]["recall"] == 0.0 and m["entities"] == 4
     # BIOES merging in the pipeline, and an orphan I- kept as an entity there (lenient, unlike scoring).
     assert [e[:3] for e in merge_entities(["S-PER", "B-LOC", "E-LOC", "I-ORG", "O"], [1.0] * 5)] == [
-        ("PER", 0, 1), ("LOC", 1, 3), ("ORG", 3, 4)]
+        ("PER", 0, 1),
+        ("LOC", 1, 3),
+        ("ORG", 3, 4),
+    ]
 
 
 @pytest.mark.parametrize("backbone", ["lstm", "bert"])
 def test_each_backbone_learns_the_synthetic_entities(backbone, conll, tiny_backbones, tmp_path):
     train, dev = conll
     model = str(tiny_backbones[backbone]) if backbone in tiny_backbones else backbone
-    result = lmforge.finetune("ner", model, train, tmp_path / "run", dev=dev, epochs=6, batch_size=16, lr=3e-3,
-                              progress=False)
+    result = lmforge.finetune(
+        "ner", model, train, tmp_path / "run", dev=dev, epochs=6, batch_size=16, lr=3e-3, progress=False
+    )
     assert result.metrics["val_f1"] > 0.9, result.metrics
     ner = lmforge.pipeline("ner", model=tmp_path / "run" / "best")
     text = "she  met mr   Kalotorvak\tin New   York ,yesterday"  # irregular spacing, a tab, glued punctuation
@@ -165,24 +192,66 @@ def test_split_words_keeps_offsets_into_the_original_text():
 def test_cli_finetune_evaluate_report_predict(conll, tmp_path, capsys):
     train, dev = conll
     run = tmp_path / "run"
-    assert main(["finetune", "--task", "ner", "--model", "lstm", "--train", str(train), "--dev", str(dev),
-                 "--out", str(run), "--epochs", "6", "--batch-size", "16", "--lr", "3e-3", "--quiet", "--json"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--task",
+                "ner",
+                "--model",
+                "lstm",
+                "--train",
+                str(train),
+                "--dev",
+                str(dev),
+                "--out",
+                str(run),
+                "--epochs",
+                "6",
+                "--batch-size",
+                "16",
+                "--lr",
+                "3e-3",
+                "--quiet",
+                "--json",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["val_f1"] > 0.9 and summary["best"]
-    assert main(["evaluate", str(run), "--task", "ner", "--data", str(dev), "--json",
-                 "--report", str(tmp_path / "report")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run),
+                "--task",
+                "ner",
+                "--data",
+                str(dev),
+                "--json",
+                "--report",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
     scores = json.loads(capsys.readouterr().out)
     assert scores["f1"] == pytest.approx(summary["val_f1"]) and set(scores["per_type"]) == {"PER", "LOC"}
     assert {"precision", "recall"} <= set(scores) and scores["scheme"] == "IOB2"
     for name in ("metrics.json", "report.md", "confusion_matrix.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
-    assert "| sentence | gold entities | predicted entities |" in (tmp_path / "report" / "report.md").read_text()
+    assert (
+        "| sentence | gold entities | predicted entities |" in (tmp_path / "report" / "report.md").read_text()
+    )
     texts = tmp_path / "texts.txt"
     texts.write_text("he saw mr Dubri in  Rome\n\nshe went today\n", encoding="utf-8")
     assert main(["predict", str(run), "--task", "ner", "--input", str(texts), "--json"]) == 0
     lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
     assert [[(e["type"], e["text"], e["start"]) for e in ln["entities"]] for ln in lines] == [
-        [("PER", "Dubri", 10), ("LOC", "Rome", 20)], []]
+        [("PER", "Dubri", 10), ("LOC", "Rome", 20)],
+        [],
+    ]
     # a tagger is no classifier, and the other way round
     assert main(["predict", str(run), "--input", str(texts)]) == 2
     assert "not a fine-tuned classifier" in capsys.readouterr().err
@@ -192,12 +261,38 @@ def test_unseen_dev_tags_and_gpt_backbones_are_refused(conll, tiny_backbones, tm
     train, _ = conll
     dev = tmp_path / "dev.txt"
     dev.write_text("Acme NNP B-NP B-ORG\nrose VBD B-VP O\n", encoding="utf-8")
-    code = main(["finetune", "--task", "ner", "--model", "lstm", "--train", str(train), "--dev", str(dev),
-                 "--out", str(tmp_path / "r1"), "--quiet"])
+    code = main(
+        [
+            "finetune",
+            "--task",
+            "ner",
+            "--model",
+            "lstm",
+            "--train",
+            str(train),
+            "--dev",
+            str(dev),
+            "--out",
+            str(tmp_path / "r1"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error:") and "B-ORG" in err[0]
-    code = main(["finetune", "--task", "ner", "--model", str(tiny_backbones["gpt"]), "--train", str(train),
-                 "--out", str(tmp_path / "r2"), "--quiet"])
+    code = main(
+        [
+            "finetune",
+            "--task",
+            "ner",
+            "--model",
+            str(tiny_backbones["gpt"]),
+            "--train",
+            str(train),
+            "--out",
+            str(tmp_path / "r2"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error:") and "GPT" in err[0]
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()

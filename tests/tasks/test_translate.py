@@ -38,10 +38,14 @@ def test_tsv_and_jsonl_pairs_and_their_errors(tmp_path):
 
 def test_csv_pairs_with_multi_line_cells_and_tsv_headers(tmp_path):
     csv_file = tmp_path / "d.csv"
-    csv_file.write_text('id,dialogue,summary\n1,"#P1#: hi, you\n#P2#: ""hello""",They greet.\n\n'
-                        '2,"#P1#: bye",One leaves.\n', encoding="utf-8")
-    assert read_pairs(csv_file, "dialogue", "summary") == [Pair('#P1#: hi, you\n#P2#: "hello"', "They greet."),
-                                                           Pair("#P1#: bye", "One leaves.")]
+    csv_file.write_text(
+        'id,dialogue,summary\n1,"#P1#: hi, you\n#P2#: ""hello""",They greet.\n\n2,"#P1#: bye",One leaves.\n',
+        encoding="utf-8",
+    )
+    assert read_pairs(csv_file, "dialogue", "summary") == [
+        Pair('#P1#: hi, you\n#P2#: "hello"', "They greet."),
+        Pair("#P1#: bye", "One leaves."),
+    ]
     assert read_pairs(csv_file, "2", "0", max_pairs=1) == [Pair("They greet.", "1")]
     with pytest.raises(DataError, match="no target column 'summ' in the header \\(id, dialogue, summary\\)"):
         read_pairs(csv_file, "dialogue", "summ")
@@ -65,9 +69,13 @@ def test_parallel_files(tmp_path):
         read_parallel(tmp_path / "s", tmp_path / "gap")
     (tmp_path / "train.de").write_text("ein Haus\nzwei\n", encoding="utf-8")
     (tmp_path / "train.en").write_text("a house\ntwo\n", encoding="utf-8")
-    assert read_pairs(tmp_path / "train", source_lang="de", target_lang="en") == [Pair("ein Haus", "a house"),
-                                                                                 Pair("zwei", "two")]
-    assert read_pairs(tmp_path / "train", source_lang="en", target_lang="de", max_pairs=1) == [Pair("a house", "ein Haus")]
+    assert read_pairs(tmp_path / "train", source_lang="de", target_lang="en") == [
+        Pair("ein Haus", "a house"),
+        Pair("zwei", "two"),
+    ]
+    assert read_pairs(tmp_path / "train", source_lang="en", target_lang="de", max_pairs=1) == [
+        Pair("a house", "ein Haus")
+    ]
     with pytest.raises(DataError, match="both --source-lang and --target-lang"):
         read_pairs(tmp_path / "train", source_lang="de")
 
@@ -83,13 +91,17 @@ def test_bleu_chrf_rouge_on_hand_made_strings():
     # ROUGE-1 F of pair 1 by hand: 5 of 6 unigrams shared both ways (the, cat, sat, on, mat + the) -> P = R = 5/6.
     assert rouge(hyps[:1], refs[:1])["rouge1"] == pytest.approx(100 * 5 / 6)
     # ROUGE-L: the longest common subsequence "the cat sat on mat" has 5 tokens.
-    assert rouge(["the cat sat"], ["the cat sat on the mat"])["rougeL"] == pytest.approx(100 * 2 * 1 * 0.5 / 1.5)
+    assert rouge(["the cat sat"], ["the cat sat on the mat"])["rougeL"] == pytest.approx(
+        100 * 2 * 1 * 0.5 / 1.5
+    )
 
 
 def test_chinese_targets_are_scored_by_character():
     refs, hyps = ["我爱北京天安门"], ["我爱北京"]
     assert bleu(hyps, refs) == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], tokenize="zh").score)
-    assert bleu(hyps, refs) > 0 and sacrebleu.corpus_bleu(hyps, [refs], tokenize="13a").score == 0  # one "word"
+    assert (
+        bleu(hyps, refs) > 0 and sacrebleu.corpus_bleu(hyps, [refs], tokenize="13a").score == 0
+    )  # one "word"
     # 4 of 7 characters: R = 4/7, P = 1 -> F = 8/11. rouge-score's own tokenizer would see no tokens at all.
     assert rouge(hyps, refs)["rouge1"] == pytest.approx(100 * 8 / 11)
     assert score_outputs("summarize", refs, refs)["rougeL"] == pytest.approx(100)
@@ -97,7 +109,9 @@ def test_chinese_targets_are_scored_by_character():
 
 def test_report_shows_outputs_beside_references(tmp_path):
     scores = {"bleu": 12.5, "chrf": 40.0, "pairs": 2, "num_beams": 4}
-    write_report(tmp_path / "r", "translate", scores, ["ein | Haus", "zwei"], ["a house", "two"], ["a house", "2"])
+    write_report(
+        tmp_path / "r", "translate", scores, ["ein | Haus", "zwei"], ["a house", "two"], ["a house", "2"]
+    )
     md = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
     assert "| BLEU | 12.50 |" in md and "beam 4" in md and "| ein \\| Haus | a house | a house |" in md
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["chrf"] == 40.0
@@ -124,14 +138,25 @@ def translator(tmp_path_factory):
     folder = tmp_path_factory.mktemp("translate")
     (folder / "train.tsv").write_text(translation_pairs(300, 0), encoding="utf-8")
     (folder / "dev.tsv").write_text(translation_pairs(30, 1), encoding="utf-8")
-    result = lmforge.finetune("translate", "seq2seq-test", folder / "train.tsv", folder / "run", dev=folder / "dev.tsv",
-                              epochs=10, lr=3e-3, overrides=FAST, progress=False)
+    result = lmforge.finetune(
+        "translate",
+        "seq2seq-test",
+        folder / "train.tsv",
+        folder / "run",
+        dev=folder / "dev.tsv",
+        epochs=10,
+        lr=3e-3,
+        overrides=FAST,
+        progress=False,
+    )
     return folder, result
 
 
 def test_translation_fine_tuning_reaches_high_bleu_greedy_and_with_beams(translator, capsys, tmp_path):
     folder, result = translator
-    scores = [json.loads(ln).get("val_bleu") for ln in (folder / "run" / "metrics.jsonl").read_text().splitlines()]
+    scores = [
+        json.loads(ln).get("val_bleu") for ln in (folder / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     scores = [s for s in scores if s is not None]
     assert scores[0] < 20 and result.metrics["val_bleu"] > 50, scores  # it learned, from near zero
     best = json.loads((result.best / "config.json").read_text())["metrics"]["val_bleu"]
@@ -139,8 +164,24 @@ def test_translation_fine_tuning_reaches_high_bleu_greedy_and_with_beams(transla
     test = tmp_path / "test.tsv"
     test.write_text(translation_pairs(40, 2), encoding="utf-8")
     for beams in ("1", "4"):
-        assert main(["evaluate", str(folder / "run"), "--task", "translate", "--data", str(test), "--num-beams", beams,
-                     "--json", "--report", str(tmp_path / f"report-{beams}")]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(folder / "run"),
+                    "--task",
+                    "translate",
+                    "--data",
+                    str(test),
+                    "--num-beams",
+                    beams,
+                    "--json",
+                    "--report",
+                    str(tmp_path / f"report-{beams}"),
+                ]
+            )
+            == 0
+        )
         out = json.loads(capsys.readouterr().out)
         assert out["bleu"] > 50 and out["chrf"] > 70 and out["pairs"] == 40, out
     assert "| BLEU |" in (tmp_path / "report-4" / "report.md").read_text(encoding="utf-8")
@@ -148,7 +189,21 @@ def test_translation_fine_tuning_reaches_high_bleu_greedy_and_with_beams(transla
     assert lm.transduce("red cat", num_beams=4) == lm.transduce("red cat") == "dero taco"
     sentences = tmp_path / "sentences.txt"
     sentences.write_text("sun moon\n\nblue dog tree\n", encoding="utf-8")
-    assert main(["predict", str(folder / "run"), "--task", "translate", "--input", str(sentences), "--num-beams", "3"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(folder / "run"),
+                "--task",
+                "translate",
+                "--input",
+                str(sentences),
+                "--num-beams",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.splitlines() == ["nuso noomo", "eulbo godo eerto"]
 
 
@@ -157,16 +212,49 @@ def test_cli_fine_tunes_a_checkpoint_on_jsonl_fields(translator, tmp_path, capsy
     lines = [ln.split("\t") for ln in translation_pairs(64, 3).splitlines()]
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"en": s, "xx": t}) + "\n" for s, t in lines), encoding="utf-8")
-    argv = ["finetune", "--task", "translate", "--model", str(result.best), "--train", str(data), "--dev", str(data),
-            "--source-field", "en", "--target-field", "xx", "--out", str(tmp_path / "again"), "--epochs", "1",
-            "--json", "--quiet", "--train.threads", "1"]
+    argv = [
+        "finetune",
+        "--task",
+        "translate",
+        "--model",
+        str(result.best),
+        "--train",
+        str(data),
+        "--dev",
+        str(data),
+        "--source-field",
+        "en",
+        "--target-field",
+        "xx",
+        "--out",
+        str(tmp_path / "again"),
+        "--epochs",
+        "1",
+        "--json",
+        "--quiet",
+        "--train.threads",
+        "1",
+    ]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["steps"] == 2 and out["val_bleu"] > 50  # starts from the fine-tuned weights, not from scratch
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"en": "red", "xx": "dero"}\n{"en": "", "xx": "x"}\n', encoding="utf-8")
-    assert main([*argv[:6], str(bad), "--out", str(tmp_path / "bad-run"), "--source-field", "en",
-                 "--target-field", "xx"]) == 2
+    assert (
+        main(
+            [
+                *argv[:6],
+                str(bad),
+                "--out",
+                str(tmp_path / "bad-run"),
+                "--source-field",
+                "en",
+                "--target-field",
+                "xx",
+            ]
+        )
+        == 2
+    )
     assert "bad.jsonl:2 has an empty or missing source" in capsys.readouterr().err
 
 
@@ -177,21 +265,84 @@ def test_cli_reads_parallel_files_by_language_suffix(translator, tmp_path, capsy
         (tmp_path / f"{split}.xx").write_text("".join(t + "\n" for _, t in lines), encoding="utf-8")
         (tmp_path / f"{split}.en").write_text("".join(s + "\n" for s, _ in lines), encoding="utf-8")
     langs = ["--source-lang", "en", "--target-lang", "xx"]
-    assert main(["finetune", "--task", "translate", "--model", str(result.best), "--train", str(tmp_path / "train"),
-                 "--dev", str(tmp_path / "val"), *langs, "--out", str(tmp_path / "run"), "--epochs", "1", "--json",
-                 "--quiet", "--train.threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--task",
+                "translate",
+                "--model",
+                str(result.best),
+                "--train",
+                str(tmp_path / "train"),
+                "--dev",
+                str(tmp_path / "val"),
+                *langs,
+                "--out",
+                str(tmp_path / "run"),
+                "--epochs",
+                "1",
+                "--json",
+                "--quiet",
+                "--train.threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["val_bleu"] > 50
-    assert main(["evaluate", str(tmp_path / "run"), "--task", "translate", "--data", str(tmp_path / "val"), *langs,
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "run"),
+                "--task",
+                "translate",
+                "--data",
+                str(tmp_path / "val"),
+                *langs,
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["pairs"] == 40
-    assert main(["predict", str(tmp_path / "run"), "--task", "translate", "--input", str(tmp_path / "val"),
-                 "--source-lang", "en"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "run"),
+                "--task",
+                "translate",
+                "--input",
+                str(tmp_path / "val"),
+                "--source-lang",
+                "en",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.splitlines()[0] == lines[0][1]
-    assert main(["predict", str(tmp_path / "run"), "--task", "translate", "--input", "-", "--source-lang", "en"]) == 2
+    assert (
+        main(["predict", str(tmp_path / "run"), "--task", "translate", "--input", "-", "--source-lang", "en"])
+        == 2
+    )
     assert "does not apply to --input -" in capsys.readouterr().err
     (tmp_path / "val.en").write_text("red\n", encoding="utf-8")
-    assert main(["evaluate", str(tmp_path / "run"), "--task", "translate", "--data", str(tmp_path / "val"),
-                 *langs]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "run"),
+                "--task",
+                "translate",
+                "--data",
+                str(tmp_path / "val"),
+                *langs,
+            ]
+        )
+        == 2
+    )
     assert "val.en has 1 lines but" in capsys.readouterr().err
 
 
@@ -207,15 +358,44 @@ def summary_pairs(n: int, seed: int) -> list[dict]:
 def test_summarization_learns_that_the_first_sentence_is_the_summary(tmp_path, capsys):
     for name, n, seed in (("train", 300, 0), ("dev", 20, 1), ("test", 40, 2)):
         (tmp_path / f"{name}.jsonl").write_text(
-            "".join(json.dumps(x) + "\n" for x in summary_pairs(n, seed)), encoding="utf-8")
-    result = lmforge.finetune("summarize", "seq2seq-test", tmp_path / "train.jsonl", tmp_path / "run",
-                              dev=tmp_path / "dev.jsonl", source_field="article", target_field="summary",
-                              epochs=10, lr=3e-3, overrides=FAST, progress=False)
+            "".join(json.dumps(x) + "\n" for x in summary_pairs(n, seed)), encoding="utf-8"
+        )
+    result = lmforge.finetune(
+        "summarize",
+        "seq2seq-test",
+        tmp_path / "train.jsonl",
+        tmp_path / "run",
+        dev=tmp_path / "dev.jsonl",
+        source_field="article",
+        target_field="summary",
+        epochs=10,
+        lr=3e-3,
+        overrides=FAST,
+        progress=False,
+    )
     assert "val_rougeL" in result.metrics
-    assert main(["evaluate", str(tmp_path / "run"), "--task", "summarize", "--data", str(tmp_path / "test.jsonl"),
-                 "--source-field", "article", "--target-field", "summary", "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "run"),
+                "--task",
+                "summarize",
+                "--data",
+                str(tmp_path / "test.jsonl"),
+                "--source-field",
+                "article",
+                "--target-field",
+                "summary",
+                "--json",
+            ]
+        )
+        == 0
+    )
     scores = json.loads(capsys.readouterr().out)
     test = summary_pairs(40, 2)
     # The trivial baseline: a sentence of the article that is not the summary (same words, same lengths).
-    baseline = rouge([x["article"].split(". ")[1] + "." for x in test], [x["summary"] for x in test])["rougeL"]
+    baseline = rouge([x["article"].split(". ")[1] + "." for x in test], [x["summary"] for x in test])[
+        "rougeL"
+    ]
     assert scores["rougeL"] > baseline + 30 and scores["rougeL"] > 70, (scores, baseline)

@@ -267,13 +267,17 @@ def test_char_fast_path_gives_the_library_ids():
     samples = [corpus, "unseen ✓ chars ż and ß", "", "text with <|eos|> markup", "\n\n  indented", "🎉" * 5]
     for text in samples:
         assert tok.encode(text) == tok.hf.encode(text, add_special_tokens=False).ids, text
-    assert tok.encode_batch(samples) == [e.ids for e in tok.hf.encode_batch(samples, add_special_tokens=False)]
+    assert tok.encode_batch(samples) == [
+        e.ids for e in tok.hf.encode_batch(samples, add_special_tokens=False)
+    ]
     assert tok.unk_id in tok.encode("ż")
 
 
 def test_word_tokenizer_caps_the_vocabulary_with_unk():
     text = "the cat sat on the mat\nthe dog sat\n"
-    tok = Tokenizer.train("word", [text], vocab_size=len(SPECIAL_TOKENS) + 2)  # keeps "the" (3x) and "sat" (2x)
+    tok = Tokenizer.train(
+        "word", [text], vocab_size=len(SPECIAL_TOKENS) + 2
+    )  # keeps "the" (3x) and "sat" (2x)
     assert tok.kind == "word" and tok.vocab_size == len(SPECIAL_TOKENS) + 2
     ids = tok.encode("the cat sat on a mat")
     assert ids[0] == tok.token_to_id("the") and ids[2] == tok.token_to_id("sat")

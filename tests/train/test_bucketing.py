@@ -67,14 +67,23 @@ def test_fine_tuning_groups_by_length_only_when_asked(tmp_path):
         seen.append(self.lengths is not None)
 
     train = tmp_path / "train.tsv"
-    rows = ["text\tlabel"] + [f"{'good ' * (i % 5 + 1)}film\tpos" if i % 2 else f"{'bad ' * (i % 7 + 1)}film\tneg"
-                              for i in range(40)]
+    rows = ["text\tlabel"] + [
+        f"{'good ' * (i % 5 + 1)}film\tpos" if i % 2 else f"{'bad ' * (i % 7 + 1)}film\tneg"
+        for i in range(40)
+    ]
     train.write_text("\n".join(rows) + "\n")
     ft.ClassifyObjective.__init__ = spy
     try:
         for flag in (False, True):
-            lmforge.finetune(task="classify", model="lstm", train=str(train), out=str(tmp_path / f"run-{flag}"),
-                             epochs=1, overrides={"train.group_by_length": flag}, progress=False)
+            lmforge.finetune(
+                task="classify",
+                model="lstm",
+                train=str(train),
+                out=str(tmp_path / f"run-{flag}"),
+                epochs=1,
+                overrides={"train.group_by_length": flag},
+                progress=False,
+            )
     finally:
         ft.ClassifyObjective.__init__ = real
     assert seen == [False, True]
@@ -85,6 +94,11 @@ def test_group_by_length_is_refused_where_it_would_be_ignored(char_data, tmp_pat
     from lmforge.errors import ConfigError
 
     with pytest.raises(ConfigError, match="train.group_by_length applies to fine-tuning"):
-        lmforge.pretrain(char_data, tmp_path / "run", overrides={**tiny_overrides, "train.group_by_length": True},
-                         max_steps=2, progress=False)
+        lmforge.pretrain(
+            char_data,
+            tmp_path / "run",
+            overrides={**tiny_overrides, "train.group_by_length": True},
+            max_steps=2,
+            progress=False,
+        )
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("ckpt-*"))

@@ -29,8 +29,9 @@ def test_a_compiled_run_learns_as_the_eager_one_and_saves_plain_weights(char_dat
     losses = {}
     for mode in ("false", "true"):
         run = tmp_path / mode
-        lmforge.pretrain(char_data, run, overrides={**tiny_overrides, "train.compile": mode}, max_steps=6,
-                         progress=False)
+        lmforge.pretrain(
+            char_data, run, overrides={**tiny_overrides, "train.compile": mode}, max_steps=6, progress=False
+        )
         records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
         losses[mode] = [r["loss"] for r in records if "loss" in r]
         assert not any("_orig_mod" in k for k in load_file(str(run / "latest" / "model.safetensors")))

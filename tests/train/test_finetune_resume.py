@@ -48,25 +48,50 @@ def assert_resume_is_exact(monkeypatch, capsys, tmp_path, finetune, stop_after: 
     result = finetune(part, resume=True)
     assert result.step > stop_after and records(part) == records(full)
     assert ckpt.pointed(part, "best").name == ckpt.pointed(full, "best").name
-    assert (ckpt.pointed(part, "latest") / "train_state.pt").is_file()  # keep_last=1 keeps what resuming needs
+    assert (
+        ckpt.pointed(part, "latest") / "train_state.pt"
+    ).is_file()  # keep_last=1 keeps what resuming needs
     a, b = lmforge.load(full).model.state_dict(), lmforge.load(part).model.state_dict()
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
 
 
-def classify(sentiment, model, overrides=SMALL, **kw):  # noqa: F811
+def classify(sentiment, model, overrides=SMALL, **kw):
     def run(out, resume):
-        return lmforge.finetune("classify", str(model), sentiment / "train.tsv", out, dev=sentiment / "dev.tsv",
-                                fields=FIELDS, epochs=3, max_examples=64, batch_size=16, lr=3e-3, overrides=overrides,
-                                progress=False, resume=resume, **kw)
+        return lmforge.finetune(
+            "classify",
+            str(model),
+            sentiment / "train.tsv",
+            out,
+            dev=sentiment / "dev.tsv",
+            fields=FIELDS,
+            epochs=3,
+            max_examples=64,
+            batch_size=16,
+            lr=3e-3,
+            overrides=overrides,
+            progress=False,
+            resume=resume,
+            **kw,
+        )
+
     return run
 
 
-def test_classify_resume_equals_the_uninterrupted_run(sentiment, tiny_backbones, tmp_path, monkeypatch, capsys):  # noqa: F811
-    assert_resume_is_exact(monkeypatch, capsys, tmp_path, classify(sentiment, tiny_backbones["bert"]), stop_after=8)
+def test_classify_resume_equals_the_uninterrupted_run(
+    sentiment, tiny_backbones, tmp_path, monkeypatch, capsys
+):
+    assert_resume_is_exact(
+        monkeypatch, capsys, tmp_path, classify(sentiment, tiny_backbones["bert"]), stop_after=8
+    )
 
 
-def test_lora_resume_restores_the_adapters_not_the_merged_weights(sentiment, tiny_backbones, tmp_path, monkeypatch,  # noqa: F811
-                                                                  capsys):
+def test_lora_resume_restores_the_adapters_not_the_merged_weights(
+    sentiment,
+    tiny_backbones,
+    tmp_path,
+    monkeypatch,
+    capsys,
+):
     run = classify(sentiment, tiny_backbones["bert"], {**SMALL, "train.eval_every": 1}, lora=True, lora_r=4)
     # Stopped mid-epoch: the data position and the adapters' dropout RNG carry over too.
     assert_resume_is_exact(monkeypatch, capsys, tmp_path, run, stop_after=6)
@@ -84,36 +109,73 @@ def test_translation_resume_equals_the_uninterrupted_run(tmp_path, monkeypatch, 
     (tmp_path / "train.tsv").write_text(translation_pairs(48, 0), encoding="utf-8")
     (tmp_path / "dev.tsv").write_text(translation_pairs(8, 1), encoding="utf-8")
 
-    def run(out, resume):  # a BPE tokenizer trained on the pairs each time: the resumed run must get the same one
-        return lmforge.finetune("translate", "seq2seq-test", tmp_path / "train.tsv", out, dev=tmp_path / "dev.tsv",
-                                epochs=2, batch_size=16, lr=3e-3, overrides={**FAST, "train.log_every": 1},
-                                progress=False, resume=resume)
+    def run(
+        out, resume
+    ):  # a BPE tokenizer trained on the pairs each time: the resumed run must get the same one
+        return lmforge.finetune(
+            "translate",
+            "seq2seq-test",
+            tmp_path / "train.tsv",
+            out,
+            dev=tmp_path / "dev.tsv",
+            epochs=2,
+            batch_size=16,
+            lr=3e-3,
+            overrides={**FAST, "train.log_every": 1},
+            progress=False,
+            resume=resume,
+        )
 
     assert_resume_is_exact(monkeypatch, capsys, tmp_path, run, stop_after=3)
 
 
 @pytest.fixture(scope="module")
-def classify_run(sentiment, tiny_backbones, tmp_path_factory):  # noqa: F811
+def classify_run(sentiment, tiny_backbones, tmp_path_factory):
     out = tmp_path_factory.mktemp("resume") / "run"
-    lmforge.finetune("classify", str(tiny_backbones["bert"]), sentiment / "train.tsv", out, fields=FIELDS, epochs=1,
-                     max_examples=32, batch_size=16, overrides=SMALL, progress=False)
+    lmforge.finetune(
+        "classify",
+        str(tiny_backbones["bert"]),
+        sentiment / "train.tsv",
+        out,
+        fields=FIELDS,
+        epochs=1,
+        max_examples=32,
+        batch_size=16,
+        overrides=SMALL,
+        progress=False,
+    )
     return out
 
 
-def test_a_run_the_command_cannot_continue_is_refused_in_one_line(classify_run, sentiment, tiny_backbones, tmp_path,  # noqa: F811
-                                                                  capsys):
+def test_a_run_the_command_cannot_continue_is_refused_in_one_line(
+    classify_run,
+    sentiment,
+    tiny_backbones,
+    tmp_path,
+    capsys,
+):
     def resume(**kw):
         args = dict(fields=FIELDS, epochs=1, max_examples=32, batch_size=16, overrides=SMALL, progress=False)
-        return lmforge.finetune(kw.pop("task", "classify"), str(kw.pop("model", tiny_backbones["bert"])),
-                                kw.pop("train", sentiment / "train.tsv"), classify_run, resume=True, **{**args, **kw})
+        return lmforge.finetune(
+            kw.pop("task", "classify"),
+            str(kw.pop("model", tiny_backbones["bert"])),
+            kw.pop("train", sentiment / "train.tsv"),
+            classify_run,
+            resume=True,
+            **{**args, **kw},
+        )
 
-    with pytest.raises(CheckpointError, match="holds a classify fine-tune, not nli; resume it with --task classify"):
+    with pytest.raises(
+        CheckpointError, match="holds a classify fine-tune, not nli; resume it with --task classify"
+    ):
         resume(task="nli", fields=Fields(text="sentence", pair="sentence", label="label"))
     with pytest.raises(CheckpointError, match=r"trained without --lora, this command asks for --lora \(r 8"):
         resume(lora=True)
     three = tmp_path / "three.tsv"
     three.write_text("sentence\tlabel\ngood film\tpos\nbad film\tneg\nsome film\tmeh\n", encoding="utf-8")
-    with pytest.raises(CheckpointError, match=r"labels \(meh, neg, pos\) differ from those of the run being resumed"):
+    with pytest.raises(
+        CheckpointError, match=r"labels \(meh, neg, pos\) differ from those of the run being resumed"
+    ):
         resume(train=three)
     with pytest.raises(CheckpointError, match="the model differs from the run being resumed"):
         resume(model="lstm")
@@ -121,13 +183,44 @@ def test_a_run_the_command_cannot_continue_is_refused_in_one_line(classify_run, 
         resume(max_examples=16)
     with pytest.raises(ConfigError, match="--folds"):
         resume(folds=2)
-    assert len(ckpt.list_checkpoints(classify_run)) == 1 and "step" in records(classify_run)[-1]  # left as it was
+    assert (
+        len(ckpt.list_checkpoints(classify_run)) == 1 and "step" in records(classify_run)[-1]
+    )  # left as it was
 
     fresh = tmp_path / "fresh"
-    code = main(["finetune", "--task", "classify", "--model", "lstm", "--train", str(sentiment / "train.tsv"),
-                 "--out", str(fresh), "--text-field", "sentence", "--resume", "--quiet"])
+    code = main(
+        [
+            "finetune",
+            "--task",
+            "classify",
+            "--model",
+            "lstm",
+            "--train",
+            str(sentiment / "train.tsv"),
+            "--out",
+            str(fresh),
+            "--text-field",
+            "sentence",
+            "--resume",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "has no checkpoint to resume from" in err
-    code = main(["finetune", "--task", "classify", "--model", str(tiny_backbones["bert"]), "--train",
-                 str(sentiment / "train.tsv"), "--out", str(classify_run), "--text-field", "sentence", "--quiet"])
+    code = main(
+        [
+            "finetune",
+            "--task",
+            "classify",
+            "--model",
+            str(tiny_backbones["bert"]),
+            "--train",
+            str(sentiment / "train.tsv"),
+            "--out",
+            str(classify_run),
+            "--text-field",
+            "sentence",
+            "--quiet",
+        ]
+    )
     assert code == 2 and "pass --resume to continue" in capsys.readouterr().err

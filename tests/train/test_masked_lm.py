@@ -13,11 +13,19 @@ from lmforge.train.masking import Masker, token_pieces, word_ids
 from tests.runs import assert_resume_is_exact
 
 BERT = {
-    "model.n_layer": 2, "model.n_head": 4, "model.n_embd": 64, "model.block_size": 32, "model.dropout": 0.0,
-    "train.batch_size": 16, "train.eval_every": 100, "train.eval_tokens": 2048, "train.log_every": 1,
-    "train.tensorboard": False, "optim.lr": 2e-3, "optim.warmup_steps": 20,
+    "model.n_layer": 2,
+    "model.n_head": 4,
+    "model.n_embd": 64,
+    "model.block_size": 32,
+    "model.dropout": 0.0,
+    "train.batch_size": 16,
+    "train.eval_every": 100,
+    "train.eval_tokens": 2048,
+    "train.log_every": 1,
+    "train.tensorboard": False,
+    "optim.lr": 2e-3,
+    "optim.warmup_steps": 20,
 }
-
 
 
 def test_masking_follows_bert_80_10_10_and_spares_special_tokens():
@@ -63,7 +71,9 @@ def test_whole_word_masking_keeps_english_and_chinese_words_together():
 def test_bert_learns_evaluates_and_refuses_to_generate(char_data, tmp_path, capsys):
     from lmforge.eval.baseline import unigram_baseline
 
-    result = lmforge.pretrain(char_data, tmp_path / "run", arch="bert", overrides=BERT, max_steps=300, progress=False)
+    result = lmforge.pretrain(
+        char_data, tmp_path / "run", arch="bert", overrides=BERT, max_steps=300, progress=False
+    )
     m = result.metrics
     # A masked position sees only <|mask|> itself: anything better than the unigram baseline (2.94 nats here) and
     # than always guessing the space (~19% of the characters) comes from attending to its neighbours.

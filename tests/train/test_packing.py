@@ -9,7 +9,9 @@ from lmforge.models.registry import build_model
 from lmforge.train.labels import IGNORE_INDEX
 from lmforge.train.packing import PAD_SEGMENT, collate_packed, pack
 
-LLAMA = dict(position="rope", norm="rmsnorm", activation="swiglu", bias=False, tie_embeddings=False, n_kv_head=2)
+LLAMA = dict(
+    position="rope", norm="rmsnorm", activation="swiglu", bias=False, tie_embeddings=False, n_kv_head=2
+)
 
 
 def test_pack_keeps_every_example_once_within_capacity():
@@ -37,7 +39,9 @@ def test_collate_packed_numbers_the_examples_of_each_row():
 @pytest.mark.parametrize("style", [{}, LLAMA], ids=["gpt2", "llama"])
 def test_a_packed_row_gives_each_example_its_own_logits(style):
     torch.manual_seed(0)
-    model = build_model("gpt", dict(vocab_size=97, block_size=24, n_layer=2, n_head=4, n_embd=32, **style)).eval()
+    model = build_model(
+        "gpt", dict(vocab_size=97, block_size=24, n_layer=2, n_head=4, n_embd=32, **style)
+    ).eval()
     docs = [torch.randint(0, 97, (n,)) for n in (7, 5, 9)]
     alone = [model(d[None])[0] for d in docs]
     x = torch.cat([*docs, torch.zeros(3, dtype=torch.long)])[None]
@@ -61,7 +65,10 @@ def test_packed_batches_hold_the_same_targets_in_fewer_rows():
         rows.append(([r.randrange(1, 50) for _ in range(n)], [r.choice([IGNORE_INDEX, 7]) for _ in range(n)]))
     padded, packed = ChatObjective(rows, 0, 16), ChatObjective(rows, 0, 16, pack=True)
     for _ in range(4):
-        a, b = padded.next_batch(torch.Generator().manual_seed(1)), packed.next_batch(torch.Generator().manual_seed(1))
+        a, b = (
+            padded.next_batch(torch.Generator().manual_seed(1)),
+            packed.next_batch(torch.Generator().manual_seed(1)),
+        )
         assert len(b) == 3 and b[0].shape[0] < a[0].shape[0] and b[0].shape[1] == a[0].shape[1]
         assert ChatObjective.count_targets(a) == ChatObjective.count_targets(b)
         assert b[0].numel() < a[0].numel()
@@ -75,8 +82,17 @@ def chat_data(tmp_path):
     with open(tmp_path / "chats.jsonl", "w", encoding="utf-8") as fh:
         for _ in range(48):
             said = " ".join(r.choice(words) for _ in range(r.randint(1, 12)))
-            fh.write(json.dumps({"messages": [{"role": "user", "content": said},
-                                              {"role": "assistant", "content": said.upper()[:20]}]}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "user", "content": said},
+                            {"role": "assistant", "content": said.upper()[:20]},
+                        ]
+                    }
+                )
+                + "\n"
+            )
     return tmp_path / "chats.jsonl"
 
 
@@ -87,11 +103,18 @@ def small_gpt(tmp_path_factory):
     from lmforge.checkpoint import save_checkpoint
     from lmforge.tokenizers import Tokenizer
 
-    tok = Tokenizer.train("char", ["<|system|>\n<|user|>\n<|assistant|>\n", "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ"])
+    tok = Tokenizer.train(
+        "char",
+        ["<|system|>\n<|user|>\n<|assistant|>\n", "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ"],
+    )
     torch.manual_seed(0)
-    model = build_model("gpt", dict(n_layer=2, n_head=2, n_embd=32, block_size=128, vocab_size=tok.vocab_size))
+    model = build_model(
+        "gpt", dict(n_layer=2, n_head=2, n_embd=32, block_size=128, vocab_size=tok.vocab_size)
+    )
     folder = tmp_path_factory.mktemp("gpt")
-    return save_checkpoint(folder / "gpt", model, tok, {"arch": "gpt", "model": dataclasses.asdict(model.config)})
+    return save_checkpoint(
+        folder / "gpt", model, tok, {"arch": "gpt", "model": dataclasses.asdict(model.config)}
+    )
 
 
 def test_packed_chat_fine_tuning_trains_as_the_padded_one(small_gpt, tmp_path):
@@ -102,11 +125,23 @@ def test_packed_chat_fine_tuning_trains_as_the_padded_one(small_gpt, tmp_path):
     data = chat_data(tmp_path)
     runs = {}
     for packed in (False, True):
-        result = lmforge.finetune("chat", str(small_gpt), data, tmp_path / f"run-{packed}", dev=data, epochs=2,
-                                  batch_size=8, lr=3e-3, progress=False,
-                                  overrides={"train.pack": str(packed), "model.dropout": 0.0, "train.threads": 1})
-        runs[packed] = [json.loads(ln)["val_loss"] for ln in (tmp_path / f"run-{packed}" / "metrics.jsonl")
-                        .read_text().splitlines() if "val_loss" in ln]
+        result = lmforge.finetune(
+            "chat",
+            str(small_gpt),
+            data,
+            tmp_path / f"run-{packed}",
+            dev=data,
+            epochs=2,
+            batch_size=8,
+            lr=3e-3,
+            progress=False,
+            overrides={"train.pack": str(packed), "model.dropout": 0.0, "train.threads": 1},
+        )
+        runs[packed] = [
+            json.loads(ln)["val_loss"]
+            for ln in (tmp_path / f"run-{packed}" / "metrics.jsonl").read_text().splitlines()
+            if "val_loss" in ln
+        ]
         assert result.step == 12
     assert runs[False][-1] < runs[False][0]  # it learned something
     assert runs[True] == pytest.approx(runs[False], rel=1e-4)
@@ -117,4 +152,6 @@ def test_pack_is_refused_where_nothing_packs(char_data, tiny_overrides, tmp_path
     from lmforge.errors import ConfigError
 
     with pytest.raises(ConfigError, match="train.pack applies to causal-LM fine-tuning"):
-        lmforge.pretrain(char_data, tmp_path / "run", overrides={**tiny_overrides, "train.pack": True}, progress=False)
+        lmforge.pretrain(
+            char_data, tmp_path / "run", overrides={**tiny_overrides, "train.pack": True}, progress=False
+        )

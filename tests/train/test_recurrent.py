@@ -13,9 +13,17 @@ from lmforge.train.objectives import TBPTT
 from tests.runs import assert_resume_is_exact
 
 SMALL = {
-    "model.n_embd": 32, "model.n_hidden": 32, "model.n_layer": 2, "model.block_size": 16,
-    "train.batch_size": 8, "train.eval_every": 50, "train.eval_tokens": 2000, "train.log_every": 1,
-    "train.tensorboard": False, "optim.lr": 2e-2, "optim.warmup_steps": 0,
+    "model.n_embd": 32,
+    "model.n_hidden": 32,
+    "model.n_layer": 2,
+    "model.block_size": 16,
+    "train.batch_size": 8,
+    "train.eval_every": 50,
+    "train.eval_tokens": 2000,
+    "train.log_every": 1,
+    "train.tensorboard": False,
+    "optim.lr": 2e-2,
+    "optim.warmup_steps": 0,
 }
 
 
@@ -23,10 +31,14 @@ SMALL = {
 def test_recurrent_models_learn_below_the_unigram_baseline(arch, char_data, tmp_path):
     from lmforge.eval.baseline import unigram_baseline
 
-    result = lmforge.pretrain(char_data, tmp_path / "run", arch=arch, overrides=SMALL, max_steps=150, progress=False)
+    result = lmforge.pretrain(
+        char_data, tmp_path / "run", arch=arch, overrides=SMALL, max_steps=150, progress=False
+    )
     assert result.metrics["val_loss"] < unigram_baseline(char_data)["loss"] - 0.7
     lm = lmforge.load(tmp_path / "run")
-    assert lm.evaluate(char_data, max_tokens=2000)["loss"] == pytest.approx(result.metrics["val_loss"], rel=1e-5)
+    assert lm.evaluate(char_data, max_tokens=2000)["loss"] == pytest.approx(
+        result.metrics["val_loss"], rel=1e-5
+    )
     assert lm.generate("alice ", max_new_tokens=10, temperature=0)
 
 
@@ -65,5 +77,11 @@ def test_lstm_resume_is_bit_exact(char_data, tmp_path):
 
 def test_too_little_data_for_the_streams(char_data, tmp_path):
     with pytest.raises(DataError, match="too few"):
-        lmforge.pretrain(char_data, tmp_path / "run", arch="lstm",
-                         overrides=dict(SMALL, **{"train.batch_size": 5000}), max_steps=2, progress=False)
+        lmforge.pretrain(
+            char_data,
+            tmp_path / "run",
+            arch="lstm",
+            overrides=dict(SMALL, **{"train.batch_size": 5000}),
+            max_steps=2,
+            progress=False,
+        )

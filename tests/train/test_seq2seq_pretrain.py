@@ -16,9 +16,18 @@ from lmforge.train.objectives import Seq2SeqDenoise, SpanCorruption
 from tests.runs import assert_resume_is_exact, losses
 
 S2S = {
-    "model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 32, "model.dropout": 0.0,
-    "train.batch_size": 16, "train.eval_every": 25, "train.eval_tokens": 1024, "train.log_every": 1,
-    "train.tensorboard": False, "optim.lr": 3e-3, "optim.warmup_steps": 10,
+    "model.n_layer": 2,
+    "model.n_head": 2,
+    "model.n_embd": 32,
+    "model.block_size": 32,
+    "model.dropout": 0.0,
+    "train.batch_size": 16,
+    "train.eval_every": 25,
+    "train.eval_tokens": 1024,
+    "train.log_every": 1,
+    "train.tensorboard": False,
+    "optim.lr": 3e-3,
+    "optim.warmup_steps": 10,
 }
 
 
@@ -59,7 +68,9 @@ def test_span_corruption_hides_15_percent_in_spans_and_the_pair_restores_the_tex
     assert abs(sum(span_lengths) / len(span_lengths) - 3.0) < 0.1 and len(set(span_lengths)) > 4
     assert starts_hidden == {True, False}
     again = SpanCorruption(mask, eos)(list(range(5, 105)), torch.Generator().manual_seed(7))
-    assert again == corrupt(list(range(5, 105)), torch.Generator().manual_seed(7))  # only the generator decides
+    assert again == corrupt(
+        list(range(5, 105)), torch.Generator().manual_seed(7)
+    )  # only the generator decides
 
 
 def test_batches_are_corrupted_windows_of_the_training_stream(char_data):
@@ -69,8 +80,14 @@ def test_batches_are_corrupted_windows_of_the_training_stream(char_data):
     objective = Seq2SeqDenoise(shards, cfg, 6, tok)
     src, src_mask, tgt_in, labels = objective.next_batch(torch.Generator().manual_seed(5))
     windows, _ = shards.sample_batch(6, 32, torch.Generator().manual_seed(5))  # the same draw of windows
-    assert src_mask.all() and (labels != -100).all() and int(objective.count_targets((src, src_mask, tgt_in, labels))) == labels.numel()
-    assert (tgt_in[:, 0] == tok.bos_id).all() and torch.equal(tgt_in[:, 1:], labels[:, :-1])  # teacher forcing
+    assert (
+        src_mask.all()
+        and (labels != -100).all()
+        and int(objective.count_targets((src, src_mask, tgt_in, labels))) == labels.numel()
+    )
+    assert (tgt_in[:, 0] == tok.bos_id).all() and torch.equal(
+        tgt_in[:, 1:], labels[:, :-1]
+    )  # teacher forcing
     for i in range(6):
         assert restore(src[i].tolist(), labels[i].tolist(), tok.mask_id) == windows[i].tolist()
     with pytest.raises(ConfigError, match="noise density"):
@@ -78,7 +95,11 @@ def test_batches_are_corrupted_windows_of_the_training_stream(char_data):
 
 
 def val_losses(run_dir) -> list[float]:
-    return [r["val_loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+    return [
+        r["val_loss"]
+        for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "val_loss" in r
+    ]
 
 
 def test_seq2seq_learns_evaluates_and_transduces(char_data, tmp_path, capsys):
@@ -88,11 +109,15 @@ def test_seq2seq_learns_evaluates_and_transduces(char_data, tmp_path, capsys):
     assert last < first - 0.6, val_losses(run)  # ~2.5 -> ~1.6 nats per target token
     assert result.metrics["val_bits_per_byte"] is None
     lm = lmforge.load(run)
-    again = lm.evaluate(char_data, max_tokens=1024, batch_size=3)  # the corruption does not depend on batching
+    again = lm.evaluate(
+        char_data, max_tokens=1024, batch_size=3
+    )  # the corruption does not depend on batching
     assert again["loss"] == pytest.approx(result.metrics["val_loss"], rel=1e-5)
     answer = lm.transduce("alice sees <|mask|> at 3 o'c<|mask|>.")
     assert isinstance(answer, str) and answer.startswith("<|mask|>")
-    assert lm.transduce(["bob <|mask|> carol", "alice"], max_new_tokens=5, temperature=1.0, seed=1) == lm.transduce(
+    assert lm.transduce(
+        ["bob <|mask|> carol", "alice"], max_new_tokens=5, temperature=1.0, seed=1
+    ) == lm.transduce(
         ["bob <|mask|> carol", "alice"], max_new_tokens=5, temperature=1.0, seed=1, use_cache=False
     )
     with pytest.raises(ConfigError, match="transduce"):
@@ -112,8 +137,12 @@ def test_seq2seq_learns_evaluates_and_transduces(char_data, tmp_path, capsys):
 
 
 def test_post_ln_with_label_smoothing_trains(char_data, tmp_path):
-    overrides = dict(S2S, **{"model.norm_position": "post", "model.label_smoothing": 0.1, "model.position": "learned"})
-    lmforge.pretrain(char_data, tmp_path / "run", arch="seq2seq", overrides=overrides, max_steps=75, progress=False)
+    overrides = dict(
+        S2S, **{"model.norm_position": "post", "model.label_smoothing": 0.1, "model.position": "learned"}
+    )
+    lmforge.pretrain(
+        char_data, tmp_path / "run", arch="seq2seq", overrides=overrides, max_steps=75, progress=False
+    )
     first, *_, last = val_losses(tmp_path / "run")
     assert last < first - 0.3, val_losses(tmp_path / "run")
     assert losses(tmp_path / "run")[-1] < losses(tmp_path / "run")[0]

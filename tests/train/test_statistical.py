@@ -54,8 +54,19 @@ def test_ngram_cli_and_errors(ngram_run, char_data, tmp_path, capsys):
     assert info["arch"] == "ngram" and info["params"] > 0 and info["model"]["order"] == 4
     assert main(["evaluate", str(run), "--data", str(char_data), "--json"]) == 0
     assert math.isfinite(json.loads(capsys.readouterr().out)["perplexity"])
-    code = main(["pretrain", "--data", str(char_data), "--out", str(tmp_path / "r"), "--arch", "ngram",
-                 "--model.order", "0"])
+    code = main(
+        [
+            "pretrain",
+            "--data",
+            str(char_data),
+            "--out",
+            str(tmp_path / "r"),
+            "--arch",
+            "ngram",
+            "--model.order",
+            "0",
+        ]
+    )
     assert code == 2 and "model.order must be >= 1" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="nothing to resume"):
         lmforge.pretrain(char_data, run, resume=True, progress=False)
@@ -63,7 +74,9 @@ def test_ngram_cli_and_errors(ngram_run, char_data, tmp_path, capsys):
 
 def test_word_level_ngram_from_prepare_to_generate(corpus_dir, tmp_path):
     data = tmp_path / "words"
-    manifest = lmforge.prepare([str(corpus_dir)], str(data), tokenizer="word", doc_split="line", progress=False)
+    manifest = lmforge.prepare(
+        [str(corpus_dir)], str(data), tokenizer="word", doc_split="line", progress=False
+    )
     assert manifest["tokenizer"]["kind"] == "word"
     lmforge.pretrain(data, tmp_path / "run", arch="ngram", overrides={"model.order": 3}, progress=False)
     lm = lmforge.load(tmp_path / "run")

@@ -13,7 +13,9 @@ from tests.runs import assert_resume_is_exact, losses
 def test_tiny_model_learns_far_below_the_unigram_baseline(char_data, tmp_path, tiny_overrides):
     from lmforge.eval.baseline import unigram_baseline
 
-    result = lmforge.pretrain(char_data, tmp_path / "run", overrides=tiny_overrides, max_steps=150, progress=False)
+    result = lmforge.pretrain(
+        char_data, tmp_path / "run", overrides=tiny_overrides, max_steps=150, progress=False
+    )
     baseline = unigram_baseline(char_data)
     assert result.stop_reason == "max_steps" and result.step == 150
     assert result.metrics["val_loss"] < baseline["loss"] - 1.0
@@ -59,7 +61,14 @@ def test_checkpoint_folder_format_and_pointers(char_data, tmp_path, tiny_overrid
     latest = ckpt.pointed(run, "latest")
     assert latest.name == "ckpt-0000020"
     names = {p.name for p in latest.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "train_state.pt", "metrics.jsonl", "README.md"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "train_state.pt",
+        "metrics.jsonl",
+        "README.md",
+    } <= names
     kept = [p.name for _, p in ckpt.list_checkpoints(run)]
     best = ckpt.pointed(run, "best").name
     assert len(kept) <= 3 and "ckpt-0000020" in kept and best in kept
@@ -73,7 +82,9 @@ def test_checkpoint_folder_format_and_pointers(char_data, tmp_path, tiny_overrid
     assert not any("_orig_mod" in k for k in load_file(str(latest / "model.safetensors")))
 
 
-def test_a_crash_while_saving_keeps_the_previous_checkpoint_as_latest(char_data, tmp_path, tiny_overrides, monkeypatch):
+def test_a_crash_while_saving_keeps_the_previous_checkpoint_as_latest(
+    char_data, tmp_path, tiny_overrides, monkeypatch
+):
     run = tmp_path / "run"
     lmforge.pretrain(char_data, run, overrides=tiny_overrides, max_steps=10, progress=False)
     before = ckpt.pointed(run, "latest")
@@ -113,7 +124,9 @@ def test_tokenizer_that_does_not_match_the_checkpoint(char_data, tmp_path, tiny_
         lmforge.load(run)
 
 
-def test_nan_loss_stops_with_an_error_and_writes_no_checkpoint(char_data, tmp_path, tiny_overrides, monkeypatch):
+def test_nan_loss_stops_with_an_error_and_writes_no_checkpoint(
+    char_data, tmp_path, tiny_overrides, monkeypatch
+):
     from lmforge.train.objectives import CausalLM
 
     real = CausalLM.loss_sum
@@ -148,23 +161,38 @@ def test_token_budget_stops_early_and_schedule_warms_up(char_data, tmp_path, tin
     overrides = dict(tiny_overrides, **{"train.max_tokens": 8 * 32 * 4})
     result = lmforge.pretrain(char_data, tmp_path / "run", overrides=overrides, max_steps=100, progress=False)
     assert result.stop_reason == "max_tokens" and result.step == 4
-    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
+    lrs = [
+        r["lr"]
+        for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+        if "lr" in r
+    ]
     assert lrs == sorted(lrs) and lrs[0] == pytest.approx(3e-3 / 5)
 
 
-def test_a_time_capped_run_decays_its_learning_rate_by_the_end_of_its_time(char_data, tmp_path, tiny_overrides,
-                                                                          monkeypatch):
+def test_a_time_capped_run_decays_its_learning_rate_by_the_end_of_its_time(
+    char_data, tmp_path, tiny_overrides, monkeypatch
+):
     from lmforge.train.progress import TrainProgress
 
     totals = []  # what the progress display is told the run's length is
     plain_update = TrainProgress.update
-    monkeypatch.setattr(TrainProgress, "update", lambda self, *a, total=None: (totals.append(total),
-                                                                               plain_update(self, *a, total=total)))
-    overrides = dict(tiny_overrides, **{"train.log_every": 1, "train.eval_every": 10**6, "optim.min_lr_ratio": 0.1})
-    result = lmforge.pretrain(char_data, tmp_path / "run", overrides=overrides, max_steps=10**6, max_minutes=0.1,
-                              progress=False)
+    monkeypatch.setattr(
+        TrainProgress,
+        "update",
+        lambda self, *a, total=None: (totals.append(total), plain_update(self, *a, total=total)),
+    )
+    overrides = dict(
+        tiny_overrides, **{"train.log_every": 1, "train.eval_every": 10**6, "optim.min_lr_ratio": 0.1}
+    )
+    result = lmforge.pretrain(
+        char_data, tmp_path / "run", overrides=overrides, max_steps=10**6, max_minutes=0.1, progress=False
+    )
     assert result.stop_reason == "max_minutes" and result.step > 20
-    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
+    lrs = [
+        r["lr"]
+        for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+        if "lr" in r
+    ]
     peak = max(lrs)
     # Planned over a million steps, the cosine would still be at its peak; planned on the time, it reaches its end.
     assert lrs[-1] < 0.25 * peak and lrs.index(peak) < len(lrs) // 2
@@ -177,7 +205,11 @@ def test_plain_progress_lines_show_the_expected_length_and_time_left(capsys):
 
     bar = TrainProgress(10**6, enabled=True, max_seconds=60)
     bar.update(500, 1.25, 100.0, 30.0, total=1000)
-    assert "step 500/1000  loss 1.2500" in (err := capsys.readouterr().err) and "ETA 30s" in err and bar.total == 1000
+    assert (
+        "step 500/1000  loss 1.2500" in (err := capsys.readouterr().err)
+        and "ETA 30s" in err
+        and bar.total == 1000
+    )
 
 
 def test_lr_schedules():
@@ -192,7 +224,9 @@ def test_lr_schedules():
     step = OptimConfig(lr=1.0, warmup_steps=0, schedule="step", step_every=10, step_gamma=0.5)
     assert [lr_at(s, step, 100) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
     # Zaremba et al.: full lr for the first epochs, then a decay every epoch (here 10 steps, decay after 30).
-    zaremba = OptimConfig(lr=1.0, warmup_steps=0, schedule="step", step_every=10, step_gamma=0.5, decay_start=20)
+    zaremba = OptimConfig(
+        lr=1.0, warmup_steps=0, schedule="step", step_every=10, step_gamma=0.5, decay_start=20
+    )
     assert [lr_at(s, zaremba, 100) for s in (0, 29, 30, 39, 40)] == [1.0, 1.0, 0.5, 0.5, 0.25]
     lin = OptimConfig(lr=1.0, warmup_steps=0, schedule="linear", min_lr_ratio=0.0)
     assert lr_at(50, lin, 100) == pytest.approx(0.5)

@@ -15,15 +15,25 @@ IMPORT_EXAMPLES = """\
 
 
 def register(subparsers) -> None:
-    p = add_verb(subparsers, "export-arpa", help="write an n-gram checkpoint as an ARPA file",
-                 description="Write an n-gram checkpoint in the ARPA back-off format that KenLM and SRILM read.",
-                 examples=EXPORT_EXAMPLES, func=run_export)
+    p = add_verb(
+        subparsers,
+        "export-arpa",
+        help="write an n-gram checkpoint as an ARPA file",
+        description="Write an n-gram checkpoint in the ARPA back-off format that KenLM and SRILM read.",
+        examples=EXPORT_EXAMPLES,
+        func=run_export,
+    )
     p.add_argument("ckpt", metavar="CKPT", help="n-gram checkpoint folder or run directory")
     p.add_argument("out", metavar="OUT.arpa")
-    p = add_verb(subparsers, "import-arpa", help="turn an ARPA file into an n-gram checkpoint",
-                 description="Read an ARPA n-gram model (lmforge's, KenLM's or SRILM's) into a checkpoint folder\n"
-                 "with a word-level tokenizer made from its vocabulary (<s>, </s>, <unk> become bos, eos, unk).",
-                 examples=IMPORT_EXAMPLES, func=run_import)
+    p = add_verb(
+        subparsers,
+        "import-arpa",
+        help="turn an ARPA file into an n-gram checkpoint",
+        description="Read an ARPA n-gram model (lmforge's, KenLM's or SRILM's) into a checkpoint folder\n"
+        "with a word-level tokenizer made from its vocabulary (<s>, </s>, <unk> become bos, eos, unk).",
+        examples=IMPORT_EXAMPLES,
+        func=run_import,
+    )
     p.add_argument("arpa", metavar="IN.arpa")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
 
@@ -41,7 +51,9 @@ def run_export(args) -> int:
 
     lm = load(args.ckpt, device="cpu")
     if lm.config.get("arch") != "ngram":
-        raise ConfigError(f"{args.ckpt} is a {lm.config.get('arch')} model; only n-gram checkpoints export to ARPA")
+        raise ConfigError(
+            f"{args.ckpt} is a {lm.config.get('arch')} model; only n-gram checkpoints export to ARPA"
+        )
     lm.model.lm.to_arpa(args.out, lambda i: arpa_name(lm.tokenizer.id_to_token(i) or f"<id{i}>"))
     print(f"wrote {args.out} ({lm.model.config.order}-gram, {lm.tokenizer.vocab_size} words)")
     return 0
@@ -65,13 +77,18 @@ def run_import(args) -> int:
     tokenizer = Tokenizer(word_tokenizer(plain))
     lookup = {w: tokenizer.special_ids[r] for w, r in roles.items()}
     lm = NGramLM.from_arpa(args.arpa, lambda w: lookup[w] if w in lookup else tokenizer.token_to_id(w))
-    cfg = NGramConfig(order=lm.order, vocab_size=lm.vocab_size, bos_id=lm.bos_id, eos_id=lm.eos_id,
-                      unk_id=lm.unk_id)
+    cfg = NGramConfig(
+        order=lm.order, vocab_size=lm.vocab_size, bos_id=lm.bos_id, eos_id=lm.eos_id, unk_id=lm.unk_id
+    )
     model = NGram(cfg)
     model.lm = lm
     import dataclasses
 
-    config = {"arch": "ngram", "model": dataclasses.asdict(cfg), "source": {"arpa": str(Path(args.arpa).resolve())}}
+    config = {
+        "arch": "ngram",
+        "model": dataclasses.asdict(cfg),
+        "source": {"arpa": str(Path(args.arpa).resolve())},
+    }
     save_checkpoint(args.out, model, tokenizer, config)
     print(f"wrote {args.out} ({lm.order}-gram, {len(plain)} words from {args.arpa})")
     return 0

@@ -69,7 +69,9 @@ class ChatSession:
         messages = ([{"role": "system", "content": system}] if system else []) + self.history
         messages = messages + [{"role": "user", "content": user_text}]
         block = self.lm.model.config.block_size
-        reply_room = min(self.max_new_tokens, block // 2)  # a long reply slides the window; a short one must fit
+        reply_room = min(
+            self.max_new_tokens, block // 2
+        )  # a long reply slides the window; a short one must fit
         opener = len(self.lm.tokenizer.encode(self.template.markers["assistant"]))
         kept = self.template.fit(self.lm.tokenizer, messages, block - reply_room - opener)
         return self.template.render(kept, add_generation_prompt=True)
@@ -82,21 +84,33 @@ class ChatSession:
 
 
 def register(subparsers) -> None:
-    p = add_verb(subparsers, "chat", help="chat with a checkpoint in the terminal",
-                 description="An interactive chat with a chat fine-tuned checkpoint (`lmforge finetune --task chat`).\n"
-                 "Commands: /reset, /system TEXT, /quit (or Ctrl-D). Ctrl-C stops a reply; the chat goes on.\n"
-                 "Reads stdin line by line, so it also works over a pipe.",
-                 examples=EXAMPLES, func=run)
+    p = add_verb(
+        subparsers,
+        "chat",
+        help="chat with a checkpoint in the terminal",
+        description="An interactive chat with a chat fine-tuned checkpoint (`lmforge finetune --task chat`).\n"
+        "Commands: /reset, /system TEXT, /quit (or Ctrl-D). Ctrl-C stops a reply; the chat goes on.\n"
+        "Reads stdin line by line, so it also works over a pipe.",
+        examples=EXAMPLES,
+        func=run,
+    )
     p.add_argument("ckpt", metavar="RUN_OR_CKPT")
     p.add_argument("--system", help="system message (e.g. the assistant's persona)")
-    p.add_argument("--sentiment-model", metavar="CKPT",
-                   help="a sentiment classifier run on every user turn; its finding goes into the system message")
+    p.add_argument(
+        "--sentiment-model",
+        metavar="CKPT",
+        help="a sentiment classifier run on every user turn; its finding goes into the system message",
+    )
     p.add_argument("--max-new-tokens", type=int, default=100, help="longest reply in tokens")
     p.add_argument("--temperature", type=float, default=0.7, help="0 is greedy")
     p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--max-turn-chars", type=int, default=1000, help="longest user turn accepted, in characters")
+    p.add_argument(
+        "--max-turn-chars", type=int, default=1000, help="longest user turn accepted, in characters"
+    )
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--show-prompt", action="store_true", help="print each prompt sent to the model (debugging)")
+    p.add_argument(
+        "--show-prompt", action="store_true", help="print each prompt sent to the model (debugging)"
+    )
     p.add_argument("--device", default="auto")
     add_compile_option(p)
 
@@ -114,7 +128,10 @@ def run(args) -> int:
     session = ChatSession(lm, args.system, classifier, args.max_new_tokens)
     tty = sys.stdin.isatty()
     if not session.tuned:
-        print(f"note: {args.ckpt} was not fine-tuned for chat; replies may not follow the turns", file=sys.stderr)
+        print(
+            f"note: {args.ckpt} was not fine-tuned for chat; replies may not follow the turns",
+            file=sys.stderr,
+        )
     print("chat: type a message; /reset, /system TEXT, /quit", flush=True)
     while True:
         if tty:
@@ -136,15 +153,20 @@ def run(args) -> int:
             print("(conversation reset)", flush=True)
             continue
         if text == "/system" or text.startswith("/system "):
-            session.reset(text[len("/system"):].strip() or None)
+            session.reset(text[len("/system") :].strip() or None)
             print(f"(system message set: {session.system or 'none'}; conversation reset)", flush=True)
             continue
         if text.startswith("/"):
-            print(f"(unknown command {text.split()[0]}; commands are /reset, /system TEXT, /quit)", flush=True)
+            print(
+                f"(unknown command {text.split()[0]}; commands are /reset, /system TEXT, /quit)", flush=True
+            )
             continue
         if len(text) > args.max_turn_chars:
-            print(f"(that message is {len(text)} characters; the limit is {args.max_turn_chars}, "
-                  "please shorten it)", flush=True)
+            print(
+                f"(that message is {len(text)} characters; the limit is {args.max_turn_chars}, "
+                "please shorten it)",
+                flush=True,
+            )
             continue
         _reply(session, text, args)
     return 0
@@ -161,8 +183,15 @@ def _reply(session: ChatSession, text: str, args) -> None:
     print("assistant> ", end="", flush=True)
     pieces = []
     try:
-        for piece in session.lm.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                         top_k=args.top_k, stop=session.stops(), seed=args.seed, stream=True):
+        for piece in session.lm.generate(
+            prompt,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            stop=session.stops(),
+            seed=args.seed,
+            stream=True,
+        ):
             pieces.append(piece)
             print(piece, end="", flush=True)
     except KeyboardInterrupt:  # Ctrl-C stops this reply, not the chat; the cut-off turn is not remembered

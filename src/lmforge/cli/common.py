@@ -11,7 +11,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """Keeps the hand-written layout of descriptions and examples, and shows defaults."""
 
 
-def add_verb(subparsers, name: str, help: str, description: str, examples: str, func) -> argparse.ArgumentParser:
+def add_verb(
+    subparsers, name: str, help: str, description: str, examples: str, func
+) -> argparse.ArgumentParser:
     """Add a verb with a description, an `examples:` epilog and `func(args)` as its action."""
     parser = subparsers.add_parser(
         name,
@@ -30,7 +32,11 @@ def print_json(obj) -> None:
 
 
 def add_compile_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
-                   help="torch.compile the decoding step: auto = on CUDA only; true on a CPU compiles for tens of "
-                   "seconds first, then decodes 1.1-1.4x faster (worth it for servers and long outputs) and holds "
-                   "a second, pre-packed copy of the weights in memory")
+    p.add_argument(
+        "--compile",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="torch.compile the decoding step: auto = on CUDA only; true on a CPU compiles for tens of "
+        "seconds first, then decodes 1.1-1.4x faster (worth it for servers and long outputs) and holds "
+        "a second, pre-packed copy of the weights in memory",
+    )

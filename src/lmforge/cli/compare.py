@@ -37,8 +37,13 @@ def register(subparsers) -> None:
     budget.add_argument("--budget-minutes", type=float, metavar="M", help="training time per family")
     budget.add_argument("--budget-tokens", type=int, metavar="N", help="training tokens per family")
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for the report and the runs")
-    p.add_argument("--preset", action="append", default=[], metavar="ARCH=NAME",
-                   help="named preset for one family (repeatable), e.g. gpt=mini")
+    p.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        metavar="ARCH=NAME",
+        help="named preset for one family (repeatable), e.g. gpt=mini",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(accepts_overrides=True)

@@ -14,10 +14,17 @@ EXAMPLES = """\
   lmforge distill --teacher sst2 --student-preset lstm --train sst2/train.tsv --dev sst2/dev.tsv --out sst2-lstm
 """
 # The columns of the teacher-vs-student table: (key, header, format).
-LM_COLUMNS = (("parameters", "parameters", "{:,}"), ("val_perplexity", "val perplexity", "{:.3f}"),
-              ("tokens_per_s", "tokens/s", "{:.1f}"))
-CLASSIFY_COLUMNS = (("parameters", "parameters", "{:,}"), ("accuracy", "dev accuracy", "{:.4f}"),
-                    ("macro_f1", "dev macro-F1", "{:.4f}"), ("examples_per_s", "examples/s", "{:.1f}"))
+LM_COLUMNS = (
+    ("parameters", "parameters", "{:,}"),
+    ("val_perplexity", "val perplexity", "{:.3f}"),
+    ("tokens_per_s", "tokens/s", "{:.1f}"),
+)
+CLASSIFY_COLUMNS = (
+    ("parameters", "parameters", "{:,}"),
+    ("accuracy", "dev accuracy", "{:.4f}"),
+    ("macro_f1", "dev macro-F1", "{:.4f}"),
+    ("examples_per_s", "examples/s", "{:.1f}"),
+)
 CLASSIFY_ONLY = ("dev", "text_field", "text_pair_field", "label_field", "label_sep", "epochs", "max_length")
 
 
@@ -38,26 +45,47 @@ def register(subparsers) -> None:
         examples=EXAMPLES,
         func=run,
     )
-    p.add_argument("--teacher", required=True,
-                   help="teacher checkpoint folder or run directory (a causal LM, or a fine-tuned classifier)")
-    p.add_argument("--student-preset", required=True,
-                   help="preset of the student (see `lmforge info --presets`); classifiers also lstm | gru")
-    p.add_argument("--data", help="language model: data directory written by `lmforge prepare` with the teacher's "
-                   "tokenizer")
+    p.add_argument(
+        "--teacher",
+        required=True,
+        help="teacher checkpoint folder or run directory (a causal LM, or a fine-tuned classifier)",
+    )
+    p.add_argument(
+        "--student-preset",
+        required=True,
+        help="preset of the student (see `lmforge info --presets`); classifiers also lstm | gru",
+    )
+    p.add_argument(
+        "--data",
+        help="language model: data directory written by `lmforge prepare` with the teacher's tokenizer",
+    )
     p.add_argument("--train", help="classifier: labelled training file (.csv, .tsv, .jsonl)")
     p.add_argument("--dev", help="classifier: labelled dev file, evaluated every epoch and in the report")
     from lmforge.cli.finetune import add_field_options
 
     add_field_options(p)
-    p.add_argument("--epochs", type=float, help="classifier: passes over --train (default 3; --max-steps wins)")
-    p.add_argument("--max-length", type=int, help="classifier: longest input in tokens (default 128, at most the "
-                   "student's context)")
+    p.add_argument(
+        "--epochs", type=float, help="classifier: passes over --train (default 3; --max-steps wins)"
+    )
+    p.add_argument(
+        "--max-length",
+        type=int,
+        help="classifier: longest input in tokens (default 128, at most the student's context)",
+    )
     p.add_argument("--out", required=True, help="run directory for the student")
     p.add_argument("--max-steps", type=int, help="optimizer steps (train.max_steps)")
-    p.add_argument("--max-minutes", type=float, help="stop after this much training time (train.max_minutes); the "
-                   "learning rate then decays to the end of the time when that comes before --max-steps")
-    p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature T of both models (default 2)")
-    p.add_argument("--alpha", type=float, default=0.5, help="weight of the soft (teacher) term, in [0, 1] (default 0.5)")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        help="stop after this much training time (train.max_minutes); the "
+        "learning rate then decays to the end of the time when that comes before --max-steps",
+    )
+    p.add_argument(
+        "--temperature", type=float, default=2.0, help="softmax temperature T of both models (default 2)"
+    )
+    p.add_argument(
+        "--alpha", type=float, default=0.5, help="weight of the soft (teacher) term, in [0, 1] (default 0.5)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(accepts_overrides=True)
@@ -67,7 +95,9 @@ def run(args) -> int:
     from lmforge.errors import ConfigError
 
     if (args.data is None) == (args.train is None):
-        raise ConfigError("give --data (distill a language model) or --train (distill a classifier), one of them")
+        raise ConfigError(
+            "give --data (distill a language model) or --train (distill a classifier), one of them"
+        )
     if args.data is not None:
         given = [f"--{k.replace('_', '-')}" for k in CLASSIFY_ONLY if getattr(args, k) is not None]
         if given:
@@ -76,21 +106,48 @@ def run(args) -> int:
         return run_classifier(args)
     from lmforge.compress.distill import distill, side_by_side
 
-    result = distill(args.teacher, args.data, args.out, args.student_preset, overrides=args.overrides,
-                     max_steps=args.max_steps, max_minutes=args.max_minutes, temperature=args.temperature,
-                     alpha=args.alpha, progress=not args.quiet)
-    return report(args, result, side_by_side(args.teacher, result.best or result.latest, args.data), LM_COLUMNS)
+    result = distill(
+        args.teacher,
+        args.data,
+        args.out,
+        args.student_preset,
+        overrides=args.overrides,
+        max_steps=args.max_steps,
+        max_minutes=args.max_minutes,
+        temperature=args.temperature,
+        alpha=args.alpha,
+        progress=not args.quiet,
+    )
+    return report(
+        args, result, side_by_side(args.teacher, result.best or result.latest, args.data), LM_COLUMNS
+    )
 
 
 def run_classifier(args) -> int:
     from lmforge.compress.distill_classify import distill_classifier, side_by_side
 
-    given = {"text": args.text_field, "pair": args.text_pair_field, "label": args.label_field,
-             "label_sep": args.label_sep}
-    result = distill_classifier(args.teacher, args.train, args.out, args.student_preset, dev=args.dev, fields=given,
-                                epochs=3 if args.epochs is None else args.epochs, max_length=args.max_length,
-                                overrides=args.overrides, max_steps=args.max_steps, max_minutes=args.max_minutes,
-                                temperature=args.temperature, alpha=args.alpha, progress=not args.quiet)
+    given = {
+        "text": args.text_field,
+        "pair": args.text_pair_field,
+        "label": args.label_field,
+        "label_sep": args.label_sep,
+    }
+    result = distill_classifier(
+        args.teacher,
+        args.train,
+        args.out,
+        args.student_preset,
+        dev=args.dev,
+        fields=given,
+        epochs=3 if args.epochs is None else args.epochs,
+        max_length=args.max_length,
+        overrides=args.overrides,
+        max_steps=args.max_steps,
+        max_minutes=args.max_minutes,
+        temperature=args.temperature,
+        alpha=args.alpha,
+        progress=not args.quiet,
+    )
     rows = side_by_side(args.teacher, result.best or result.latest, args.train, args.dev)
     return report(args, result, rows, CLASSIFY_COLUMNS)
 
@@ -98,8 +155,14 @@ def run_classifier(args) -> int:
 def report(args, result, rows: dict, columns) -> int:
     """The run and the teacher-vs-student table (`rows`: {"teacher": {...}, "student": {...}}), or their JSON."""
     student = result.best or result.latest
-    summary = {"run_dir": str(result.run_dir), "step": result.step, "stop_reason": result.stop_reason,
-               "temperature": args.temperature, "alpha": args.alpha, **rows}
+    summary = {
+        "run_dir": str(result.run_dir),
+        "step": result.step,
+        "stop_reason": result.stop_reason,
+        "temperature": args.temperature,
+        "alpha": args.alpha,
+        **rows,
+    }
     if args.json:
         print_json(summary)
         return 0
@@ -107,7 +170,6 @@ def report(args, result, rows: dict, columns) -> int:
     widths = [max(11, len(header)) for _, header, _ in columns]
     print(f"  {'':8} " + " ".join(f"{header:>{w}}" for (_, header, _), w in zip(columns, widths)))
     for name in ("teacher", "student"):
-        cells = [("-" if rows[name][key] is None else fmt.format(rows[name][key]))
-                 for key, _, fmt in columns]
+        cells = [("-" if rows[name][key] is None else fmt.format(rows[name][key])) for key, _, fmt in columns]
         print(f"  {name:8} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
     return 0

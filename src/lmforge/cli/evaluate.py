@@ -33,13 +33,20 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, help="score at most this many tokens")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
-    p.add_argument("--task", choices=["lm", "classify", "nli", "ner", "qa", "translate", "summarize"], default="lm",
-                   help="lm: loss/perplexity/bits per byte; classify, nli: accuracy, P/R/F1, confusion matrix, "
-                   "ROC-AUC of a fine-tuned classifier on a labelled --data file; ner: entity P/R/F1 (seqeval, "
-                   "strict) of a tagger on a CoNLL --data file; translate: BLEU and chrF, summarize: ROUGE-1/2/L F of "
-                   "the outputs of a model fine-tuned for that task (encoder-decoder or decoder-only gpt) on a "
-                   "TSV/JSONL pairs file")
-    p.add_argument("--report", help="classify/nli/ner/translate/summarize: write metrics.json, report.md and plots to this folder")
+    p.add_argument(
+        "--task",
+        choices=["lm", "classify", "nli", "ner", "qa", "translate", "summarize"],
+        default="lm",
+        help="lm: loss/perplexity/bits per byte; classify, nli: accuracy, P/R/F1, confusion matrix, "
+        "ROC-AUC of a fine-tuned classifier on a labelled --data file; ner: entity P/R/F1 (seqeval, "
+        "strict) of a tagger on a CoNLL --data file; translate: BLEU and chrF, summarize: ROUGE-1/2/L F of "
+        "the outputs of a model fine-tuned for that task (encoder-decoder or decoder-only gpt) on a "
+        "TSV/JSONL pairs file",
+    )
+    p.add_argument(
+        "--report",
+        help="classify/nli/ner/translate/summarize: write metrics.json, report.md and plots to this folder",
+    )
     from lmforge.cli.finetune import add_field_options
 
     add_field_options(p)
@@ -47,7 +54,9 @@ def register(subparsers) -> None:
 
     add_pair_options(p)
     add_beam_option(p)
-    p.add_argument("--json", action="store_true", help="print JSON (keys: loss, perplexity, bits_per_byte, ...)")
+    p.add_argument(
+        "--json", action="store_true", help="print JSON (keys: loss, perplexity, bits_per_byte, ...)"
+    )
 
 
 def run(args) -> int:
@@ -70,12 +79,20 @@ def run(args) -> int:
         return run_evaluate_seq2seq(args)
     if args.task != "lm":
         return run_classifier(args)
-    result = evaluate(args.ckpt, args.data, split=args.split, max_tokens=args.max_tokens,
-                      batch_size=args.batch_size, device=args.device)
+    result = evaluate(
+        args.ckpt,
+        args.data,
+        split=args.split,
+        max_tokens=args.max_tokens,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
     if args.json:
         print_json(result)
     else:
-        scored = f"{result['tokens']:,} tokens" + (f", {result['bytes']:,} bytes" if "bytes" in result else "")
+        scored = f"{result['tokens']:,} tokens" + (
+            f", {result['bytes']:,} bytes" if "bytes" in result else ""
+        )
         print(f"{describe_scores(result)}  ({scored})")
     return 0
 
@@ -84,8 +101,12 @@ def run_classifier(args) -> int:
     from lmforge.eval.classification import format_metrics
     from lmforge.tasks.classify.pipeline import evaluate_classifier
 
-    given = {"text": args.text_field, "pair": args.text_pair_field, "label": args.label_field,
-             "label_sep": args.label_sep}
+    given = {
+        "text": args.text_field,
+        "pair": args.text_pair_field,
+        "label": args.label_field,
+        "label_sep": args.label_sep,
+    }
     scores = evaluate_classifier(args.ckpt, args.data, given, report=args.report, device=args.device)
     if args.json:
         print_json(scores)

@@ -26,8 +26,11 @@ def register(subparsers) -> None:
     p.add_argument("ckpt", metavar="CKPT", help="checkpoint folder or run directory")
     p.add_argument("--format", required=True, help="onnx (the only one so far)")
     p.add_argument("--out", required=True, help="folder to write (new or empty)")
-    p.add_argument("--check", action="store_true",
-                   help="compare onnxruntime with PyTorch on random inputs (max abs diff <= 1e-4) and time both")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="compare onnxruntime with PyTorch on random inputs (max abs diff <= 1e-4) and time both",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -35,8 +38,9 @@ def run(args) -> int:
     from lmforge.errors import ConfigError
 
     if args.format != "onnx":
-        raise ConfigError(f"unknown export format {args.format!r}; onnx is supported (see also export-hf, "
-                          "export-arpa)")
+        raise ConfigError(
+            f"unknown export format {args.format!r}; onnx is supported (see also export-hf, export-arpa)"
+        )
     from lmforge.export.onnx import check_onnx, export_onnx
 
     out = export_onnx(args.ckpt, args.out)
@@ -50,12 +54,18 @@ def run(args) -> int:
         c = result.get("check")
         if c:
             verdict = "ok" if c["ok"] else "MISMATCH"
-            print(f"  logits max abs diff {c['max_abs_diff']:.2e} ({verdict}, tolerance {c['tolerance']:.0e})")
+            print(
+                f"  logits max abs diff {c['max_abs_diff']:.2e} ({verdict}, tolerance {c['tolerance']:.0e})"
+            )
             if "greedy_tokens_match" in c:
-                print(f"  greedy decoding via decode.onnx, {c['greedy_steps']} steps: tokens "
-                      f"{'match' if c['greedy_tokens_match'] else 'DIFFER from'} PyTorch")
-            print(f"  {c['timed_input']}: onnxruntime {c['onnxruntime_ms']:.2f} ms, "
-                  f"PyTorch eager {c['torch_ms']:.2f} ms")
+                print(
+                    f"  greedy decoding via decode.onnx, {c['greedy_steps']} steps: tokens "
+                    f"{'match' if c['greedy_tokens_match'] else 'DIFFER from'} PyTorch"
+                )
+            print(
+                f"  {c['timed_input']}: onnxruntime {c['onnxruntime_ms']:.2f} ms, "
+                f"PyTorch eager {c['torch_ms']:.2f} ms"
+            )
     if args.check and not result["check"]["ok"]:
         return 1
     return 0

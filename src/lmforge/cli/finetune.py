@@ -37,7 +37,9 @@ PREDICT_EXAMPLES = """\
 
 
 def add_field_options(p) -> None:
-    p.add_argument("--text-field", help="field (or column number) of the text (default: the run's, or 'text')")
+    p.add_argument(
+        "--text-field", help="field (or column number) of the text (default: the run's, or 'text')"
+    )
     p.add_argument("--text-pair-field", help="field of the second text of a pair (NLI: the hypothesis)")
     p.add_argument("--label-field", help="field of the label (default: the run's, or 'label')")
     p.add_argument("--label-sep", help="multi-label: separator of several labels in one cell")
@@ -56,24 +58,40 @@ def fields_from(args, default=None):
 
 
 def register(subparsers) -> None:
-    p = add_verb(subparsers, "finetune", help="fine-tune for a task (classify, NLI, NER, QA, translate, summarize, chat)",
-                 description="Fine-tune a pretrained encoder or decoder (or a from-scratch BiLSTM) with a label head on\n"
-                 "a labelled file (classify, nli, ner, qa), a seq2seq or gpt model on text pairs (translate,\n"
-                 "summarize) or a gpt on conversations (chat); the best checkpoint by the task's dev score is RUN/best.",
-                 examples=FINETUNE_EXAMPLES, func=run_finetune)
-    p.add_argument("--task", required=True,
-                   choices=["classify", "nli", "ner", "qa", "translate", "summarize", "chat"],
-                   help="chat: a gpt checkpoint on JSONL conversations ({\"messages\": [{\"role\", \"content\"}]}),"
-                   " loss on assistant turns only, scored by dev loss; ner: a tagger on CoNLL files (word ... TAG "
-                   "per line), scored by entity F1; qa: extractive "
-                   "question answering on SQuAD-format JSON, scored by exact match and F1; translate/summarize: an "
-                   "encoder-decoder (seq2seq checkpoint or preset) or a decoder-only gpt checkpoint (source "
-                   "and target as one sequence, loss on the target only) on TSV/JSONL pairs, scored by BLEU/ROUGE-L")
-    p.add_argument("--doc-stride", type=int, default=128,
-                   help="qa: tokens between the starts of consecutive windows over a long context")
-    p.add_argument("--model", required=True, help="checkpoint folder / run directory, or lstm | gru (from scratch); "
-                   "translate/summarize: a seq2seq checkpoint or preset (seq2seq-test, seq2seq-small), or a gpt "
-                   "checkpoint (decoder-only, prompted with the source)")
+    p = add_verb(
+        subparsers,
+        "finetune",
+        help="fine-tune for a task (classify, NLI, NER, QA, translate, summarize, chat)",
+        description="Fine-tune a pretrained encoder or decoder (or a from-scratch BiLSTM) with a label head on\n"
+        "a labelled file (classify, nli, ner, qa), a seq2seq or gpt model on text pairs (translate,\n"
+        "summarize) or a gpt on conversations (chat); the best checkpoint by the task's dev score is RUN/best.",
+        examples=FINETUNE_EXAMPLES,
+        func=run_finetune,
+    )
+    p.add_argument(
+        "--task",
+        required=True,
+        choices=["classify", "nli", "ner", "qa", "translate", "summarize", "chat"],
+        help='chat: a gpt checkpoint on JSONL conversations ({"messages": [{"role", "content"}]}),'
+        " loss on assistant turns only, scored by dev loss; ner: a tagger on CoNLL files (word ... TAG "
+        "per line), scored by entity F1; qa: extractive "
+        "question answering on SQuAD-format JSON, scored by exact match and F1; translate/summarize: an "
+        "encoder-decoder (seq2seq checkpoint or preset) or a decoder-only gpt checkpoint (source "
+        "and target as one sequence, loss on the target only) on TSV/JSONL pairs, scored by BLEU/ROUGE-L",
+    )
+    p.add_argument(
+        "--doc-stride",
+        type=int,
+        default=128,
+        help="qa: tokens between the starts of consecutive windows over a long context",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint folder / run directory, or lstm | gru (from scratch); "
+        "translate/summarize: a seq2seq checkpoint or preset (seq2seq-test, seq2seq-small), or a gpt "
+        "checkpoint (decoder-only, prompted with the source)",
+    )
     p.add_argument("--train", required=True, help="labelled training file (.csv, .tsv, .jsonl)")
     p.add_argument("--dev", help="labelled dev file: evaluated every epoch, picks the best checkpoint")
     p.add_argument("--out", required=True, help="run directory")
@@ -81,40 +99,69 @@ def register(subparsers) -> None:
     from lmforge.cli.seq2seq_tasks import add_pair_options
 
     add_pair_options(p)
-    p.add_argument("--multi-label", action="store_true", help="several labels per example (sigmoid per label)")
+    p.add_argument(
+        "--multi-label", action="store_true", help="several labels per example (sigmoid per label)"
+    )
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--max-examples", type=int, help="use only the first N training examples")
-    p.add_argument("--max-length", type=int,
-                   help="longest input in tokens, longer ones are cut (default 128; qa 384; translate, summarize "
-                   "and chat use the model's context)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        help="longest input in tokens, longer ones are cut (default 128; qa 384; translate, summarize "
+        "and chat use the model's context)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, help="peak learning rate (default 5e-5 pretrained, 1e-3 from scratch)")
     p.add_argument("--class-weights", action="store_true", help="weigh classes by inverse frequency")
-    p.add_argument("--lora", action="store_true",
-                   help="train low-rank adapters of the attention projections and the head only (merged when saved)")
+    p.add_argument(
+        "--lora",
+        action="store_true",
+        help="train low-rank adapters of the attention projections and the head only (merged when saved)",
+    )
     p.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
-    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale numerator (updates scale by alpha/r)")
-    p.add_argument("--patience", type=int, help="stop after this many evaluations without a better dev macro-F1")
+    p.add_argument(
+        "--lora-alpha", type=float, default=16.0, help="LoRA scale numerator (updates scale by alpha/r)"
+    )
+    p.add_argument(
+        "--patience", type=int, help="stop after this many evaluations without a better dev macro-F1"
+    )
     p.add_argument("--folds", type=int, help="k-fold cross-validation on --train instead of one run")
-    p.add_argument("--max-minutes", type=float, help="stop after this much training time; the learning rate then "
-                   "decays to the end of the time when that comes before the planned epochs end")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        help="stop after this much training time; the learning rate then "
+        "decays to the end of the time when that comes before the planned epochs end",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its latest checkpoint, exactly (Ctrl-C saves one first); "
-                   "repeat the command the run started with")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its latest checkpoint, exactly (Ctrl-C saves one first); "
+        "repeat the command the run started with",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(accepts_overrides=True)
 
-    p = add_verb(subparsers, "predict", help="labels for texts from a fine-tuned classifier",
-                 description="Predict labels with scores for each line of a text file (or stdin), or for each example\n"
-                 "of a .csv/.tsv/.jsonl file.", examples=PREDICT_EXAMPLES, func=run_predict)
+    p = add_verb(
+        subparsers,
+        "predict",
+        help="labels for texts from a fine-tuned classifier",
+        description="Predict labels with scores for each line of a text file (or stdin), or for each example\n"
+        "of a .csv/.tsv/.jsonl file.",
+        examples=PREDICT_EXAMPLES,
+        func=run_predict,
+    )
     p.add_argument("ckpt", metavar="RUN_OR_CKPT")
-    p.add_argument("--task", choices=["classify", "ner", "qa", "translate", "summarize"], default="classify",
-                   help="ner: the entities {type, text, start, end, score} of each line; qa: the answer to each "
-                   "{\"question\", \"context\"} line of a JSON Lines file (or every question of a SQuAD file); "
-                   "translate/summarize: the output of a model fine-tuned for that task (encoder-decoder or gpt) "
-                   "for each line (or --source-field of a .jsonl)")
+    p.add_argument(
+        "--task",
+        choices=["classify", "ner", "qa", "translate", "summarize"],
+        default="classify",
+        help="ner: the entities {type, text, start, end, score} of each line; qa: the answer to each "
+        '{"question", "context"} line of a JSON Lines file (or every question of a SQuAD file); '
+        "translate/summarize: the output of a model fine-tuned for that task (encoder-decoder or gpt) "
+        "for each line (or --source-field of a .jsonl)",
+    )
     p.add_argument("--input", required=True, help="text file (one text per line), labelled-file format, or -")
     add_field_options(p)
     p.add_argument("--top-k", type=int, default=1, help="labels per text (single-label models)")
@@ -130,13 +177,33 @@ def run_finetune(args) -> int:
     from lmforge.tasks.finetune import finetune
 
     result = finetune(
-        args.task, args.model, args.train, args.out, dev=args.dev, fields=fields_from(args),
-        epochs=args.epochs, max_examples=args.max_examples, max_length=args.max_length, batch_size=args.batch_size,
-        lr=args.lr, multi_label=args.multi_label, class_weights=args.class_weights, lora=args.lora,
-        lora_r=args.lora_r, lora_alpha=args.lora_alpha, patience=args.patience,
-        folds=args.folds, max_minutes=args.max_minutes, seed=args.seed, overrides=args.overrides,
-        doc_stride=args.doc_stride, progress=not args.quiet, source_field=args.source_field,
-        target_field=args.target_field, source_lang=args.source_lang, target_lang=args.target_lang,
+        args.task,
+        args.model,
+        args.train,
+        args.out,
+        dev=args.dev,
+        fields=fields_from(args),
+        epochs=args.epochs,
+        max_examples=args.max_examples,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        multi_label=args.multi_label,
+        class_weights=args.class_weights,
+        lora=args.lora,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        patience=args.patience,
+        folds=args.folds,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+        overrides=args.overrides,
+        doc_stride=args.doc_stride,
+        progress=not args.quiet,
+        source_field=args.source_field,
+        target_field=args.target_field,
+        source_lang=args.source_lang,
+        target_lang=args.target_lang,
         resume=args.resume,
     )
     if isinstance(result, dict):  # cross-validation
@@ -144,12 +211,20 @@ def run_finetune(args) -> int:
             print_json(result)
         else:
             mean, std = result["mean"], result["std"]
-            print(f"{result['folds']}-fold cross-validation: accuracy {mean['val_accuracy']:.4f} "
-                  f"± {std['val_accuracy']:.4f}, macro-F1 {mean['val_macro_f1']:.4f} ± {std['val_macro_f1']:.4f}")
+            print(
+                f"{result['folds']}-fold cross-validation: accuracy {mean['val_accuracy']:.4f} "
+                f"± {std['val_accuracy']:.4f}, macro-F1 {mean['val_macro_f1']:.4f} ± {std['val_macro_f1']:.4f}"
+            )
             print(f"details: {args.out}/cv.json")
         return 0
-    summary = {"run_dir": str(result.run_dir), "steps": result.step, "stop_reason": result.stop_reason,
-               "seconds": round(result.seconds, 1), "best": str(result.best), **result.metrics}
+    summary = {
+        "run_dir": str(result.run_dir),
+        "steps": result.step,
+        "stop_reason": result.stop_reason,
+        "seconds": round(result.seconds, 1),
+        "best": str(result.best),
+        **result.metrics,
+    }
     if args.json:
         print_json(summary)
     else:
@@ -202,6 +277,8 @@ def run_predict(args) -> int:
             print(json.dumps(row, ensure_ascii=False))
         else:
             pred = row["prediction"]
-            shown = ", ".join(f"{p['label']} {p['score']:.3f}" for p in (pred if isinstance(pred, list) else [pred]))
+            shown = ", ".join(
+                f"{p['label']} {p['score']:.3f}" for p in (pred if isinstance(pred, list) else [pred])
+            )
             print(f"{shown}\t{row['text']}")
     return 0

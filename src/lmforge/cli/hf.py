@@ -16,18 +16,30 @@ EXPORT_EXAMPLES = """\
 
 
 def register(subparsers) -> None:
-    p = add_verb(subparsers, "import-hf", help="turn a Hugging Face transformers checkpoint into an lmforge one",
-                 description="Convert a local transformers folder (BERT-family encoders such as MiniLM, GPT-2,\n"
-                 "Llama-style decoders) into an lmforge checkpoint folder, tokenizer included. Weights the\n"
-                 "folder lacks (e.g. an encoder's masked-LM head) start fresh, with a warning.",
-                 examples=IMPORT_EXAMPLES, func=run_import)
-    p.add_argument("hf_dir", metavar="HF_DIR", nargs="?", help="folder with config.json, weights and tokenizer")
+    p = add_verb(
+        subparsers,
+        "import-hf",
+        help="turn a Hugging Face transformers checkpoint into an lmforge one",
+        description="Convert a local transformers folder (BERT-family encoders such as MiniLM, GPT-2,\n"
+        "Llama-style decoders) into an lmforge checkpoint folder, tokenizer included. Weights the\n"
+        "folder lacks (e.g. an encoder's masked-LM head) start fresh, with a warning.",
+        examples=IMPORT_EXAMPLES,
+        func=run_import,
+    )
+    p.add_argument(
+        "hf_dir", metavar="HF_DIR", nargs="?", help="folder with config.json, weights and tokenizer"
+    )
     p.add_argument("--hf-id", help="download this Hub repository instead of reading HF_DIR")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
-    p = add_verb(subparsers, "export-hf", help="write an lmforge checkpoint as a Hugging Face transformers folder",
-                 description="Write a checkpoint as a transformers folder: GPT-2 style decoders as GPT2LMHeadModel,\n"
-                 "Llama-style ones as LlamaForCausalLM, BERT encoders as BertForMaskedLM; with tokenizer.json.",
-                 examples=EXPORT_EXAMPLES, func=run_export)
+    p = add_verb(
+        subparsers,
+        "export-hf",
+        help="write an lmforge checkpoint as a Hugging Face transformers folder",
+        description="Write a checkpoint as a transformers folder: GPT-2 style decoders as GPT2LMHeadModel,\n"
+        "Llama-style ones as LlamaForCausalLM, BERT encoders as BertForMaskedLM; with tokenizer.json.",
+        examples=EXPORT_EXAMPLES,
+        func=run_export,
+    )
     p.add_argument("ckpt", metavar="CKPT", help="checkpoint folder or run directory")
     p.add_argument("out", metavar="HF_DIR", help="folder to write (must not exist or be empty)")
 

@@ -41,8 +41,12 @@ def describe(target: str, overrides: list[str] | None = None) -> dict:
         ckpt = resolve_checkpoint(target)
         config = read_config(ckpt)
         arch, model_cfg = config["arch"], config["model"]
-        info.update(source=str(ckpt), tokenizer=config.get("tokenizer"), step=config.get("step"),
-                    metrics=config.get("metrics"))
+        info.update(
+            source=str(ckpt),
+            tokenizer=config.get("tokenizer"),
+            step=config.get("step"),
+            metrics=config.get("metrics"),
+        )
         if overrides:
             raise ConfigError("overrides apply to presets, not to checkpoints")
     elif target in PRESETS:
@@ -81,9 +85,14 @@ def run(args) -> int:
         _print_transformer(info)
     else:
         print("  " + ", ".join(f"{k} {v}" for k, v in m.items()))
-        print(f"  FLOPs per token: {info['forward_flops_per_token']:,} forward, {info['flops_per_token']:,} training")
+        print(
+            f"  FLOPs per token: {info['forward_flops_per_token']:,} forward, {info['flops_per_token']:,} training"
+        )
     if info.get("metrics"):
-        print(f"  step {info['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in info["metrics"].items() if v is not None))
+        print(
+            f"  step {info['step']}: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in info["metrics"].items() if v is not None)
+        )
     return 0
 
 
@@ -94,12 +103,18 @@ def _print_transformer(info: dict) -> None:
         kind = "bidirectional encoder (post-LN, learned positions, GELU, masked-LM head)"
     elif info["arch"] == "seq2seq":
         layers += f" + {m['n_decoder_layer'] or m['n_layer']}"
-        kind = (f"encoder-decoder ({m['norm_position']}-LN, {m['position']} positions, "
-                f"{'shared' if m['share_embeddings'] else 'separate'} embeddings)")
+        kind = (
+            f"encoder-decoder ({m['norm_position']}-LN, {m['position']} positions, "
+            f"{'shared' if m['share_embeddings'] else 'separate'} embeddings)"
+        )
     else:
         kind = f"{m['position']} positions, {m['norm']}, {m['activation']}"
-    print(f"  {layers} layers x {m['n_embd']} wide, {m['n_head']} heads"
-          f"{' (' + str(m['n_kv_head']) + ' kv)' if m.get('n_kv_head') else ''}, context {m['block_size']}, "
-          f"vocab {m['vocab_size']}, {kind}")
-    print(f"  FLOPs per token: {info['forward_flops_per_token']:,} forward, "
-          f"{info['flops_per_token']:,} training (forward + backward)")
+    print(
+        f"  {layers} layers x {m['n_embd']} wide, {m['n_head']} heads"
+        f"{' (' + str(m['n_kv_head']) + ' kv)' if m.get('n_kv_head') else ''}, context {m['block_size']}, "
+        f"vocab {m['vocab_size']}, {kind}"
+    )
+    print(
+        f"  FLOPs per token: {info['forward_flops_per_token']:,} forward, "
+        f"{info['flops_per_token']:,} training (forward + backward)"
+    )

@@ -42,6 +42,8 @@ def run_predict_ner(args) -> int:
         if args.json:
             print(json.dumps({"text": text, "entities": entities}, ensure_ascii=False))
         else:
-            shown = ", ".join(f"{e['type']} {e['text']!r} [{e['start']}:{e['end']}] {e['score']:.3f}" for e in entities)
+            shown = ", ".join(
+                f"{e['type']} {e['text']!r} [{e['start']}:{e['end']}] {e['score']:.3f}" for e in entities
+            )
             print(f"{shown or '-'}\t{text}")
     return 0

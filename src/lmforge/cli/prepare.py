@@ -48,11 +48,21 @@ def register(subparsers) -> None:
         help="train a new tokenizer of this kind (char, bpe, wordpiece, unigram) or use an existing "
         "tokenizer.json (or a folder holding one)",
     )
-    p.add_argument("--vocab-size", type=int, default=None, metavar="N",
-                   help="vocabulary size of a new tokenizer (default: %(default)s, meaning 8192, or every "
-                   "character seen for char; unused with a tokenizer file)")  # fmt: skip
-    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
-                   help="share of the corpus held out for validation, strictly between 0 and 1")  # fmt: skip
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="vocabulary size of a new tokenizer (default: %(default)s, meaning 8192, or every "
+        "character seen for char; unused with a tokenizer file)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="share of the corpus held out for validation, strictly between 0 and 1",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the document-level train/val split")
     p.add_argument(
         "--text-field",
@@ -73,29 +83,62 @@ def register(subparsers) -> None:
         default="file",
         help="what a document is in text files and stdin: a whole file, a blank-line separated paragraph, or a line",
     )
-    p.add_argument("--add-eos", action="store_true",
-                   help="one end-of-sequence token after every line, the PTB/WikiText convention for word-level "
-                   "perplexity (shorthand for --doc-split line --no-dedup: repeated lines are kept)")
-    p.add_argument("--val", action="append", metavar="INPUT",
-                   help="use this input as the validation split instead of holding out --val-fraction of the "
-                   "inputs (repeatable), e.g. a benchmark's own validation file")
-    p.add_argument("--html", choices=["auto", "on", "off"], default="auto",
-                   help="HTML to text: auto parses .html/.htm files and text that looks like HTML")  # fmt: skip
-    p.add_argument("--normalize", choices=["NFC", "NFKC", "NFD", "NFKD", "none"], default="NFC",
-                   help="Unicode normalisation form")  # fmt: skip
-    p.add_argument("--no-clean-whitespace", dest="clean_whitespace", action="store_false",
-                   help="keep control characters, \\r, trailing spaces and blank-line runs as they are")  # fmt: skip
+    p.add_argument(
+        "--add-eos",
+        action="store_true",
+        help="one end-of-sequence token after every line, the PTB/WikiText convention for word-level "
+        "perplexity (shorthand for --doc-split line --no-dedup: repeated lines are kept)",
+    )
+    p.add_argument(
+        "--val",
+        action="append",
+        metavar="INPUT",
+        help="use this input as the validation split instead of holding out --val-fraction of the "
+        "inputs (repeatable), e.g. a benchmark's own validation file",
+    )
+    p.add_argument(
+        "--html",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="HTML to text: auto parses .html/.htm files and text that looks like HTML",
+    )
+    p.add_argument(
+        "--normalize",
+        choices=["NFC", "NFKC", "NFD", "NFKD", "none"],
+        default="NFC",
+        help="Unicode normalisation form",
+    )
+    p.add_argument(
+        "--no-clean-whitespace",
+        dest="clean_whitespace",
+        action="store_false",
+        help="keep control characters, \\r, trailing spaces and blank-line runs as they are",
+    )
     p.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep exact duplicate documents")
-    p.add_argument("--near-dedup", type=float, default=None, metavar="JACCARD",
-                   help="also drop near-duplicate documents at this MinHash Jaccard similarity, e.g. 0.8")  # fmt: skip
+    p.add_argument(
+        "--near-dedup",
+        type=float,
+        default=None,
+        metavar="JACCARD",
+        help="also drop near-duplicate documents at this MinHash Jaccard similarity, e.g. 0.8",
+    )
     p.add_argument(
         "--segment", action="store_true", help="segment Chinese text into space-separated words (jieba)"
     )
-    p.add_argument("--stopwords", default=None, metavar="en|zh|PATH",
-                   help="remove these stopwords (a built-in list or a file with one word per line); use --segment for Chinese")  # fmt: skip
+    p.add_argument(
+        "--stopwords",
+        default=None,
+        metavar="en|zh|PATH",
+        help="remove these stopwords (a built-in list or a file with one word per line); use --segment for Chinese",
+    )
     p.add_argument("--encoding", default="utf-8", help="encoding of text, JSON and CSV inputs")
-    p.add_argument("--tokenizer-train-bytes", type=int, default=200_000_000, metavar="N",
-                   help="train a new tokenizer on at most the first N bytes of cleaned text")  # fmt: skip
+    p.add_argument(
+        "--tokenizer-train-bytes",
+        type=int,
+        default=200_000_000,
+        metavar="N",
+        help="train a new tokenizer on at most the first N bytes of cleaned text",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -131,7 +174,9 @@ def run(args) -> int:
 
     if args.add_eos:
         if args.doc_split not in ("file", "line"):
-            raise ConfigError("--add-eos makes every line a document; it cannot be combined with --doc-split paragraph")
+            raise ConfigError(
+                "--add-eos makes every line a document; it cannot be combined with --doc-split paragraph"
+            )
         args.doc_split, args.dedup = "line", False
 
     manifest = prepare(

@@ -36,9 +36,15 @@ def register(subparsers) -> None:
     p.add_argument("--arch", help="architecture (default: gpt)")
     p.add_argument("--preset", help="named model size (see above)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (train.max_steps)")
-    p.add_argument("--max-minutes", type=float, help="stop after this much training time (train.max_minutes); the "
-                   "learning rate then decays to the end of the time when that comes before --max-steps")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        help="stop after this much training time (train.max_minutes); the "
+        "learning rate then decays to the end of the time when that comes before --max-steps",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(accepts_overrides=True)
@@ -74,10 +80,14 @@ def run(args) -> int:
         print_json(summary)
     else:
         if result.stop_reason == "fitted":
-            print(f"fitted on {result.tokens:,} tokens in {result.seconds:.1f}s ({result.tokens_per_s:,.0f} tokens/s)")
+            print(
+                f"fitted on {result.tokens:,} tokens in {result.seconds:.1f}s ({result.tokens_per_s:,.0f} tokens/s)"
+            )
         else:
-            print(f"trained {result.step} steps ({result.tokens:,} tokens, {result.tokens_per_s:,.0f} tokens/s, "
-                  f"{result.seconds:.0f}s; stopped by {result.stop_reason})")
+            print(
+                f"trained {result.step} steps ({result.tokens:,} tokens, {result.tokens_per_s:,.0f} tokens/s, "
+                f"{result.seconds:.0f}s; stopped by {result.stop_reason})"
+            )
         if result.metrics:
             from lmforge.eval.perplexity import describe_scores
 

@@ -33,16 +33,30 @@ def register(subparsers) -> None:
     p.add_argument("ckpt", metavar="CKPT", help="checkpoint folder or run directory")
     p.add_argument("--method", required=True, help="magnitude or structured")
     p.add_argument("--amount", type=float, required=True, help="fraction to remove, in [0, 1)")
-    p.add_argument("--out", required=True, help="checkpoint folder to write (with --amounts: a folder of them)")
+    p.add_argument(
+        "--out", required=True, help="checkpoint folder to write (with --amounts: a folder of them)"
+    )
     p.add_argument("--per-layer", action="store_true", help="magnitude: the same fraction in every layer")
-    p.add_argument("--score", default="auto",
-                   help="structured: importance by l2 (weight norms) or taylor (sum |w*grad| on --data); "
-                   "auto: taylor when --data is given")
-    p.add_argument("--data", help="text file or prepared data directory: --report's perplexity, structured scores")
-    p.add_argument("--recover-steps", type=int, default=0,
-                   help="fine-tune the pruned model this many steps on --data DIR (zeros stay zero)")
-    p.add_argument("--report", action="store_true",
-                   help="compare size, parameters, sparsity, greedy tokens/s and perplexity, original vs pruned")
+    p.add_argument(
+        "--score",
+        default="auto",
+        help="structured: importance by l2 (weight norms) or taylor (sum |w*grad| on --data); "
+        "auto: taylor when --data is given",
+    )
+    p.add_argument(
+        "--data", help="text file or prepared data directory: --report's perplexity, structured scores"
+    )
+    p.add_argument(
+        "--recover-steps",
+        type=int,
+        default=0,
+        help="fine-tune the pruned model this many steps on --data DIR (zeros stay zero)",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="compare size, parameters, sparsity, greedy tokens/s and perplexity, original vs pruned",
+    )
     p.add_argument("--amounts", help="with --report: comma-separated amounts to sweep instead of --amount")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -54,7 +68,9 @@ def _amounts(text: str) -> list[float]:
     try:
         amounts = [float(a) for a in text.split(",") if a.strip()]
     except ValueError:
-        raise ConfigError(f"--amounts must be comma-separated numbers such as 0.2,0.4,0.6, got {text!r}") from None
+        raise ConfigError(
+            f"--amounts must be comma-separated numbers such as 0.2,0.4,0.6, got {text!r}"
+        ) from None
     for a in amounts:
         check_amount(a)
     return amounts
@@ -69,12 +85,22 @@ def run(args) -> int:
 
     check_amount(args.amount)
     if args.report and not args.data:
-        raise ConfigError("--report needs --data FILE (a text file or a prepared data directory) for the perplexity")
+        raise ConfigError(
+            "--report needs --data FILE (a text file or a prepared data directory) for the perplexity"
+        )
     if args.amounts and not args.report:
         raise ConfigError("--amounts sweeps for a report; add --report --data FILE")
     if args.amounts:
-        rows = sweep(args.ckpt, args.out, args.method, _amounts(args.amounts), args.per_layer, args.data, args.score,
-                     args.recover_steps)
+        rows = sweep(
+            args.ckpt,
+            args.out,
+            args.method,
+            _amounts(args.amounts),
+            args.per_layer,
+            args.data,
+            args.score,
+            args.recover_steps,
+        )
         png = plot(rows, args.method, Path(args.out) / "perplexity.png")
         if args.json:
             print_json({"out": args.out, "method": args.method, "plot": str(png), "rows": rows})
@@ -83,16 +109,28 @@ def run(args) -> int:
         _table(rows)
         return 0
 
-    out = prune_checkpoint(args.ckpt, args.out, args.method, args.amount, args.per_layer, args.data, args.score,
-                           args.recover_steps)
+    out = prune_checkpoint(
+        args.ckpt,
+        args.out,
+        args.method,
+        args.amount,
+        args.per_layer,
+        args.data,
+        args.score,
+        args.recover_steps,
+    )
     result = {"out": str(out), **read_config(out)["pruning"]}
     if args.report:
         result["report"] = {"original": describe(args.ckpt, args.data), "pruned": describe(out, args.data)}
     if args.json:
         print_json(result)
         return 0
-    shape = (f", heads {result['heads'][0]} -> {result['heads'][1]}, MLP {result['mlp_hidden'][0]} -> "
-             f"{result['mlp_hidden'][1]}" if args.method == "structured" else "")
+    shape = (
+        f", heads {result['heads'][0]} -> {result['heads'][1]}, MLP {result['mlp_hidden'][0]} -> "
+        f"{result['mlp_hidden'][1]}"
+        if args.method == "structured"
+        else ""
+    )
     print(f"{out}: {args.method} pruning, Linear sparsity {result['linear_sparsity']:.1%}{shape}")
     if args.report:
         _table([{"amount": name, **r} for name, r in result["report"].items()])
@@ -100,10 +138,14 @@ def run(args) -> int:
 
 
 def _table(rows: list[dict]) -> None:
-    print(f"  {'':10} {'size (bytes)':>14} {'parameters':>11} {'sparsity':>9} {'tokens/s':>10} {'perplexity':>11}")
+    print(
+        f"  {'':10} {'size (bytes)':>14} {'parameters':>11} {'sparsity':>9} {'tokens/s':>10} {'perplexity':>11}"
+    )
     for r in rows:
         tps = "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}"
         ppl = "-" if r["perplexity"] is None else f"{r['perplexity']:.3f}"
         name = r["amount"] if isinstance(r["amount"], str) else f"{r['amount']:g}"
-        print(f"  {name:10} {r['size_bytes']:>14,} {r['parameters']:>11,} {r['linear_sparsity']:>9.1%} "
-              f"{tps:>10} {ppl:>11}")
+        print(
+            f"  {name:10} {r['size_bytes']:>14,} {r['parameters']:>11,} {r['linear_sparsity']:>9.1%} "
+            f"{tps:>10} {ppl:>11}"
+        )

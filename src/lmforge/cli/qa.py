@@ -21,7 +21,9 @@ def run_evaluate_qa(args) -> int:
     if args.json:
         print_json(scores)
     else:
-        print(f"exact match {scores['exact_match']:.2f}  F1 {scores['f1']:.2f}  ({scores['examples']:,} questions)")
+        print(
+            f"exact match {scores['exact_match']:.2f}  F1 {scores['f1']:.2f}  ({scores['examples']:,} questions)"
+        )
     return 0
 
 
@@ -57,8 +59,12 @@ def run_predict_qa(args) -> int:
     items = _questions(args.input)
     for item, answer in zip(items, qa(items)):
         if args.json:
-            print(json.dumps({**({"id": item["id"]} if "id" in item else {}), "question": item["question"], **answer},
-                             ensure_ascii=False))
+            print(
+                json.dumps(
+                    {**({"id": item["id"]} if "id" in item else {}), "question": item["question"], **answer},
+                    ensure_ascii=False,
+                )
+            )
         else:
             print(f"{answer['answer']}\t{answer['score']:.3f}\t{item['question']}")
     return 0

@@ -31,8 +31,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--group-size", type=int, default=32, help="int4-weight: inputs per scale (32, 64 or 128)")
     p.add_argument("--include-output", action="store_true", help="quantize the output layer too")
-    p.add_argument("--report", action="store_true",
-                   help="compare size, greedy tokens/s and perplexity on --data, original vs quantized")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="compare size, greedy tokens/s and perplexity on --data, original vs quantized",
+    )
     p.add_argument("--data", help="text file or prepared data directory for --report's perplexity")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -43,10 +46,17 @@ def run(args) -> int:
     from lmforge.errors import ConfigError
 
     if args.report and not args.data:
-        raise ConfigError("--report needs --data FILE (a text file or a prepared data directory) for the perplexity")
+        raise ConfigError(
+            "--report needs --data FILE (a text file or a prepared data directory) for the perplexity"
+        )
     out = quantize_checkpoint(args.ckpt, args.out, args.method, args.group_size, args.include_output)
     spec = read_config(out)["quantization"]
-    result = {"out": str(out), "method": spec["method"], "group_size": spec["group_size"], "layers": spec["layers"]}
+    result = {
+        "out": str(out),
+        "method": spec["method"],
+        "group_size": spec["group_size"],
+        "layers": spec["layers"],
+    }
     if args.report:
         result["report"] = report(args.ckpt, out, args.data)
     if args.json:

@@ -25,13 +25,19 @@ def register(subparsers) -> None:
         examples=EXAMPLES,
         func=run,
     )
-    p.add_argument("--corpus", default="stdlib-docs", help="a built-in corpus name, or your text (file/folder/glob)")
-    p.add_argument("--out", default="lmforge-quickstart", help="folder for the data, the run and its checkpoints")
+    p.add_argument(
+        "--corpus", default="stdlib-docs", help="a built-in corpus name, or your text (file/folder/glob)"
+    )
+    p.add_argument(
+        "--out", default="lmforge-quickstart", help="folder for the data, the run and its checkpoints"
+    )
     p.add_argument("--minutes", type=float, default=5.0, help="total time budget (training gets most of it)")
     p.add_argument("--preset", default="small", help="model size")
     p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, help="train exactly this many steps instead of filling the time budget")
+    p.add_argument(
+        "--max-steps", type=int, help="train exactly this many steps instead of filling the time budget"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier quickstart in --out")
     p.add_argument("--json", action="store_true", help="print the figures as JSON at the end")
 

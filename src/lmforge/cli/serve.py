@@ -26,31 +26,56 @@ Concurrent requests with the same sampling settings are decoded together (dynami
 
 
 def register(subparsers) -> None:
-    p = add_verb(subparsers, "serve", help="serve a checkpoint over an OpenAI-compatible HTTP API",
-                 description=DESCRIPTION, examples=EXAMPLES, func=run)
+    p = add_verb(
+        subparsers,
+        "serve",
+        help="serve a checkpoint over an OpenAI-compatible HTTP API",
+        description=DESCRIPTION,
+        examples=EXAMPLES,
+        func=run,
+    )
     p.add_argument("ckpt", metavar="CKPT", help="checkpoint folder or run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (default: $LMFORGE_API_KEY)")
-    p.add_argument("--max-batch-size", type=int, default=8, help="most requests decoded together (1: no batching)")
+    p.add_argument(
+        "--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (default: $LMFORGE_API_KEY)"
+    )
+    p.add_argument(
+        "--max-batch-size", type=int, default=8, help="most requests decoded together (1: no batching)"
+    )
     p.add_argument("--batch-window-ms", type=float, default=10.0, help="how long a request waits for others")
-    p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds a request may take before it is stopped")
+    p.add_argument(
+        "--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds a request may take before it is stopped"
+    )
     p.add_argument("--device", default="auto")
     add_compile_option(p)
 
 
 def run(args) -> int:
-    import uvicorn
-
     from lmforge.errors import ConfigError
+    from lmforge.extras import require
+
+    uvicorn = require("uvicorn", extra="serve", feature="lmforge serve")
+    require("fastapi", extra="serve", feature="lmforge serve")
     from lmforge.serve import create_app
 
     if args.max_batch_size < 1 or args.max_tokens_limit < 1 or args.timeout <= 0 or not 0 < args.port < 65536:
-        raise ConfigError("--max-batch-size, --max-tokens-limit and --timeout must be positive, --port 1 to 65535")
-    app = create_app(args.ckpt, api_key=args.api_key, max_batch_size=args.max_batch_size,
-                     batch_window=args.batch_window_ms / 1000, max_tokens_limit=args.max_tokens_limit,
-                     timeout=args.timeout, device=args.device, compile=args.compile)
+        raise ConfigError(
+            "--max-batch-size, --max-tokens-limit and --timeout must be positive, --port 1 to 65535"
+        )
+    app = create_app(
+        args.ckpt,
+        api_key=args.api_key,
+        max_batch_size=args.max_batch_size,
+        batch_window=args.batch_window_ms / 1000,
+        max_tokens_limit=args.max_tokens_limit,
+        timeout=args.timeout,
+        device=args.device,
+        compile=args.compile,
+    )
     print(f"serving {app.state.served.name} ({app.state.served.kind}) on http://{args.host}:{args.port}/")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

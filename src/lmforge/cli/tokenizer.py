@@ -184,7 +184,9 @@ def run_train(args) -> int:
     from lmforge.data.sources import expand_inputs
 
     files = expand_inputs(args.inputs)  # missing or unreadable inputs fail here, before any training
-    tok = Tokenizer.train(args.kind, iter_texts(args.inputs, args.text_field), args.vocab_size, args.min_frequency)
+    tok = Tokenizer.train(
+        args.kind, iter_texts(args.inputs, args.text_field), args.vocab_size, args.min_frequency
+    )
     try:
         path = tok.save(args.out)
     except OSError as exc:

@@ -34,14 +34,22 @@ from lmforge.train.trainer import RunResult, Trainer
 
 
 def distill_loss_sum(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, temperature: float, alpha: float
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    alpha: float,
 ) -> torch.Tensor:
     """The distillation loss summed over the tokens whose target is not IGNORE_INDEX."""
     keep = targets.reshape(-1) != IGNORE_INDEX
     s = student_logits.float().reshape(-1, student_logits.size(-1))[keep]
     t = teacher_logits.float().reshape(-1, teacher_logits.size(-1))[keep]
-    soft = F.kl_div(F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1),
-                    log_target=True, reduction="sum")
+    soft = F.kl_div(
+        F.log_softmax(s / temperature, -1),
+        F.log_softmax(t / temperature, -1),
+        log_target=True,
+        reduction="sum",
+    )
     hard = F.cross_entropy(s, targets.reshape(-1)[keep], reduction="sum")
     return alpha * temperature**2 * soft + (1 - alpha) * hard
 
@@ -51,7 +59,9 @@ class DistillLM(CausalLM):
 
     name = "distill"
 
-    def __init__(self, data, model_cfg, batch_size: int, teacher: nn.Module, temperature: float, alpha: float):
+    def __init__(
+        self, data, model_cfg, batch_size: int, teacher: nn.Module, temperature: float, alpha: float
+    ):
         super().__init__(data, model_cfg, batch_size)
         self.teacher = teacher.eval().requires_grad_(False)
         self.temperature, self.alpha = temperature, alpha
@@ -66,7 +76,9 @@ class DistillLM(CausalLM):
 
 
 # Distillation has no --resume: the checkpoint saved on an interrupt is a usable student as it is.
-NO_RESUME = "a distillation does not resume: the checkpoint is a usable student, or run `lmforge distill` again"
+NO_RESUME = (
+    "a distillation does not resume: the checkpoint is a usable student, or run `lmforge distill` again"
+)
 
 
 def check_settings(temperature: float, alpha: float) -> None:
@@ -76,7 +88,9 @@ def check_settings(temperature: float, alpha: float) -> None:
         raise ConfigError(f"--alpha must be in [0, 1], got {alpha}")
 
 
-def run_overrides(overrides: dict | list[str] | None, max_steps: int | None, max_minutes: float | None) -> dict:
+def run_overrides(
+    overrides: dict | list[str] | None, max_steps: int | None, max_minutes: float | None
+) -> dict:
     """The --model.* / --optim.* / --train.* overrides as a dict, with --max-steps and --max-minutes in it."""
     overrides = parse_overrides(overrides)
     if max_steps is not None:
@@ -90,8 +104,10 @@ def load_teacher(teacher: str | os.PathLike, data: str | os.PathLike):
     """The teacher LM (on the CPU), checked to be a causal neural LM that reads the data's tokens."""
     config = ckpt.read_config(ckpt.resolve_checkpoint(teacher))
     if config.get("arch") == "classifier":
-        raise ConfigError(f"{teacher} is a fine-tuned classifier; give its labelled --train file (and --dev) "
-                          "instead of --data to distill it")
+        raise ConfigError(
+            f"{teacher} is a fine-tuned classifier; give its labelled --train file (and --dev) "
+            "instead of --data to distill it"
+        )
     if config.get("arch") and is_statistical(config["arch"]):
         raise ConfigError(f"{teacher} is an n-gram model; distill from a neural language model")
     lm = load(teacher, device="cpu")
@@ -99,8 +115,10 @@ def load_teacher(teacher: str | os.PathLike, data: str | os.PathLike):
         raise ConfigError(f"{teacher} is not a causal language model; distillation needs next-token logits")
     _, tokenizer = load_prepared(Path(data))
     if tokenizer.sha256() != lm.tokenizer.sha256():
-        raise TokenizerError(f"{data} was tokenized differently from the teacher {teacher}; prepare the data with "
-                             f"--tokenizer {lm.path}/tokenizer.json")
+        raise TokenizerError(
+            f"{data} was tokenized differently from the teacher {teacher}; prepare the data with "
+            f"--tokenizer {lm.path}/tokenizer.json"
+        )
     return lm
 
 
@@ -122,7 +140,9 @@ def distill(
     lm = load_teacher(teacher, data)
     cfg = build_run_config(preset=student_preset, overrides=run_overrides(overrides, max_steps, max_minutes))
     if cfg.arch != "gpt":
-        raise ConfigError(f"preset {student_preset!r} is a {cfg.arch} model; the student must be a GPT preset")
+        raise ConfigError(
+            f"preset {student_preset!r} is a {cfg.arch} model; the student must be a GPT preset"
+        )
     if cfg.model.block_size > lm.model.config.block_size:
         # The teacher cannot score windows longer than its own context.
         cfg.model.block_size = lm.model.config.block_size
@@ -137,6 +157,10 @@ def side_by_side(teacher: str | os.PathLike, student: str | os.PathLike, data: s
     out = {}
     for name, path in (("teacher", teacher), ("student", student)):
         lm = load(path, device="cpu")
-        out[name] = {"path": str(lm.path), "parameters": lm.model.num_params(),
-                     "val_perplexity": evaluate(lm, data)["perplexity"], "tokens_per_s": tokens_per_second(lm)}
+        out[name] = {
+            "path": str(lm.path),
+            "parameters": lm.model.num_params(),
+            "val_perplexity": evaluate(lm, data)["perplexity"],
+            "tokens_per_s": tokens_per_second(lm),
+        }
     return out

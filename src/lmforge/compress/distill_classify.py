@@ -42,8 +42,16 @@ class DistillClassify(ClassifyObjective):
 
     name = "distill-classify"
 
-    def __init__(self, rows, targets: torch.Tensor, encoder, batch_size: int, teacher_logits: torch.Tensor,
-                 temperature: float, alpha: float):
+    def __init__(
+        self,
+        rows,
+        targets: torch.Tensor,
+        encoder,
+        batch_size: int,
+        teacher_logits: torch.Tensor,
+        temperature: float,
+        alpha: float,
+    ):
         super().__init__(rows, targets, encoder, batch_size)
         self.teacher_logits, self.temperature, self.alpha = teacher_logits, temperature, alpha
 
@@ -61,8 +69,10 @@ def load_teacher_classifier(teacher: str | os.PathLike, device: str = "auto"):
     """The teacher as a TextClassificationPipeline, checked to be a single-label fine-tuned classifier."""
     arch = ckpt.read_config(ckpt.resolve_checkpoint(teacher)).get("arch")
     if arch != "classifier":
-        raise ConfigError(f"--train distills a fine-tuned classifier, but {teacher} is a {arch} checkpoint; "
-                          "give a run of `lmforge finetune --task classify` (or, for a language model, --data)")
+        raise ConfigError(
+            f"--train distills a fine-tuned classifier, but {teacher} is a {arch} checkpoint; "
+            "give a run of `lmforge finetune --task classify` (or, for a language model, --data)"
+        )
     clf = TextClassificationPipeline(teacher, device=device)
     if clf.multi_label:
         raise ConfigError(f"{teacher} is a multi-label classifier; distillation supports single-label ones")
@@ -72,15 +82,19 @@ def load_teacher_classifier(teacher: str | os.PathLike, device: str = "auto"):
 def student_backbone(preset: str, teacher_tokenizer, train: list[Example], overrides: dict):
     """(backbone arch, its config as a dict, tokenizer, longest input) of the student; `overrides` are the
     --model.* values that name a field of the backbone's config (they are removed from the dict)."""
-    if preset in SCRATCH:  # the from-scratch BiLSTM / BiGRU of `finetune --model lstm`, with its word tokenizer
+    if (
+        preset in SCRATCH
+    ):  # the from-scratch BiLSTM / BiGRU of `finetune --model lstm`, with its word tokenizer
         base = backbone(preset, [t for ex in train for t in (ex.text, ex.pair) if t])
         arch, tokenizer, longest = base.arch, base.tokenizer, base.longest
         config = RNNEncoderConfig(cell=preset)
     else:
         arch, values = get_preset(preset)
         if arch not in ("bert", "gpt"):
-            raise ConfigError(f"preset {preset!r} is a {arch} model; a student classifier needs a bert or gpt "
-                              f"preset, or {' / '.join(SCRATCH)} (from scratch)")
+            raise ConfigError(
+                f"preset {preset!r} is a {arch} model; a student classifier needs a bert or gpt "
+                f"preset, or {' / '.join(SCRATCH)} (from scratch)"
+            )
         config, tokenizer = model_config_class(arch)(**values), teacher_tokenizer
     names = {f.name for f in dataclasses.fields(config)}
     mine = {k: overrides.pop(f"model.{k}") for k in sorted(names) if f"model.{k}" in overrides}
@@ -139,36 +153,58 @@ def distill_classifier(
         check_labels(dev_examples, clf.labels, dev)
 
     overrides = run_overrides(overrides, max_steps, max_minutes)
-    arch, encoder_cfg, tokenizer, longest = student_backbone(student_preset, clf.lm.tokenizer, train_examples,
-                                                             overrides)
+    arch, encoder_cfg, tokenizer, longest = student_backbone(
+        student_preset, clf.lm.tokenizer, train_examples, overrides
+    )
     # The student's labels are the teacher's, in its order: the logits of both line up.
-    model_cfg = ClassifierConfig(backbone=arch, encoder=encoder_cfg, labels=list(clf.labels),
-                                 block_size=min(max_length or 128, longest))
+    model_cfg = ClassifierConfig(
+        backbone=arch,
+        encoder=encoder_cfg,
+        labels=list(clf.labels),
+        block_size=min(max_length or 128, longest),
+    )
     options = FineTuneOptions(epochs=epochs, batch_size=32, overrides=overrides)
     cfg = finetune_config("classifier", model_cfg, len(train_examples), options, lr=1e-3, warmup=False)
 
     rows = [clf.encoder(ex.text, ex.pair) for ex in train_examples]
     teacher_logits = predict_logits(clf.lm.model, clf.encoder, rows, clf.lm.device)
-    info = {"task": clf.task, "train": str(train), "dev": str(dev) if dev else None, "lora": None,
-            "fields": dataclasses.asdict(fields), "backbone": student_preset,
-            "distilled_from": {"teacher": str(clf.lm.path), "temperature": temperature, "alpha": alpha}}
+    info = {
+        "task": clf.task,
+        "train": str(train),
+        "dev": str(dev) if dev else None,
+        "lora": None,
+        "fields": dataclasses.asdict(fields),
+        "backbone": student_preset,
+        "distilled_from": {"teacher": str(clf.lm.path), "temperature": temperature, "alpha": alpha},
+    }
     del clf  # the teacher's logits are all training needs of it
     spec = classify_spec(cfg, run_dir, tokenizer, train_examples, dev_examples, None, info)
     o = spec.objective
-    objective = DistillClassify(o.rows, o.targets, o.encoder, o.batch_size, teacher_logits, temperature, alpha)
+    objective = DistillClassify(
+        o.rows, o.targets, o.encoder, o.batch_size, teacher_logits, temperature, alpha
+    )
     d = info["distilled_from"]
-    card = [*spec.data_card, f"- distilled from `{d['teacher']}` (temperature {d['temperature']}, alpha {d['alpha']})"]
+    card = [
+        *spec.data_card,
+        f"- distilled from `{d['teacher']}` (temperature {d['temperature']}, alpha {d['alpha']})",
+    ]
     spec = dataclasses.replace(spec, objective=objective, data_card=card, resume_hint=NO_RESUME)
     return Trainer(cfg, spec, run_dir, progress=progress).run()
 
 
-def side_by_side(teacher: str | os.PathLike, student: str | os.PathLike, train: str | os.PathLike,
-                 dev: str | os.PathLike | None = None) -> dict:
+def side_by_side(
+    teacher: str | os.PathLike,
+    student: str | os.PathLike,
+    train: str | os.PathLike,
+    dev: str | os.PathLike | None = None,
+) -> dict:
     """Parameters, dev accuracy and macro-F1 (None without `dev`), and examples/s of prediction on the CPU (texts
     in, probabilities out, in batches of 64; on the dev file, or the training file without one) of both models.
     Both read the files with the field names the student was trained with."""
-    models = {name: TextClassificationPipeline(path, device="cpu") for name, path in
-              (("teacher", teacher), ("student", student))}
+    models = {
+        name: TextClassificationPipeline(path, device="cpu")
+        for name, path in (("teacher", teacher), ("student", student))
+    }
     examples = read_examples(dev or train, models["student"].fields)
     if dev:
         check_labels(examples, models["teacher"].labels, dev)
@@ -184,6 +220,10 @@ def side_by_side(teacher: str | os.PathLike, student: str | os.PathLike, train: 
             y = targets_of(examples, clf.labels, False).numpy()
             m = classification_metrics(y, clf.probabilities(examples).numpy(), clf.labels)
             scores = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
-        out[name] = {"path": str(clf.lm.path), "parameters": clf.lm.model.num_params(), **scores,
-                     "examples_per_s": speed}
+        out[name] = {
+            "path": str(clf.lm.path),
+            "parameters": clf.lm.model.num_params(),
+            **scores,
+            "examples_per_s": speed,
+        }
     return out

@@ -50,8 +50,11 @@ def check_amount(amount: float) -> None:
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    return [(name, m) for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] not in OUTPUT_LAYERS]
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] not in OUTPUT_LAYERS
+    ]
 
 
 def sparsity(model: nn.Module) -> dict:
@@ -60,8 +63,11 @@ def sparsity(model: nn.Module) -> dict:
     zeros = sum(int((w == 0).sum()) for w in weights)
     total = sum(w.numel() for w in weights)
     params = list(model.parameters())
-    return {"linear_sparsity": zeros / max(total, 1), "linear_weights": total,
-            "model_sparsity": sum(int((p == 0).sum()) for p in params) / sum(p.numel() for p in params)}
+    return {
+        "linear_sparsity": zeros / max(total, 1),
+        "linear_weights": total,
+        "model_sparsity": sum(int((p == 0).sum()) for p in params) / sum(p.numel() for p in params),
+    }
 
 
 # ---- unstructured ----------------------------------------------------------------------------------------
@@ -78,11 +84,17 @@ def magnitude_prune(model: nn.Module, amount: float, per_layer: bool = False) ->
             torch_prune.l1_unstructured(m, "weight", amount)
     else:
         # Global: one threshold over all layers, so layers with many small weights give up more of them.
-        torch_prune.global_unstructured([(m, "weight") for _, m in layers], torch_prune.L1Unstructured, amount=amount)
+        torch_prune.global_unstructured(
+            [(m, "weight") for _, m in layers], torch_prune.L1Unstructured, amount=amount
+        )
     for _, m in layers:
         torch_prune.remove(m, "weight")  # the mask is folded into `weight`; no weight_orig / hooks remain
-    return {"method": "magnitude", "amount": amount, "scope": "per-layer" if per_layer else "global",
-            "layers": [name for name, _ in layers]}
+    return {
+        "method": "magnitude",
+        "amount": amount,
+        "scope": "per-layer" if per_layer else "global",
+        "layers": [name for name, _ in layers],
+    }
 
 
 # ---- structured ------------------------------------------------------------------------------------------
@@ -137,7 +149,9 @@ def structured_prune(model: nn.Module, amount: float, batches: list | None = Non
     """
     check_amount(amount)
     if not isinstance(model, GPT):
-        raise ConfigError("structured pruning rebuilds GPT decoders only; use --method magnitude for this model")
+        raise ConfigError(
+            "structured pruning rebuilds GPT decoders only; use --method magnitude for this model"
+        )
     cfg = model.config
     hd, kv, group = cfg.head_size, cfg.kv_heads, cfg.n_head // cfg.kv_heads
     sal = weight_saliency(model, batches)
@@ -164,7 +178,11 @@ def structured_prune(model: nn.Module, amount: float, batches: list | None = Non
         mlp_in = [n for n in ("mlp.up_proj", "mlp.gate_proj") if p + n + ".weight" in state]
         neuron = sal[p + "mlp.down_proj.weight"].sum(0)
         for n in mlp_in:
-            neuron = neuron + sal[p + n + ".weight"].sum(1) + (sal[p + n + ".bias"] if p + n + ".bias" in sal else 0)
+            neuron = (
+                neuron
+                + sal[p + n + ".weight"].sum(1)
+                + (sal[p + n + ".bias"] if p + n + ".bias" in sal else 0)
+            )
         neurons = _keep(-neuron if invert else neuron, amount)
         for n in mlp_in:
             state[p + n + ".weight"] = state[p + n + ".weight"][neurons]
@@ -174,13 +192,22 @@ def structured_prune(model: nn.Module, amount: float, batches: list | None = Non
         kept_groups, kept_neurons = len(groups), len(neurons)
 
     fields = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
-    fields.update(n_head=kept_groups * group, head_dim=hd, mlp_hidden=kept_neurons,
-                  n_kv_head=kept_groups if cfg.n_kv_head is not None else None)
+    fields.update(
+        n_head=kept_groups * group,
+        head_dim=hd,
+        mlp_hidden=kept_neurons,
+        n_kv_head=kept_groups if cfg.n_kv_head is not None else None,
+    )
     small = GPT(GPTConfig(**fields))
     small.load_state_dict(state)
-    record = {"method": "structured", "amount": amount, "score": "taylor" if batches else "l2",
-              "heads": [cfg.n_head, small.config.n_head], "kv_heads": [kv, small.config.kv_heads],
-              "mlp_hidden": [cfg.hidden, kept_neurons]}
+    record = {
+        "method": "structured",
+        "amount": amount,
+        "score": "taylor" if batches else "l2",
+        "heads": [cfg.n_head, small.config.n_head],
+        "kv_heads": [kv, small.config.kv_heads],
+        "mlp_hidden": [cfg.hidden, kept_neurons],
+    }
     return small.eval(), record
 
 
@@ -197,17 +224,29 @@ def recover(model: nn.Module, tokenizer, config: dict, data: str | os.PathLike, 
     if steps < 1:
         raise ConfigError(f"--recover-steps must be >= 1, got {steps}")
     if not Path(data).is_dir():
-        raise DataError("--recover-steps trains on a prepared data directory (lmforge prepare); --data is not one")
+        raise DataError(
+            "--recover-steps trains on a prepared data directory (lmforge prepare); --data is not one"
+        )
     _, data_tokenizer = load_prepared(Path(data))
     if data_tokenizer.sha256() != tokenizer.sha256():
         raise TokenizerError(f"{data} was tokenized with a different tokenizer than the model's")
     run = config.get("run") or {}
-    train = {k: v for k, v in (run.get("train") or {}).items() if k in ("batch_size", "grad_accum", "seed", "threads")}
+    train = {
+        k: v
+        for k, v in (run.get("train") or {}).items()
+        if k in ("batch_size", "grad_accum", "seed", "threads")
+    }
     base = {"arch": config["arch"], "model": config["model"], "optim": run.get("optim") or {}, "train": train}
-    cfg = build_run_config(base=base, overrides={
-        "train.max_steps": steps, "train.eval_every": steps, "train.tensorboard": False, "train.keep_last": 1,
-        "optim.warmup_steps": min(steps // 10, (run.get("optim") or {}).get("warmup_steps", 100)),
-    })
+    cfg = build_run_config(
+        base=base,
+        overrides={
+            "train.max_steps": steps,
+            "train.eval_every": steps,
+            "train.tensorboard": False,
+            "train.keep_last": 1,
+            "optim.warmup_steps": min(steps // 10, (run.get("optim") or {}).get("warmup_steps", 100)),
+        },
+    )
     layers = prunable_layers(model)
     for _, m in layers:
         torch_prune.custom_from_mask(m, "weight", m.weight.detach() != 0)
@@ -240,17 +279,25 @@ def prune_checkpoint(
     if score not in SCORES:
         raise ConfigError(f"unknown importance score {score!r}; choose one of {', '.join(SCORES)}")
     if score == "taylor" and data is None:
-        raise ConfigError("--score taylor needs --data (a text file or a prepared data directory) for gradients")
+        raise ConfigError(
+            "--score taylor needs --data (a text file or a prepared data directory) for gradients"
+        )
     src = resolve_checkpoint(ckpt)
     config = read_config(src)
     if config.get("arch") and is_statistical(config["arch"]):
-        raise ConfigError(f"{ckpt} is an n-gram model (count tables, no weights to prune); prune a neural checkpoint")
+        raise ConfigError(
+            f"{ckpt} is an n-gram model (count tables, no weights to prune); prune a neural checkpoint"
+        )
     if config.get("quantization"):
-        raise ConfigError(f"{ckpt} is quantized ({config['quantization']['method']}); prune the float checkpoint")
+        raise ConfigError(
+            f"{ckpt} is quantized ({config['quantization']['method']}); prune the float checkpoint"
+        )
     if Path(out).resolve() == src:
         raise ConfigError("--out must differ from the checkpoint being pruned")
     if method == "structured" and config.get("arch") != "gpt":
-        raise ConfigError(f"structured pruning rebuilds GPT decoders only, {ckpt} is a {config.get('arch')} model")
+        raise ConfigError(
+            f"structured pruning rebuilds GPT decoders only, {ckpt} is a {config.get('arch')} model"
+        )
     lm = load(src, device="cpu")
     model = lm.model.eval()
     if method == "magnitude":
@@ -288,13 +335,22 @@ def describe(ckpt: str | os.PathLike, data: str | os.PathLike | None) -> dict:
     return out
 
 
-def sweep(ckpt, out_dir, method: str, amounts: list[float], per_layer: bool, data, score: str = "auto",
-          recover_steps: int = 0) -> list[dict]:
+def sweep(
+    ckpt,
+    out_dir,
+    method: str,
+    amounts: list[float],
+    per_layer: bool,
+    data,
+    score: str = "auto",
+    recover_steps: int = 0,
+) -> list[dict]:
     """Prune at each amount into out_dir/amount-X and describe each result (the original first, as amount 0)."""
     rows = [{"amount": 0.0, **describe(ckpt, data)}]
     for amount in amounts:
-        path = prune_checkpoint(ckpt, Path(out_dir) / f"amount-{amount:g}", method, amount, per_layer, data, score,
-                                recover_steps)
+        path = prune_checkpoint(
+            ckpt, Path(out_dir) / f"amount-{amount:g}", method, amount, per_layer, data, score, recover_steps
+        )
         rows.append({"amount": amount, **describe(path, data)})
     return rows
 
@@ -305,12 +361,17 @@ def plot(rows: list[dict], method: str, path: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x_key, label = ("linear_sparsity", "sparsity of the Linear weights") if method == "magnitude" else (
-        "size_bytes", "size on disk (bytes)")
+    x_key, label = (
+        ("linear_sparsity", "sparsity of the Linear weights")
+        if method == "magnitude"
+        else ("size_bytes", "size on disk (bytes)")
+    )
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot([r[x_key] for r in rows], [r["perplexity"] for r in rows], marker="o")
     for r in rows:
-        ax.annotate(f"{r['amount']:g}", (r[x_key], r["perplexity"]), textcoords="offset points", xytext=(4, 4))
+        ax.annotate(
+            f"{r['amount']:g}", (r[x_key], r["perplexity"]), textcoords="offset points", xytext=(4, 4)
+        )
     ax.set_xlabel(label)
     ax.set_ylabel("perplexity")
     ax.set_title(f"{method} pruning")

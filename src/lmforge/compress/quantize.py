@@ -34,6 +34,7 @@ from lmforge.models.registry import is_statistical
 
 __all__ = ["METHODS", "quantize_checkpoint", "quantize_model", "tokens_per_second", "describe", "report"]
 
+
 def quantize_checkpoint(
     ckpt: str | os.PathLike,
     out: str | os.PathLike,
@@ -46,9 +47,13 @@ def quantize_checkpoint(
     src = resolve_checkpoint(ckpt)
     config = read_config(src)
     if config.get("arch") and is_statistical(config["arch"]):
-        raise ConfigError(f"{ckpt} is an n-gram model (count tables, no Linear layers); quantize a neural checkpoint")
+        raise ConfigError(
+            f"{ckpt} is an n-gram model (count tables, no Linear layers); quantize a neural checkpoint"
+        )
     if config.get("quantization"):
-        raise ConfigError(f"{ckpt} is already quantized ({config['quantization']['method']}); start from the float one")
+        raise ConfigError(
+            f"{ckpt} is already quantized ({config['quantization']['method']}); start from the float one"
+        )
     if Path(out).resolve() == src:
         raise ConfigError("--out must differ from the checkpoint being quantized")
     model, tokenizer, config = load_checkpoint(src, "cpu")
@@ -82,8 +87,12 @@ def describe(ckpt: str | os.PathLike, data: str | os.PathLike | None) -> dict:
     """size_bytes (model.safetensors), and for language models tokens_per_s and perplexity on `data`."""
     path = resolve_checkpoint(ckpt)
     lm = load(path, device="cpu")
-    out = {"path": str(path), "size_bytes": (path / "model.safetensors").stat().st_size,
-           "tokens_per_s": None, "perplexity": None}
+    out = {
+        "path": str(path),
+        "size_bytes": (path / "model.safetensors").stat().st_size,
+        "tokens_per_s": None,
+        "perplexity": None,
+    }
     if getattr(lm.model.config, "objective", None) == "classify":
         return out  # a classifier neither generates nor has a perplexity
     out["tokens_per_s"] = tokens_per_second(lm)

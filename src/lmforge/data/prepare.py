@@ -257,7 +257,14 @@ class _Pass1:
                         )
             done += source.size if source.size is not None else seen
             progress.update(task, completed=done, docs=self.documents)
-            per_source.append({"path": source.path, "documents": docs, "bytes": nbytes, **({"val": True} if source.val else {})})
+            per_source.append(
+                {
+                    "path": source.path,
+                    "documents": docs,
+                    "bytes": nbytes,
+                    **({"val": True} if source.val else {}),
+                }
+            )
         return per_source
 
 

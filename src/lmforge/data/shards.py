@@ -69,7 +69,9 @@ class ShardWriter:
 def read_manifest(data_dir: str | os.PathLike) -> dict:
     path = Path(data_dir) / "manifest.json"
     if not path.is_file():
-        raise DataError(f"{data_dir} is not a prepared data directory (no manifest.json); run `lmforge prepare` first")
+        raise DataError(
+            f"{data_dir} is not a prepared data directory (no manifest.json); run `lmforge prepare` first"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -95,7 +97,9 @@ class TokenShards:
         self.data_dir = Path(data_dir)
         self.manifest = read_manifest(data_dir)
         if split not in self.manifest["splits"]:
-            raise DataError(f"{data_dir} has no {split!r} split (it has: {', '.join(self.manifest['splits'])})")
+            raise DataError(
+                f"{data_dir} has no {split!r} split (it has: {', '.join(self.manifest['splits'])})"
+            )
         info = self.manifest["splits"][split]
         self.split = split
         self.bytes = int(info["bytes"])
@@ -169,7 +173,6 @@ class TokenShards:
 def stack_rows(xs: list, ys: list) -> tuple:
     """Stack rows (1-d tensors) of possibly different lengths; short rows are padded with target IGNORE_INDEX."""
     import torch
-
 
     width = max(x.numel() for x in xs)
     x = torch.zeros(len(xs), width, dtype=torch.long)

@@ -40,14 +40,76 @@ HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
 # Files with these suffixes are skipped when walking a folder (they are never text). Named explicitly on
 # the command line they are read anyway, and fail with a clear "binary file" error.
 BINARY_SUFFIXES = {
-    ".bin", ".npy", ".npz", ".pt", ".pth", ".safetensors", ".ckpt", ".onnx", ".pkl", ".pickle", ".arrow",
-    ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".ico", ".webp", ".tif", ".tiff", ".psd",
-    ".pdf", ".doc", ".docx", ".xls", ".xlsx", ".ppt", ".pptx", ".odt", ".epub",
-    ".zip", ".gz", ".tgz", ".bz2", ".xz", ".zst", ".lz4", ".tar", ".7z", ".rar",
-    ".exe", ".dll", ".so", ".dylib", ".o", ".a", ".pyc", ".pyo", ".class", ".jar", ".wasm",
-    ".mp3", ".mp4", ".wav", ".flac", ".ogg", ".m4a", ".avi", ".mov", ".mkv", ".webm",
-    ".woff", ".woff2", ".ttf", ".otf", ".eot", ".db", ".sqlite", ".sqlite3",
-}  # fmt: skip
+    ".bin",
+    ".npy",
+    ".npz",
+    ".pt",
+    ".pth",
+    ".safetensors",
+    ".ckpt",
+    ".onnx",
+    ".pkl",
+    ".pickle",
+    ".arrow",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".gif",
+    ".bmp",
+    ".ico",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".psd",
+    ".pdf",
+    ".doc",
+    ".docx",
+    ".xls",
+    ".xlsx",
+    ".ppt",
+    ".pptx",
+    ".odt",
+    ".epub",
+    ".zip",
+    ".gz",
+    ".tgz",
+    ".bz2",
+    ".xz",
+    ".zst",
+    ".lz4",
+    ".tar",
+    ".7z",
+    ".rar",
+    ".exe",
+    ".dll",
+    ".so",
+    ".dylib",
+    ".o",
+    ".a",
+    ".pyc",
+    ".pyo",
+    ".class",
+    ".jar",
+    ".wasm",
+    ".mp3",
+    ".mp4",
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".m4a",
+    ".avi",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".woff",
+    ".woff2",
+    ".ttf",
+    ".otf",
+    ".eot",
+    ".db",
+    ".sqlite",
+    ".sqlite3",
+}
 _WIDE_ENCODINGS = ("utf-16", "utf-32")
 
 # A run of one or more blank (whitespace-only) lines: the separator of doc_split="paragraph".
@@ -328,7 +390,7 @@ def _json_values(fh) -> Iterator[object]:
             buf += chunk
 
     def error(msg: str, at: int) -> ValueError:
-        return ValueError(f"{msg} at line {line + buf.count(chr(10), 0, at)}")
+        return ValueError(f"{msg.removesuffix(' at')} at line {line + buf.count(chr(10), 0, at)}")
 
     while True:
         pos = _JSON_BLANK.match(buf, pos).end()

@@ -31,7 +31,9 @@ def classification_metrics(
     p, r, f, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
     out = {"accuracy": accuracy}
     for avg in ("macro", "weighted") + (("micro",) if multi_label else ()):
-        ap, ar, af, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=ids, average=avg, zero_division=0)
+        ap, ar, af, _ = skm.precision_recall_fscore_support(
+            y_true, y_pred, labels=ids, average=avg, zero_division=0
+        )
         out.update({f"{avg}_precision": float(ap), f"{avg}_recall": float(ar), f"{avg}_f1": float(af)})
     out["per_class"] = {
         name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
@@ -49,12 +51,17 @@ def classification_metrics(
 
 def format_metrics(m: dict, labels: list[str]) -> str:
     """The scores as a plain-text block: headline figures, per-class table, confusion matrix."""
-    lines = [f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  weighted-F1 {m['weighted_f1']:.4f}"
-             + (f"  ROC-AUC {m['roc_auc']:.4f}" if "roc_auc" in m else "") + f"  ({m['examples']:,} examples)"]
+    lines = [
+        f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  weighted-F1 {m['weighted_f1']:.4f}"
+        + (f"  ROC-AUC {m['roc_auc']:.4f}" if "roc_auc" in m else "")
+        + f"  ({m['examples']:,} examples)"
+    ]
     width = max(8, *(len(n) for n in labels))
     lines.append(f"{'label':<{width}}  precision  recall     f1  support")
     for name, s in m["per_class"].items():
-        lines.append(f"{name:<{width}}  {s['precision']:9.4f}  {s['recall']:6.4f}  {s['f1']:.4f}  {s['support']:7d}")
+        lines.append(
+            f"{name:<{width}}  {s['precision']:9.4f}  {s['recall']:6.4f}  {s['f1']:.4f}  {s['support']:7d}"
+        )
     if "confusion_matrix" in m:
         lines.append("confusion matrix (rows: true label, columns: predicted)")
         for name, row in zip(labels, m["confusion_matrix"]):
@@ -62,7 +69,9 @@ def format_metrics(m: dict, labels: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(m: dict, labels: list[str], folder: str | os.PathLike, samples: list[dict] | None = None) -> Path:
+def write_report(
+    m: dict, labels: list[str], folder: str | os.PathLike, samples: list[dict] | None = None
+) -> Path:
     """metrics.json, report.md, confusion_matrix.png and (two classes) roc.png in `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

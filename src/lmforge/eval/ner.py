@@ -28,8 +28,15 @@ def entity_metrics(gold: list[list[str]], pred: list[list[str]], scheme: str = "
         "precision": float(sm.precision_score(gold, pred, **kw)),
         "recall": float(sm.recall_score(gold, pred, **kw)),
         "accuracy": float(sm.accuracy_score(gold, pred)),  # per word, O included
-        "per_type": {t: {"precision": float(report[t]["precision"]), "recall": float(report[t]["recall"]),
-                         "f1": float(report[t]["f1-score"]), "support": int(report[t]["support"])} for t in types},
+        "per_type": {
+            t: {
+                "precision": float(report[t]["precision"]),
+                "recall": float(report[t]["recall"]),
+                "f1": float(report[t]["f1-score"]),
+                "support": int(report[t]["support"]),
+            }
+            for t in types
+        },
         "entities": int(sum(report[t]["support"] for t in types)),
         "sentences": len(gold),
     }
@@ -44,12 +51,16 @@ def entity_metrics(gold: list[list[str]], pred: list[list[str]], scheme: str = "
 
 
 def format_ner_metrics(m: dict) -> str:
-    lines = [f"entity F1 {m['f1']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
-             f"word accuracy {m['accuracy']:.4f}  ({m['entities']:,} entities, {m['sentences']:,} sentences)"]
+    lines = [
+        f"entity F1 {m['f1']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
+        f"word accuracy {m['accuracy']:.4f}  ({m['entities']:,} entities, {m['sentences']:,} sentences)"
+    ]
     width = max(8, *(len(n) for n in m["per_type"])) if m["per_type"] else 8
     lines.append(f"{'type':<{width}}  precision  recall     f1  support")
     for name, s in m["per_type"].items():
-        lines.append(f"{name:<{width}}  {s['precision']:9.4f}  {s['recall']:6.4f}  {s['f1']:.4f}  {s['support']:7d}")
+        lines.append(
+            f"{name:<{width}}  {s['precision']:9.4f}  {s['recall']:6.4f}  {s['f1']:.4f}  {s['support']:7d}"
+        )
     return "\n".join(lines)
 
 
@@ -59,11 +70,25 @@ def write_ner_report(m: dict, folder: str | os.PathLike, samples: list[dict] | N
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(m, indent=2, ensure_ascii=False), encoding="utf-8")
     plot_confusion(m["confusion_matrix"], m["confusion_labels"], folder / "confusion_matrix.png")
-    md = ["# Named-entity recognition report", "", "Entity-level scores (seqeval, strict mode).", "",
-          "```", format_ner_metrics(m), "```", "",
-          "![entity types per word: rows true, columns predicted](confusion_matrix.png)", ""]
+    md = [
+        "# Named-entity recognition report",
+        "",
+        "Entity-level scores (seqeval, strict mode).",
+        "",
+        "```",
+        format_ner_metrics(m),
+        "```",
+        "",
+        "![entity types per word: rows true, columns predicted](confusion_matrix.png)",
+        "",
+    ]
     if samples:
-        md += ["## Sample predictions", "", "| sentence | gold entities | predicted entities |", "|---|---|---|"]
+        md += [
+            "## Sample predictions",
+            "",
+            "| sentence | gold entities | predicted entities |",
+            "|---|---|---|",
+        ]
         for s in samples:
             cells = [s["text"][:120], _entities(s["gold"]), _entities(s["predicted"])]
             md.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")

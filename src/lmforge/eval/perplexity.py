@@ -30,7 +30,10 @@ from lmforge.train.objectives import SpanCorruption, collate_pairs, seq2seq_loss
 
 @torch.no_grad()
 def sum_nll(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, amp_dtype=None
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    amp_dtype=None,
 ) -> tuple[float, int]:
     """Total negative log-likelihood (nats) and number of predicted tokens over (inputs, targets) batches."""
     with eval_mode(model):
@@ -61,10 +64,19 @@ def summarize(nats: float, tokens: int, n_bytes: float) -> dict:
 def describe_scores(scores: dict) -> str:
     """One human line for an evaluation result (evaluate()'s keys, or a run's val_* metrics)."""
     s = {key.removeprefix("val_"): value for key, value in scores.items()}
-    shown = [("loss", "loss", ".4f"), ("perplexity", "perplexity", ".2f"), ("masked_accuracy", "masked-token accuracy", ".3f"),
-             ("bits_per_byte", "bits/byte", ".4f"), ("accuracy", "accuracy", ".4f"), ("macro_f1", "macro-F1", ".4f"),
-             ("f1", "F1", ".4f"), ("exact_match", "exact match", ".4f"), ("bleu", "BLEU", ".2f"), ("chrf", "chrF", ".2f"),
-             ("rougeL", "ROUGE-L", ".2f")]
+    shown = [
+        ("loss", "loss", ".4f"),
+        ("perplexity", "perplexity", ".2f"),
+        ("masked_accuracy", "masked-token accuracy", ".3f"),
+        ("bits_per_byte", "bits/byte", ".4f"),
+        ("accuracy", "accuracy", ".4f"),
+        ("macro_f1", "macro-F1", ".4f"),
+        ("f1", "F1", ".4f"),
+        ("exact_match", "exact match", ".4f"),
+        ("bleu", "BLEU", ".2f"),
+        ("chrf", "chrF", ".2f"),
+        ("rougeL", "ROUGE-L", ".2f"),
+    ]
     return "  ".join(f"{label} {s[key]:{fmt}}" for key, label, fmt in shown if s.get(key) is not None)
 
 
@@ -143,7 +155,9 @@ def evaluate_shards(
     """
     if is_masked_lm(model):
         body = model.config.block_size - (tokenizer.bos_id is not None)
-        return masked_lm_scores(model, shards.windows(body, batch_size, max_tokens), tokenizer, device, amp_dtype)
+        return masked_lm_scores(
+            model, shards.windows(body, batch_size, max_tokens), tokenizer, device, amp_dtype
+        )
     if is_seq2seq(model):
         windows = shards.windows(model.config.block_size, batch_size, max_tokens)
         return seq2seq_scores(model, windows, tokenizer, device, amp_dtype)
@@ -151,7 +165,9 @@ def evaluate_shards(
         stream = np.concatenate([np.asarray(a) for a in shards.arrays])[:max_tokens]
         nats, count = model.score_stream(stream)
     else:
-        nats, count = sum_nll(model, shards.windows(model.config.block_size, batch_size, max_tokens), device, amp_dtype)
+        nats, count = sum_nll(
+            model, shards.windows(model.config.block_size, batch_size, max_tokens), device, amp_dtype
+        )
     # Bytes in proportion to the tokens scored: exact for a full sweep, an estimate for a partial one.
     return summarize(nats, count, shards.bytes * count / shards.tokens)
 
@@ -173,8 +189,10 @@ def evaluate(
     lm = load_for_inference(model_or_path, device=device) if loaded else model_or_path
     task = TASK_MODELS.get(getattr(lm.model.config, "objective", None))
     if task is not None:
-        raise ConfigError(f"{lm.path or 'this model'} is a fine-tuned {task[0]} model: evaluate it with "
-                          f"--task {task[1]} on a labelled file")
+        raise ConfigError(
+            f"{lm.path or 'this model'} is a fine-tuned {task[0]} model: evaluate it with "
+            f"--task {task[1]} on a labelled file"
+        )
     block = lm.model.config.block_size
     path = Path(data)
     if path.is_dir():
@@ -187,7 +205,9 @@ def evaluate(
             )
         if shards.tokens < 2:
             raise DataError(f"the {split} split of {data} has fewer than 2 tokens")
-        return evaluate_shards(lm.model, shards, lm.tokenizer, batch_size, max_tokens, lm.device, lm.amp_dtype)
+        return evaluate_shards(
+            lm.model, shards, lm.tokenizer, batch_size, max_tokens, lm.device, lm.amp_dtype
+        )
     if not path.is_file():
         raise DataError(f"{data} does not exist; give a prepared data directory or a UTF-8 text file")
     try:

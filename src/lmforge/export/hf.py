@@ -32,23 +32,36 @@ _GPT2 = {
     "lm_head.weight": "lm_head.weight",
 }
 _GPT2_LAYER = {
-    "attn_norm.weight": "ln_1.weight", "attn_norm.bias": "ln_1.bias",
-    "attn.qkv_proj.weight": "attn.c_attn.weight", "attn.qkv_proj.bias": "attn.c_attn.bias",
-    "attn.o_proj.weight": "attn.c_proj.weight", "attn.o_proj.bias": "attn.c_proj.bias",
-    "mlp_norm.weight": "ln_2.weight", "mlp_norm.bias": "ln_2.bias",
-    "mlp.up_proj.weight": "mlp.c_fc.weight", "mlp.up_proj.bias": "mlp.c_fc.bias",
-    "mlp.down_proj.weight": "mlp.c_proj.weight", "mlp.down_proj.bias": "mlp.c_proj.bias",
+    "attn_norm.weight": "ln_1.weight",
+    "attn_norm.bias": "ln_1.bias",
+    "attn.qkv_proj.weight": "attn.c_attn.weight",
+    "attn.qkv_proj.bias": "attn.c_attn.bias",
+    "attn.o_proj.weight": "attn.c_proj.weight",
+    "attn.o_proj.bias": "attn.c_proj.bias",
+    "mlp_norm.weight": "ln_2.weight",
+    "mlp_norm.bias": "ln_2.bias",
+    "mlp.up_proj.weight": "mlp.c_fc.weight",
+    "mlp.up_proj.bias": "mlp.c_fc.bias",
+    "mlp.down_proj.weight": "mlp.c_proj.weight",
+    "mlp.down_proj.bias": "mlp.c_proj.bias",
 }
 _GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
-_LLAMA = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-          "lm_head.weight": "lm_head.weight"}
+_LLAMA = {
+    "tok_emb.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
 _LLAMA_LAYER = {
-    "attn_norm.weight": "input_layernorm.weight", "mlp_norm.weight": "post_attention_layernorm.weight",
-    "attn.o_proj.weight": "self_attn.o_proj.weight", "attn.o_proj.bias": "self_attn.o_proj.bias",
-    "mlp.gate_proj.weight": "mlp.gate_proj.weight", "mlp.up_proj.weight": "mlp.up_proj.weight",
+    "attn_norm.weight": "input_layernorm.weight",
+    "mlp_norm.weight": "post_attention_layernorm.weight",
+    "attn.o_proj.weight": "self_attn.o_proj.weight",
+    "attn.o_proj.bias": "self_attn.o_proj.bias",
+    "mlp.gate_proj.weight": "mlp.gate_proj.weight",
+    "mlp.up_proj.weight": "mlp.up_proj.weight",
     "mlp.down_proj.weight": "mlp.down_proj.weight",
-    "mlp.gate_proj.bias": "mlp.gate_proj.bias", "mlp.up_proj.bias": "mlp.up_proj.bias",
+    "mlp.gate_proj.bias": "mlp.gate_proj.bias",
+    "mlp.up_proj.bias": "mlp.up_proj.bias",
     "mlp.down_proj.bias": "mlp.down_proj.bias",
 }
 _LLAMA_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
@@ -57,8 +70,10 @@ _BERT = {
     "tok_emb.weight": "embeddings.word_embeddings.weight",
     "pos_emb.weight": "embeddings.position_embeddings.weight",
     "type_emb.weight": "embeddings.token_type_embeddings.weight",
-    "emb_norm.weight": "embeddings.LayerNorm.weight", "emb_norm.bias": "embeddings.LayerNorm.bias",
-    "pooler.weight": "pooler.dense.weight", "pooler.bias": "pooler.dense.bias",
+    "emb_norm.weight": "embeddings.LayerNorm.weight",
+    "emb_norm.bias": "embeddings.LayerNorm.bias",
+    "pooler.weight": "pooler.dense.weight",
+    "pooler.bias": "pooler.dense.bias",
 }
 _BERT_HEAD = {  # outside the "bert." prefix of BertForMaskedLM / BertForPreTraining
     "mlm_dense.weight": "cls.predictions.transform.dense.weight",
@@ -69,11 +84,16 @@ _BERT_HEAD = {  # outside the "bert." prefix of BertForMaskedLM / BertForPreTrai
     "lm_head.weight": "cls.predictions.decoder.weight",
 }
 _BERT_LAYER = {
-    "o_proj.weight": "attention.output.dense.weight", "o_proj.bias": "attention.output.dense.bias",
-    "attn_norm.weight": "attention.output.LayerNorm.weight", "attn_norm.bias": "attention.output.LayerNorm.bias",
-    "up_proj.weight": "intermediate.dense.weight", "up_proj.bias": "intermediate.dense.bias",
-    "down_proj.weight": "output.dense.weight", "down_proj.bias": "output.dense.bias",
-    "mlp_norm.weight": "output.LayerNorm.weight", "mlp_norm.bias": "output.LayerNorm.bias",
+    "o_proj.weight": "attention.output.dense.weight",
+    "o_proj.bias": "attention.output.dense.bias",
+    "attn_norm.weight": "attention.output.LayerNorm.weight",
+    "attn_norm.bias": "attention.output.LayerNorm.bias",
+    "up_proj.weight": "intermediate.dense.weight",
+    "up_proj.bias": "intermediate.dense.bias",
+    "down_proj.weight": "output.dense.weight",
+    "down_proj.bias": "output.dense.bias",
+    "mlp_norm.weight": "output.LayerNorm.weight",
+    "mlp_norm.bias": "output.LayerNorm.bias",
 }
 _BERT_QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
 
@@ -87,13 +107,17 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
 
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
     if not files:
-        raise CheckpointError(f"{folder} has no model.safetensors or pytorch_model.bin; it is not a transformers folder")
+        raise CheckpointError(
+            f"{folder} has no model.safetensors or pytorch_model.bin; it is not a transformers folder"
+        )
     state: dict[str, torch.Tensor] = {}
     for f in files:
         try:
             part = load_file(str(f)) if f.suffix == ".safetensors" else torch.load(f, map_location="cpu")
         except Exception as exc:
-            raise CheckpointError(f"{f} is truncated or corrupted ({str(exc).splitlines()[0][:80]})") from None
+            raise CheckpointError(
+                f"{f} is truncated or corrupted ({str(exc).splitlines()[0][:80]})"
+            ) from None
         state.update(part)
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
@@ -102,11 +126,15 @@ def _hf_tokenizer(folder: Path):
     """The folder's tokenizer as an lmforge Tokenizer (tokenizer.json, or the slow files converted by transformers)."""
     if (folder / "tokenizer.json").is_file():
         return Tokenizer.load(folder / "tokenizer.json")
-    transformers = require("transformers", extra="hf", feature=f"the tokenizer of {folder} (no tokenizer.json)")
+    transformers = require(
+        "transformers", extra="hf", feature=f"the tokenizer of {folder} (no tokenizer.json)"
+    )
     try:
         fast = transformers.AutoTokenizer.from_pretrained(str(folder), use_fast=True)
     except Exception as exc:
-        raise CheckpointError(f"{folder} has no tokenizer.json and its tokenizer files cannot be read ({exc})") from None
+        raise CheckpointError(
+            f"{folder} has no tokenizer.json and its tokenizer files cannot be read ({exc})"
+        ) from None
     return Tokenizer.from_str(fast.backend_tokenizer.to_str())
 
 
@@ -117,8 +145,11 @@ def download_hf(hf_id: str, cache_dir: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(hf_id, cache_dir=cache_dir,
-                                      allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+        return Path(
+            snapshot_download(
+                hf_id, cache_dir=cache_dir, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]
+            )
+        )
     except Exception as exc:
         raise CheckpointError(
             f"cannot download {hf_id!r} from the Hugging Face Hub ({type(exc).__name__}); check the network, or "
@@ -141,7 +172,9 @@ def import_hf(hf_dir: str | os.PathLike | None, out: str | os.PathLike, hf_id: s
     kind = hf.get("model_type")
     converters = {"bert": _bert_from_hf, "gpt2": _gpt2_from_hf, "llama": _llama_from_hf}
     if kind not in converters:
-        raise ConfigError(f"cannot import model_type {kind!r}; lmforge reads {', '.join(converters)} checkpoints")
+        raise ConfigError(
+            f"cannot import model_type {kind!r}; lmforge reads {', '.join(converters)} checkpoints"
+        )
     arch, model_cfg, state = converters[kind](hf, read_hf_weights(folder))
     model = build_model(arch, model_cfg)
     fresh = model.state_dict()
@@ -152,7 +185,9 @@ def import_hf(hf_dir: str | os.PathLike | None, out: str | os.PathLike, hf_id: s
         raise CheckpointError(f"{folder} has weights lmforge cannot place: {', '.join(unknown[:3])}")
     for k, v in state.items():
         if fresh[k].shape != v.shape:
-            raise CheckpointError(f"{folder}: {k} has shape {tuple(v.shape)}, expected {tuple(fresh[k].shape)}")
+            raise CheckpointError(
+                f"{folder}: {k} has shape {tuple(v.shape)}, expected {tuple(fresh[k].shape)}"
+            )
     model.load_state_dict(state, strict=False)
     if initialised:
         warnings.warn(
@@ -168,8 +203,13 @@ def import_hf(hf_dir: str | os.PathLike | None, out: str | os.PathLike, hf_id: s
     config = {
         "arch": arch,
         "model": dataclasses.asdict(model.config),
-        "source": {"hf_dir": str(folder.resolve()), "hf_id": hf_id, "model_type": kind,
-                   "name_or_path": hf.get("_name_or_path"), "initialised": initialised},
+        "source": {
+            "hf_dir": str(folder.resolve()),
+            "hf_id": hf_id,
+            "model_type": kind,
+            "name_or_path": hf.get("_name_or_path"),
+            "initialised": initialised,
+        },
     }
     return save_checkpoint(out, model, tokenizer, config)
 
@@ -182,13 +222,21 @@ def _bert_from_hf(hf: dict, w: dict) -> tuple[str, dict, dict]:
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise ConfigError("only BERT checkpoints with absolute position embeddings can be imported")
     if hf.get("hidden_act", "gelu") != "gelu":
-        raise ConfigError(f"BERT with hidden_act {hf['hidden_act']!r} cannot be imported (lmforge's uses exact GELU)")
+        raise ConfigError(
+            f"BERT with hidden_act {hf['hidden_act']!r} cannot be imported (lmforge's uses exact GELU)"
+        )
     prefix = "bert." if any(k.startswith("bert.") for k in w) else ""
     cfg = dict(
-        vocab_size=hf["vocab_size"], block_size=hf["max_position_embeddings"], n_layer=hf["num_hidden_layers"],
-        n_head=hf["num_attention_heads"], n_embd=hf["hidden_size"], mlp_hidden=hf["intermediate_size"],
-        dropout=hf.get("hidden_dropout_prob", 0.1), type_vocab_size=hf.get("type_vocab_size", 2),
-        norm_eps=hf.get("layer_norm_eps", 1e-12), tie_embeddings=hf.get("tie_word_embeddings", True),
+        vocab_size=hf["vocab_size"],
+        block_size=hf["max_position_embeddings"],
+        n_layer=hf["num_hidden_layers"],
+        n_head=hf["num_attention_heads"],
+        n_embd=hf["hidden_size"],
+        mlp_hidden=hf["intermediate_size"],
+        dropout=hf.get("hidden_dropout_prob", 0.1),
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        norm_eps=hf.get("layer_norm_eps", 1e-12),
+        tie_embeddings=hf.get("tie_word_embeddings", True),
     )
     state = {ours: w[prefix + theirs] for ours, theirs in _BERT.items() if prefix + theirs in w}
     for ours, theirs in _BERT_HEAD.items():
@@ -212,18 +260,33 @@ GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "
 def _gpt2_from_hf(hf: dict, w: dict) -> tuple[str, dict, dict]:
     act = hf.get("activation_function", "gelu_new")
     if act not in GPT2_ACTIVATIONS:
-        raise ConfigError(f"GPT-2 with activation_function {act!r} cannot be imported (lmforge has the exact GELU "
-                          "and its tanh approximation)")
+        raise ConfigError(
+            f"GPT-2 with activation_function {act!r} cannot be imported (lmforge has the exact GELU "
+            "and its tanh approximation)"
+        )
     prefix = "" if any(k.startswith("transformer.") for k in w) else "transformer."  # GPT2Model has no prefix
     w = {k if k.startswith(("transformer.", "lm_head")) else prefix + k: v for k, v in w.items()}
     tie = hf.get("tie_word_embeddings", True)
     cfg = dict(
-        vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"], n_head=hf["n_head"],
-        n_embd=hf["n_embd"], mlp_hidden=hf.get("n_inner"), dropout=hf.get("resid_pdrop", 0.0), bias=True,
-        norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation=GPT2_ACTIVATIONS[act], position="learned",
+        vocab_size=hf["vocab_size"],
+        block_size=hf["n_positions"],
+        n_layer=hf["n_layer"],
+        n_head=hf["n_head"],
+        n_embd=hf["n_embd"],
+        mlp_hidden=hf.get("n_inner"),
+        dropout=hf.get("resid_pdrop", 0.0),
+        bias=True,
+        norm="layernorm",
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        activation=GPT2_ACTIVATIONS[act],
+        position="learned",
         tie_embeddings=tie,
     )
-    state = {ours: w[theirs] for ours, theirs in _GPT2.items() if theirs in w and not (tie and ours == "lm_head.weight")}
+    state = {
+        ours: w[theirs]
+        for ours, theirs in _GPT2.items()
+        if theirs in w and not (tie and ours == "lm_head.weight")
+    }
     for i in _layers(hf, "n_layer"):
         for ours, theirs in _GPT2_LAYER.items():
             t = w[f"transformer.h.{i}.{theirs}"]
@@ -233,7 +296,9 @@ def _gpt2_from_hf(hf: dict, w: dict) -> tuple[str, dict, dict]:
 
 def _llama_from_hf(hf: dict, w: dict) -> tuple[str, dict, dict]:
     if hf.get("hidden_act", "silu") != "silu":
-        raise ConfigError(f"Llama with hidden_act {hf['hidden_act']!r} cannot be imported (lmforge's uses SwiGLU)")
+        raise ConfigError(
+            f"Llama with hidden_act {hf['hidden_act']!r} cannot be imported (lmforge's uses SwiGLU)"
+        )
     if hf.get("rope_scaling") or (hf.get("rope_parameters") or {}).get("rope_type", "default") != "default":
         raise ConfigError("Llama checkpoints with RoPE scaling cannot be imported yet")
     tie = hf.get("tie_word_embeddings", False)
@@ -241,16 +306,32 @@ def _llama_from_hf(hf: dict, w: dict) -> tuple[str, dict, dict]:
     n_head = hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or hf["hidden_size"] // n_head
     cfg = dict(
-        vocab_size=hf["vocab_size"], block_size=hf["max_position_embeddings"], n_layer=hf["num_hidden_layers"],
-        n_head=n_head, n_kv_head=hf.get("num_key_value_heads") or n_head, n_embd=hf["hidden_size"],
-        mlp_hidden=hf["intermediate_size"], dropout=0.0, bias=bool(hf.get("attention_bias", False)),
-        norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), activation="swiglu", position="rope",
-        rope_theta=float(theta), tie_embeddings=tie,
-        head_dim=head_dim if head_dim * n_head != hf["hidden_size"] else None,  # e.g. Gemma-like or pruned heads
+        vocab_size=hf["vocab_size"],
+        block_size=hf["max_position_embeddings"],
+        n_layer=hf["num_hidden_layers"],
+        n_head=n_head,
+        n_kv_head=hf.get("num_key_value_heads") or n_head,
+        n_embd=hf["hidden_size"],
+        mlp_hidden=hf["intermediate_size"],
+        dropout=0.0,
+        bias=bool(hf.get("attention_bias", False)),
+        norm="rmsnorm",
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        activation="swiglu",
+        position="rope",
+        rope_theta=float(theta),
+        tie_embeddings=tie,
+        head_dim=head_dim
+        if head_dim * n_head != hf["hidden_size"]
+        else None,  # e.g. Gemma-like or pruned heads
     )
     if bool(hf.get("mlp_bias", False)) != cfg["bias"]:
         raise ConfigError("Llama checkpoints with attention_bias != mlp_bias cannot be imported")
-    state = {ours: w[theirs] for ours, theirs in _LLAMA.items() if theirs in w and not (tie and ours == "lm_head.weight")}
+    state = {
+        ours: w[theirs]
+        for ours, theirs in _LLAMA.items()
+        if theirs in w and not (tie and ours == "lm_head.weight")
+    }
     for i in _layers(hf):
         src = f"model.layers.{i}."
         for ours, theirs in _LLAMA_LAYER.items():
@@ -258,7 +339,9 @@ def _llama_from_hf(hf: dict, w: dict) -> tuple[str, dict, dict]:
                 state[f"blocks.{i}.{ours}"] = w[src + theirs]
         for part in ("weight", "bias"):
             if f"{src}{_LLAMA_QKV[0]}.{part}" in w:
-                state[f"blocks.{i}.attn.qkv_proj.{part}"] = torch.cat([w[f"{src}{n}.{part}"] for n in _LLAMA_QKV])
+                state[f"blocks.{i}.attn.qkv_proj.{part}"] = torch.cat(
+                    [w[f"{src}{n}.{part}"] for n in _LLAMA_QKV]
+                )
     return "gpt", cfg, state
 
 
@@ -269,7 +352,6 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write a checkpoint as a `transformers` folder: GPT-2 style → GPT2LMHeadModel, Llama style →
     LlamaForCausalLM, BERT → BertForMaskedLM; with tokenizer.json and a tokenizer_config.json."""
     from safetensors.torch import save_file
-
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -283,12 +365,17 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
     elif arch == "bert":
         hf_cfg, state = _bert_to_hf(cfg, model.state_dict())
     else:
-        raise ConfigError(f"a {arch} model has no transformers counterpart; export-hf takes gpt and bert checkpoints")
+        raise ConfigError(
+            f"a {arch} model has no transformers counterpart; export-hf takes gpt and bert checkpoints"
+        )
     specials = {role: tokenizer.id_to_token(i) for role, i in tokenizer.special_ids.items() if i is not None}
     hf_cfg.update(
         vocab_size=cfg.vocab_size,
-        pad_token_id=tokenizer.pad_id, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
-        torch_dtype="float32", lmforge={"checkpoint": str(path), "arch": arch},
+        pad_token_id=tokenizer.pad_id,
+        bos_token_id=tokenizer.bos_id,
+        eos_token_id=tokenizer.eos_id,
+        torch_dtype="float32",
+        lmforge={"checkpoint": str(path), "arch": arch},
     )
     tok_cfg = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -300,7 +387,11 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
     tmp.mkdir(parents=True)
     try:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(
+            {k: v.contiguous() for k, v in state.items()},
+            str(tmp / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2), encoding="utf-8")
         (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2), encoding="utf-8")
         tokenizer.save(tmp / "tokenizer.json")
@@ -319,8 +410,10 @@ def _gpt_to_hf(cfg, ours: dict) -> tuple[dict, dict]:
     common = dict(tie_word_embeddings=cfg.tie_embeddings)
     if cfg.position == "learned" and cfg.norm == "layernorm" and cfg.activation in ("gelu", "gelu_tanh"):
         if cfg.head_size * cfg.n_head != cfg.n_embd:
-            raise ConfigError("GPT-2 needs heads of n_embd / n_head; this model's heads were pruned, so it has no "
-                              "GPT2LMHeadModel counterpart (a Llama-style model exports with its head_dim)")
+            raise ConfigError(
+                "GPT-2 needs heads of n_embd / n_head; this model's heads were pruned, so it has no "
+                "GPT2LMHeadModel counterpart (a Llama-style model exports with its head_dim)"
+            )
         state = {theirs: ours[o] for o, theirs in _GPT2.items() if o in ours}
         for i in range(cfg.n_layer):
             for o, theirs in _GPT2_LAYER.items():
@@ -332,11 +425,19 @@ def _gpt_to_hf(cfg, ours: dict) -> tuple[dict, dict]:
         if cfg.tie_embeddings:
             state.pop("lm_head.weight", None)
         return dict(
-            model_type="gpt2", architectures=["GPT2LMHeadModel"], n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-            n_head=cfg.n_head, n_positions=cfg.block_size, n_inner=cfg.mlp_hidden,
+            model_type="gpt2",
+            architectures=["GPT2LMHeadModel"],
+            n_embd=cfg.n_embd,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            n_positions=cfg.block_size,
+            n_inner=cfg.mlp_hidden,
             activation_function="gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
-            layer_norm_epsilon=cfg.norm_eps, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
-            attn_pdrop=cfg.dropout, **common,
+            layer_norm_epsilon=cfg.norm_eps,
+            resid_pdrop=cfg.dropout,
+            embd_pdrop=cfg.dropout,
+            attn_pdrop=cfg.dropout,
+            **common,
         ), state
     if cfg.position == "rope" and cfg.norm == "rmsnorm" and cfg.activation == "swiglu":
         state = {theirs: ours[o] for o, theirs in _LLAMA.items() if o in ours}
@@ -353,11 +454,21 @@ def _gpt_to_hf(cfg, ours: dict) -> tuple[dict, dict]:
         if cfg.tie_embeddings:
             state.pop("lm_head.weight", None)
         return dict(
-            model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=cfg.n_embd,
-            num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.kv_heads,
-            intermediate_size=cfg.hidden, max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps,
-            rope_theta=cfg.rope_theta, hidden_act="silu", attention_bias=cfg.bias, mlp_bias=cfg.bias,
-            head_dim=head_dim, **common,
+            model_type="llama",
+            architectures=["LlamaForCausalLM"],
+            hidden_size=cfg.n_embd,
+            num_hidden_layers=cfg.n_layer,
+            num_attention_heads=cfg.n_head,
+            num_key_value_heads=cfg.kv_heads,
+            intermediate_size=cfg.hidden,
+            max_position_embeddings=cfg.block_size,
+            rms_norm_eps=cfg.norm_eps,
+            rope_theta=cfg.rope_theta,
+            hidden_act="silu",
+            attention_bias=cfg.bias,
+            mlp_bias=cfg.bias,
+            head_dim=head_dim,
+            **common,
         ), state
     raise ConfigError(
         "only GPT-2 style (learned positions, LayerNorm, GELU) and Llama style (RoPE, RMSNorm, SwiGLU) models "
@@ -378,9 +489,18 @@ def _bert_to_hf(cfg, ours: dict) -> tuple[dict, dict]:
             for name, t in zip(_BERT_QKV, ours[f"layers.{i}.qkv_proj.{part}"].chunk(3)):
                 state[f"{dst}{name}.{part}"] = t
     return dict(
-        model_type="bert", architectures=["BertForMaskedLM"], hidden_size=cfg.n_embd,
-        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, intermediate_size=cfg.hidden,
-        max_position_embeddings=cfg.block_size, type_vocab_size=cfg.type_vocab_size, layer_norm_eps=cfg.norm_eps,
-        hidden_act="gelu", hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
-        position_embedding_type="absolute", tie_word_embeddings=cfg.tie_embeddings,
+        model_type="bert",
+        architectures=["BertForMaskedLM"],
+        hidden_size=cfg.n_embd,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        intermediate_size=cfg.hidden,
+        max_position_embeddings=cfg.block_size,
+        type_vocab_size=cfg.type_vocab_size,
+        layer_norm_eps=cfg.norm_eps,
+        hidden_act="gelu",
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        position_embedding_type="absolute",
+        tie_word_embeddings=cfg.tie_embeddings,
     ), state

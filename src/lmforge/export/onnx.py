@@ -66,7 +66,10 @@ def decoder_hidden(gpt, input_ids: torch.Tensor, past: torch.Tensor | None = Non
     for i, block in enumerate(gpt.blocks):
         attn = block.attn
         h = block.attn_norm(x)
-        q_width, kv_width = attn.n_head * attn.head_dim, attn.n_kv_head * attn.head_dim  # head_dim may be pruned
+        q_width, kv_width = (
+            attn.n_head * attn.head_dim,
+            attn.n_kv_head * attn.head_dim,
+        )  # head_dim may be pruned
         q, k, v = attn.qkv_proj(h).split([q_width, kv_width, kv_width], dim=-1)
         q = q.view(B, T, attn.n_head, attn.head_dim).transpose(1, 2)
         k = k.view(B, T, attn.n_kv_head, attn.head_dim).transpose(1, 2)
@@ -126,9 +129,17 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names, output_name
     registration.setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, args, dynamo=True, input_names=input_names, output_names=output_names,
-                                    dynamic_shapes=dynamic_shapes, opset_version=OPSET, external_data=False,
-                                    verbose=False)
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+            opset_version=OPSET,
+            external_data=False,
+            verbose=False,
+        )
     registration.setLevel(level)
     program.save(str(path))
 
@@ -156,15 +167,28 @@ def export_onnx(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
     model.eval()
     arch = ckpt_config["arch"]
     if ckpt_config.get("quantization"):
-        raise ConfigError(f"{ckpt} is quantized; export the float checkpoint it came from "
-                          f"({ckpt_config.get('quantized_from', 'the original')})")
+        raise ConfigError(
+            f"{ckpt} is quantized; export the float checkpoint it came from "
+            f"({ckpt_config.get('quantized_from', 'the original')})"
+        )
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not empty; give a new folder")
-    batch, seq = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("seq", min=1, max=model.config.block_size)
-    config = {"format": "onnx", "opset": OPSET, "arch": arch, "source": str(src),
-              "block_size": model.config.block_size, "vocab_size": model.config.vocab_size,
-              "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id, "tokenizer": "tokenizer.json"}
+    batch, seq = (
+        torch.export.Dim("batch", min=1, max=1024),
+        torch.export.Dim("seq", min=1, max=model.config.block_size),
+    )
+    config = {
+        "format": "onnx",
+        "opset": OPSET,
+        "arch": arch,
+        "source": str(src),
+        "block_size": model.config.block_size,
+        "vocab_size": model.config.vocab_size,
+        "eos_id": tokenizer.eos_id,
+        "pad_id": tokenizer.pad_id,
+        "tokenizer": "tokenizer.json",
+    }
     out.mkdir(parents=True, exist_ok=True)
     try:
         if arch == "gpt":
@@ -183,33 +207,67 @@ def export_onnx(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
 
 def _export_decoder(gpt, out: Path, config: dict, batch, seq) -> None:
     cfg = gpt.config
-    config.update(kind="decoder", model="model.onnx", decode_model="decode.onnx", inputs=["input_ids"],
-                  outputs=["logits", "present"], decode_inputs=["input_ids", "past"],
-                  past_layout="(n_layer, 2, batch, kv_heads, length, head_dim); 0 = keys, 1 = values",
-                  n_layer=cfg.n_layer, kv_heads=cfg.kv_heads, head_dim=cfg.head_size)
+    config.update(
+        kind="decoder",
+        model="model.onnx",
+        decode_model="decode.onnx",
+        inputs=["input_ids"],
+        outputs=["logits", "present"],
+        decode_inputs=["input_ids", "past"],
+        past_layout="(n_layer, 2, batch, kv_heads, length, head_dim); 0 = keys, 1 = values",
+        n_layer=cfg.n_layer,
+        kv_heads=cfg.kv_heads,
+        head_dim=cfg.head_size,
+    )
     ids = torch.randint(0, cfg.vocab_size, (2, 5))
-    _export(Prefill(gpt), (ids,), out / "model.onnx", ["input_ids"], ["logits", "present"],
-            {"input_ids": {0: batch, 1: seq}})
+    _export(
+        Prefill(gpt),
+        (ids,),
+        out / "model.onnx",
+        ["input_ids"],
+        ["logits", "present"],
+        {"input_ids": {0: batch, 1: seq}},
+    )
     with torch.no_grad():
         _, past = decoder_step(gpt, ids)
     length = torch.export.Dim("past", min=1, max=cfg.block_size - 1)
     new = torch.export.Dim("new", min=1, max=cfg.block_size - 1)
-    _export(Decode(gpt), (ids[:, :3], past), out / "decode.onnx", ["input_ids", "past"], ["logits", "present"],
-            {"input_ids": {0: batch, 1: new}, "past": {2: batch, 4: length}})
+    _export(
+        Decode(gpt),
+        (ids[:, :3], past),
+        out / "decode.onnx",
+        ["input_ids", "past"],
+        ["logits", "present"],
+        {"input_ids": {0: batch, 1: new}, "past": {2: batch, 4: length}},
+    )
 
 
 def _export_classifier(model, out: Path, config: dict, batch, seq) -> None:
     backbone = model.config.backbone
     if backbone not in ("bert", "gpt"):
-        raise ConfigError(f"ONNX export covers classifiers on bert or gpt backbones, not {backbone!r} "
-                          "(packed recurrent sequences do not export)")
+        raise ConfigError(
+            f"ONNX export covers classifiers on bert or gpt backbones, not {backbone!r} "
+            "(packed recurrent sequences do not export)"
+        )
     with_segments = backbone == "bert"
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if with_segments else [])
-    config.update(kind="classifier", model="model.onnx", inputs=names, outputs=["logits"],
-                  labels=list(model.config.labels), multi_label=model.config.multi_label)
+    config.update(
+        kind="classifier",
+        model="model.onnx",
+        inputs=names,
+        outputs=["logits"],
+        labels=list(model.config.labels),
+        multi_label=model.config.multi_label,
+    )
     feeds = _inputs(model, config, 2, 7)
-    _export(ClassifierGraph(model, with_segments), tuple(feeds[n] for n in names), out / "model.onnx", names,
-            ["logits"], {n: {0: batch, 1: seq} for n in names})
+    _export(
+        ClassifierGraph(model, with_segments),
+        tuple(feeds[n] for n in names),
+        out / "model.onnx",
+        names,
+        ["logits"],
+        {n: {0: batch, 1: seq} for n in names},
+    )
 
 
 # ---- checking against PyTorch ----------------------------------------------------------------------------
@@ -232,7 +290,9 @@ def _timed(fn, repeats: int) -> float:
 
 
 @torch.no_grad()
-def check_onnx(folder: str | os.PathLike, ckpt: str | os.PathLike, tolerance: float = 1e-4, repeats: int = 20) -> dict:
+def check_onnx(
+    folder: str | os.PathLike, ckpt: str | os.PathLike, tolerance: float = 1e-4, repeats: int = 20
+) -> dict:
     """Run the exported graphs with onnxruntime on random inputs and compare them with PyTorch eager.
 
     Returns max_abs_diff (largest over the graphs), ok (diff <= tolerance), and per-call milliseconds for both.
@@ -248,21 +308,29 @@ def check_onnx(folder: str | os.PathLike, ckpt: str | os.PathLike, tolerance: fl
     names = [i.name for i in session.get_inputs()]
     np_feeds = {n: feeds[n].numpy() for n in names}
     if config["kind"] == "decoder":
+
         def eager():
             return model(feeds["input_ids"])
     else:
+
         def eager():
             return model(*(feeds.get(n) for n in ("input_ids", "attention_mask", "token_type_ids")))
+
     diff = float(np.abs(session.run(["logits"], np_feeds)[0] - eager().numpy()).max())
-    result = {"max_abs_diff": diff, "tolerance": tolerance,
-              "onnxruntime_ms": _timed(lambda: session.run(["logits"], np_feeds), repeats),
-              "torch_ms": _timed(eager, repeats), "timed_input": f"batch 1 x {block} tokens"}
+    result = {
+        "max_abs_diff": diff,
+        "tolerance": tolerance,
+        "onnxruntime_ms": _timed(lambda: session.run(["logits"], np_feeds), repeats),
+        "torch_ms": _timed(eager, repeats),
+        "timed_input": f"batch 1 x {block} tokens",
+    }
     if config["kind"] == "decoder":
         steps = block // 2
         ort_tokens, step_diff = greedy_onnx(folder, feeds["input_ids"][:, : block // 2].numpy(), steps, model)
         torch_tokens = greedy_torch(model, feeds["input_ids"][:, : block // 2], steps)
-        result.update(decode_max_abs_diff=step_diff, greedy_steps=steps,
-                      greedy_tokens_match=ort_tokens == torch_tokens)
+        result.update(
+            decode_max_abs_diff=step_diff, greedy_steps=steps, greedy_tokens_match=ort_tokens == torch_tokens
+        )
         result["max_abs_diff"] = max(diff, step_diff)
     result["ok"] = result["max_abs_diff"] <= tolerance and result.get("greedy_tokens_match", True)
     return result
@@ -277,7 +345,9 @@ def greedy_onnx(folder: Path, prompt: np.ndarray, steps: int, model=None) -> tup
     for _ in range(steps):
         if model is not None:
             with torch.no_grad():
-                diff = max(diff, float(np.abs(model(torch.from_numpy(seq))[:, -1].numpy() - logits[:, -1]).max()))
+                diff = max(
+                    diff, float(np.abs(model(torch.from_numpy(seq))[:, -1].numpy() - logits[:, -1]).max())
+                )
         nxt = logits[:, -1].argmax(-1).reshape(-1, 1).astype(np.int64)
         tokens.append(int(nxt[0, 0]))
         seq = np.concatenate([seq, nxt], axis=1)

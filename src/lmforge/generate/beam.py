@@ -75,8 +75,9 @@ def _banned_ngram_tokens(seq: list[int], n: int) -> list[int]:
 
 
 @torch.no_grad()
-def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, start_id: int, eos_id: int,
-                params: BeamParams) -> list[list[Hypothesis]]:
+def beam_search(
+    model, src: torch.Tensor, src_mask: torch.Tensor | None, start_id: int, eos_id: int, params: BeamParams
+) -> list[list[Hypothesis]]:
     """For each source of the batch (B, S), its hypotheses in descending score order (num_beams of them)."""
     params.validate()
     model.eval()
@@ -85,13 +86,21 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, start_i
     mask = None if src_mask is None else src_mask.repeat_interleave(K, dim=0)
     state = model.start_decoding(memory, mask)
     first = torch.full((src.shape[0] * K, 1), start_id, dtype=torch.long, device=src.device)
-    return _search(lambda last: model.decode_step(last, state)[:, -1], state.reorder, first, src.shape[0], eos_id,
-                   params, src.device)
+    return _search(
+        lambda last: model.decode_step(last, state)[:, -1],
+        state.reorder,
+        first,
+        src.shape[0],
+        eos_id,
+        params,
+        src.device,
+    )
 
 
 @torch.no_grad()
-def beam_search_prompts(model, prompts: list[list[int]], eos_id: int, params: BeamParams,
-                        batch_size: int = 32) -> list[list[Hypothesis]]:
+def beam_search_prompts(
+    model, prompts: list[list[int]], eos_id: int, params: BeamParams, batch_size: int = 32
+) -> list[list[Hypothesis]]:
     """For each prompt (token ids) of a decoder-only model, its hypotheses in descending score order: the
     continuations of the prompt, without the prompt."""
     params.validate()
@@ -100,15 +109,23 @@ def beam_search_prompts(model, prompts: list[list[int]], eos_id: int, params: Be
     for rows, batch in same_length_batches(model, prompts, batch_size):
         state = _CachedPrompts(model, batch, params.num_beams)
         steps = replace(params, max_new_tokens=min(params.max_new_tokens, state.room))
-        for row, hyps in zip(rows, _search(state.step, state.reorder, None, len(rows), eos_id, steps, batch.device)):
+        for row, hyps in zip(
+            rows, _search(state.step, state.reorder, None, len(rows), eos_id, steps, batch.device)
+        ):
             out[row] = hyps
     return out
 
 
 @torch.no_grad()
-def continue_prompts(model, prompts: list[list[int]], eos_id: int | None, params: SamplingParams,
-                     generator: torch.Generator | None = None, use_cache: bool = True,
-                     batch_size: int = 32) -> list[list[int]]:
+def continue_prompts(
+    model,
+    prompts: list[list[int]],
+    eos_id: int | None,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    batch_size: int = 32,
+) -> list[list[int]]:
     """Greedy (temperature 0) or sampled continuations of a decoder-only model's prompts, each up to its
     end-of-sequence token (left out), max_new_tokens, or the end of the context."""
     params.validate()
@@ -116,8 +133,9 @@ def continue_prompts(model, prompts: list[list[int]], eos_id: int | None, params
     block = model.config.block_size
     for rows, batch in same_length_batches(model, prompts, batch_size):
         steps = replace(params, max_new_tokens=min(params.max_new_tokens, block + 1 - batch.shape[1]))
-        for row, tokens in zip(rows, tokens_until(generate_tokens(model, batch, steps, generator, use_cache),
-                                                  len(rows), eos_id)):
+        for row, tokens in zip(
+            rows, tokens_until(generate_tokens(model, batch, steps, generator, use_cache), len(rows), eos_id)
+        ):
             out[row] = tokens
     return out
 
@@ -145,8 +163,10 @@ def same_length_batches(model, prompts: list[list[int]], batch_size: int):
         raise ConfigError("a prompt is empty; a decoder-only model continues at least one token")
     long = [len(p) for p in prompts if len(p) > block]
     if long:
-        raise ConfigError(f"{len(long)} of {len(prompts)} prompt(s) are longer than the model's context of {block} "
-                          f"tokens (the longest: {max(long)}); shorten the source text")
+        raise ConfigError(
+            f"{len(long)} of {len(prompts)} prompt(s) are longer than the model's context of {block} "
+            f"tokens (the longest: {max(long)}); shorten the source text"
+        )
     device = next(model.parameters()).device
     by_length: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
@@ -184,8 +204,9 @@ class _CachedPrompts:
             self.cache.v[layer] = self.cache.v[layer].index_select(0, indices)
 
 
-def _search(next_logits, reorder, last: torch.Tensor | None, B: int, eos_id: int, params: BeamParams,
-            device) -> list[list[Hypothesis]]:
+def _search(
+    next_logits, reorder, last: torch.Tensor | None, B: int, eos_id: int, params: BeamParams, device
+) -> list[list[Hypothesis]]:
     """The search itself. next_logits(last tokens (B*K, 1)) gives the next logits (B*K, V) of every beam (row b*K + k is
     beam k of source b); reorder(indices) makes row i of the decoder's cache continue row indices[i]."""
     K = params.num_beams

@@ -41,7 +41,9 @@ def next_token(
     if p.repetition_penalty != 1.0:
         # CTRL's penalty: make already-seen tokens less likely whatever the sign of their logit.
         prev = logits.gather(1, seen)
-        logits = logits.scatter(1, seen, torch.where(prev > 0, prev / p.repetition_penalty, prev * p.repetition_penalty))
+        logits = logits.scatter(
+            1, seen, torch.where(prev > 0, prev / p.repetition_penalty, prev * p.repetition_penalty)
+        )
     if p.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / p.temperature
@@ -87,13 +89,19 @@ class DecodeStep:
     """
 
     # (autotune_num_choices_displayed: the benchmarked choices are not printed to the user's terminal)
-    CPU_OPTIONS = {"freezing": True, "max_autotune": True, "cpp_wrapper": True, "autotune_num_choices_displayed": 0}
+    CPU_OPTIONS = {
+        "freezing": True,
+        "max_autotune": True,
+        "cpp_wrapper": True,
+        "autotune_num_choices_displayed": 0,
+    }
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.freeze = next(model.parameters()).device.type == "cpu"
-        self.compiled: Callable | None = torch.compile(model, dynamic=True,
-                                                       options=self.CPU_OPTIONS if self.freeze else None)
+        self.compiled: Callable | None = torch.compile(
+            model, dynamic=True, options=self.CPU_OPTIONS if self.freeze else None
+        )
         self.weights_version = self.version_of(model)
 
     @staticmethod
@@ -110,8 +118,10 @@ class DecodeStep:
         if step is None:
             step = model._decode_step = cls(model)
         elif step.compiled is not None and step.weights_version != cls.version_of(model):
-            warnings.warn("the model's weights changed after its decoding step was compiled; decoding eagerly",
-                          stacklevel=2)
+            warnings.warn(
+                "the model's weights changed after its decoding step was compiled; decoding eagerly",
+                stacklevel=2,
+            )
             step.compiled = None
         return step
 
@@ -121,12 +131,17 @@ class DecodeStep:
 
             # Dynamo reads the global flag (not the compile options) when it traces, to keep the parameters as
             # constants rather than graph inputs; set around each call since any call may (re)trace.
-            freezing, inductor_config.freezing = inductor_config.freezing, self.freeze or inductor_config.freezing
+            freezing, inductor_config.freezing = (
+                inductor_config.freezing,
+                self.freeze or inductor_config.freezing,
+            )
             try:
                 return self.compiled(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - whatever inductor raises, eager decoding still works
-                warnings.warn(f"compiled decoding failed ({type(exc).__name__}: {str(exc)[:200]}); decoding eagerly",
-                              stacklevel=2)
+                warnings.warn(
+                    f"compiled decoding failed ({type(exc).__name__}: {str(exc)[:200]}); decoding eagerly",
+                    stacklevel=2,
+                )
                 self.compiled = None
             finally:
                 inductor_config.freezing = freezing
@@ -165,7 +180,9 @@ def generate_tokens(
         return {} if mask is None else {"key_mask": mask[:, -n:]}
 
     for step in range(params.max_new_tokens):
-        if hasattr(model, "next_token_logits"):  # models that predict from the sequence directly (n-gram, RNN)
+        if hasattr(
+            model, "next_token_logits"
+        ):  # models that predict from the sequence directly (n-gram, RNN)
             logits = model.next_token_logits(seq)
         elif use_cache:
             if cache is None or pos >= cache.max_len:

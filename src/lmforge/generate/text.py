@@ -72,7 +72,9 @@ class TextStream:
         return piece
 
 
-def text_pieces(tokenizer: Tokenizer, prompt: str, tokens: Iterable[int], stops: Sequence[str] = ()) -> Iterator[str]:
+def text_pieces(
+    tokenizer: Tokenizer, prompt: str, tokens: Iterable[int], stops: Sequence[str] = ()
+) -> Iterator[str]:
     """The non-empty pieces of a `TextStream` as `tokens` arrive; it takes no more tokens once the text has ended."""
     stream = TextStream(tokenizer, prompt, stops)
     for token in tokens:

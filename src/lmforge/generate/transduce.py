@@ -44,8 +44,15 @@ def decode_tokens(
 
 
 @torch.no_grad()
-def decode_texts(model, tokenizer, sources: list[str], num_beams: int = 1, batch_size: int = 32,
-                 max_new_tokens: int | None = None, length_penalty: float = 1.0) -> list[str]:
+def decode_texts(
+    model,
+    tokenizer,
+    sources: list[str],
+    num_beams: int = 1,
+    batch_size: int = 32,
+    max_new_tokens: int | None = None,
+    length_penalty: float = 1.0,
+) -> list[str]:
     """The model's output text for each source (special tokens dropped); sources longer than the model's block
     are cut, batches hold sources of similar length so there is little padding."""
     block = model.config.block_size
@@ -64,7 +71,9 @@ def decode_texts(model, tokenizer, sources: list[str], num_beams: int = 1, batch
                 src[row, : len(ids[i])], mask[row, : len(ids[i])] = torch.tensor(ids[i]), True
             src, mask = src.to(device), mask.to(device)
             if num_beams > 1:
-                beams = beam_search(model, src, mask, start, eos, BeamParams(num_beams, limit, length_penalty))
+                beams = beam_search(
+                    model, src, mask, start, eos, BeamParams(num_beams, limit, length_penalty)
+                )
                 for row, i in enumerate(chunk):
                     out[i] = beams[row][0].tokens
                 continue

@@ -78,7 +78,8 @@ def write_arpa(
                 backs = format_log10(backoff10)
                 nonzero = (np.asarray(backoff10) != 0).tolist()
                 f.writelines(
-                    f"{p}\t{g}\t{b}\n" if nz else f"{p}\t{g}\n" for p, g, b, nz in zip(probs, grams, backs, nonzero)
+                    f"{p}\t{g}\t{b}\n" if nz else f"{p}\t{g}\n"
+                    for p, g, b, nz in zip(probs, grams, backs, nonzero)
                 )
         f.write("\n\\end\\\n")
 
@@ -137,7 +138,10 @@ class _Reader:
                 raise DataError(f"{self.name} is truncated: it ends before the {title} section")
             if item[1] != title:
                 if k > 1 and not item[1].startswith("\\"):
-                    raise self.fail(item[0], f"\\{k - 1}-grams: has more entries than the {counts[k - 2]} that the header announces")
+                    raise self.fail(
+                        item[0],
+                        f"\\{k - 1}-grams: has more entries than the {counts[k - 2]} that the header announces",
+                    )
                 raise self.fail(item[0], f"expected the section title {title!r}, found {item[1][:60]!r}")
             first = self.pos
             try:
@@ -159,8 +163,13 @@ class _Reader:
             raise DataError(f"{self.name} is truncated: it ends without the \\end\\ line")
         if item[1] != "\\end\\":
             if item[1].startswith("\\"):
-                raise self.fail(item[0], f"expected \\end\\ after the {len(counts)}-grams, found {item[1][:60]!r}")
-            raise self.fail(item[0], f"\\{len(counts)}-grams: has more entries than the {counts[-1]} that the header announces")
+                raise self.fail(
+                    item[0], f"expected \\end\\ after the {len(counts)}-grams, found {item[1][:60]!r}"
+                )
+            raise self.fail(
+                item[0],
+                f"\\{len(counts)}-grams: has more entries than the {counts[-1]} that the header announces",
+            )
         return meta, words, orders
 
     def preamble(self) -> dict[str, str]:
@@ -174,7 +183,9 @@ class _Reader:
                 for item in line[len(META_PREFIX) :].split():
                     key, sep, value = item.partition("=")
                     if not sep:
-                        raise self.fail(index, f"the {META_PREFIX!r} comment has {item!r} where key=value was expected")
+                        raise self.fail(
+                            index, f"the {META_PREFIX!r} comment has {item!r} where key=value was expected"
+                        )
                     meta[key] = value
         raise DataError(f"{self.name} is not an ARPA file: it has no \\data\\ line")
 
@@ -189,15 +200,23 @@ class _Reader:
                 continue
             m = _COUNT_LINE.fullmatch(line)
             if m is None:
-                raise self.fail(index, f"expected a count line 'ngram N=COUNT' in the \\data\\ header, found {line[:60]!r}")
+                raise self.fail(
+                    index,
+                    f"expected a count line 'ngram N=COUNT' in the \\data\\ header, found {line[:60]!r}",
+                )
             if int(m.group(1)) != len(counts) + 1:
-                raise self.fail(index, f"expected the count of {len(counts) + 1}-grams, found {line!r} (orders must run 1, 2, ...)")
+                raise self.fail(
+                    index,
+                    f"expected the count of {len(counts) + 1}-grams, found {line!r} (orders must run 1, 2, ...)",
+                )
             counts.append(int(m.group(2)))
         if counts:
             raise DataError(f"{self.name} is truncated: it ends after the \\data\\ header")
         raise DataError(f"{self.name} has an empty \\data\\ header (no 'ngram N=COUNT' lines)")
 
-    def fast_section(self, k: int, expected: int, top: int, index: dict[str, int], words: list[str]) -> ArpaOrder:
+    def fast_section(
+        self, k: int, expected: int, top: int, index: dict[str, int], words: list[str]
+    ) -> ArpaOrder:
         """The usual case, vectorised where numpy can: `expected` consecutive well-formed lines."""
         block = self.lines[self.pos : self.pos + expected]
         if len(block) < expected or not all(line and line[0] not in "\\ \t\r" for line in block):
@@ -235,7 +254,9 @@ class _Reader:
             lines=np.arange(first + 1, first + expected + 1, dtype=np.int64),
         )
 
-    def slow_section(self, k: int, expected: int, top: int, index: dict[str, int], words: list[str]) -> ArpaOrder:
+    def slow_section(
+        self, k: int, expected: int, top: int, index: dict[str, int], words: list[str]
+    ) -> ArpaOrder:
         """Line by line: allows blank lines between entries and names the first problem precisely."""
         title = f"\\{k}-grams:"
         ids: list[int] = []
@@ -251,24 +272,37 @@ class _Reader:
                 )
             no, line = item
             if line.startswith("\\"):
-                raise self.fail(no, f"{title} has {len(lines)} entries but the header announces {expected} "
-                                    f"(the file is truncated or its header is wrong)")  # fmt: skip
+                raise self.fail(
+                    no,
+                    f"{title} has {len(lines)} entries but the header announces {expected} "
+                    f"(the file is truncated or its header is wrong)",
+                )
             fields = line.split()
             if len(fields) not in (k + 1, k + 2):
-                raise self.fail(no, f"a {k}-gram entry needs a log10 probability, {k} word(s) and an optional backoff, "
-                                    f"found {line[:60]!r}")  # fmt: skip
+                raise self.fail(
+                    no,
+                    f"a {k}-gram entry needs a log10 probability, {k} word(s) and an optional backoff, "
+                    f"found {line[:60]!r}",
+                )
             if len(fields) == k + 2 and k == top:
-                raise self.fail(no, f"{k}-grams are the highest order and cannot have a backoff weight, found {line[:60]!r}")
-            for field in fields[: 1] + fields[k + 1 :]:
+                raise self.fail(
+                    no,
+                    f"{k}-grams are the highest order and cannot have a backoff weight, found {line[:60]!r}",
+                )
+            for field in fields[:1] + fields[k + 1 :]:
                 try:
                     float(field)
                 except ValueError:
-                    raise self.fail(no, f"{field!r} is not a number (a log10 probability or backoff of a {k}-gram)") from None
+                    raise self.fail(
+                        no, f"{field!r} is not a number (a log10 probability or backoff of a {k}-gram)"
+                    ) from None
             prob, backoff = float(fields[0]), float(fields[k + 1]) if len(fields) == k + 2 else 0.0
             if not prob <= 0.0:
                 raise self.fail(no, f"{fields[0]} is not a log10 probability (it must be a number <= 0)")
             if not np.isfinite(backoff):
-                raise self.fail(no, f"{fields[k + 1]} is not a valid log10 backoff weight (it must be finite)")
+                raise self.fail(
+                    no, f"{fields[k + 1]} is not a valid log10 backoff weight (it must be finite)"
+                )
             if k == 1:
                 words.append(fields[1])
             else:
@@ -280,7 +314,9 @@ class _Reader:
             backoffs.append(backoff)
             lines.append(no + 1)
         return ArpaOrder(
-            ids=np.arange(expected, dtype=np.int64).reshape(-1, 1) if k == 1 else np.array(ids, dtype=np.int64).reshape(-1, k),
+            ids=np.arange(expected, dtype=np.int64).reshape(-1, 1)
+            if k == 1
+            else np.array(ids, dtype=np.int64).reshape(-1, k),
             logprob10=np.array(probs, dtype=np.float64),
             backoff10=np.array(backoffs, dtype=np.float64),
             lines=np.array(lines, dtype=np.int64),

@@ -47,7 +47,9 @@ class BertConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
-            raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+            raise ConfigError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if not 0 < self.mask_prob < 1:
@@ -71,7 +73,9 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, need_weights: bool = False):
         B, T, C = x.shape
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.qkv_proj(x).split(C, -1))
+        q, k, v = (
+            t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.qkv_proj(x).split(C, -1)
+        )
         weights = None
         if need_weights:  # explicit softmax, so the attention map can be returned (interpretability)
             scores = q @ k.transpose(-2, -1) / math.sqrt(C // self.n_head)

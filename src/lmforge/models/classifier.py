@@ -39,14 +39,22 @@ class RNNEncoder(nn.Module):
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         rnn = nn.LSTM if cfg.cell == "lstm" else nn.GRU
-        self.rnn = rnn(cfg.n_embd, cfg.n_hidden, cfg.n_layer, batch_first=True, bidirectional=cfg.bidirectional,
-                       dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
+        self.rnn = rnn(
+            cfg.n_embd,
+            cfg.n_hidden,
+            cfg.n_layer,
+            batch_first=True,
+            bidirectional=cfg.bidirectional,
+            dropout=cfg.dropout if cfg.n_layer > 1 else 0.0,
+        )
         self.drop = nn.Dropout(cfg.dropout)
         self.width = cfg.n_hidden * (2 if cfg.bidirectional else 1)
 
     def encode(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.drop(self.tok_emb(idx))
-        if attention_mask is not None:  # packed, so the backward direction starts at each text's own last token
+        if (
+            attention_mask is not None
+        ):  # packed, so the backward direction starts at each text's own last token
             lengths = attention_mask.sum(1).clamp(min=1).cpu()
             packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
             out, _ = self.rnn(packed)
@@ -58,7 +66,9 @@ class RNNEncoder(nn.Module):
 @dataclass
 class ClassifierConfig:
     backbone: str = "bert"  # bert | gpt | lstm | gru
-    encoder: dict = field(default_factory=dict)  # the backbone's own config (BertConfig / GPTConfig / RNN sizes)
+    encoder: dict = field(
+        default_factory=dict
+    )  # the backbone's own config (BertConfig / GPTConfig / RNN sizes)
     labels: list = field(default_factory=list)  # label names, in the order of the head's outputs
     multi_label: bool = False  # independent yes/no per label (sigmoid) instead of one of them (softmax)
     pooling: str = "auto"  # cls | mean | last | max (auto: cls for bert, last for gpt, max for lstm/gru)

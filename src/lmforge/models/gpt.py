@@ -56,9 +56,13 @@ class GPTConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.head_dim is None and self.n_embd % self.n_head:
-            raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+            raise ConfigError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
         if self.n_head % self.kv_heads:
-            raise ConfigError(f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.kv_heads})")
+            raise ConfigError(
+                f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.kv_heads})"
+            )
         if self.head_dim is not None and self.head_dim < 1:
             raise ConfigError(f"model.head_dim must be >= 1, got {self.head_dim}")
         if self.position == "rope" and self.head_size % 2:
@@ -135,8 +139,13 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def encode(
-        self, idx: torch.Tensor, cache: KVCache | None = None, pos: int = 0, key_mask: torch.Tensor | None = None,
-        last_only: bool = False, segments: torch.Tensor | None = None,
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        pos: int = 0,
+        key_mask: torch.Tensor | None = None,
+        last_only: bool = False,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states (B, T, n_embd) for token ids (B, T) that start at position `pos` (> 0 only with a
         cache): what the output layer reads, and what a classification head pools.
@@ -149,7 +158,9 @@ class GPT(nn.Module):
         """
         B, T = idx.shape
         if pos + T > self.config.block_size:
-            raise ValueError(f"sequence of {pos + T} tokens is longer than block_size {self.config.block_size}")
+            raise ValueError(
+                f"sequence of {pos + T} tokens is longer than block_size {self.config.block_size}"
+            )
         mask = positions = None
         if key_mask is not None:
             positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, pos : pos + T]
@@ -165,7 +176,9 @@ class GPT(nn.Module):
         x = self.tok_emb(idx)
         rope = None
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(pos, pos + T, device=idx.device) if positions is None else positions)
+            x = x + self.pos_emb(
+                torch.arange(pos, pos + T, device=idx.device) if positions is None else positions
+            )
         elif positions is None:
             rope = (self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T])
         else:
@@ -178,8 +191,13 @@ class GPT(nn.Module):
         return self.norm(x)
 
     def forward(
-        self, idx: torch.Tensor, cache: KVCache | None = None, pos: int = 0, key_mask: torch.Tensor | None = None,
-        last_only: bool = False, segments: torch.Tensor | None = None,
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        pos: int = 0,
+        key_mask: torch.Tensor | None = None,
+        last_only: bool = False,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids (B, T) that start at position `pos` (> 0 only with a cache); see
         encode() for `key_mask` (left-padded batches), `last_only` (logits of the last position only) and

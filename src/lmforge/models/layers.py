@@ -49,7 +49,9 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.max_len = max_len
 
-    def update(self, layer: int, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, layer: int, pos: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         end = pos + k.shape[2]
         self.k[layer][:, :, pos:end] = k
         self.v[layer][:, :, pos:end] = v
@@ -60,7 +62,13 @@ class CausalSelfAttention(nn.Module):
     """Multi-head (or grouped-query, when n_kv_head < n_head) causal self-attention."""
 
     def __init__(
-        self, n_embd: int, n_head: int, n_kv_head: int, dropout: float, bias: bool, layer: int,
+        self,
+        n_embd: int,
+        n_head: int,
+        n_kv_head: int,
+        dropout: float,
+        bias: bool,
+        layer: int,
         head_dim: int | None = None,
     ):
         super().__init__()

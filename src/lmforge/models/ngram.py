@@ -110,7 +110,9 @@ class NGramLM:
         model._smooth(keys, adjusted, suffixes)
         return model
 
-    def _smooth(self, keys: list[np.ndarray], adjusted: list[np.ndarray], suffixes: list[np.ndarray | None]) -> None:
+    def _smooth(
+        self, keys: list[np.ndarray], adjusted: list[np.ndarray], suffixes: list[np.ndarray | None]
+    ) -> None:
         """Interpolated modified Kneser-Ney probabilities and backoff weights from adjusted counts, lowest order up."""
         base, order = self._base, self.order
         discounts = np.zeros((order, 3))
@@ -138,7 +140,9 @@ class NGramLM:
             disc = discount_of(a, k)
             rows = keys[k - 2].size
             denom = np.bincount(ctx, weights=a, minlength=rows)
-            gamma = np.divide(np.bincount(ctx, weights=disc, minlength=rows), denom, out=np.zeros(rows), where=denom > 0)
+            gamma = np.divide(
+                np.bincount(ctx, weights=disc, minlength=rows), denom, out=np.zeros(rows), where=denom > 0
+            )
             prob = (a - disc) / denom[ctx] + gamma[ctx] * prob[suffixes[k - 1]]
             self._logp.append(np.log(prob))
             self._bo.append(np.log(gamma, out=np.zeros(rows), where=denom > 0))
@@ -250,7 +254,9 @@ class NGramLM:
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi >= self.vocab_size:
             bad = lo if lo < 0 else hi
-            raise DataError(f"token id {bad} is not in the vocabulary 0..{self.vocab_size - 1} of this n-gram model")
+            raise DataError(
+                f"token id {bad} is not in the vocabulary 0..{self.vocab_size - 1} of this n-gram model"
+            )
         return x
 
     def _pad(self, tokens) -> np.ndarray:
@@ -341,7 +347,9 @@ class NGramLM:
 
         def get(name: str) -> np.ndarray:
             if name not in state:
-                raise CheckpointError(f"the n-gram model state has no {name!r} array; the checkpoint is incomplete")
+                raise CheckpointError(
+                    f"the n-gram model state has no {name!r} array; the checkpoint is incomplete"
+                )
             return np.asarray(state[name])
 
         logp = [get(f"logprob.{k}") for k in range(1, order + 1)]
@@ -351,11 +359,20 @@ class NGramLM:
         sizes_ok = logp[0].shape == (base,) and all(b.shape == lp.shape for b, lp in zip(bo, logp))
         sizes_ok &= all(kk.shape == lp.shape for kk, lp in zip(keys, logp[1:]))
         if not sizes_ok:
-            raise CheckpointError("the n-gram model arrays do not match each other or the config; the checkpoint is corrupted")
+            raise CheckpointError(
+                "the n-gram model arrays do not match each other or the config; the checkpoint is corrupted"
+            )
         return cls(
-            order, config["vocab_size"], config["bos_id"], config["eos_id"], config.get("unk_id"),
-            logp, bo, keys, state.get("discounts"),
-        )  # fmt: skip
+            order,
+            config["vocab_size"],
+            config["bos_id"],
+            config["eos_id"],
+            config.get("unk_id"),
+            logp,
+            bo,
+            keys,
+            state.get("discounts"),
+        )
 
     # --------------------------------------------------------------------------------------------------------- ARPA
 
@@ -376,10 +393,14 @@ class NGramLM:
         for i in lines:
             name = names[i]
             if not name or name.split() != [name]:
-                raise TokenizerError(f"token {name!r} (id {i}) is empty or contains whitespace, which ARPA cannot represent; "
-                                f"give to_arpa an id_to_token that maps it to a printable name")
+                raise TokenizerError(
+                    f"token {name!r} (id {i}) is empty or contains whitespace, which ARPA cannot represent; "
+                    f"give to_arpa an id_to_token that maps it to a printable name"
+                )
             if name in seen:
-                raise TokenizerError(f"ids {seen[name]} and {i} are both written as {name!r}; ARPA words must be unique")
+                raise TokenizerError(
+                    f"ids {seen[name]} and {i} are both written as {name!r}; ARPA words must be unique"
+                )
             seen[name] = i
         return names, lines
 
@@ -399,12 +420,19 @@ class NGramLM:
             text = text[keys // base] + " " + np.array(names, dtype=object)[keys % base]
             backoff = self._bo[k - 1] / LN10 if k < self.order else None
             orders.append((text.tolist(), self._logp[k - 1] / LN10, backoff))
-        meta = {"order": self.order, "vocab_size": self.vocab_size, "bos_id": self.bos_id, "eos_id": self.eos_id,
-                "unk_id": "none" if self.unk_id is None else self.unk_id}  # fmt: skip
+        meta = {
+            "order": self.order,
+            "vocab_size": self.vocab_size,
+            "bos_id": self.bos_id,
+            "eos_id": self.eos_id,
+            "unk_id": "none" if self.unk_id is None else self.unk_id,
+        }
         write_arpa(path, orders, meta)
 
     @classmethod
-    def from_arpa(cls, path: str | os.PathLike, token_to_id: Callable[[str], int | None] | None = None) -> NGramLM:
+    def from_arpa(
+        cls, path: str | os.PathLike, token_to_id: Callable[[str], int | None] | None = None
+    ) -> NGramLM:
         """Load an ARPA file (ours, KenLM's or SRILM's).
 
         Without `token_to_id`, the i-th unigram of the file gets id i (the order `to_arpa` writes, so ids round-trip);
@@ -431,8 +459,10 @@ class NGramLM:
                 if i is None and word in role_ids:
                     i = header.get({"<s>": "bos_id", "</s>": "eos_id", "<unk>": "unk_id"}[word])
                 if i is None and word not in ("<s>", "<unk>"):
-                    raise DataError(f"{name}, line {first_line[row]}: the word {word!r} is not in the vocabulary "
-                                    f"(token_to_id gave no id)")  # fmt: skip
+                    raise DataError(
+                        f"{name}, line {first_line[row]}: the word {word!r} is not in the vocabulary "
+                        f"(token_to_id gave no id)"
+                    )
             if word in role_ids:
                 role_ids[word] = i
             line_ids[row] = -1 if i is None else int(i)
@@ -443,14 +473,20 @@ class NGramLM:
         vocab_size = header.get("vocab_size", int(line_ids.max()) + 1)
         for key, value in (("bos_id", bos), ("eos_id", eos), ("unk_id", unk)):
             if key in header and value is not None and header[key] != value:
-                raise DataError(f"{name}: its comment line says {key}={header[key]} but its unigrams give {value}")
+                raise DataError(
+                    f"{name}: its comment line says {key}={header[key]} but its unigrams give {value}"
+                )
         if line_ids.max() >= vocab_size:
             row = int(np.argmax(line_ids))
-            raise DataError(f"{name}: the word {words[row]!r} has id {line_ids[row]}, outside the vocabulary size "
-                            f"{vocab_size} of its comment line")  # fmt: skip
+            raise DataError(
+                f"{name}: the word {words[row]!r} has id {line_ids[row]}, outside the vocabulary size "
+                f"{vocab_size} of its comment line"
+            )
         order = len(sections)
         if header.get("order", order) != order:
-            raise DataError(f"{name}: its comment line says order={header['order']} but it has {order} sections")
+            raise DataError(
+                f"{name}: its comment line says order={header['order']} but it has {order} sections"
+            )
         model = cls(order, vocab_size, bos, eos, unk, [], [], [])
         start, base = model._start, model._base
         internal = np.where(np.array(words) == "<s>", start, line_ids) if words else line_ids
@@ -467,7 +503,9 @@ class NGramLM:
         for k in range(2, order + 1):
             sec = sections[k - 1]
             ngram = internal[sec.ids]
-            keep = np.all(ngram >= 0, axis=1)  # n-grams with a word outside the vocabulary can never be asked for
+            keep = np.all(
+                ngram >= 0, axis=1
+            )  # n-grams with a word outside the vocabulary can never be asked for
             ngram, lines = ngram[keep], sec.lines[keep]
             row = ngram[:, 0]
             for j in range(1, k - 1):  # walk the prefix down the tables of orders 2..k-1
@@ -477,8 +515,10 @@ class NGramLM:
                 if not ok.all():
                     bad = int(np.flatnonzero(~ok)[0])
                     prefix = " ".join(words[i] for i in sec.ids[keep][bad, : k - 1])
-                    raise DataError(f"{name}, line {lines[bad]}: the {k}-gram's prefix {prefix!r} is not listed "
-                                    f"among the {k - 1}-grams")  # fmt: skip
+                    raise DataError(
+                        f"{name}, line {lines[bad]}: the {k}-gram's prefix {prefix!r} is not listed "
+                        f"among the {k - 1}-grams"
+                    )
                 row = pos
             key = row * base + ngram[:, k - 1]
             perm = np.argsort(key, kind="stable")
@@ -512,7 +552,9 @@ def _count(padded: np.ndarray, order: int, base: int, start: int):
     at = np.arange(n, dtype=np.int64)  # positions where a (k-1)-gram starts
     for k in range(2, order + 1):
         at = at[at <= n - k]
-        at = at[padded[at + k - 1] != start]  # the (k-1)-gram at `at` has no inner <s>; its next word must not be one
+        at = at[
+            padded[at + k - 1] != start
+        ]  # the (k-1)-gram at `at` has no inner <s>; its next word must not be one
         query = rows[at].astype(np.int64) * base + padded[at + k - 1]
         table, inverse, count = np.unique(query, return_inverse=True, return_counts=True)
         del query
@@ -561,5 +603,7 @@ def _parse_meta(meta: dict[str, str], name: str) -> dict[str, int]:
             try:
                 out[key] = int(meta[key])
             except ValueError:
-                raise DataError(f"{name}: its {META_PREFIX!r} comment has {key}={meta[key]!r}, not an integer") from None
+                raise DataError(
+                    f"{name}: its {META_PREFIX!r} comment has {key}={meta[key]!r}, not an integer"
+                ) from None
     return out

@@ -44,15 +44,24 @@ class NGram(nn.Module):
     def fit(cls, cfg: NGramConfig, streams: list[np.ndarray]) -> NGram:
         model = cls(cfg)
         model.lm = NGramLM.fit(
-            streams, cfg.order, cfg.vocab_size, cfg.bos_id if cfg.bos_id is not None else cfg.eos_id, cfg.eos_id,
+            streams,
+            cfg.order,
+            cfg.vocab_size,
+            cfg.bos_id if cfg.bos_id is not None else cfg.eos_id,
+            cfg.eos_id,
             cfg.unk_id,
-        )  # fmt: skip
+        )
         return model
 
     def _lm_config(self) -> dict:
         c = self.config
-        return {"order": c.order, "vocab_size": c.vocab_size, "eos_id": c.eos_id, "unk_id": c.unk_id,
-                "bos_id": c.bos_id if c.bos_id is not None else c.eos_id}
+        return {
+            "order": c.order,
+            "vocab_size": c.vocab_size,
+            "eos_id": c.eos_id,
+            "unk_id": c.unk_id,
+            "bos_id": c.bos_id if c.bos_id is not None else c.eos_id,
+        }
 
     # The tables are the state: they go to model.safetensors like any weights.
     def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:

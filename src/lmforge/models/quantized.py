@@ -70,20 +70,26 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.dynamic:
-            return F.linear(x, self.dequantized(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+            return F.linear(
+                x, self.dequantized(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
+            )
         if x.device.type != "cpu":
             raise ConfigError("dynamic-int8 models run on the CPU only; load them with device='cpu'")
         if self._packed is None:
             zeros = torch.zeros(self.out_features, dtype=torch.long)
             with warnings.catch_warnings():  # torch 2.13 deprecates quantized tensors; the kernel still ships
                 warnings.simplefilter("ignore", UserWarning)
-                qweight = torch._make_per_channel_quantized_tensor(self.weight_int8, self.scale.double(), zeros, 0)
+                qweight = torch._make_per_channel_quantized_tensor(
+                    self.weight_int8, self.scale.double(), zeros, 0
+                )
             self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
         y = torch.ops.quantized.linear_dynamic(x.float().reshape(-1, self.in_features), self._packed, True)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, {'dynamic' if self.dynamic else 'weight-only'}"
+        return (
+            f"in={self.in_features}, out={self.out_features}, {'dynamic' if self.dynamic else 'weight-only'}"
+        )
 
 
 # ---- int4 ------------------------------------------------------------------------------------------------
@@ -184,20 +190,24 @@ def quantized_linear(linear: nn.Linear, method: str, group_size: int) -> nn.Modu
     return Int8Linear.from_float(linear, dynamic=method == "dynamic-int8")
 
 
-def quantize_model(
-    model: nn.Module, method: str, group_size: int = 32, include_output: bool = False
-) -> dict:
+def quantize_model(model: nn.Module, method: str, group_size: int = 32, include_output: bool = False) -> dict:
     """Replace the model's Linear layers by quantized ones, in place; returns the config.json `quantization` entry."""
     check_method(method, group_size)
     if getattr(model.config, "statistical", False):
-        raise ConfigError("n-gram models are count tables without Linear layers; quantization applies to neural models")
+        raise ConfigError(
+            "n-gram models are count tables without Linear layers; quantization applies to neural models"
+        )
     layers = quantizable_layers(model, method, group_size, include_output)
     if not layers:
         raise ConfigError(f"the model has no Linear layers that {method} can quantize")
     for name in layers:
         swap_module(model, name, quantized_linear(model.get_submodule(name), method, group_size))
-    return {"method": method, "group_size": group_size if method == "int4-weight" else None,
-            "include_output": include_output, "layers": layers}
+    return {
+        "method": method,
+        "group_size": group_size if method == "int4-weight" else None,
+        "include_output": include_output,
+        "layers": layers,
+    }
 
 
 def prepare_quantized(model: nn.Module, spec: dict) -> nn.Module:

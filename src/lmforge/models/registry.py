@@ -28,10 +28,26 @@ _LLAMA = dict(
 
 PRESETS: dict[str, tuple[str, dict, str]] = {
     # name: (arch, model config, description)
-    "test": ("gpt", dict(n_layer=2, n_head=2, n_embd=48, block_size=64, vocab_size=512), "~0.1M params, for tests"),
-    "tiny": ("gpt", dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65), "nanoGPT's CPU recipe"),
-    "small": ("gpt", dict(n_layer=4, n_head=4, n_embd=192, block_size=128, vocab_size=4096), "quickstart size"),
-    "mini": ("gpt", dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65), "nanoGPT shakespeare-char"),
+    "test": (
+        "gpt",
+        dict(n_layer=2, n_head=2, n_embd=48, block_size=64, vocab_size=512),
+        "~0.1M params, for tests",
+    ),
+    "tiny": (
+        "gpt",
+        dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65),
+        "nanoGPT's CPU recipe",
+    ),
+    "small": (
+        "gpt",
+        dict(n_layer=4, n_head=4, n_embd=192, block_size=128, vocab_size=4096),
+        "quickstart size",
+    ),
+    "mini": (
+        "gpt",
+        dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65),
+        "nanoGPT shakespeare-char",
+    ),
     "gpt2": (
         "gpt",
         dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257),
@@ -48,12 +64,32 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
         "Llama-style, 4x128",
     ),
     # Zaremba et al. 2014 (word-level PTB); train them with configs/zaremba-small.yaml / zaremba-medium.yaml.
-    "zaremba-small": ("lstm", dict(n_embd=200, n_hidden=200, n_layer=2, dropout=0.0, block_size=20), "LSTM 2x200"),
-    "zaremba-medium": ("lstm", dict(n_embd=650, n_hidden=650, n_layer=2, dropout=0.5, block_size=35), "LSTM 2x650"),
+    "zaremba-small": (
+        "lstm",
+        dict(n_embd=200, n_hidden=200, n_layer=2, dropout=0.0, block_size=20),
+        "LSTM 2x200",
+    ),
+    "zaremba-medium": (
+        "lstm",
+        dict(n_embd=650, n_hidden=650, n_layer=2, dropout=0.5, block_size=35),
+        "LSTM 2x650",
+    ),
     # BERT-style encoders (masked-LM pretraining); bert-base is the original BERT-Base shape.
-    "bert-test": ("bert", dict(n_layer=2, n_head=2, n_embd=48, block_size=64, vocab_size=512), "~0.1M params, for tests"),
-    "bert-tiny": ("bert", dict(n_layer=2, n_head=2, n_embd=128, block_size=128, vocab_size=4096), "Google's BERT-Tiny"),
-    "bert-mini": ("bert", dict(n_layer=4, n_head=4, n_embd=256, block_size=128, vocab_size=8192), "Google's BERT-Mini"),
+    "bert-test": (
+        "bert",
+        dict(n_layer=2, n_head=2, n_embd=48, block_size=64, vocab_size=512),
+        "~0.1M params, for tests",
+    ),
+    "bert-tiny": (
+        "bert",
+        dict(n_layer=2, n_head=2, n_embd=128, block_size=128, vocab_size=4096),
+        "Google's BERT-Tiny",
+    ),
+    "bert-mini": (
+        "bert",
+        dict(n_layer=4, n_head=4, n_embd=256, block_size=128, vocab_size=8192),
+        "Google's BERT-Mini",
+    ),
     "bert-base": (
         "bert",
         dict(n_layer=12, n_head=12, n_embd=768, block_size=512, vocab_size=30522),
@@ -121,6 +157,8 @@ def build_model(arch: str, config):
         known = {f.name for f in dataclasses.fields(config_cls)}
         unknown = set(config) - known
         if unknown:
-            raise ConfigError(f"unknown model config key(s) {', '.join(sorted(unknown))} for architecture {arch!r}")
+            raise ConfigError(
+                f"unknown model config key(s) {', '.join(sorted(unknown))} for architecture {arch!r}"
+            )
         config = config_cls(**config)
     return model_cls(config)

@@ -59,8 +59,13 @@ class RNNLM(nn.Module):
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         module = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cfg.cell]
-        self.rnn = module(cfg.n_embd, cfg.n_hidden, cfg.n_layer, batch_first=True,
-                          dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
+        self.rnn = module(
+            cfg.n_embd,
+            cfg.n_hidden,
+            cfg.n_layer,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.n_layer > 1 else 0.0,
+        )
         self.drop = nn.Dropout(cfg.dropout)
         self.lm_head = nn.Linear(cfg.n_hidden, cfg.vocab_size)
         if cfg.tie_embeddings:
@@ -105,5 +110,8 @@ class RNNLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self) -> dict[str, int]:
-        matmul = sum(p.numel() for n, p in self.rnn.named_parameters() if "weight" in n) + self.lm_head.weight.numel()
+        matmul = (
+            sum(p.numel() for n, p in self.rnn.named_parameters() if "weight" in n)
+            + self.lm_head.weight.numel()
+        )
         return {"forward": 2 * matmul, "training": 6 * matmul}

@@ -62,7 +62,9 @@ class Seq2SeqConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
-            raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+            raise ConfigError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
         if self.position == "sinusoidal" and self.n_embd % 2:
             raise ConfigError(f"sinusoidal positions need an even model.n_embd, got {self.n_embd}")
         for key, value, choices in (
@@ -183,7 +185,9 @@ class Seq2Seq(nn.Module):
     def _embed(self, table: nn.Embedding, idx: torch.Tensor, pos: int = 0) -> torch.Tensor:
         T = idx.shape[1]
         if pos + T > self.config.block_size:
-            raise ValueError(f"sequence of {pos + T} tokens is longer than block_size {self.config.block_size}")
+            raise ValueError(
+                f"sequence of {pos + T} tokens is longer than block_size {self.config.block_size}"
+            )
         positions = torch.arange(pos, pos + T, device=idx.device)
         where = self.pos_emb(positions) if self.config.position == "learned" else self.pos_table[positions]
         return self.drop(table(idx) * math.sqrt(self.config.n_embd) + where)
@@ -217,7 +221,9 @@ class Seq2Seq(nn.Module):
             x = layer(x, kv, mask, cache, pos)
         return self.lm_head(self.dec_norm(x))
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, src: torch.Tensor, tgt_in: torch.Tensor, src_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Teacher-forced logits (B, T, vocab). Pad targets at the end: causal attention keeps real tokens from
         seeing later padding, so only the source needs a mask (and padded labels are ignored by the loss)."""
         return self.decode(tgt_in, self.encode(src, src_mask), src_mask)
@@ -226,7 +232,13 @@ class Seq2Seq(nn.Module):
     def start_decoding(self, memory: torch.Tensor, src_mask: torch.Tensor | None = None) -> DecoderState:
         cfg, B = self.config, memory.shape[0]
         cache = KVCache(
-            cfg.decoder_layers, B, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head, memory.device, memory.dtype
+            cfg.decoder_layers,
+            B,
+            cfg.n_head,
+            cfg.block_size,
+            cfg.n_embd // cfg.n_head,
+            memory.device,
+            memory.dtype,
         )
         memory_kv = [layer.cross_attn.keys_values(memory) for layer in self.decoder]
         return DecoderState(memory_kv, self._attn_mask(src_mask), cache)
@@ -257,5 +269,7 @@ def decoder_start_id(tokenizer) -> int:
     """The token a target starts from: beginning-of-sequence, or end-of-sequence for tokenizers without one."""
     start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
     if start is None:
-        raise ConfigError("a seq2seq model needs a tokenizer with a <|bos|> or <|eos|> token; prepare the data again")
+        raise ConfigError(
+            "a seq2seq model needs a tokenizer with a <|bos|> or <|eos|> token; prepare the data again"
+        )
     return start

@@ -25,8 +25,10 @@ class SpanQAConfig:
 
     def validate(self) -> None:
         if self.backbone != "bert":
-            raise ConfigError("extractive QA needs a bidirectional (bert) backbone: an answer's start depends on "
-                              "the words after it")
+            raise ConfigError(
+                "extractive QA needs a bidirectional (bert) backbone: an answer's start depends on "
+                "the words after it"
+            )
         if not 0 < self.doc_stride < self.block_size:
             raise ConfigError(f"doc_stride must be between 1 and block_size - 1, got {self.doc_stride}")
         if self.max_answer_tokens < 1:

@@ -22,7 +22,9 @@ BACKBONES = ("bert", "lstm", "gru")
 class TaggerConfig:
     backbone: str = "bert"  # bert | lstm | gru
     encoder: dict = field(default_factory=dict)  # the backbone's own config (BertConfig / RNN sizes)
-    labels: list = field(default_factory=list)  # the tag set (O, B-PER, I-PER, ...), in the head's output order
+    labels: list = field(
+        default_factory=list
+    )  # the tag set (O, B-PER, I-PER, ...), in the head's output order
     dropout: float = 0.1
     block_size: int = 128  # longest input, in tokens (longer sentences are read in pieces of whole words)
     vocab_size: int = 0  # set from the tokenizer
@@ -31,8 +33,10 @@ class TaggerConfig:
 
     def validate(self) -> None:
         if self.backbone == "gpt":
-            raise ConfigError("a GPT backbone reads left to right and cannot see the words after a token; "
-                              "tag entities with a bert checkpoint or lstm/gru")
+            raise ConfigError(
+                "a GPT backbone reads left to right and cannot see the words after a token; "
+                "tag entities with a bert checkpoint or lstm/gru"
+            )
         if self.backbone not in BACKBONES:
             raise ConfigError(f"model.backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
         if len(self.labels) < 2:

@@ -97,8 +97,14 @@ def load_served(model, device: str = "auto", compile: str | bool = "auto") -> Se
     if isinstance(model, (str, os.PathLike)):
         # Known from the config so that a task model's weights are loaded once, by its pipeline.
         arch = read_config(resolve_checkpoint(model)).get("arch")
-        task = TASK_MODELS.get(getattr(model_config_class(arch), "objective", None)) if arch in ARCHITECTURES else None
-        model = pipeline(task[1], model, device=device) if task else load(model, device=device, compile=compile)
+        task = (
+            TASK_MODELS.get(getattr(model_config_class(arch), "objective", None))
+            if arch in ARCHITECTURES
+            else None
+        )
+        model = (
+            pipeline(task[1], model, device=device) if task else load(model, device=device, compile=compile)
+        )
     if is_pipeline(model):
         kind = TASK_MODELS[model.lm.model.config.objective][1]
         return Served(model.lm, _name(model.lm), kind, pipeline=model, embedder=Embedder.of(model.lm))
@@ -109,14 +115,22 @@ def load_served(model, device: str = "auto", compile: str | bool = "auto") -> Se
     embedder = Embedder.of(model)
     task = model.config.get("data", {}).get("task")
     if model.is_seq2seq() or task in ("translate", "summarize"):  # what transduce() serves
-        return Served(model, _name(model), "summarize" if task == "summarize" else "translate", embedder=embedder)
+        return Served(
+            model, _name(model), "summarize" if task == "summarize" else "translate", embedder=embedder
+        )
     try:
         model.check_generative()
     except ConfigError as exc:
-        return Served(model, _name(model), "embed" if embedder else "none", why_not_generate=str(exc),
-                      embedder=embedder)
-    return Served(model, _name(model), "generate", chat_template=compile_template(model.config.get("chat_template")),
-                  embedder=embedder)
+        return Served(
+            model, _name(model), "embed" if embedder else "none", why_not_generate=str(exc), embedder=embedder
+        )
+    return Served(
+        model,
+        _name(model),
+        "generate",
+        chat_template=compile_template(model.config.get("chat_template")),
+        embedder=embedder,
+    )
 
 
 def _name(lm) -> str:
@@ -152,8 +166,9 @@ def sampling_params(req: Sampling, limits: Limits, default_max_tokens: int) -> S
     max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
     max_tokens = default_max_tokens if max_tokens is None else max_tokens
     if not 1 <= max_tokens <= limits.max_tokens:
-        raise ApiError(400, f"max_tokens must be between 1 and {limits.max_tokens}, got {max_tokens}",
-                       param="max_tokens")
+        raise ApiError(
+            400, f"max_tokens must be between 1 and {limits.max_tokens}, got {max_tokens}", param="max_tokens"
+        )
     temperature = 1.0 if req.temperature is None else req.temperature
     if not 0 <= temperature <= 2:
         raise ApiError(400, f"temperature must be between 0 and 2, got {temperature}", param="temperature")
@@ -175,7 +190,9 @@ def stop_strings(stop: str | list[str] | None) -> list[str]:
     return stops
 
 
-def make_job(served: Served, prompt: str, params: SamplingParams, stops: list[str], seed: int | None) -> GenerateJob:
+def make_job(
+    served: Served, prompt: str, params: SamplingParams, stops: list[str], seed: int | None
+) -> GenerateJob:
     try:
         ids = served.lm.prompt_ids(prompt)  # the LM's own context check
     except ConfigError as exc:
@@ -193,9 +210,13 @@ def chat_prompt(served: Served, messages: list[ChatMessage]) -> str:
     from jinja2 import TemplateError
 
     try:
-        return served.chat_template.render(messages=plain, add_generation_prompt=True, bos_token="", eos_token="")
+        return served.chat_template.render(
+            messages=plain, add_generation_prompt=True, bos_token="", eos_token=""
+        )
     except TemplateError as exc:
-        raise ApiError(400, f"the model's chat template refused these messages: {exc}", param="messages") from None
+        raise ApiError(
+            400, f"the model's chat template refused these messages: {exc}", param="messages"
+        ) from None
 
 
 def _text_of(content: str | list[dict] | None) -> str:
@@ -213,9 +234,17 @@ def usage(jobs: list[GenerateJob], completions) -> dict:
 
 
 # ---- the app ----------------------------------------------------------------------------------------------
-def create_app(model, api_key: str | None = None, max_batch_size: int = 8, batch_window: float = 0.01,
-               max_tokens_limit: int = 1024, timeout: float = 60.0, device: str = "auto",
-               max_body_bytes: int = MAX_BODY_BYTES, compile: str | bool = "auto") -> FastAPI:
+def create_app(
+    model,
+    api_key: str | None = None,
+    max_batch_size: int = 8,
+    batch_window: float = 0.01,
+    max_tokens_limit: int = 1024,
+    timeout: float = 60.0,
+    device: str = "auto",
+    max_body_bytes: int = MAX_BODY_BYTES,
+    compile: str | bool = "auto",
+) -> FastAPI:
     """The server for `model` (a checkpoint path, an `LM` or a classify, ner or qa pipeline).
 
     api_key (or the environment variable LMFORGE_API_KEY) makes /v1/* require `Authorization: Bearer KEY`.
@@ -252,8 +281,14 @@ def create_app(model, api_key: str | None = None, max_batch_size: int = 8, batch
 
 
 def _model_card(served: Served) -> dict:
-    return {"id": served.name, "object": "model", "created": int(time.time()), "owned_by": "lmforge",
-            "kind": served.kind, "endpoints": served.endpoints}
+    return {
+        "id": served.name,
+        "object": "model",
+        "created": int(time.time()),
+        "owned_by": "lmforge",
+        "kind": served.kind,
+        "endpoints": served.endpoints,
+    }
 
 
 def _key_checker(api_key: str | None):
@@ -263,8 +298,12 @@ def _key_checker(api_key: str | None):
         given = request.headers.get("authorization", "")
         token = given[7:] if given.lower().startswith("bearer ") else ""
         if not hmac.compare_digest(token.encode(), api_key.encode()):
-            raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
-                           type="authentication_error", code="invalid_api_key")
+            raise ApiError(
+                401,
+                "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
 
     return check
 
@@ -281,7 +320,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             return error_response(400, "the request body is not valid JSON", code="invalid_json")
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return error_response(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", param=where or None)
+        return error_response(
+            400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", param=where or None
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc: StarletteHTTPException):
@@ -302,7 +343,9 @@ def _add_generation_routes(router: APIRouter, served: Served, batcher: Batcher, 
         served.require("generate")
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not 1 <= len(prompts) <= MAX_PROMPTS:
-            raise ApiError(400, f"prompt must be a string or a list of 1 to {MAX_PROMPTS} strings", param="prompt")
+            raise ApiError(
+                400, f"prompt must be a string or a list of 1 to {MAX_PROMPTS} strings", param="prompt"
+            )
         params, stops = sampling_params(req, limits, 16), stop_strings(req.stop)
         jobs = [make_job(served, p, params, stops, req.seed) for p in prompts]
         reply = _Reply("text_completion", served.name)
@@ -311,8 +354,10 @@ def _add_generation_routes(router: APIRouter, served: Served, batcher: Batcher, 
                 raise ApiError(400, "stream takes a single prompt", param="prompt")
             return _stream(batcher, jobs[0], reply, limits.timeout, _include_usage(req))
         results = await _run_all(batcher, jobs, limits.timeout)
-        choices = [{"text": r.text, "index": i, "logprobs": None, "finish_reason": r.finish_reason}
-                   for i, r in enumerate(results)]
+        choices = [
+            {"text": r.text, "index": i, "logprobs": None, "finish_reason": r.finish_reason}
+            for i, r in enumerate(results)
+        ]
         return reply.body(choices, usage(jobs, results))
 
     @router.post("/chat/completions")
@@ -325,8 +370,12 @@ def _add_generation_routes(router: APIRouter, served: Served, batcher: Batcher, 
         if req.stream:
             return _stream(batcher, job, reply, limits.timeout, _include_usage(req))
         (result,) = await _run_all(batcher, [job], limits.timeout)
-        choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
-                  "finish_reason": result.finish_reason}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": result.text},
+            "logprobs": None,
+            "finish_reason": result.finish_reason,
+        }
         return reply.body([choice], usage([job], [result]))
 
 
@@ -336,10 +385,13 @@ def _include_usage(req: Sampling) -> bool:
 
 async def _run_all(batcher: Batcher, jobs: list, timeout: float) -> list:
     try:
-        return await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(batcher.submit(j)) for j in jobs)), timeout)
+        return await asyncio.wait_for(
+            asyncio.gather(*(asyncio.wrap_future(batcher.submit(j)) for j in jobs)), timeout
+        )
     except asyncio.TimeoutError:
-        raise ApiError(504, f"the request took longer than {timeout:g} s and was stopped", type="timeout",
-                       code="timeout") from None
+        raise ApiError(
+            504, f"the request took longer than {timeout:g} s and was stopped", type="timeout", code="timeout"
+        ) from None
     finally:  # a timeout or a client that went away: the worker drops what is left of these jobs
         for j in jobs:
             batcher.cancel(j)
@@ -350,22 +402,36 @@ class _Reply:
 
     def __init__(self, object: str, model: str):
         prefix = "chatcmpl" if object.startswith("chat") else "cmpl"
-        self.id, self.object, self.model, self.created = f"{prefix}-{uuid.uuid4().hex}", object, model, int(time.time())
+        self.id, self.object, self.model, self.created = (
+            f"{prefix}-{uuid.uuid4().hex}",
+            object,
+            model,
+            int(time.time()),
+        )
 
     @property
     def chat(self) -> bool:
         return self.object.startswith("chat")
 
     def body(self, choices: list, usage: dict | None = None, object: str | None = None) -> dict:
-        out = {"id": self.id, "object": object or self.object, "created": self.created, "model": self.model,
-               "choices": choices}
+        out = {
+            "id": self.id,
+            "object": object or self.object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
         if usage is not None:
             out["usage"] = usage
         return out
 
     def chunk(self, text: str | None = None, finish_reason: str | None = None, role: bool = False) -> dict:
         if self.chat:
-            delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text is not None else {})
+            delta = (
+                {"role": "assistant", "content": ""}
+                if role
+                else ({"content": text} if text is not None else {})
+            )
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             return self.body([choice], object="chat.completion.chunk")
         return self.body([{"text": text or "", "index": 0, "logprobs": None, "finish_reason": finish_reason}])
@@ -412,7 +478,9 @@ def _stream(batcher: Batcher, job: GenerateJob, reply: _Reply, timeout: float, i
         result = future.result()
         yield _sse(reply.chunk(None if reply.chat else "", result.finish_reason))
         if include_usage:
-            yield _sse(reply.body([], usage([job], [result]), object=reply.object + (".chunk" if reply.chat else "")))
+            yield _sse(
+                reply.body([], usage([job], [result]), object=reply.object + (".chunk" if reply.chat else ""))
+            )
         yield "data: [DONE]\n\n"
 
     async def guarded():
@@ -421,8 +489,16 @@ def _stream(batcher: Batcher, job: GenerateJob, reply: _Reply, timeout: float, i
             async for event in events():
                 yield event
         except asyncio.TimeoutError:
-            yield _sse({"error": {"message": f"the request took longer than {timeout:g} s and was stopped",
-                                  "type": "timeout", "code": "timeout", "param": None}})
+            yield _sse(
+                {
+                    "error": {
+                        "message": f"the request took longer than {timeout:g} s and was stopped",
+                        "type": "timeout",
+                        "code": "timeout",
+                        "param": None,
+                    }
+                }
+            )
         except Exception as exc:  # noqa: BLE001 - a stream cannot change its status any more
             yield _sse({"error": {"message": str(exc), "type": "server_error", "code": None, "param": None}})
 
@@ -477,8 +553,9 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _too_large(self, scope, receive, send):
-        response = error_response(413, f"the request body is larger than {self.max_bytes} bytes",
-                                  code="request_too_large")
+        response = error_response(
+            413, f"the request body is larger than {self.max_bytes} bytes", code="request_too_large"
+        )
         await response(scope, receive, send)
 
 

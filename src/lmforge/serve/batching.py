@@ -104,14 +104,25 @@ def decode_batch(lm, jobs: list[GenerateJob]) -> list[Completion]:
     differ; `_groups` makes sure such a batch fits the context)."""
     rows = [_Row(j, lm.tokenizer) for j in jobs]
     first = jobs[0].params
-    params = SamplingParams(max(j.params.max_new_tokens for j in jobs), first.temperature, first.top_k, first.top_p,
-                            first.repetition_penalty)
-    generator = torch.Generator(device=lm.device).manual_seed(jobs[0].seed) if jobs[0].seed is not None else None
+    params = SamplingParams(
+        max(j.params.max_new_tokens for j in jobs),
+        first.temperature,
+        first.top_k,
+        first.top_p,
+        first.repetition_penalty,
+    )
+    generator = (
+        torch.Generator(device=lm.device).manual_seed(jobs[0].seed) if jobs[0].seed is not None else None
+    )
     width = max(len(j.ids) for j in jobs)
-    x = torch.tensor([[j.ids[0]] * (width - len(j.ids)) + j.ids for j in jobs], dtype=torch.long, device=lm.device)
+    x = torch.tensor(
+        [[j.ids[0]] * (width - len(j.ids)) + j.ids for j in jobs], dtype=torch.long, device=lm.device
+    )
     mask = None
     if any(len(j.ids) < width for j in jobs):
-        mask = torch.tensor([[False] * (width - len(j.ids)) + [True] * len(j.ids) for j in jobs], device=lm.device)
+        mask = torch.tensor(
+            [[False] * (width - len(j.ids)) + [True] * len(j.ids) for j in jobs], device=lm.device
+        )
     if params.max_new_tokens > 0:
         steps = generate_tokens(lm.model, x, params, generator, prompt_mask=mask, compile=lm.compile_decoding)
         for tokens in steps:
@@ -200,7 +211,11 @@ class Batcher:
         with self._cond:
             while len(batch) < self.max_batch_size:
                 for other in list(self._queue):
-                    if len(batch) < self.max_batch_size and isinstance(other, GenerateJob) and other.batch_key() == key:
+                    if (
+                        len(batch) < self.max_batch_size
+                        and isinstance(other, GenerateJob)
+                        and other.batch_key() == key
+                    ):
                         self._queue.remove(other)
                         batch.append(other)
                 left = deadline - time.monotonic()

@@ -25,14 +25,26 @@ MAX_PROMPTS = 64  # prompts in one completion request, inputs in one task or emb
 class ApiError(Exception):
     """A request the server cannot serve: answered with `status` and OpenAI's error body (see error_response)."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
 
 
-def error_response(status: int, message: str, type: str = "invalid_request_error", code: str | None = None,
-                   param: str | None = None, headers: dict | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    type: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict | None = None,
+) -> JSONResponse:
     body = {"error": {"message": message, "type": type, "code": code, "param": param}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -40,7 +52,9 @@ def error_response(status: int, message: str, type: str = "invalid_request_error
 class RequestBody(BaseModel):
     """The base of every request body."""
 
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (user, logprobs, ...)
+    model_config = ConfigDict(
+        extra="ignore"
+    )  # OpenAI clients send fields we do not use (user, logprobs, ...)
 
 
 @dataclass
@@ -84,4 +98,6 @@ class Served:
             serves = f"it is {KINDS[self.kind][0]}: use {' or '.join(self.endpoints)}"
         else:
             serves = self.why_not_generate
-        raise ApiError(400, f"this server's model {self.name} cannot do that; {serves}", code="wrong_model_kind")
+        raise ApiError(
+            400, f"this server's model {self.name} cannot do that; {serves}", code="wrong_model_kind"
+        )

@@ -83,7 +83,9 @@ class Embedder:
 
     def __init__(self, lm, backbone: str, hidden: Callable, block_size: int, width: int):
         self.lm, self.hidden, self.block_size, self.width = lm, hidden, block_size, width
-        self.encoder = TextEncoder(lm.tokenizer, backbone, max_length=1 << 30)  # refused below rather than cut
+        self.encoder = TextEncoder(
+            lm.tokenizer, backbone, max_length=1 << 30
+        )  # refused below rather than cut
 
     @classmethod
     def of(cls, lm) -> Embedder | None:
@@ -93,8 +95,13 @@ class Embedder:
             width = getattr(model.backbone, "width", None) or model.backbone.config.n_embd
             return cls(lm, model.config.backbone, model.hidden, model.config.block_size, width)
         if isinstance(model, GPT):
-            return cls(lm, "gpt", lambda ids, mask, types: model.encode(ids), model.config.block_size,
-                       model.config.n_embd)
+            return cls(
+                lm,
+                "gpt",
+                lambda ids, mask, types: model.encode(ids),
+                model.config.block_size,
+                model.config.n_embd,
+            )
         if isinstance(model, Bert):
             return cls(lm, "bert", model.encode, model.config.block_size, model.config.n_embd)
         return None
@@ -104,8 +111,10 @@ class Embedder:
         rows = [self.encoder(t) for t in texts]
         for i, (ids, _) in enumerate(rows):
             if len(ids) > self.block_size:
-                raise ConfigError(f"input {i} is {len(ids)} tokens long but the model reads at most "
-                                  f"{self.block_size}; shorten it")
+                raise ConfigError(
+                    f"input {i} is {len(ids)} tokens long but the model reads at most "
+                    f"{self.block_size}; shorten it"
+                )
         return rows
 
     def __call__(self, rows: list[tuple[list[int], list[int]]]) -> list[list[float]]:
@@ -126,7 +135,9 @@ def _encode_vector(vector: list[float], encoding_format: str) -> list[float] | s
 
 def is_pipeline(model) -> bool:
     """Whether `model` is a classify, ner or qa pipeline (what `lmforge.pipeline(...)` makes)."""
-    return isinstance(model, (TextClassificationPipeline, TokenClassificationPipeline, QuestionAnsweringPipeline))
+    return isinstance(
+        model, (TextClassificationPipeline, TokenClassificationPipeline, QuestionAnsweringPipeline)
+    )
 
 
 # ---- checks and the worker -------------------------------------------------------------------------------
@@ -134,8 +145,11 @@ def texts_of(value: str | list, param: str, what: str = "text") -> list:
     """`value` as a list of 1 to MAX_PROMPTS inputs; each string input non-empty and at most MAX_TEXT_CHARS long."""
     items = value if isinstance(value, list) else [value]
     if not 1 <= len(items) <= MAX_PROMPTS:
-        raise ApiError(400, f"{param} must be a {what} or a list of 1 to {MAX_PROMPTS} of them, got {len(items)}",
-                       param=param)
+        raise ApiError(
+            400,
+            f"{param} must be a {what} or a list of 1 to {MAX_PROMPTS} of them, got {len(items)}",
+            param=param,
+        )
     for i, item in enumerate(items):
         if isinstance(item, str):
             _check_text(item, param if len(items) == 1 else f"{param}.{i}")
@@ -146,8 +160,12 @@ def _check_text(text: str, param: str) -> None:
     if not text.strip():
         raise ApiError(400, f"{param} is empty", param=param)
     if len(text) > MAX_TEXT_CHARS:
-        raise ApiError(400, f"{param} is {len(text):,} characters long; the limit is {MAX_TEXT_CHARS:,}",
-                       code="context_length_exceeded", param=param)
+        raise ApiError(
+            400,
+            f"{param} is {len(text):,} characters long; the limit is {MAX_TEXT_CHARS:,}",
+            code="context_length_exceeded",
+            param=param,
+        )
 
 
 async def run_in_worker(batcher: Batcher, fn: Callable[[], object], limits: Limits, param: str):
@@ -157,8 +175,9 @@ async def run_in_worker(batcher: Batcher, fn: Callable[[], object], limits: Limi
     except LmforgeError as exc:
         raise ApiError(400, str(exc), param=param) from None
     except asyncio.TimeoutError:
-        raise ApiError(504, f"the request took longer than {limits.timeout:g} s", type="timeout",
-                       code="timeout") from None
+        raise ApiError(
+            504, f"the request took longer than {limits.timeout:g} s", type="timeout", code="timeout"
+        ) from None
 
 
 def listing(served: Served, data: list[dict], **extra) -> dict:
@@ -188,16 +207,22 @@ def add_task_routes(router: APIRouter, served: Served, batcher: Batcher, limits:
         texts = texts_of(req.input, "input")
         embedder = served.embedder
         if req.dimensions is not None and req.dimensions != embedder.width:
-            raise ApiError(400, f"this model's embeddings have {embedder.width} dimensions; dimensions cannot "
-                                f"change that (got {req.dimensions})", param="dimensions")
+            raise ApiError(
+                400,
+                f"this model's embeddings have {embedder.width} dimensions; dimensions cannot "
+                f"change that (got {req.dimensions})",
+                param="dimensions",
+            )
         try:
             rows = embedder.rows(texts)
         except ConfigError as exc:
             raise ApiError(400, str(exc), code="context_length_exceeded", param="input") from None
         vectors = await run_in_worker(batcher, lambda: embedder(rows), limits, "input")
         tokens = sum(len(ids) for ids, _ in rows)
-        data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, req.encoding_format)}
-                for i, v in enumerate(vectors)]
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encode_vector(v, req.encoding_format)}
+            for i, v in enumerate(vectors)
+        ]
         return listing(served, data, usage={"prompt_tokens": tokens, "total_tokens": tokens})
 
     @router.post("/ner")
@@ -228,10 +253,15 @@ def _seq2seq_route(kind: str, served: Served, batcher: Batcher, limits: Limits):
         served.require(kind)
         texts = texts_of(req.text, "text")
         if req.num_beams is not None and not 1 <= req.num_beams <= MAX_BEAMS:
-            raise ApiError(400, f"num_beams must be between 1 and {MAX_BEAMS}, got {req.num_beams}", param="num_beams")
+            raise ApiError(
+                400, f"num_beams must be between 1 and {MAX_BEAMS}, got {req.num_beams}", param="num_beams"
+            )
         if req.max_tokens is not None and not 1 <= req.max_tokens <= limits.max_tokens:
-            raise ApiError(400, f"max_tokens must be between 1 and {limits.max_tokens}, got {req.max_tokens}",
-                           param="max_tokens")
+            raise ApiError(
+                400,
+                f"max_tokens must be between 1 and {limits.max_tokens}, got {req.max_tokens}",
+                param="max_tokens",
+            )
         beams = req.num_beams if req.num_beams and req.num_beams > 1 else None  # 1: greedy decoding
 
         def run():

@@ -16,6 +16,7 @@ import torch
 from lmforge.checkpoint import load_checkpoint
 from lmforge.config import OptimConfig, RunConfig, TrainConfig, parse_overrides, set_dotted
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.eval.seq2seq_metrics import looks_chinese
 from lmforge.tokenizers import Tokenizer
 
 SCRATCH = ("lstm", "gru")  # backbones trained from scratch, with a tokenizer made from the training texts
@@ -40,8 +41,15 @@ class FineTuneOptions:
             raise ConfigError("--epochs must be positive and --batch-size at least 1")
 
 
-def finetune_config(arch: str, model, examples: int, options: FineTuneOptions, lr: float, warmup: bool = True,
-                    beta2: float | None = 0.999) -> RunConfig:
+def finetune_config(
+    arch: str,
+    model,
+    examples: int,
+    options: FineTuneOptions,
+    lr: float,
+    warmup: bool = True,
+    beta2: float | None = 0.999,
+) -> RunConfig:
     """The fine-tune recipe: AdamW with weight decay 0.01 and a linear decay to zero after a warm-up of a tenth of
     the steps (none with warmup=False), `options.epochs` passes over `examples` training examples, a validation per
     epoch, only the last checkpoint kept besides the best, no TensorBoard. The overrides apply last; the steps, the
@@ -54,8 +62,14 @@ def finetune_config(arch: str, model, examples: int, options: FineTuneOptions, l
         arch=arch,
         model=model,
         optim=optim,
-        train=TrainConfig(batch_size=options.batch_size, max_minutes=options.max_minutes, patience=options.patience,
-                          seed=options.seed, keep_last=1, tensorboard=False),
+        train=TrainConfig(
+            batch_size=options.batch_size,
+            max_minutes=options.max_minutes,
+            patience=options.patience,
+            seed=options.seed,
+            keep_last=1,
+            tensorboard=False,
+        ),
     )
     for key, value in overrides.items():
         set_dotted(cfg, key, value)
@@ -75,20 +89,18 @@ def load_backbone(model: torch.nn.Module, state: dict | None) -> None:
     if state is None:
         return
     missing, unexpected = model.backbone.load_state_dict(state, strict=False)
-    if unexpected or [k for k in missing if "lm_head" not in k]:  # an LM head the checkpoint ties need not be saved
+    if unexpected or [
+        k for k in missing if "lm_head" not in k
+    ]:  # an LM head the checkpoint ties need not be saved
         raise ConfigError("the backbone checkpoint does not fit its own config; it may be corrupted")
-
-
-def looks_chinese(texts: list[str]) -> bool:
-    """Mostly CJK characters (Chinese has no spaces between words: characters are a from-scratch model's units)."""
-    sample = "".join(texts[:500]).replace(" ", "")
-    return sum("\u4e00" <= ch <= "\u9fff" for ch in sample) > 0.3 * max(1, len(sample))
 
 
 @dataclass
 class Backbone:
     arch: str  # bert | gpt | lstm | gru
-    config: dict  # the backbone's config fields ({} for a from-scratch recurrent one: the task model fills them)
+    config: (
+        dict  # the backbone's config fields ({} for a from-scratch recurrent one: the task model fills them)
+    )
     tokenizer: Tokenizer
     state: dict | None  # pretrained weights, None from scratch
     longest: int  # the longest input it allows
@@ -102,21 +114,31 @@ def backbone(model: str, texts: list[str]) -> Backbone:
         tokenizer = Tokenizer.train(kind, texts, vocab_size=20000 if kind == "word" else None)
         return Backbone(model, {}, tokenizer, None, 10**6)
     if not Path(model).exists():
-        raise ConfigError(f"--model {model!r} is neither a checkpoint nor one of {', '.join(SCRATCH)} (from scratch)")
+        raise ConfigError(
+            f"--model {model!r} is neither a checkpoint nor one of {', '.join(SCRATCH)} (from scratch)"
+        )
     pretrained, tokenizer, config = load_checkpoint(model)
     arch = config["arch"]
     if arch not in ("bert", "gpt"):
-        raise ConfigError(f"{model} is a {arch} checkpoint; task models sit on bert or gpt checkpoints (or lstm/gru)")
-    return Backbone(arch, dataclasses.asdict(pretrained.config), tokenizer, pretrained.state_dict(),
-                    pretrained.config.block_size)
+        raise ConfigError(
+            f"{model} is a {arch} checkpoint; task models sit on bert or gpt checkpoints (or lstm/gru)"
+        )
+    return Backbone(
+        arch,
+        dataclasses.asdict(pretrained.config),
+        tokenizer,
+        pretrained.state_dict(),
+        pretrained.config.block_size,
+    )
 
 
 def lora_options(lora: dict | None) -> str:
     return f"--lora (r {lora['r']}, alpha {lora['alpha']})" if lora else "without --lora"
 
 
-def resume_check(cfg: RunConfig, info: dict, tokenizer: Tokenizer, objective,
-                 run_dir: str | Path) -> Callable[[dict, dict], None]:
+def resume_check(
+    cfg: RunConfig, info: dict, tokenizer: Tokenizer, objective, run_dir: str | Path
+) -> Callable[[dict, dict], None]:
     """The RunSpec.check_resume of a fine-tune, which is resumed by repeating its command plus --resume: the rebuilt
     run must have the checkpoint's task, shapes, tokenizer and data, or loading it would crash on a tensor shape (or
     worse, fit and silently continue another run)."""
@@ -125,25 +147,36 @@ def resume_check(cfg: RunConfig, info: dict, tokenizer: Tokenizer, objective,
         saved_data = saved_config.get("data", {})
         task, saved_task = info["task"], saved_data.get("task")
         if saved_task != task:
-            raise CheckpointError(f"{run_dir} holds a {saved_task} fine-tune, not {task}; resume it with "
-                                  f"--task {saved_task}")
+            raise CheckpointError(
+                f"{run_dir} holds a {saved_task} fine-tune, not {task}; resume it with --task {saved_task}"
+            )
         lora, saved_lora = info.get("lora"), saved_data.get("lora")
         if lora != saved_lora:
-            raise CheckpointError(f"{run_dir} was trained {lora_options(saved_lora)}, this command asks for "
-                                  f"{lora_options(lora)}; resume with the options the run started with")
+            raise CheckpointError(
+                f"{run_dir} was trained {lora_options(saved_lora)}, this command asks for "
+                f"{lora_options(lora)}; resume with the options the run started with"
+            )
         now, saved = json.loads(json.dumps(cfg.to_dict()["model"])), saved_config.get("model", {})
         if now.get("labels") != saved.get("labels"):
-            raise CheckpointError(f"the training data's labels ({', '.join(now.get('labels') or [])}) differ from "
-                                  f"those of the run being resumed ({', '.join(saved.get('labels') or [])})")
+            raise CheckpointError(
+                f"the training data's labels ({', '.join(now.get('labels') or [])}) differ from "
+                f"those of the run being resumed ({', '.join(saved.get('labels') or [])})"
+            )
         differ = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
         if saved_config.get("arch") != cfg.arch or differ:
-            raise CheckpointError(f"the model differs from the run being resumed ({', '.join(differ) or 'arch'}); "
-                                  "resume with the command the run started with")
+            raise CheckpointError(
+                f"the model differs from the run being resumed ({', '.join(differ) or 'arch'}); "
+                "resume with the command the run started with"
+            )
         if saved_config.get("tokenizer", {}).get("sha256") != tokenizer.sha256():
-            raise CheckpointError("the tokenizer differs from the run being resumed; resume with its --model and data")
+            raise CheckpointError(
+                "the tokenizer differs from the run being resumed; resume with its --model and data"
+            )
         perm = state.get("objective", {}).get("perm")
         if perm is not None and len(perm) != objective.n_examples:
-            raise CheckpointError(f"the training data has {objective.n_examples:,} examples, the run being "
-                                  f"resumed {len(perm):,}; resume with its --train file and --max-examples")
+            raise CheckpointError(
+                f"the training data has {objective.n_examples:,} examples, the run being "
+                f"resumed {len(perm):,}; resume with its --train file and --max-examples"
+            )
 
     return check

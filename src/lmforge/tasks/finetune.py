@@ -61,25 +61,57 @@ def finetune(
     if task not in TASKS:
         raise ConfigError(f"--task {task!r} is not supported here; choose one of {', '.join(TASKS)}")
     if task not in ("classify", "nli") and (folds or multi_label or class_weights or lora):
-        raise ConfigError(f"--folds, --multi-label, --class-weights and --lora are for classification, not {task}")
+        raise ConfigError(
+            f"--folds, --multi-label, --class-weights and --lora are for classification, not {task}"
+        )
     if (source_lang or target_lang) and task not in ("translate", "summarize"):
         raise ConfigError(f"--source-lang and --target-lang are for translate and summarize, not {task}")
     if task in ("translate", "summarize", "chat") and max_length is not None:
         raise ConfigError(f"--max-length does not apply to {task}: the model's own context is the limit")
     if resume and folds is not None:
         raise ConfigError("--resume continues one run; cross-validation (--folds) starts its folds afresh")
-    options = FineTuneOptions(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
-                              max_minutes=max_minutes, seed=seed, overrides=overrides)
+    options = FineTuneOptions(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience,
+        max_minutes=max_minutes,
+        seed=seed,
+        overrides=overrides,
+    )
     common = dict(options=options, max_examples=max_examples, progress=progress, resume=resume)
     if task in ("translate", "summarize"):
-        return finetune_pairs(task, model, train, out, dev=dev, source_field=source_field, target_field=target_field,
-                              source_lang=source_lang, target_lang=target_lang, **common)
+        return finetune_pairs(
+            task,
+            model,
+            train,
+            out,
+            dev=dev,
+            source_field=source_field,
+            target_field=target_field,
+            source_lang=source_lang,
+            target_lang=target_lang,
+            **common,
+        )
     if task == "chat":
         return finetune_chat(model, train, out, dev=dev, **common)
     if task == "qa":
-        return finetune_qa(model, train, out, dev=dev, max_length=max_length or 384, doc_stride=doc_stride, **common)
+        return finetune_qa(
+            model, train, out, dev=dev, max_length=max_length or 384, doc_stride=doc_stride, **common
+        )
     if task == "ner":
         return finetune_ner(model, train, out, dev=dev, max_length=max_length or 128, **common)
-    return finetune_classifier(task, model, train, out, dev=dev, fields=fields, max_length=max_length or 128,
-                               multi_label=multi_label, class_weights=class_weights,
-                               lora={"r": lora_r, "alpha": lora_alpha} if lora else None, folds=folds, **common)
+    return finetune_classifier(
+        task,
+        model,
+        train,
+        out,
+        dev=dev,
+        fields=fields,
+        max_length=max_length or 128,
+        multi_label=multi_label,
+        class_weights=class_weights,
+        lora={"r": lora_r, "alpha": lora_alpha} if lora else None,
+        folds=folds,
+        **common,
+    )

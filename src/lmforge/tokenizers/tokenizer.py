@@ -160,7 +160,9 @@ class Tokenizer:
         if kind not in KINDS:
             raise TokenizerError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
         if vocab_size is not None and vocab_size <= len(SPECIAL_TOKENS):
-            raise TokenizerError(f"--vocab-size must be larger than {len(SPECIAL_TOKENS)} (the special tokens)")
+            raise TokenizerError(
+                f"--vocab-size must be larger than {len(SPECIAL_TOKENS)} (the special tokens)"
+            )
         if kind == "bpe" and vocab_size is not None and vocab_size < MIN_BPE_VOCAB_SIZE:
             raise TokenizerError(
                 f"--vocab-size must be at least {MIN_BPE_VOCAB_SIZE} for byte-level BPE "
@@ -221,7 +223,9 @@ class Tokenizer:
         if p.is_dir():
             p = p / "tokenizer.json"
         if not p.is_file():
-            raise TokenizerError(f"no tokenizer at {path}; give a tokenizer.json file or a folder that has one")
+            raise TokenizerError(
+                f"no tokenizer at {path}; give a tokenizer.json file or a folder that has one"
+            )
         try:
             return cls(HFTokenizer.from_file(str(p)))
         except Exception as exc:  # the Rust side raises plain Exceptions with long messages
@@ -343,7 +347,9 @@ class Tokenizer:
             "kind": self.kind,
             "vocab_size": self.vocab_size,
             "special_tokens": {
-                role: {"id": i, "token": self.id_to_token(i)} for role, i in self.special_ids.items() if i is not None
+                role: {"id": i, "token": self.id_to_token(i)}
+                for role, i in self.special_ids.items()
+                if i is not None
             },
             "sha256": self.sha256(),
         }

@@ -40,15 +40,23 @@ class LoRALinear(nn.Module):
         return out
 
 
-def apply_lora(backbone: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.05,
-               targets: tuple[str, ...] = DEFAULT_TARGETS) -> int:
+def apply_lora(
+    backbone: nn.Module,
+    r: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.05,
+    targets: tuple[str, ...] = DEFAULT_TARGETS,
+) -> int:
     """Freeze `backbone` and wrap its target linear layers; returns how many were wrapped."""
     if r < 1:
         raise ConfigError(f"the LoRA rank must be at least 1, got {r}")
     for p in backbone.parameters():
         p.requires_grad_(False)
-    chosen = [(name, m) for name, m in backbone.named_modules()
-              if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in targets]
+    chosen = [
+        (name, m)
+        for name, m in backbone.named_modules()
+        if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in targets
+    ]
     if not chosen:
         raise ConfigError(f"the backbone has no layer named {', '.join(targets)} to adapt with LoRA")
     for name, module in chosen:
@@ -72,10 +80,16 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The A and B matrices of every LoRA layer, by their state-dict names (what a resumed run needs back)."""
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.endswith((".lora_A", ".lora_B"))}
+    return {
+        k: v.detach().cpu().clone()
+        for k, v in model.state_dict().items()
+        if k.endswith((".lora_A", ".lora_B"))
+    }
 
 
-def load_adapted(model: nn.Module, merged: dict[str, torch.Tensor], adapters: dict[str, torch.Tensor]) -> None:
+def load_adapted(
+    model: nn.Module, merged: dict[str, torch.Tensor], adapters: dict[str, torch.Tensor]
+) -> None:
     """Put a LoRA run's saved state back into `model`, freshly wrapped around its pretrained backbone.
 
     A checkpoint holds W + s·BA merged, which cannot be split back into W and BA exactly, and loading it as the
@@ -84,14 +98,18 @@ def load_adapted(model: nn.Module, merged: dict[str, torch.Tensor], adapters: di
     checkpoint; a merged weight that is not W + s·BA means the backbone is not the one the run started from."""
     own = model.state_dict()
     if set(adapters) != {k for k in own if k.endswith((".lora_A", ".lora_B"))}:
-        raise CheckpointError("the checkpoint's LoRA adapters do not fit this model; resume with the options the run "
-                              "started with")
+        raise CheckpointError(
+            "the checkpoint's LoRA adapters do not fit this model; resume with the options the run "
+            "started with"
+        )
     state = {}
     layers = {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
     for name, layer in layers.items():
         a, b = adapters[f"{name}.lora_A"], adapters[f"{name}.lora_B"]
         base = layer.base.weight.detach().cpu()
-        if not torch.allclose(merged[f"{name}.weight"].cpu(), base + (b @ a * layer.scale).to(base.dtype), atol=1e-5):
+        if not torch.allclose(
+            merged[f"{name}.weight"].cpu(), base + (b @ a * layer.scale).to(base.dtype), atol=1e-5
+        ):
             raise CheckpointError("the --model backbone is not the one the run being resumed started from")
         state.update({f"{name}.lora_A": a, f"{name}.lora_B": b, f"{name}.base.weight": base})
         if layer.base.bias is not None:

@@ -46,7 +46,10 @@ class CausalLM:
         x, y = batch
         logits = model(x)
         return F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+            logits.float().view(-1, logits.size(-1)),
+            y.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
         )
 
 
@@ -121,7 +124,9 @@ class MaskedLM:
 
     def __init__(self, data: TokenShards, model_cfg, batch_size: int, tokenizer: Tokenizer):
         if tokenizer.mask_id is None:
-            raise DataError("masked-LM training needs a tokenizer with a mask token (<|mask|>); prepare the data again")
+            raise DataError(
+                "masked-LM training needs a tokenizer with a mask token (<|mask|>); prepare the data again"
+            )
         self.bos = tokenizer.bos_id
         self.body = model_cfg.block_size - (self.bos is not None)
         data.check_block_size(self.body)
@@ -189,7 +194,9 @@ class SpanCorruption:
         noise_first = bool(torch.rand((), generator=generator) < 0.5)
         source, target, pos = [], [], 0
         for n_keep, n_span in zip(keep, noise):
-            for n, hidden in ((n_span, True), (n_keep, False)) if noise_first else ((n_keep, False), (n_span, True)):
+            for n, hidden in (
+                ((n_span, True), (n_keep, False)) if noise_first else ((n_keep, False), (n_span, True))
+            ):
                 piece = ids[pos : pos + n]
                 pos += n
                 if hidden:
@@ -200,7 +207,9 @@ class SpanCorruption:
         return source, target + [self.eos_id]
 
 
-def collate_pairs(pairs: list[tuple[list[int], list[int]]], start_id: int, pad_id: int) -> tuple[torch.Tensor, ...]:
+def collate_pairs(
+    pairs: list[tuple[list[int], list[int]]], start_id: int, pad_id: int
+) -> tuple[torch.Tensor, ...]:
     """(source, source mask, decoder input, labels) from (source, target) token lists, padded at the end.
 
     The decoder reads the target shifted right behind the start token; labels of padding are -100 (ignored).
@@ -217,7 +226,9 @@ def collate_pairs(pairs: list[tuple[list[int], list[int]]], start_id: int, pad_i
     return src, src_mask, tgt_in, labels
 
 
-def seq2seq_loss_sum(model: nn.Module, batch: tuple[torch.Tensor, ...], label_smoothing: float = 0.0) -> torch.Tensor:
+def seq2seq_loss_sum(
+    model: nn.Module, batch: tuple[torch.Tensor, ...], label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Summed target-token loss of a collate_pairs batch."""
     src, src_mask, tgt_in, labels = batch
     logits = model(src, tgt_in, src_mask)
@@ -241,7 +252,9 @@ class Seq2SeqDenoise:
 
     def __init__(self, data: TokenShards, model_cfg, batch_size: int, tokenizer: Tokenizer):
         if tokenizer.mask_id is None or tokenizer.eos_id is None:
-            raise DataError("span-corruption training needs a tokenizer with <|mask|> and <|eos|>; prepare the data again")
+            raise DataError(
+                "span-corruption training needs a tokenizer with <|mask|> and <|eos|>; prepare the data again"
+            )
         self.corrupt = SpanCorruption(
             tokenizer.mask_id, tokenizer.eos_id, model_cfg.noise_density, model_cfg.mean_span_length
         )
@@ -270,7 +283,9 @@ class Seq2SeqDenoise:
     load_state_dict = CausalLM.load_state_dict
 
 
-BUCKET_BATCHES = 50  # batches sorted by length together: similar lengths in a batch, a different mix each epoch
+BUCKET_BATCHES = (
+    50  # batches sorted by length together: similar lengths in a batch, a different mix each epoch
+)
 
 
 class ShuffledEpochs:
@@ -315,7 +330,9 @@ class ShuffledEpochs:
             self.perm, self.pos = d["perm"], d["pos"]
 
 
-def collate_labelled(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def collate_labelled(
+    rows: list[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, labels) rows of different lengths as two (B, T) tensors, padded with pad_id / IGNORE_INDEX."""
     width = max(len(x) for x, _ in rows)
     x = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -330,8 +347,9 @@ def labelled_loss_sum(model: nn.Module, batch) -> torch.Tensor:
     """Summed cross-entropy over the labelled tokens of (inputs, labels) or of packed (inputs, labels, segments)."""
     x, y, *segments = batch
     logits = model(x, segments=segments[0]) if segments else model(x)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
+    return F.cross_entropy(
+        logits.float().view(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
 
 
 class LabelledSequences(ShuffledEpochs):
@@ -344,7 +362,9 @@ class LabelledSequences(ShuffledEpochs):
     packs = True
 
     def __init__(self, rows, pad_id: int, batch_size: int, group_by_length: bool = False, pack: bool = False):
-        super().__init__(len(rows), batch_size, lengths=[len(x) for x, _ in rows] if group_by_length else None)
+        super().__init__(
+            len(rows), batch_size, lengths=[len(x) for x, _ in rows] if group_by_length else None
+        )
         self.rows, self.pad_id, self.packed = rows, pad_id, pack
 
     def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -363,7 +383,6 @@ class LabelledSequences(ShuffledEpochs):
         return labelled_loss_sum(model, batch)
 
 
-
 @torch.no_grad()
 def labelled_loss(model, rows, pad_id: int, device, batch_size: int = 32) -> float:
     """Mean cross-entropy per labelled token of (inputs, labels) rows (a dev set), in eval mode."""
@@ -374,6 +393,7 @@ def labelled_loss(model, rows, pad_id: int, device, batch_size: int = 32) -> flo
             total += float(labelled_loss_sum(model, batch))
             count += int(LabelledSequences.count_targets(batch))
     return total / max(count, 1)
+
 
 OBJECTIVES = {"clm": CausalLM, "tbptt": TBPTT, "mlm": MaskedLM, "seq2seq": Seq2SeqDenoise}
 

@@ -20,12 +20,19 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) ->
         {"params": no_decay, "weight_decay": 0.0},
     ]
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+        )
     # The fused kernel exists on CUDA and CPU (on this 2-core CPU: 81 vs 87 ms per 4x128 training step against
     # foreach); foreach is the portable fast path elsewhere.
     fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused or None, foreach=None if fused else True
+        groups,
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+        fused=fused or None,
+        foreach=None if fused else True,
     )
 
 
@@ -36,7 +43,9 @@ def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
     if cfg.schedule == "constant":
         return cfg.lr
     if cfg.schedule == "step":
-        return cfg.lr * cfg.step_gamma ** (max(0, step - cfg.warmup_steps - cfg.decay_start) // cfg.step_every)
+        return cfg.lr * cfg.step_gamma ** (
+            max(0, step - cfg.warmup_steps - cfg.decay_start) // cfg.step_every
+        )
     span = max(1, max_steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     min_lr = cfg.lr * cfg.min_lr_ratio

@@ -37,8 +37,9 @@ def pack(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def collate_packed(rows: list[tuple[list[int], list[int]]], groups: list[list[int]],
-                   pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate_packed(
+    rows: list[tuple[list[int], list[int]]], groups: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(inputs, targets, segments) of packed rows: each group's (ids, targets) examples side by side, padded to the
     longest row of the batch; segments number the examples of a row (padding: PAD_SEGMENT)."""
     widths = [sum(len(rows[i][0]) for i in group) for group in groups]

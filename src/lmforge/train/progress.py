@@ -17,7 +17,9 @@ from rich.progress import (
 
 
 class TrainProgress:
-    def __init__(self, total_steps: int, start_step: int = 0, enabled: bool = True, max_seconds: float | None = None):
+    def __init__(
+        self, total_steps: int, start_step: int = 0, enabled: bool = True, max_seconds: float | None = None
+    ):
         self.console = Console(stderr=True)
         self.enabled = enabled
         self.total = total_steps
@@ -40,8 +42,9 @@ class TrainProgress:
             self.task = self.bar.add_task("train", total=total_steps, completed=start_step, loss="-", tps="-")
             self.bar.start()
 
-    def update(self, step: int, loss: float | None, tokens_per_s: float, elapsed: float,
-               total: int | None = None) -> None:
+    def update(
+        self, step: int, loss: float | None, tokens_per_s: float, elapsed: float, total: int | None = None
+    ) -> None:
         """`total`: the steps the run is now expected to take, when a time limit will end it before total_steps."""
         if not self.enabled:
             return
@@ -49,7 +52,9 @@ class TrainProgress:
             self.total = total
         loss_text = f"{loss:.4f}" if loss is not None else "-"
         if self.bar is not None:
-            self.bar.update(self.task, total=self.total, completed=step, loss=loss_text, tps=f"{tokens_per_s:,.0f}")
+            self.bar.update(
+                self.task, total=self.total, completed=step, loss=loss_text, tps=f"{tokens_per_s:,.0f}"
+            )
             return
         now = time.monotonic()
         if now - self._last_plain >= 10 or step == self.total:

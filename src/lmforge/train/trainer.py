@@ -50,7 +50,9 @@ class RunResult:
     stop_reason: str  # max_steps | max_minutes | max_tokens | early_stop | interrupted | fitted
     latest: Path | None = None
     best: Path | None = None
-    metrics: dict = field(default_factory=dict)  # the last evaluation: val_loss, val_perplexity, val_bits_per_byte
+    metrics: dict = field(
+        default_factory=dict
+    )  # the last evaluation: val_loss, val_perplexity, val_bits_per_byte
     seconds: float = 0.0
     tokens_per_s: float = 0.0
 
@@ -80,16 +82,23 @@ class RunSpec:
 
     tokenizer: Tokenizer
     objective: Any  # train/objectives.py: next_batch, count_targets, loss_sum, state_dict, load_state_dict
-    build_model: Callable[[], nn.Module]  # called after seeding: the initial weights are a function of the seed
+    build_model: Callable[
+        [], nn.Module
+    ]  # called after seeding: the initial weights are a function of the seed
     # (model, device, autocast dtype) -> scores as evaluate() returns them ("loss" at least), or None
     validate: Callable[[nn.Module, torch.device, torch.dtype | None], dict | None] | None = None
-    selection: tuple[str, str] = ("val_loss", "min")  # the metric that picks `best` (and early-stops), min or max
+    selection: tuple[str, str] = (
+        "val_loss",
+        "min",
+    )  # the metric that picks `best` (and early-stops), min or max
     data_size: str = ""  # "12,345 training tokens", for the first progress line
     data_info: dict = field(default_factory=dict)  # the checkpoint config's "data"
     data_card: list[str] = field(default_factory=list)  # the model card's "Data" lines
     config_extras: dict = field(default_factory=dict)  # more top-level keys of every checkpoint's config.json
     usage: str = "generate {run} --prompt 'Hello'"  # the command the model card suggests ({run}: the run dir)
-    resume_hint: str = "continue with the same command plus --resume"  # told on an interrupt ({run}: the run dir)
+    resume_hint: str = (
+        "continue with the same command plus --resume"  # told on an interrupt ({run}: the run dir)
+    )
     # (saved checkpoint config, its train state) -> None; raises CheckpointError when this run cannot continue it
     check_resume: Callable[[dict, dict], None] | None = None
     weights: WeightsIO = field(default_factory=WeightsIO)
@@ -113,8 +122,10 @@ class Trainer:
                 f"translate, summarize); this run's objective ({self.objective.name}) draws no such batches"
             )
         if cfg.train.pack == "true" and not getattr(self.objective, "packs", False):
-            raise ConfigError(f"train.pack applies to causal-LM fine-tuning (chat, and translate/summarize with a gpt "
-                              f"model); this run's objective ({self.objective.name}) does not pack")
+            raise ConfigError(
+                f"train.pack applies to causal-LM fine-tuning (chat, and translate/summarize with a gpt "
+                f"model); this run's objective ({self.objective.name}) does not pack"
+            )
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -179,7 +190,9 @@ class Trainer:
         try:
             state = torch.load(state_file, map_location="cpu", weights_only=False)
         except Exception:
-            raise CheckpointError(f"{state_file} is truncated or corrupted; resume from an earlier checkpoint") from None
+            raise CheckpointError(
+                f"{state_file} is truncated or corrupted; resume from an earlier checkpoint"
+            ) from None
         if self.spec.check_resume is not None:
             self.spec.check_resume(ckpt.read_config(path), state)
         if self.spec.weights.restore is not None:
@@ -347,7 +360,11 @@ class Trainer:
         return None
 
     def _evaluate(self, writer, bar: TrainProgress) -> None:
-        result = None if self.spec.validate is None else self.spec.validate(self.model, self.device, self.amp_dtype)
+        result = (
+            None
+            if self.spec.validate is None
+            else self.spec.validate(self.model, self.device, self.amp_dtype)
+        )
         if result is None:
             return
         if not math.isfinite(result["loss"]):
@@ -357,7 +374,9 @@ class Trainer:
             )
         # Every scalar score becomes a val_* metric (loss, perplexity, bits_per_byte, accuracy, macro_f1, ...).
         self.last_eval = {
-            f"val_{k}": v for k, v in result.items() if k not in ("tokens", "bytes") and (v is None or isinstance(v, (int, float)))
+            f"val_{k}": v
+            for k, v in result.items()
+            if k not in ("tokens", "bytes") and (v is None or isinstance(v, (int, float)))
         }
         key, mode = self.spec.selection
         value = self.last_eval.get(key)
@@ -410,13 +429,20 @@ class Trainer:
     def _tensorboard(self):
         if not self.cfg.train.tensorboard:
             return None
-        if not available("tensorboard"):  # on by default, but an extra: say so once (per process), do not fail
-            warnings.warn('tensorboard is not installed: this run logs to metrics.jsonl only (pip install '
-                          '"lmforge[tb]", or --train.tensorboard false)', stacklevel=2)
+        if not available(
+            "tensorboard"
+        ):  # on by default, but an extra: say so once (per process), do not fail
+            warnings.warn(
+                "tensorboard is not installed: this run logs to metrics.jsonl only (pip install "
+                '"lmforge[tb]", or --train.tensorboard false)',
+                stacklevel=2,
+            )
             return None
         from torch.utils.tensorboard import SummaryWriter
 
-        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
+        return SummaryWriter(
+            str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None
+        )
 
     def _model_card(self) -> str:
         m = self.cfg.model

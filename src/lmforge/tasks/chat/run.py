@@ -57,7 +57,9 @@ def chat_spec(cfg, run_dir, tokenizer: Tokenizer, train, dev, state: dict, info:
     dev_rows = encode_conversations(dev, template, tokenizer, block)[0] if dev else []
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     t = cfg.train
-    objective = LabelledSequences(rows, pad, t.batch_size, t.group_by_length, switch("train.pack", t.pack) != "false")
+    objective = LabelledSequences(
+        rows, pad, t.batch_size, t.group_by_length, switch("train.pack", t.pack) != "false"
+    )
 
     def build():
         model = build_model("gpt", cfg.model)
@@ -70,16 +72,31 @@ def chat_spec(cfg, run_dir, tokenizer: Tokenizer, train, dev, state: dict, info:
         loss = labelled_loss(model, dev_rows, pad, device)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50))}
 
-    card = [f"- task: chat; training file `{info['train']}` ({len(train):,} conversations"
-            + (f", {skipped} longer than the context even with only their last turn, left out)" if skipped else ")"),
-            f"- chat template: role markers {', '.join(repr(m) for m in template.markers.values())}, "
-            f"turns end with {template.end!r}; the loss covers assistant turns only"]
+    card = [
+        f"- task: chat; training file `{info['train']}` ({len(train):,} conversations"
+        + (
+            f", {skipped} longer than the context even with only their last turn, left out)"
+            if skipped
+            else ")"
+        ),
+        f"- chat template: role markers {', '.join(repr(m) for m in template.markers.values())}, "
+        f"turns end with {template.end!r}; the loss covers assistant turns only",
+    ]
     if dev:
         card.append(f"- dev file: `{info['dev']}` ({len(dev):,} conversations)")
-    return RunSpec(tokenizer=tokenizer, objective=objective, build_model=build, validate=validate,
-                   data_size=f"{len(rows):,} training conversations", data_info={**info, "chat": template.to_dict()},
-                   data_card=card, config_extras={"chat_template": template.jinja()}, usage="chat {run}",
-                   resume_hint=RESUME_HINT, check_resume=resume_check(cfg, info, tokenizer, objective, run_dir))
+    return RunSpec(
+        tokenizer=tokenizer,
+        objective=objective,
+        build_model=build,
+        validate=validate,
+        data_size=f"{len(rows):,} training conversations",
+        data_info={**info, "chat": template.to_dict()},
+        data_card=card,
+        config_extras={"chat_template": template.jinja()},
+        usage="chat {run}",
+        resume_hint=RESUME_HINT,
+        check_resume=resume_check(cfg, info, tokenizer, objective, run_dir),
+    )
 
 
 def finetune_chat(
@@ -98,7 +115,9 @@ def finetune_chat(
     resume_from = ckpt.resume_point(out, resume)
     options.validate()
     if not Path(model).exists():
-        raise ConfigError(f"--model {model!r} is not a checkpoint; chat fine-tuning starts from a GPT checkpoint")
+        raise ConfigError(
+            f"--model {model!r} is not a checkpoint; chat fine-tuning starts from a GPT checkpoint"
+        )
     train_chats = read_conversations(train, max_examples)
     dev_chats = read_conversations(dev) if dev else None
     pretrained, tokenizer, config = ckpt.load_checkpoint(model)

@@ -25,6 +25,7 @@ STYLES = (
     {r: f"{r}\n" for r in ROLES},
 )
 
+
 @dataclass(frozen=True)
 class ChatTemplate:
     markers: dict[str, str]
@@ -75,7 +76,9 @@ class ChatTemplate:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = raise_exception
         try:
-            return env.from_string(self.jinja()).render(messages=messages, add_generation_prompt=add_generation_prompt)
+            return env.from_string(self.jinja()).render(
+                messages=messages, add_generation_prompt=add_generation_prompt
+            )
         except TemplateError as exc:
             raise ConfigError(f"the chat template refused these messages: {exc}") from None
 
@@ -95,7 +98,7 @@ class ChatTemplate:
         """The conversation with its oldest turns dropped until it takes at most `budget` tokens; the system message
         stays, and the kept turns start with a user turn. Raises ConfigError when even the last turn does not fit."""
         system = [m for m in messages[:1] if m["role"] == "system"]
-        turns = messages[len(system):]
+        turns = messages[len(system) :]
         while turns:
             if len(self.encode(tokenizer, system + turns)[0]) <= budget:
                 return system + turns
@@ -144,7 +147,9 @@ def check_messages(messages: list, where: str = "the conversation") -> list[dict
             raise DataError(f"{where}: message {i + 1} needs a string 'content'")
         role = m.get("role")
         if role not in ROLES:
-            raise DataError(f"{where}: message {i + 1} has unknown role {role!r}; roles are {', '.join(ROLES)}")
+            raise DataError(
+                f"{where}: message {i + 1} has unknown role {role!r}; roles are {', '.join(ROLES)}"
+            )
         if not m["content"].strip():
             raise DataError(f"{where}: message {i + 1} ({role}) has empty content")
         if role == "system" and i > 0:
@@ -152,7 +157,9 @@ def check_messages(messages: list, where: str = "the conversation") -> list[dict
         out.append({"role": role, "content": m["content"]})
     first = next((m["role"] for m in out if m["role"] != "system"), None)
     if first == "assistant":
-        raise DataError(f"{where}: the conversation starts with an assistant turn; it must start with a user turn")
+        raise DataError(
+            f"{where}: the conversation starts with an assistant turn; it must start with a user turn"
+        )
     if not any(m["role"] == "assistant" for m in out):
         raise DataError(f"{where}: the conversation has no assistant turn to learn from")
     return out

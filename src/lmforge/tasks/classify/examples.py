@@ -31,7 +31,9 @@ class Fields:
     text: str = "text"
     pair: str | None = None
     label: str = "label"
-    label_sep: str | None = None  # multi-label: the separator inside one label cell (None: a JSON list or one label)
+    label_sep: str | None = (
+        None  # multi-label: the separator inside one label cell (None: a JSON list or one label)
+    )
 
 
 def _rows(path: Path, fields: Fields):
@@ -45,7 +47,9 @@ def _rows(path: Path, fields: Fields):
                     try:
                         yield n, json.loads(line)
                     except json.JSONDecodeError:
-                        raise DataError(f"{path}:{n} is not a JSON object (the file must be JSON Lines)") from None
+                        raise DataError(
+                            f"{path}:{n} is not a JSON object (the file must be JSON Lines)"
+                        ) from None
         return
     if suffix not in (".csv", ".tsv", ".txt"):
         raise DataError(f"{path}: unknown file type {suffix!r}; give a .csv, .tsv or .jsonl file")
@@ -70,7 +74,9 @@ def _get(row, key: str | None, path: Path, n: int):
             raise DataError(f"{path}:{n} has {len(row)} columns, no column {i}")
         return row[i]
     if key not in row:
-        raise DataError(f"{path}:{n} has no field {key!r} (it has: {', '.join(map(str, row))}); use the field options")
+        raise DataError(
+            f"{path}:{n} has no field {key!r} (it has: {', '.join(map(str, row))}); use the field options"
+        )
     return row[key]
 
 

@@ -24,8 +24,10 @@ class TextClassificationPipeline:
     def __init__(self, model: str | os.PathLike, device: str = "auto", batch_size: int = 64):
         self.lm = load_for_inference(model, device=device)
         if getattr(self.lm.model.config, "objective", None) != "classify":
-            raise ConfigError(f"{model} is a {self.lm.config.get('arch')} checkpoint, not a fine-tuned classifier; "
-                              "fine-tune one with `lmforge finetune --task classify`")
+            raise ConfigError(
+                f"{model} is a {self.lm.config.get('arch')} checkpoint, not a fine-tuned classifier; "
+                "fine-tune one with `lmforge finetune --task classify`"
+            )
         cfg = self.lm.model.config
         self.labels, self.multi_label = list(cfg.labels), cfg.multi_label
         self.encoder = TextEncoder(self.lm.tokenizer, cfg.backbone, cfg.block_size)
@@ -76,13 +78,19 @@ class TextClassificationPipeline:
         """Predictions for every example of a CSV/TSV/JSONL file (labels, if present, are not needed)."""
         examples = read_examples(path, fields or self.fields, need_labels=False)
         preds = self([{"text": e.text, "text_pair": e.pair} for e in examples])
-        return [{"text": e.text, **({"text_pair": e.pair} if e.pair else {}), "prediction": p}
-                for e, p in zip(examples, preds)]
+        return [
+            {"text": e.text, **({"text_pair": e.pair} if e.pair else {}), "prediction": p}
+            for e, p in zip(examples, preds)
+        ]
 
 
 def evaluate_classifier(
-    model: str | os.PathLike, data: str | os.PathLike, fields: Fields | dict | None = None,
-    report: str | os.PathLike | None = None, device: str = "auto", samples: int = 20,
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    fields: Fields | dict | None = None,
+    report: str | os.PathLike | None = None,
+    device: str = "auto",
+    samples: int = 20,
 ) -> dict:
     """Accuracy, precision/recall/F1 (per class, macro, weighted), confusion matrix and ROC-AUC of a fine-tuned
     classifier on a labelled file; with `report`, also metrics.json, report.md and the plots in that folder.
@@ -97,9 +105,14 @@ def evaluate_classifier(
     if report is not None:
         shown = examples[:samples]
         preds = clf([{"text": e.text, "text_pair": e.pair} for e in shown], top_k=1, threshold=0.5)
-        rows = [{"text": e.text + (f" ||| {e.pair}" if e.pair else ""), "label": ",".join(e.labels),
-                 "predicted": p["label"] if isinstance(p, dict) else ",".join(q["label"] for q in p),
-                 "score": p["score"] if isinstance(p, dict) else min((q["score"] for q in p), default=0.0)}
-                for e, p in zip(shown, preds)]
+        rows = [
+            {
+                "text": e.text + (f" ||| {e.pair}" if e.pair else ""),
+                "label": ",".join(e.labels),
+                "predicted": p["label"] if isinstance(p, dict) else ",".join(q["label"] for q in p),
+                "score": p["score"] if isinstance(p, dict) else min((q["score"] for q in p), default=0.0),
+            }
+            for e, p in zip(shown, preds)
+        ]
         write_report(scores, clf.labels, report, rows)
     return scores

@@ -60,9 +60,18 @@ class ClassifyObjective(ShuffledEpochs):
 
     name = "classify"
 
-    def __init__(self, rows, targets: torch.Tensor, encoder: TextEncoder, batch_size: int, class_weights=None,
-                 group_by_length: bool = False):
-        super().__init__(len(rows), batch_size, lengths=[len(r[0]) for r in rows] if group_by_length else None)
+    def __init__(
+        self,
+        rows,
+        targets: torch.Tensor,
+        encoder: TextEncoder,
+        batch_size: int,
+        class_weights=None,
+        group_by_length: bool = False,
+    ):
+        super().__init__(
+            len(rows), batch_size, lengths=[len(r[0]) for r in rows] if group_by_length else None
+        )
         self.rows, self.targets, self.encoder, self.class_weights = rows, targets, encoder, class_weights
 
     def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -82,7 +91,9 @@ def example_losses(logits: torch.Tensor, y: torch.Tensor, class_weights=None) ->
     """One loss per example: cross-entropy for one label, the mean binary cross-entropy over labels for several."""
     weights = None if class_weights is None else class_weights.to(logits.device)
     if y.dtype.is_floating_point:
-        return F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=weights, reduction="none").mean(-1)
+        return F.binary_cross_entropy_with_logits(
+            logits.float(), y, pos_weight=weights, reduction="none"
+        ).mean(-1)
     return F.cross_entropy(logits.float(), y, weight=weights, reduction="none")
 
 
@@ -102,10 +113,14 @@ def probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
     return logits.sigmoid() if multi_label else logits.softmax(-1)
 
 
-def score_examples(model, encoder: TextEncoder, examples: list[Example], device, batch_size: int = 64) -> dict:
+def score_examples(
+    model, encoder: TextEncoder, examples: list[Example], device, batch_size: int = 64
+) -> dict:
     """Loss and classification metrics of a classifier on labelled examples."""
     cfg = model.config
-    logits = predict_logits(model, encoder, [encoder(ex.text, ex.pair) for ex in examples], device, batch_size)
+    logits = predict_logits(
+        model, encoder, [encoder(ex.text, ex.pair) for ex in examples], device, batch_size
+    )
     y = targets_of(examples, cfg.labels, cfg.multi_label)
     probs = probabilities(logits, cfg.multi_label).numpy()
     loss = float(example_losses(logits, y).mean())
@@ -127,15 +142,27 @@ def lora_weights(lora: dict) -> WeightsIO:
 
     def restore(model, path: Path, state: dict) -> None:
         if "lora" not in state:
-            raise CheckpointError(f"{path} keeps no LoRA adapters, so this LoRA run cannot be resumed from it")
+            raise CheckpointError(
+                f"{path} keeps no LoRA adapters, so this LoRA run cannot be resumed from it"
+            )
         merged, _, _ = ckpt.load_checkpoint(path)
         load_adapted(model, merged.state_dict(), state["lora"])
 
-    return WeightsIO(to_save=merge_lora, extra_state=lambda model: {"lora": adapter_state(model)}, restore=restore)
+    return WeightsIO(
+        to_save=merge_lora, extra_state=lambda model: {"lora": adapter_state(model)}, restore=restore
+    )
 
 
-def classify_spec(cfg, run_dir, tokenizer, train: list[Example], dev: list[Example] | None,
-                  backbone_state: dict | None, info: dict, class_weights: bool = False) -> RunSpec:
+def classify_spec(
+    cfg,
+    run_dir,
+    tokenizer,
+    train: list[Example],
+    dev: list[Example] | None,
+    backbone_state: dict | None,
+    info: dict,
+    class_weights: bool = False,
+) -> RunSpec:
     """The run specification of a classifier fine-tune (`info` is its data card: task, files, options)."""
     m = cfg.model
     m.vocab_size = tokenizer.vocab_size
@@ -143,7 +170,9 @@ def classify_spec(cfg, run_dir, tokenizer, train: list[Example], dev: list[Examp
     rows = [encoder(ex.text, ex.pair) for ex in train]
     targets = targets_of(train, m.labels, m.multi_label)
     weights = class_weights_of(targets, len(m.labels), m.multi_label) if class_weights else None
-    objective = ClassifyObjective(rows, targets, encoder, cfg.train.batch_size, weights, cfg.train.group_by_length)
+    objective = ClassifyObjective(
+        rows, targets, encoder, cfg.train.batch_size, weights, cfg.train.group_by_length
+    )
     lora = info.get("lora")  # {"r", "alpha"} or None for full fine-tuning
 
     def build():
@@ -156,15 +185,26 @@ def classify_spec(cfg, run_dir, tokenizer, train: list[Example], dev: list[Examp
     def validate(model, device, amp_dtype):
         return score_examples(model, encoder, dev, device) if dev else None
 
-    card = [f"- task: {info['task']}; labels: {', '.join(m.labels)}",
-            f"- training file: `{info['train']}` ({len(train):,} examples)"]
+    card = [
+        f"- task: {info['task']}; labels: {', '.join(m.labels)}",
+        f"- training file: `{info['train']}` ({len(train):,} examples)",
+    ]
     if dev:
         card.append(f"- dev file: `{info['dev']}` ({len(dev):,} examples)")
-    return RunSpec(tokenizer=tokenizer, objective=objective, build_model=build, validate=validate,
-                   selection=("val_macro_f1", "max"), data_size=f"{len(rows):,} training examples", data_info=info,
-                   data_card=card, usage="predict {run} --input texts.txt", resume_hint=RESUME_HINT,
-                   check_resume=resume_check(cfg, info, tokenizer, objective, run_dir),
-                   weights=lora_weights(lora) if lora else WeightsIO())
+    return RunSpec(
+        tokenizer=tokenizer,
+        objective=objective,
+        build_model=build,
+        validate=validate,
+        selection=("val_macro_f1", "max"),
+        data_size=f"{len(rows):,} training examples",
+        data_info=info,
+        data_card=card,
+        usage="predict {run} --input texts.txt",
+        resume_hint=RESUME_HINT,
+        check_resume=resume_check(cfg, info, tokenizer, objective, run_dir),
+        weights=lora_weights(lora) if lora else WeightsIO(),
+    )
 
 
 def finetune_classifier(
@@ -197,17 +237,38 @@ def finetune_classifier(
     dev_examples = read_examples(dev, fields) if dev else None
     if any(len(ex.labels) != 1 for ex in train_examples) and not multi_label:
         raise ConfigError("some examples have several labels; pass --multi-label")
-    run = dict(task=task, model=model, fields=fields, options=options, max_length=max_length, multi_label=multi_label,
-               class_weights=class_weights, progress=progress)
+    run = dict(
+        task=task,
+        model=model,
+        fields=fields,
+        options=options,
+        max_length=max_length,
+        multi_label=multi_label,
+        class_weights=class_weights,
+        progress=progress,
+    )
     if folds is not None:
         return cross_validate(train_examples, Path(out), folds, source=str(train), lora=lora, **run)
     files = {"train": str(train), "dev": str(dev) if dev else None, "lora": lora}
     return run_classifier(train_examples, dev_examples, Path(out), files, resume=resume, **run)
 
 
-def run_classifier(train_examples: list[Example], dev_examples: list[Example] | None, out: Path, files: dict, *,
-                   task: str, model: str, fields: Fields, options: FineTuneOptions, max_length: int,
-                   multi_label: bool, class_weights: bool, progress: bool, resume: bool = False) -> RunResult:
+def run_classifier(
+    train_examples: list[Example],
+    dev_examples: list[Example] | None,
+    out: Path,
+    files: dict,
+    *,
+    task: str,
+    model: str,
+    fields: Fields,
+    options: FineTuneOptions,
+    max_length: int,
+    multi_label: bool,
+    class_weights: bool,
+    progress: bool,
+    resume: bool = False,
+) -> RunResult:
     """One classifier run on examples already read (a fine-tune, or one fold of a cross-validation)."""
     resume_from = ckpt.resume_point(out, resume)
     labels = label_set(train_examples)
@@ -218,20 +279,30 @@ def run_classifier(train_examples: list[Example], dev_examples: list[Example] | 
     scratch = base.state is None
     # From scratch and LoRA adapters take larger steps than a full fine-tune of pretrained weights.
     lr = options.lr or (1e-3 if scratch else 5e-4 if files.get("lora") else 5e-5)
-    model_cfg = ClassifierConfig(backbone=base.arch, encoder=base.config, labels=labels, multi_label=multi_label,
-                                 block_size=min(max_length, base.longest))
+    model_cfg = ClassifierConfig(
+        backbone=base.arch,
+        encoder=base.config,
+        labels=labels,
+        multi_label=multi_label,
+        block_size=min(max_length, base.longest),
+    )
     cfg = finetune_config("classifier", model_cfg, len(train_examples), options, lr, warmup=not scratch)
     info = {"task": task, **files, "fields": dataclasses.asdict(fields), "backbone": model}
-    spec = classify_spec(cfg, out, base.tokenizer, train_examples, dev_examples, base.state, info, class_weights)
+    spec = classify_spec(
+        cfg, out, base.tokenizer, train_examples, dev_examples, base.state, info, class_weights
+    )
     return Trainer(cfg, spec, out, progress=progress, resume_from=resume_from).run()
 
 
-def cross_validate(examples: list[Example], out: Path, folds: int, source: str = "", lora: dict | None = None,
-                   **run) -> dict:
+def cross_validate(
+    examples: list[Example], out: Path, folds: int, source: str = "", lora: dict | None = None, **run
+) -> dict:
     """k-fold cross-validation: k runs, each validated on the fold it did not train on (stratified by label)."""
     model_selection = require("sklearn.model_selection", extra="tasks", feature="cross-validation (--folds)")
     if folds < 2 or folds > len(examples):
-        raise ConfigError(f"--folds must be between 2 and the number of examples ({len(examples)}), got {folds}")
+        raise ConfigError(
+            f"--folds must be between 2 and the number of examples ({len(examples)}), got {folds}"
+        )
     single = [ex.labels[0] if len(ex.labels) == 1 else "|".join(ex.labels) for ex in examples]
     counts = {label: single.count(label) for label in set(single)}
     splitter_cls = model_selection.StratifiedKFold if min(counts.values()) >= folds else model_selection.KFold
@@ -239,8 +310,9 @@ def cross_validate(examples: list[Example], out: Path, folds: int, source: str =
     scores = []
     for k, (train_idx, val_idx) in enumerate(splitter.split(np.zeros(len(examples)), single)):
         files = {"train": f"{source} (fold {k} of {folds})", "dev": None, "lora": lora}
-        result = run_classifier([examples[i] for i in train_idx], [examples[i] for i in val_idx], out / f"fold-{k}",
-                                files, **run)
+        result = run_classifier(
+            [examples[i] for i in train_idx], [examples[i] for i in val_idx], out / f"fold-{k}", files, **run
+        )
         scores.append(result.metrics)
     keys = [k for k in scores[0] if all(isinstance(s.get(k), (int, float)) for s in scores)]
     summary = {

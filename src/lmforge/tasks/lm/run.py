@@ -52,7 +52,9 @@ def pretrain_spec(cfg: RunConfig, data: str | os.PathLike, resume_from: Path | N
         f"- training split: {splits['train']['documents']:,} documents, {splits['train']['tokens']:,} tokens",
     ]
     if "val" in splits:
-        card.append(f"- validation split: {splits['val']['documents']:,} documents, {splits['val']['tokens']:,} tokens")
+        card.append(
+            f"- validation split: {splits['val']['documents']:,} documents, {splits['val']['tokens']:,} tokens"
+        )
     return RunSpec(
         tokenizer=tokenizer,
         objective=build_objective(cfg.model, train, t.batch_size, tokenizer),
@@ -61,7 +63,8 @@ def pretrain_spec(cfg: RunConfig, data: str | os.PathLike, resume_from: Path | N
         data_size=f"{train.tokens:,} training tokens",
         data_info={"dir": str(data_dir.resolve()), "manifest_tokens": splits["train"]["tokens"]},
         data_card=card,
-        usage="evaluate {run} --data DATA" if getattr(cfg.model, "bidirectional", False)
+        usage="evaluate {run} --data DATA"
+        if getattr(cfg.model, "bidirectional", False)
         else "generate {run} --prompt 'Hello'",
         resume_hint=f"continue with `lmforge pretrain --data {data_dir} --out {{run}} --resume`",
     )
@@ -96,7 +99,9 @@ def pretrain(
         if is_statistical(saved["arch"]):
             raise ConfigError(f"a {saved['arch']} model is fitted in one pass; there is nothing to resume")
         if any(k.startswith("model.") for k in overrides) or preset or arch or config:
-            raise ConfigError("a resumed run keeps its model and config; only optim.* and train.* overrides apply")
+            raise ConfigError(
+                "a resumed run keeps its model and config; only optim.* and train.* overrides apply"
+            )
         cfg = build_run_config(base=saved["run"], overrides=overrides)
         spec = pretrain_spec(cfg, data, resume_from=latest)
         return Trainer(cfg, spec, run_dir, progress=progress, resume_from=latest).run()

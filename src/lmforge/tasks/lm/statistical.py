@@ -22,7 +22,9 @@ from lmforge.train.trainer import RunResult
 def fit_statistical(cfg: RunConfig, data_dir: Path, run_dir: Path, progress: bool = True):
     manifest, tokenizer = load_prepared(data_dir)
     if tokenizer.eos_id is None:
-        raise TokenizerError("the n-gram model needs an end-of-sequence token in the tokenizer; prepare the data again")
+        raise TokenizerError(
+            "the n-gram model needs an end-of-sequence token in the tokenizer; prepare the data again"
+        )
     m = cfg.model
     m.vocab_size, m.eos_id, m.unk_id = tokenizer.vocab_size, tokenizer.eos_id, tokenizer.unk_id
     m.bos_id = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
@@ -39,12 +41,22 @@ def fit_statistical(cfg: RunConfig, data_dir: Path, run_dir: Path, progress: boo
         if val.tokens:
             nats, count = model.score_stream(np.concatenate([np.asarray(a) for a in val.arrays]))
             r = summarize(nats, count, val.bytes)
-            metrics = {"val_loss": r["loss"], "val_perplexity": r["perplexity"], "val_bits_per_byte": r["bits_per_byte"]}
+            metrics = {
+                "val_loss": r["loss"],
+                "val_perplexity": r["perplexity"],
+                "val_bits_per_byte": r["bits_per_byte"],
+            }
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt.clean_stale(run_dir)
     cfg.save_yaml(run_dir / "config.yaml")
     metrics_path = run_dir / "metrics.jsonl"
-    record = {"step": 1, "tokens": train.tokens, "fit_seconds": seconds, "tokens_per_s": train.tokens / seconds, **metrics}
+    record = {
+        "step": 1,
+        "tokens": train.tokens,
+        "fit_seconds": seconds,
+        "tokens_per_s": train.tokens / seconds,
+        **metrics,
+    }
     metrics_path.write_text(json.dumps(record) + "\n", encoding="utf-8")
     config = {
         "arch": cfg.arch,
@@ -60,10 +72,23 @@ def fit_statistical(cfg: RunConfig, data_dir: Path, run_dir: Path, progress: boo
         f"{train.tokens:,} tokens of `{data_dir}` ({tokenizer.kind} tokenizer, {tokenizer.vocab_size} tokens).\n"
     )
     if metrics:
-        card += (f"\nValidation: loss {metrics['val_loss']:.4f}, perplexity {metrics['val_perplexity']:.2f}, "
-                 f"bits per byte {metrics['val_bits_per_byte']:.3f}.\n")
-    path = ckpt.save_checkpoint(run_dir / "ckpt-0000001", model, tokenizer, config, metrics_file=metrics_path, card=card)
+        card += (
+            f"\nValidation: loss {metrics['val_loss']:.4f}, perplexity {metrics['val_perplexity']:.2f}, "
+            f"bits per byte {metrics['val_bits_per_byte']:.3f}.\n"
+        )
+    path = ckpt.save_checkpoint(
+        run_dir / "ckpt-0000001", model, tokenizer, config, metrics_file=metrics_path, card=card
+    )
     ckpt.point(run_dir, "latest", path)
     ckpt.point(run_dir, "best", path)
-    return RunResult(run_dir=run_dir, step=1, tokens=train.tokens, stop_reason="fitted", latest=path, best=path,
-                     metrics=metrics, seconds=seconds, tokens_per_s=train.tokens / max(seconds, 1e-9))
+    return RunResult(
+        run_dir=run_dir,
+        step=1,
+        tokens=train.tokens,
+        stop_reason="fitted",
+        latest=path,
+        best=path,
+        metrics=metrics,
+        seconds=seconds,
+        tokens_per_s=train.tokens / max(seconds, 1e-9),
+    )

@@ -53,13 +53,19 @@ def read_conll(path: str | os.PathLike, max_sentences: int | None = None) -> lis
                         break
                     continue
                 if len(parts) < 2:
-                    raise DataError(f"{p}:{n} has no tag: a CoNLL line is 'WORD ... TAG' (tag in the last column)")
+                    raise DataError(
+                        f"{p}:{n} has no tag: a CoNLL line is 'WORD ... TAG' (tag in the last column)"
+                    )
                 # Every line of a file has the same columns; a line with fewer has usually lost its tag.
                 columns = columns or len(parts)
                 if len(parts) != columns:
-                    raise DataError(f"{p}:{n} has {len(parts)} columns where the file's first line has {columns}")
+                    raise DataError(
+                        f"{p}:{n} has {len(parts)} columns where the file's first line has {columns}"
+                    )
                 if not TAG.fullmatch(parts[-1]):
-                    raise DataError(f"{p}:{n} has tag {parts[-1]!r}; tags are O, B-TYPE, I-TYPE (or E-/S- for BIOES)")
+                    raise DataError(
+                        f"{p}:{n} has tag {parts[-1]!r}; tags are O, B-TYPE, I-TYPE (or E-/S- for BIOES)"
+                    )
                 if not words:
                     first = n
                 words.append(parts[0])

@@ -38,7 +38,9 @@ class WordEncoder:
             out.append((start, len(pieces)))
         return out
 
-    def row(self, pieces: list[list[int]], tags: list[int] | None = None) -> tuple[list[int], list[int], list[int]]:
+    def row(
+        self, pieces: list[list[int]], tags: list[int] | None = None
+    ) -> tuple[list[int], list[int], list[int]]:
         """(token ids, per-token labels with IGNORE_INDEX off the first sub-tokens, position of each word's first
         sub-token) for words that fit (callers pass one span of `spans`)."""
         if len(pieces) == 1:  # the one case where a span does not fit: a single over-long word
@@ -55,13 +57,17 @@ class WordEncoder:
             labels.append(IGNORE_INDEX)
         return ids, labels, starts
 
-    def __call__(self, words: list[str], tags: list[int] | None = None) -> tuple[list[int], list[int], list[int]]:
+    def __call__(
+        self, words: list[str], tags: list[int] | None = None
+    ) -> tuple[list[int], list[int], list[int]]:
         """The training row of a sentence: truncated at max_length, whole words only."""
         pieces = self.pieces(words)
         a, b = self.spans(pieces)[0] if pieces else (0, 0)
         return self.row(pieces[a:b], tags[a:b] if tags is not None else None)
 
-    def batch(self, rows: list[tuple[list[int], list[int], list[int]]], device=None) -> tuple[torch.Tensor, ...]:
+    def batch(
+        self, rows: list[tuple[list[int], list[int], list[int]]], device=None
+    ) -> tuple[torch.Tensor, ...]:
         """(input_ids, attention_mask, labels), right-padded to the longest row."""
         width = max(len(r[0]) for r in rows)
         ids = torch.full((len(rows), width), self.pad, dtype=torch.long)

@@ -58,8 +58,10 @@ class TokenClassificationPipeline:
     def __init__(self, model: str | os.PathLike, device: str = "auto", batch_size: int = 64):
         self.lm = load_for_inference(model, device=device)
         if getattr(self.lm.model.config, "objective", None) != "tag":
-            raise ConfigError(f"{model} is a {self.lm.config.get('arch')} checkpoint, not a fine-tuned tagger; "
-                              "fine-tune one with `lmforge finetune --task ner`")
+            raise ConfigError(
+                f"{model} is a {self.lm.config.get('arch')} checkpoint, not a fine-tuned tagger; "
+                "fine-tune one with `lmforge finetune --task ner`"
+            )
         cfg = self.lm.model.config
         self.labels = list(cfg.labels)
         self.encoder = WordEncoder(self.lm.tokenizer, cfg.backbone, cfg.block_size)
@@ -82,17 +84,34 @@ class TokenClassificationPipeline:
         tags, probs = self.tag_words([[w for w, _, _ in ws] for ws in words])
         out = []
         for text, ws, seq, ps in zip(texts, words, tags, probs):
-            out.append([{"type": kind, "text": text[ws[a][1] : ws[b - 1][2]], "start": ws[a][1], "end": ws[b - 1][2],
-                         "score": score} for kind, a, b, score in merge_entities(seq, ps)])
+            out.append(
+                [
+                    {
+                        "type": kind,
+                        "text": text[ws[a][1] : ws[b - 1][2]],
+                        "start": ws[a][1],
+                        "end": ws[b - 1][2],
+                        "score": score,
+                    }
+                    for kind, a, b, score in merge_entities(seq, ps)
+                ]
+            )
         return out[0] if single else out
 
 
 def _word_entities(words: list[str], tags: list[str]) -> list[dict]:
-    return [{"type": k, "text": " ".join(words[a:b])} for k, a, b, _ in merge_entities(tags, [1.0] * len(tags))]
+    return [
+        {"type": k, "text": " ".join(words[a:b])} for k, a, b, _ in merge_entities(tags, [1.0] * len(tags))
+    ]
 
 
-def evaluate_ner(model: str | os.PathLike, data: str | os.PathLike, report: str | os.PathLike | None = None,
-                 device: str = "auto", samples: int = 20) -> dict:
+def evaluate_ner(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    report: str | os.PathLike | None = None,
+    device: str = "auto",
+    samples: int = 20,
+) -> dict:
     """Entity-level precision/recall/F1 (seqeval, strict; overall and per type) of a fine-tuned tagger on a CoNLL
     file; with `report`, also metrics.json, report.md and a confusion plot in that folder."""
     ner = TokenClassificationPipeline(model, device=device)
@@ -103,7 +122,13 @@ def evaluate_ner(model: str | os.PathLike, data: str | os.PathLike, report: str 
     if report is not None:
         shown = sentences[:samples]
         predicted, _ = ner.tag_words([s.words for s in shown])
-        rows = [{"text": " ".join(s.words), "gold": _word_entities(s.words, s.tags),
-                 "predicted": _word_entities(s.words, p)} for s, p in zip(shown, predicted)]
+        rows = [
+            {
+                "text": " ".join(s.words),
+                "gold": _word_entities(s.words, s.tags),
+                "predicted": _word_entities(s.words, p),
+            }
+            for s, p in zip(shown, predicted)
+        ]
         write_ner_report(scores, report, rows)
     return scores

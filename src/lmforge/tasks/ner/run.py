@@ -44,7 +44,9 @@ class TagObjective(ShuffledEpochs):
     name = "tag"
 
     def __init__(self, rows, encoder: WordEncoder, batch_size: int, group_by_length: bool = False):
-        super().__init__(len(rows), batch_size, lengths=[len(r[0]) for r in rows] if group_by_length else None)
+        super().__init__(
+            len(rows), batch_size, lengths=[len(r[0]) for r in rows] if group_by_length else None
+        )
         self.rows, self.encoder = rows, encoder
 
     def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -58,12 +60,20 @@ class TagObjective(ShuffledEpochs):
     def loss_sum(self, model, batch) -> torch.Tensor:
         ids, mask, labels = batch
         logits = model(ids, mask)
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        return F.cross_entropy(
+            logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
 
 
 @torch.no_grad()
-def tag_pieces(model, encoder: WordEncoder, sentences: list[list[list[int]]], device, batch_size: int = 64,
-               gold: list[list[int]] | None = None) -> tuple[list[list[int]], list[list[float]], float]:
+def tag_pieces(
+    model,
+    encoder: WordEncoder,
+    sentences: list[list[list[int]]],
+    device,
+    batch_size: int = 64,
+    gold: list[list[int]] | None = None,
+) -> tuple[list[list[int]], list[list[float]], float]:
     """(tag index per word, its probability, mean gold-tag loss or nan) for sentences given as each word's
     sub-token ids. A sentence longer than max_length is read in consecutive pieces of whole words."""
     with eval_mode(model):
@@ -91,8 +101,13 @@ def tag_pieces(model, encoder: WordEncoder, sentences: list[list[list[int]]], de
     return tags, probs, loss / count if count else math.nan
 
 
-def score_sentences(model, encoder: WordEncoder, sentences: list[Sentence], device,
-                    pieces: list[list[list[int]]] | None = None) -> dict:
+def score_sentences(
+    model,
+    encoder: WordEncoder,
+    sentences: list[Sentence],
+    device,
+    pieces: list[list[list[int]]] | None = None,
+) -> dict:
     """Loss and entity-level scores of a tagger on tagged sentences."""
     labels = list(model.config.labels)
     index = {t: i for i, t in enumerate(labels)}
@@ -103,8 +118,15 @@ def score_sentences(model, encoder: WordEncoder, sentences: list[Sentence], devi
     return {"loss": loss, **entity_metrics([s.tags for s in sentences], pred_tags, scheme_of(labels))}
 
 
-def ner_spec(cfg, run_dir, tokenizer: Tokenizer, train: list[Sentence], dev: list[Sentence] | None,
-             backbone_state: dict | None, info: dict) -> RunSpec:
+def ner_spec(
+    cfg,
+    run_dir,
+    tokenizer: Tokenizer,
+    train: list[Sentence],
+    dev: list[Sentence] | None,
+    backbone_state: dict | None,
+    info: dict,
+) -> RunSpec:
     """The run specification of a tagger fine-tune on CoNLL sentences, validated by dev entity scores."""
     m = cfg.model
     m.vocab_size = tokenizer.vocab_size
@@ -122,14 +144,25 @@ def ner_spec(cfg, run_dir, tokenizer: Tokenizer, train: list[Sentence], dev: lis
     def validate(model, device, amp_dtype):
         return score_sentences(model, encoder, dev, device, dev_pieces) if dev else None
 
-    card = [f"- task: ner; tags: {', '.join(m.labels)}",
-            f"- training file: `{info['train']}` ({len(train):,} sentences)"]
+    card = [
+        f"- task: ner; tags: {', '.join(m.labels)}",
+        f"- training file: `{info['train']}` ({len(train):,} sentences)",
+    ]
     if dev:
         card.append(f"- dev file: `{info['dev']}` ({len(dev):,} sentences)")
-    return RunSpec(tokenizer=tokenizer, objective=objective, build_model=build, validate=validate,
-                   selection=("val_f1", "max"), data_size=f"{len(rows):,} training sentences", data_info=info,
-                   data_card=card, usage="predict {run} --task ner --input texts.txt", resume_hint=RESUME_HINT,
-                   check_resume=resume_check(cfg, info, tokenizer, objective, run_dir))
+    return RunSpec(
+        tokenizer=tokenizer,
+        objective=objective,
+        build_model=build,
+        validate=validate,
+        selection=("val_f1", "max"),
+        data_size=f"{len(rows):,} training sentences",
+        data_info=info,
+        data_card=card,
+        usage="predict {run} --task ner --input texts.txt",
+        resume_hint=RESUME_HINT,
+        check_resume=resume_check(cfg, info, tokenizer, objective, run_dir),
+    )
 
 
 def scratch_texts(sentences: list[Sentence]) -> list[str]:
@@ -168,10 +201,17 @@ def finetune_ner(
         check_tags(dev_sentences, labels, dev)
     base = backbone(model, scratch_texts(train_sentences) if model in SCRATCH else [])
     scratch = base.state is None
-    model_cfg = TaggerConfig(backbone=base.arch, encoder=base.config, labels=labels,
-                             block_size=min(max_length, base.longest))
-    cfg = finetune_config("tagger", model_cfg, len(train_sentences), options, options.lr or (1e-3 if scratch else 5e-5),
-                          warmup=not scratch)
+    model_cfg = TaggerConfig(
+        backbone=base.arch, encoder=base.config, labels=labels, block_size=min(max_length, base.longest)
+    )
+    cfg = finetune_config(
+        "tagger",
+        model_cfg,
+        len(train_sentences),
+        options,
+        options.lr or (1e-3 if scratch else 5e-5),
+        warmup=not scratch,
+    )
     cfg.model.validate()  # a GPT backbone is refused here, before any sentence is encoded
     info = {"task": "ner", "train": str(train), "dev": str(dev) if dev else None, "backbone": model}
     spec = ner_spec(cfg, out, base.tokenizer, train_sentences, dev_sentences, base.state, info)

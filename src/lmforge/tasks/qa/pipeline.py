@@ -32,8 +32,10 @@ class QuestionAnsweringPipeline:
             if not isinstance(q, str) or not q.strip() or not isinstance(c, str) or not c.strip():
                 raise ConfigError("each input needs a non-empty 'question' and 'context'")
             examples.append(QAExample(str(i), q.strip(), c))
-        answers = [{k: a[k] for k in ("answer", "score", "start", "end")}
-                   for a in predict(self.lm.model, self.lm.tokenizer, examples, self.lm.device)]
+        answers = [
+            {k: a[k] for k in ("answer", "score", "start", "end")}
+            for a in predict(self.lm.model, self.lm.tokenizer, examples, self.lm.device)
+        ]
         return answers[0] if single else answers
 
 
@@ -41,5 +43,7 @@ def evaluate_qa(model: str | os.PathLike, data: str | os.PathLike, device: str =
     """Exact match and F1 (official SQuAD v1.1 normalisation) of a QA checkpoint on a SQuAD-format file."""
     qa = QuestionAnsweringPipeline(model, device=device)
     examples = read_squad(data)
-    return squad_scores({a["id"]: a["answer"] for a in predict(qa.lm.model, qa.lm.tokenizer, examples, qa.lm.device)},
-                        examples)
+    return squad_scores(
+        {a["id"]: a["answer"] for a in predict(qa.lm.model, qa.lm.tokenizer, examples, qa.lm.device)},
+        examples,
+    )

@@ -67,8 +67,16 @@ def score_qa(model, tokenizer, examples: list[QAExample], device) -> dict:
     return {"loss": 100.0 - scores["f1"], **scores}
 
 
-def qa_spec(cfg, run_dir, tokenizer, train: list[QAExample], windows: list[Window], dev: list[QAExample] | None,
-            backbone_state: dict, info: dict) -> RunSpec:
+def qa_spec(
+    cfg,
+    run_dir,
+    tokenizer,
+    train: list[QAExample],
+    windows: list[Window],
+    dev: list[QAExample] | None,
+    backbone_state: dict,
+    info: dict,
+) -> RunSpec:
     """The run specification of an extractive QA fine-tune on SQuAD windows, validated by dev F1."""
     cfg.model.vocab_size = tokenizer.vocab_size
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
@@ -82,13 +90,24 @@ def qa_spec(cfg, run_dir, tokenizer, train: list[QAExample], windows: list[Windo
     def validate(model, device, amp_dtype):
         return score_qa(model, tokenizer, dev, device) if dev else None
 
-    card = [f"- task: extractive question answering; training file `{info['train']}` ({len(train):,} questions)"]
+    card = [
+        f"- task: extractive question answering; training file `{info['train']}` ({len(train):,} questions)"
+    ]
     if dev:
         card.append(f"- dev file: `{info['dev']}` ({len(dev):,} questions)")
-    return RunSpec(tokenizer=tokenizer, objective=objective, build_model=build, validate=validate,
-                   selection=("val_f1", "max"), data_size=f"{len(train):,} questions in {len(windows):,} windows",
-                   data_info=info, data_card=card, usage="predict {run} --task qa --input questions.jsonl",
-                   resume_hint=RESUME_HINT, check_resume=resume_check(cfg, info, tokenizer, objective, run_dir))
+    return RunSpec(
+        tokenizer=tokenizer,
+        objective=objective,
+        build_model=build,
+        validate=validate,
+        selection=("val_f1", "max"),
+        data_size=f"{len(train):,} questions in {len(windows):,} windows",
+        data_info=info,
+        data_card=card,
+        usage="predict {run} --task qa --input questions.jsonl",
+        resume_hint=RESUME_HINT,
+        check_resume=resume_check(cfg, info, tokenizer, objective, run_dir),
+    )
 
 
 def finetune_qa(
@@ -108,7 +127,9 @@ def finetune_qa(
     options.validate()
     resume_from = ckpt.resume_point(out, resume)
     if not Path(model).exists():
-        raise ConfigError(f"--model {model} does not exist; give a bert checkpoint (e.g. one made by import-hf)")
+        raise ConfigError(
+            f"--model {model} does not exist; give a bert checkpoint (e.g. one made by import-hf)"
+        )
     pretrained, tokenizer, config = ckpt.load_checkpoint(model)
     if config["arch"] != "bert":
         raise ConfigError(f"{model} is a {config['arch']} checkpoint; extractive QA needs a bert encoder")
@@ -119,8 +140,9 @@ def finetune_qa(
     max_length = min(max_length, pretrained.config.block_size)
     doc_stride = min(doc_stride, max_length // 2)
     windows = make_windows(train_examples, tokenizer, max_length, doc_stride, with_answers=True)
-    model_cfg = SpanQAConfig(encoder=dataclasses.asdict(pretrained.config), block_size=max_length,
-                             doc_stride=doc_stride)
+    model_cfg = SpanQAConfig(
+        encoder=dataclasses.asdict(pretrained.config), block_size=max_length, doc_stride=doc_stride
+    )
     cfg = finetune_config("span_qa", model_cfg, len(windows), options, options.lr or 5e-5)
     info = {"task": "qa", "train": str(train), "dev": str(dev) if dev else None, "backbone": str(model)}
     spec = qa_spec(cfg, out, tokenizer, train_examples, windows, dev_examples, pretrained.state_dict(), info)

@@ -24,7 +24,9 @@ class QAExample:
     id: str
     question: str
     context: str
-    answers: list[dict] = field(default_factory=list)  # {"text", "answer_start"} (several references in dev sets)
+    answers: list[dict] = field(
+        default_factory=list
+    )  # {"text", "answer_start"} (several references in dev sets)
 
 
 def read_squad(path: str | os.PathLike, articles: slice | None = None) -> list[QAExample]:
@@ -40,7 +42,9 @@ def read_squad(path: str | os.PathLike, articles: slice | None = None) -> list[Q
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        raise DataError(f"{path} is not a SQuAD-format JSON file (a top-level 'data' list of articles)") from None
+        raise DataError(
+            f"{path} is not a SQuAD-format JSON file (a top-level 'data' list of articles)"
+        ) from None
     out, fixed, dropped, empty = [], 0, 0, []
     for article in data[articles] if articles else data:
         for para in article.get("paragraphs", []):
@@ -61,9 +65,14 @@ def read_squad(path: str | os.PathLike, articles: slice | None = None) -> list[Q
                     answers.append({"text": text, "answer_start": start})
                 out.append(QAExample(str(qa.get("id", len(out))), qa["question"].strip(), context, answers))
     if fixed or dropped or empty:
-        skipped = f"; {len(empty)} question(s) with no text were skipped ({', '.join(empty[:3])})" if empty else ""
-        warnings.warn(f"{path}: {fixed} answer(s) had a wrong answer_start and were found in their context; "
-                      f"{dropped} answer(s) do not occur in their context and were dropped{skipped}", stacklevel=2)
+        skipped = (
+            f"; {len(empty)} question(s) with no text were skipped ({', '.join(empty[:3])})" if empty else ""
+        )
+        warnings.warn(
+            f"{path}: {fixed} answer(s) had a wrong answer_start and were found in their context; "
+            f"{dropped} answer(s) do not occur in their context and were dropped{skipped}",
+            stacklevel=2,
+        )
     if not out:
         raise DataError(f"{path} has no questions")
     return out
@@ -71,7 +80,9 @@ def read_squad(path: str | os.PathLike, articles: slice | None = None) -> list[Q
 
 def normalize_answer(s: str) -> str:
     s = s.lower()
-    s = "".join(ch for ch in s if ch not in set(string.punctuation) | set("，。、；：？！“”‘’（）《》【】…—·"))
+    s = "".join(
+        ch for ch in s if ch not in set(string.punctuation) | set("，。、；：？！“”‘’（）《》【】…—·")
+    )
     s = re.sub(r"\b(a|an|the)\b", " ", s)
     return " ".join(s.split())
 

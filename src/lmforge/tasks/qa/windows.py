@@ -30,8 +30,9 @@ class Window:
     end: int = 0
 
 
-def make_windows(examples: list[QAExample], tokenizer: Tokenizer, block_size: int, doc_stride: int,
-                 with_answers: bool) -> list[Window]:
+def make_windows(
+    examples: list[QAExample], tokenizer: Tokenizer, block_size: int, doc_stride: int, with_answers: bool
+) -> list[Window]:
     bos, sep = tokenizer.bos_id, tokenizer.eos_id
     if bos is None or sep is None:
         raise DataError("question answering needs a tokenizer with beginning- and end-of-sequence tokens")
@@ -40,8 +41,10 @@ def make_windows(examples: list[QAExample], tokenizer: Tokenizer, block_size: in
         q = tokenizer.encode(ex.question)
         room = block_size - len(q) - 3
         if room < 8:
-            raise DataError(f"question {ex.id!r} is {len(q)} tokens long; the model's window of {block_size} leaves "
-                            "no room for the context: shorten it or use a larger --max-length")
+            raise DataError(
+                f"question {ex.id!r} is {len(q)} tokens long; the model's window of {block_size} leaves "
+                "no room for the context: shorten it or use a larger --max-length"
+            )
         ctx_ids, offsets = tokenizer.encode_with_offsets(ex.context)
         answer = None
         if with_answers and ex.answers:
@@ -96,8 +99,13 @@ def window_logits(model, windows: list[Window], pad: int, device, batch_size: in
     return out
 
 
-def best_spans(examples: list[QAExample], windows: list[Window], logits: list[np.ndarray],
-               max_answer_tokens: int = 30, n_best: int = 20) -> list[dict]:
+def best_spans(
+    examples: list[QAExample],
+    windows: list[Window],
+    logits: list[np.ndarray],
+    max_answer_tokens: int = 30,
+    n_best: int = 20,
+) -> list[dict]:
     """The best answer of each example over all its windows: the (start, end) pair with the highest start + end
     logit among the n_best candidates of each, end not before start, at most max_answer_tokens long, inside the
     context. The score is that pair's probability under the window's start and end softmaxes."""
@@ -114,13 +122,24 @@ def best_spans(examples: list[QAExample], windows: list[Window], logits: list[np
                 score = float(starts[s] + ends[e])
                 if w.example not in best or score > best[w.example]["logit"]:
                     char_s, char_e = w.offsets[s][0], w.offsets[e][1]
-                    best[w.example] = {"logit": score, "start": char_s, "end": char_e,
-                                       "score": float(np.exp(log_p_start[s] + log_p_end[e]))}
+                    best[w.example] = {
+                        "logit": score,
+                        "start": char_s,
+                        "end": char_e,
+                        "score": float(np.exp(log_p_start[s] + log_p_end[e])),
+                    }
     out = []
     for n, ex in enumerate(examples):
         b = best.get(n, {"start": 0, "end": 0, "score": 0.0})
-        out.append({"id": ex.id, "answer": ex.context[b["start"] : b["end"]], "start": b["start"], "end": b["end"],
-                    "score": b["score"]})
+        out.append(
+            {
+                "id": ex.id,
+                "answer": ex.context[b["start"] : b["end"]],
+                "start": b["start"],
+                "end": b["end"],
+                "score": b["score"],
+            }
+        )
     return out
 
 

@@ -1,11 +1,11 @@
 """Paired texts (source → target) for translation and summarization: TSV, CSV, JSON Lines, or two parallel files.
 
-    sources.tsv   "ein Haus\ta house"                (column 0 is the source, column 1 the target; a first line
-                                                     naming both fields is a header and picks the columns)
-    pairs.csv     a header row naming the fields; quoted cells may span lines (DialogSum's dialogues do)
-    pairs.jsonl   {"src": "ein Haus", "tgt": "a house"}  (field names are options)
-    parallel      train.de + train.en, line i of one is the translation of line i of the other
-                  (read_pairs("train", source_lang="de", target_lang="en"))
+sources.tsv   "ein Haus\ta house"                (column 0 is the source, column 1 the target; a first line
+                                                 naming both fields is a header and picks the columns)
+pairs.csv     a header row naming the fields; quoted cells may span lines (DialogSum's dialogues do)
+pairs.jsonl   {"src": "ein Haus", "tgt": "a house"}  (field names are options)
+parallel      train.de + train.en, line i of one is the translation of line i of the other
+              (read_pairs("train", source_lang="de", target_lang="en"))
 """
 
 from __future__ import annotations
@@ -41,9 +41,14 @@ def _checked(path: Path, n: int, source, target) -> Pair:
     return Pair(source.strip(), target.strip())
 
 
-def read_pairs(path: str | os.PathLike, source_field: str = "src", target_field: str = "tgt",
-               max_pairs: int | None = None, source_lang: str | None = None,
-               target_lang: str | None = None) -> list[Pair]:
+def read_pairs(
+    path: str | os.PathLike,
+    source_field: str = "src",
+    target_field: str = "tgt",
+    max_pairs: int | None = None,
+    source_lang: str | None = None,
+    target_lang: str | None = None,
+) -> list[Pair]:
     """Pairs of a .jsonl file (by field name), a .csv file (header names or column numbers), a TSV file (columns 0
     and 1, the column numbers given as fields, or the columns a header line names), or, with both languages given,
     the parallel files PATH.SOURCE_LANG and PATH.TARGET_LANG. Blank lines are skipped; a line without a source or a
@@ -59,13 +64,17 @@ def read_pairs(path: str | os.PathLike, source_field: str = "src", target_field:
     pairs: list[Pair] = []
     jsonl = path.suffix.lower() in (".jsonl", ".json")
     lines = _lines(path)
-    columns = (int(source_field), int(target_field)) if source_field.isdigit() and target_field.isdigit() else (0, 1)
+    columns = (
+        (int(source_field), int(target_field))
+        if source_field.isdigit() and target_field.isdigit()
+        else (0, 1)
+    )
     first = next((n for n, line in enumerate(lines) if line.strip()), None)
     if not jsonl and first is not None:
         header = lines[first].split("\t")
         if source_field in header and target_field in header:
             columns = (header.index(source_field), header.index(target_field))
-            lines = [""] * (first + 1) + lines[first + 1:]  # keep the line numbers of the rest
+            lines = [""] * (first + 1) + lines[first + 1 :]  # keep the line numbers of the rest
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -80,7 +89,9 @@ def read_pairs(path: str | os.PathLike, source_field: str = "src", target_field:
         else:
             cells = line.split("\t")
             if len(cells) <= max(columns):
-                raise DataError(f"{path}:{n} has {len(cells)} tab-separated column(s); a pair needs a source and a target")
+                raise DataError(
+                    f"{path}:{n} has {len(cells)} tab-separated column(s); a pair needs a source and a target"
+                )
             pairs.append(_checked(path, n, cells[columns[0]], cells[columns[1]]))
         if max_pairs is not None and len(pairs) >= max_pairs:
             break
@@ -103,14 +114,18 @@ def _read_csv(path: Path, source_field: str, target_field: str, max_pairs: int |
                 elif field in header:
                     columns.append(header.index(field))
                 else:
-                    raise DataError(f"{path}: no {kind} column {field!r} in the header ({', '.join(header)}); "
-                                    f"name it with --{kind}-field")
+                    raise DataError(
+                        f"{path}: no {kind} column {field!r} in the header ({', '.join(header)}); "
+                        f"name it with --{kind}-field"
+                    )
             pairs = []
             for row in reader:
                 if not any(cell.strip() for cell in row):
                     continue
                 if len(row) <= max(columns):
-                    raise DataError(f"{path}:{reader.line_num} has {len(row)} column(s); the header has {len(header)}")
+                    raise DataError(
+                        f"{path}:{reader.line_num} has {len(row)} column(s); the header has {len(header)}"
+                    )
                 pairs.append(_checked(path, reader.line_num, row[columns[0]], row[columns[1]]))
                 if max_pairs is not None and len(pairs) >= max_pairs:
                     break
@@ -134,8 +149,10 @@ def read_parallel(source_path: str | os.PathLike, target_path: str | os.PathLike
         targets.pop()
     if len(sources) != len(targets):
         shorter = source_path if len(sources) < len(targets) else target_path
-        raise DataError(f"{source_path} has {len(sources)} lines but {target_path} has {len(targets)}; "
-                        f"{shorter} ends at line {min(len(sources), len(targets))}")
+        raise DataError(
+            f"{source_path} has {len(sources)} lines but {target_path} has {len(targets)}; "
+            f"{shorter} ends at line {min(len(sources), len(targets))}"
+        )
     if not sources:
         raise DataError(f"{source_path} has no lines")
     pairs = []

@@ -18,8 +18,10 @@ def check_transducer(lm, what: str = "this task") -> PairPrompt | None:
     is a ConfigError."""
     prompt = PairPrompt.from_config(lm.config)
     if prompt is None and getattr(lm.model.config, "objective", None) != "seq2seq":
-        raise ConfigError(f"{lm.path or 'this model'} is neither an encoder-decoder (seq2seq) nor a gpt fine-tuned "
-                          f"with `lmforge finetune --task translate|summarize`; {what} needs one of those")
+        raise ConfigError(
+            f"{lm.path or 'this model'} is neither an encoder-decoder (seq2seq) nor a gpt fine-tuned "
+            f"with `lmforge finetune --task translate|summarize`; {what} needs one of those"
+        )
     return prompt
 
 
@@ -32,10 +34,19 @@ def decode_sources(lm, sources: list[str], num_beams: int = 1, batch_size: int =
     return decode_texts(lm.model, lm.tokenizer, sources, num_beams, batch_size)
 
 
-def evaluate_seq2seq(model: str | os.PathLike, data: str | os.PathLike, task: str, num_beams: int = 1,
-                     source_field: str = "src", target_field: str = "tgt", report: str | os.PathLike | None = None,
-                     batch_size: int = 32, device: str = "auto", source_lang: str | None = None,
-                     target_lang: str | None = None) -> dict:
+def evaluate_seq2seq(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    task: str,
+    num_beams: int = 1,
+    source_field: str = "src",
+    target_field: str = "tgt",
+    report: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    source_lang: str | None = None,
+    target_lang: str | None = None,
+) -> dict:
     """BLEU and chrF (translate) or ROUGE (summarize) of a seq2seq checkpoint's outputs on a pairs file (or of a gpt
     fine-tuned on prompted pairs: tasks/translate/prompts.py)."""
     if task not in TASK_METRICS:

@@ -57,12 +57,15 @@ class PairPrompt:
         src = tokenizer.encode(source) or [tokenizer.unk_id or 0]
         if budget is not None:
             if budget < len(sep) + 2:
-                raise ConfigError(f"a prompt needs at least {len(sep) + 2} tokens of context, {budget} are left")
+                raise ConfigError(
+                    f"a prompt needs at least {len(sep) + 2} tokens of context, {budget} are left"
+                )
             src = src[: budget - 1 - len(sep)]
         return [tokenizer.eos_id, *src, *sep]
 
-    def training_rows(self, tokenizer: Tokenizer, pairs: list[Pair], block_size: int,
-                      where: str) -> list[tuple[list[int], list[int]]]:
+    def training_rows(
+        self, tokenizer: Tokenizer, pairs: list[Pair], block_size: int, where: str
+    ) -> list[tuple[list[int], list[int]]]:
         """(input ids, labels) per pair: the labels are the next tokens over the target and its end-of-sequence
         token and IGNORE_INDEX over the prompt. A source is cut to fit the block; a target that leaves no room for
         one source token is a DataError naming the pair."""
@@ -81,8 +84,16 @@ class PairPrompt:
             rows.append(([*prompt, *target][:-1], [IGNORE_INDEX] * (len(prompt) - 1) + target))
         return rows
 
-    def decode_texts(self, model, tokenizer: Tokenizer, sources: list[str], num_beams: int = 1, batch_size: int = 32,
-                     max_new_tokens: int | None = None, length_penalty: float = 1.0) -> list[str]:
+    def decode_texts(
+        self,
+        model,
+        tokenizer: Tokenizer,
+        sources: list[str],
+        num_beams: int = 1,
+        batch_size: int = 32,
+        max_new_tokens: int | None = None,
+        length_penalty: float = 1.0,
+    ) -> list[str]:
         """The model's output text for each source (special tokens dropped), greedy or by beam search. A long source
         is cut so that its prompt leaves `target_room` tokens of context; an output ends at its end-of-sequence
         token, after max_new_tokens, or when the context is full."""
@@ -93,10 +104,16 @@ class PairPrompt:
         limit = block if max_new_tokens is None else max_new_tokens
         with eval_mode(model):
             if num_beams > 1:
-                beams = beam_search_prompts(model, prompts, tokenizer.eos_id,
-                                            BeamParams(num_beams, limit, length_penalty), batch_size)
+                beams = beam_search_prompts(
+                    model, prompts, tokenizer.eos_id, BeamParams(num_beams, limit, length_penalty), batch_size
+                )
                 out = [hyps[0].tokens for hyps in beams]
             else:
-                out = continue_prompts(model, prompts, tokenizer.eos_id, SamplingParams(limit, temperature=0.0),
-                                       batch_size=batch_size)
+                out = continue_prompts(
+                    model,
+                    prompts,
+                    tokenizer.eos_id,
+                    SamplingParams(limit, temperature=0.0),
+                    batch_size=batch_size,
+                )
         return [tokenizer.decode(o) for o in out]

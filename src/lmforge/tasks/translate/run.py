@@ -45,7 +45,9 @@ SELECTION = {"translate": ("val_bleu", "max"), "summarize": ("val_rougeL", "max"
 DEV_DECODES = 200  # dev pairs decoded at each validation: decoding is the slow part of a seq2seq evaluation
 
 
-def encode_pairs(pairs: list[Pair], tokenizer: Tokenizer, block_size: int) -> list[tuple[list[int], list[int]]]:
+def encode_pairs(
+    pairs: list[Pair], tokenizer: Tokenizer, block_size: int
+) -> list[tuple[list[int], list[int]]]:
     """(source ids, target ids + end-of-sequence), both cut to the model's block."""
     out = []
     for p in pairs:
@@ -59,11 +61,23 @@ class PairsObjective(ShuffledEpochs):
 
     name = "pairs"
 
-    def __init__(self, pairs: list[tuple[list[int], list[int]]], start_id: int, pad_id: int, batch_size: int,
-                 label_smoothing: float = 0.0, group_by_length: bool = False):
+    def __init__(
+        self,
+        pairs: list[tuple[list[int], list[int]]],
+        start_id: int,
+        pad_id: int,
+        batch_size: int,
+        label_smoothing: float = 0.0,
+        group_by_length: bool = False,
+    ):
         lengths = [len(s) + len(t) for s, t in pairs] if group_by_length else None
         super().__init__(len(pairs), batch_size, lengths=lengths)
-        self.pairs, self.start_id, self.pad_id, self.label_smoothing = pairs, start_id, pad_id, label_smoothing
+        self.pairs, self.start_id, self.pad_id, self.label_smoothing = (
+            pairs,
+            start_id,
+            pad_id,
+            label_smoothing,
+        )
 
     def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         chosen = self.next_indices(generator)
@@ -77,8 +91,15 @@ class PairsObjective(ShuffledEpochs):
         return seq2seq_loss_sum(model, batch, self.label_smoothing)
 
 
-def pairs_spec(cfg, run_dir, tokenizer: Tokenizer, train: list[Pair], dev: list[Pair] | None, state: dict | None,
-               info: dict) -> RunSpec:
+def pairs_spec(
+    cfg,
+    run_dir,
+    tokenizer: Tokenizer,
+    train: list[Pair],
+    dev: list[Pair] | None,
+    state: dict | None,
+    info: dict,
+) -> RunSpec:
     """The run specification of a translate/summarize fine-tune: an encoder-decoder on (source, target) pairs, or a
     gpt on prompted pairs (`cfg.arch` decides), validated by the dev loss and the BLEU / ROUGE-L of greedy decodes
     of the first DEV_DECODES dev pairs."""
@@ -92,15 +113,23 @@ def pairs_spec(cfg, run_dir, tokenizer: Tokenizer, train: list[Pair], dev: list[
         prompt = PairPrompt(base.separator, max(target_tokens(labels) for _, labels in rows))
         dev_rows = prompt.training_rows(tokenizer, dev[:DEV_DECODES], block, info["dev"]) if dev else []
         pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-        objective = LabelledSequences(rows, pad, t.batch_size, t.group_by_length, switch("train.pack", t.pack) != "false")
+        objective = LabelledSequences(
+            rows, pad, t.batch_size, t.group_by_length, switch("train.pack", t.pack) != "false"
+        )
         data_info = {**info, CONFIG_KEY: prompt.to_dict()}
         longest_target = max((target_tokens(labels) for _, labels in dev_rows), default=0)
     else:
         m = cfg.model
         m.vocab_size = tokenizer.vocab_size
         rows = encode_pairs(train, tokenizer, m.block_size)
-        objective = PairsObjective(rows, decoder_start_id(tokenizer), tokenizer.pad_id or 0, t.batch_size,
-                                   m.label_smoothing, t.group_by_length)
+        objective = PairsObjective(
+            rows,
+            decoder_start_id(tokenizer),
+            tokenizer.pad_id or 0,
+            t.batch_size,
+            m.label_smoothing,
+            t.group_by_length,
+        )
         dev_rows = encode_pairs(dev[:DEV_DECODES], tokenizer, m.block_size) if dev else []
         data_info = info
         longest_target = max((len(target) for _, target in dev_rows), default=0)
@@ -139,39 +168,60 @@ def pairs_spec(cfg, run_dir, tokenizer: Tokenizer, train: list[Pair], dev: list[
 
     card = [f"- task: {task}; training file `{info['train']}` ({len(train):,} pairs)"]
     if dev:
-        card.append(f"- dev file: `{info['dev']}` ({len(dev):,} pairs; the first {min(DEV_DECODES, len(dev))} decoded "
-                    "greedily at each validation)")
+        card.append(
+            f"- dev file: `{info['dev']}` ({len(dev):,} pairs; the first {min(DEV_DECODES, len(dev))} decoded "
+            "greedily at each validation)"
+        )
     if decoder_only:
-        card.append(f"- decoder-only: sequences `<|eos|> source {prompt.separator!r} target <|eos|>`, the loss on the "
-                    "target and its end only; sources too long for the context lose their end")
-    return RunSpec(tokenizer=tokenizer, objective=objective, build_model=build, validate=validate,
-                   selection=SELECTION[task], data_size=f"{len(rows):,} training pairs", data_info=data_info,
-                   data_card=card, usage=f"evaluate {{run}} --task {task} --data test.tsv --num-beams 4",
-                   resume_hint=RESUME_HINT, check_resume=resume_check(cfg, info, tokenizer, objective, run_dir))
+        card.append(
+            f"- decoder-only: sequences `<|eos|> source {prompt.separator!r} target <|eos|>`, the loss on the "
+            "target and its end only; sources too long for the context lose their end"
+        )
+    return RunSpec(
+        tokenizer=tokenizer,
+        objective=objective,
+        build_model=build,
+        validate=validate,
+        selection=SELECTION[task],
+        data_size=f"{len(rows):,} training pairs",
+        data_info=data_info,
+        data_card=card,
+        usage=f"evaluate {{run}} --task {task} --data test.tsv --num-beams 4",
+        resume_hint=RESUME_HINT,
+        check_resume=resume_check(cfg, info, tokenizer, objective, run_dir),
+    )
 
 
 def target_tokens(labels: list[int]) -> int:
     return sum(t != IGNORE_INDEX for t in labels)
 
 
-def starting_point(model: str, train: list[Pair], vocab_size: int | None) -> tuple[str, dict, Tokenizer, dict | None]:
+def starting_point(
+    model: str, train: list[Pair], vocab_size: int | None
+) -> tuple[str, dict, Tokenizer, dict | None]:
     """(arch: seq2seq or gpt, model config, tokenizer, pretrained weights or None for a preset trained from
     scratch)."""
     if model in PRESETS:
         arch, values = get_preset(model)
         if arch != "seq2seq":
-            raise ConfigError(f"--model {model} is a {arch} preset; translation and summarization start from a "
-                              "seq2seq preset or a pretrained (seq2seq or gpt) checkpoint")
+            raise ConfigError(
+                f"--model {model} is a {arch} preset; translation and summarization start from a "
+                "seq2seq preset or a pretrained (seq2seq or gpt) checkpoint"
+            )
         texts = [t for p in train for t in (p.source, p.target)]
         # One vocabulary for both sides, so the shared embedding matrix serves encoder, decoder and output.
         tokenizer = Tokenizer.train("bpe", texts, vocab_size=vocab_size or values.get("vocab_size"))
         return arch, values, tokenizer, None
     if not Path(model).exists():
-        raise ConfigError(f"--model {model!r} is neither a checkpoint nor a seq2seq preset (seq2seq-test, seq2seq-small)")
+        raise ConfigError(
+            f"--model {model!r} is neither a checkpoint nor a seq2seq preset (seq2seq-test, seq2seq-small)"
+        )
     pretrained, tokenizer, config = ckpt.load_checkpoint(model)
     if config["arch"] not in ("seq2seq", "gpt"):
-        raise ConfigError(f"{model} is a {config['arch']} checkpoint; translation and summarization need a seq2seq "
-                          "(encoder-decoder) or gpt (decoder-only) one")
+        raise ConfigError(
+            f"{model} is a {config['arch']} checkpoint; translation and summarization need a seq2seq "
+            "(encoder-decoder) or gpt (decoder-only) one"
+        )
     return config["arch"], dataclasses.asdict(pretrained.config), tokenizer, pretrained.state_dict()
 
 
@@ -205,7 +255,13 @@ def finetune_pairs(
         values["vocab_size"] = tokenizer.vocab_size
     lr = options.lr or (1e-3 if state is None else 3e-4)
     cfg = finetune_config(arch, model_config_class(arch)(**values), len(train_pairs), options, lr, beta2=0.98)
-    info = {"task": task, "train": str(train), "dev": str(dev) if dev else None, "model": str(model),
-            "fields": {"source": source_field, "target": target_field}, **langs}
+    info = {
+        "task": task,
+        "train": str(train),
+        "dev": str(dev) if dev else None,
+        "model": str(model),
+        "fields": {"source": source_field, "target": target_field},
+        **langs,
+    }
     spec = pairs_spec(cfg, out, tokenizer, train_pairs, dev_pairs, state, info)
     return Trainer(cfg, spec, out, progress=progress, resume_from=resume_from).run()
