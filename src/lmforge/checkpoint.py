@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +26,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lmforge.config import coerce
 from lmforge.device import autocast_dtype, pick_device
-from lmforge.errors import CheckpointError, TokenizerError
+from lmforge.errors import CheckpointError, ConfigError, TokenizerError
 from lmforge.models.quantized import prepare_quantized
-from lmforge.models.registry import build_model
+from lmforge.models.registry import build_model, model_config_class
+from lmforge.outputs import check_output, fsync_dir, os_error_from, staged
 from lmforge.tokenizers import Tokenizer
 from lmforge.version import __version__
 
@@ -58,23 +61,59 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in aliases}
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_file(path: Path, data: bytes) -> None:
     with open(path, "wb") as fh:
         fh.write(data)
         fh.flush()
+        os.fsync(fh.fileno())
+
+
+class _WriteRecorder:
+    """A file for torch.save that remembers the OSError of a failed write: torch reports a full disk only as
+    "[enforce fail at inline_container.cc] unexpected pos", which names neither the file nor the cause."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        view, done = memoryview(data).cast("B"), 0
+        try:
+            while done < len(view):  # an unbuffered file may take part of it
+                done += self.fh.write(view[done:])
+        except OSError as exc:
+            self.error = exc
+            raise
+        return done
+
+    def flush(self) -> None:
+        pass
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """A safetensors file, fsynced; a failed write raises the OSError behind it (a full disk...), naming `path`."""
+    try:
+        save_file(state, str(path), metadata={"format": "pt"})
+    except SafetensorError as exc:  # e.g. "I/O error: No space left on device (os error 28)"
+        error = os_error_from(exc, path)
+        if error is None:
+            raise
+        raise error from None
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _save_torch(obj, path: Path) -> None:
+    with open(path, "wb", buffering=0) as fh:  # unbuffered: a failed write fails in torch.save, not at close
+        recorder = _WriteRecorder(fh)
+        try:
+            torch.save(obj, recorder)
+        except (RuntimeError, OSError):  # torch reports a failed write as a RuntimeError, or passes it on
+            if recorder.error is None:
+                raise
+            error = recorder.error
+            if error.filename is None:
+                error.filename = str(path)
+            raise error from None
         os.fsync(fh.fileno())
 
 
@@ -86,48 +125,32 @@ def save_checkpoint(
     train_state: dict | None = None,
     metrics_file: str | os.PathLike | None = None,
     card: str | None = None,
+    overwrite: bool = False,
+    inputs: tuple = (),
 ) -> Path:
-    """Write a complete checkpoint folder atomically (replacing an existing one only once the new one is whole)."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        config = dict(config)
-        config["lmforge_version"] = __version__
-        config["tokenizer"] = {
-            "file": "tokenizer.json",
-            "kind": tokenizer.kind,
-            "vocab_size": tokenizer.vocab_size,
-            "sha256": tokenizer.sha256(),
-        }
-        save_file(model_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        with open(tmp / "model.safetensors", "rb+") as fh:
-            os.fsync(fh.fileno())
+    """Write a complete checkpoint folder atomically (lmforge.outputs.staged). An existing non-empty `folder` is
+    refused unless overwrite=True (the trainer's own ckpt-N, or a command's --overwrite); `inputs` (what the
+    command read) are never inside the folder it replaces. The folder it replaces goes only once the new one is
+    whole."""
+    folder = check_output(folder, overwrite=overwrite, inputs=inputs, error=CheckpointError)
+    config = dict(config)
+    config["lmforge_version"] = __version__
+    config["tokenizer"] = {
+        "file": "tokenizer.json",
+        "kind": tokenizer.kind,
+        "vocab_size": tokenizer.vocab_size,
+        "sha256": tokenizer.sha256(),
+    }
+    with staged(folder) as tmp:
+        save_weights(model_state(model), tmp / "model.safetensors")
         _write_file(tmp / "tokenizer.json", tokenizer.to_str().encode("utf-8"))
         _write_file(tmp / "config.json", json.dumps(config, indent=2).encode("utf-8"))
         if train_state is not None:
-            torch.save(train_state, tmp / "train_state.pt")
-            with open(tmp / "train_state.pt", "rb+") as fh:
-                os.fsync(fh.fileno())
+            _save_torch(train_state, tmp / "train_state.pt")
         if metrics_file is not None and Path(metrics_file).is_file():
             _write_file(tmp / "metrics.jsonl", Path(metrics_file).read_bytes())
         if card is not None:
             _write_file(tmp / "README.md", card.encode("utf-8"))
-        _fsync_dir(tmp)
-        if folder.exists():
-            old = folder.parent / f".old-{folder.name}-{os.getpid()}"
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-        _fsync_dir(folder.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
@@ -169,6 +192,24 @@ def _tanh_gelu(config) -> None:
             _tanh_gelu(value)
 
 
+def model_from_config(ckpt: Path, config: dict) -> nn.Module:
+    """The freshly initialised model that a checkpoint's config.json describes; a CheckpointError (one line) when
+    its values do not fit their fields, e.g. `"n_layer": "two"`."""
+    arch = config["arch"]
+    try:
+        fields = config["model"]
+        if not isinstance(fields, dict):
+            raise ConfigError(f"'model' is a {type(fields).__name__}, not a mapping")
+        hints = typing.get_type_hints(model_config_class(arch))
+        typed = {k: coerce(v, hints[k], f"model.{k}") if k in hints else v for k, v in fields.items()}
+        return build_model(arch, typed)
+    except (ConfigError, TypeError, ValueError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise CheckpointError(
+            f"{ckpt}/config.json does not describe a valid {arch} model ({reason}); the file is corrupted"
+        ) from None
+
+
 def load_checkpoint(
     path: str | os.PathLike, device: torch.device | str = "cpu"
 ) -> tuple[nn.Module, Tokenizer, dict]:
@@ -184,7 +225,7 @@ def load_checkpoint(
             f"the tokenizer in {ckpt} does not match the one the model was trained with (sha256 differs); "
             "restore the checkpoint's original tokenizer.json"
         )
-    model = build_model(config["arch"], config["model"])
+    model = model_from_config(ckpt, config)
     if config.get("quantization"):  # empty quantized modules first, so the packed weights below fit them
         prepare_quantized(model, config["quantization"])
     if tokenizer.vocab_size > model.config.vocab_size:
@@ -256,7 +297,7 @@ def point(run_dir: Path, name: str, target: Path) -> None:
     except OSError:  # no symlinks (some Windows set-ups): a pointer file naming the folder
         tmp.write_text(target.name, encoding="utf-8")
     os.replace(tmp, link)
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
 
 
 def pointed(run_dir: Path, name: str) -> Path | None:
@@ -268,26 +309,40 @@ def pointed(run_dir: Path, name: str) -> Path | None:
     return None
 
 
+# What a run directory holds besides its checkpoints: a folder with nothing else is a run's own output (a run that
+# failed before its first checkpoint, or a cross-validation's folds), which a new run may use.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "latest", "best", "cv.json")
+_RUN_ENTRY = re.compile(r"^(ckpt-\d+|fold-\d+|\.(tmp|old)-.*|\.(latest|best)\.tmp-\d+)$")
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder that holds nothing but what runs write (checkpoints, pointers, config.yaml, metrics, logs)."""
+    return path.is_dir() and all(c.name in RUN_FILES or _RUN_ENTRY.match(c.name) for c in path.iterdir())
+
+
 def require_new_run_dir(run_dir: str | os.PathLike) -> Path:
-    """A run directory that holds no checkpoint yet (fine-tuning and distillation start fresh; pretrain resumes)."""
+    """A run directory that holds no checkpoint yet (fine-tuning and distillation start fresh; pretrain resumes):
+    a new or empty folder, or one a run left without a checkpoint (lmforge.outputs.check_output's rule)."""
     run_dir = Path(run_dir)
     if list_checkpoints(run_dir) or pointed(run_dir, "latest") is not None:
         raise CheckpointError(f"{run_dir} already holds checkpoints; choose another --out")
-    return run_dir
+    return check_output(run_dir, own=is_run_dir, error=CheckpointError)
 
 
 def resume_point(run_dir: str | os.PathLike, resume: bool) -> Path | None:
     """The checkpoint a resumable run continues from (its latest, with `resume`), or None for a new run, whose
-    directory must hold no checkpoint yet."""
+    directory must hold no checkpoint yet (nor anything but a run's own files)."""
     run_dir = Path(run_dir)
     if resume:
         if pointed(run_dir, "latest") is None:
             raise CheckpointError(f"{run_dir} has no checkpoint to resume from; start without --resume")
+        check_output(run_dir, own=lambda _: True, error=CheckpointError)  # the run's own folder: writable?
         return resolve_checkpoint(run_dir)
     if list_checkpoints(run_dir) or pointed(run_dir, "latest") is not None:
         raise CheckpointError(
             f"{run_dir} already holds checkpoints; pass --resume to continue, or choose another --out"
         )
+    check_output(run_dir, own=is_run_dir, error=CheckpointError)
     return None
 
 

@@ -37,3 +37,7 @@ class EmptySplitError(DataError):
 
 class MissingExtraError(LmforgeError):
     """A feature needs an optional dependency that is not installed (`pip install "lmforge[EXTRA]"`)."""
+
+
+class OutputError(LmforgeError):
+    """An output path that already holds something else, or that cannot be written (lmforge.outputs)."""

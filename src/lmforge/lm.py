@@ -13,7 +13,7 @@ from lmforge.device import autocast_dtype, pick_device, use_compile
 from lmforge.errors import ConfigError
 from lmforge.eval.perplexity import evaluate
 from lmforge.generate.beam import BeamParams, beam_search, beam_search_prompts, continue_prompts, tokens_until
-from lmforge.generate.sampling import SamplingParams, generate_tokens
+from lmforge.generate.sampling import SamplingParams, generate_tokens, seeded_generator
 from lmforge.generate.text import text_pieces
 from lmforge.generate.transduce import decode_tokens
 from lmforge.models.registry import TASK_MODELS
@@ -52,10 +52,12 @@ class LM:
         model, tokenizer, config = load_checkpoint(ckpt, pick_device(device))
         return cls(model, tokenizer, config, ckpt, compile)
 
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write a checkpoint folder (weights, tokenizer, config; no training state)."""
+    def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write a checkpoint folder (weights, tokenizer, config; no training state). An existing non-empty `path`
+        is replaced only with overwrite=True, and never the folder this model was loaded from (or one holding it)."""
         config = {k: v for k, v in self.config.items() if k not in ("lmforge_version", "tokenizer")}
-        return save_checkpoint(path, self.model, self.tokenizer, config)
+        inputs = () if self.path is None else (self.path,)
+        return save_checkpoint(path, self.model, self.tokenizer, config, overwrite=overwrite, inputs=inputs)
 
     # ---- generation ----------------------------------------------------------------------------------
     def generate(
@@ -177,7 +179,7 @@ class LM:
         )
         if beams is None and num_return_sequences != 1:
             raise ConfigError("num_return_sequences > 1 needs beam search; give num_beams")
-        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        generator = seeded_generator(seed, self.device)
         if prompt is not None:  # a decoder-only model continues each source's prompt
             texts = self._prompted_texts(
                 [prompt.prompt_ids(self.tokenizer, s) for s in sources], params, beams, generator, use_cache
@@ -292,7 +294,7 @@ class LM:
         return ids
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
-        return None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
+        return seeded_generator(seed, self.device)
 
     def _stream(
         self,

@@ -41,6 +41,9 @@ def test_top_k_one_and_tiny_top_p_are_greedy():
     g = torch.Generator().manual_seed(0)
     assert torch.equal(next_token(logits, seen, SamplingParams(temperature=1.0, top_k=1), g), greedy)
     assert torch.equal(next_token(logits, seen, SamplingParams(temperature=1.0, top_p=1e-6), g), greedy)
+    # Below float32's smallest number top_p compares as 0: the most likely token must still stay (it drew an id
+    # one past the vocabulary, an IndexError in the model, before).
+    assert torch.equal(next_token(logits, seen, SamplingParams(temperature=1.0, top_p=1e-300), g), greedy)
 
 
 def test_top_k_never_samples_outside_the_k_best():

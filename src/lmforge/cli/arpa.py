@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lmforge.cli.common import add_verb
+from lmforge.cli.common import add_overwrite_option, add_verb
 
 EXPORT_EXAMPLES = """\
   lmforge pretrain --data data --out ngram --arch ngram --model.order 5
@@ -25,6 +25,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("ckpt", metavar="CKPT", help="n-gram checkpoint folder or run directory")
     p.add_argument("out", metavar="OUT.arpa")
+    add_overwrite_option(p, "CKPT")
     p = add_verb(
         subparsers,
         "import-arpa",
@@ -36,6 +37,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("arpa", metavar="IN.arpa")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
+    add_overwrite_option(p, "IN.arpa")
 
 
 def arpa_name(token: str) -> str:
@@ -48,13 +50,16 @@ def arpa_name(token: str) -> str:
 def run_export(args) -> int:
     from lmforge.errors import ConfigError
     from lmforge.lm import load
+    from lmforge.outputs import check_output, staged
 
+    check_output(args.out, folder=False, overwrite=args.overwrite, inputs=[args.ckpt], flag="OUT.arpa")
     lm = load(args.ckpt, device="cpu")
     if lm.config.get("arch") != "ngram":
         raise ConfigError(
             f"{args.ckpt} is a {lm.config.get('arch')} model; only n-gram checkpoints export to ARPA"
         )
-    lm.model.lm.to_arpa(args.out, lambda i: arpa_name(lm.tokenizer.id_to_token(i) or f"<id{i}>"))
+    with staged(args.out, folder=False) as tmp:
+        lm.model.lm.to_arpa(tmp, lambda i: arpa_name(lm.tokenizer.id_to_token(i) or f"<id{i}>"))
     print(f"wrote {args.out} ({lm.model.config.order}-gram, {lm.tokenizer.vocab_size} words)")
     return 0
 
@@ -67,10 +72,10 @@ def run_import(args) -> int:
     from lmforge.models.arpa import read_arpa
     from lmforge.models.ngram import NGramLM
     from lmforge.models.ngram_model import NGram, NGramConfig
+    from lmforge.outputs import check_output
     from lmforge.tokenizers.tokenizer import SPECIAL_TOKENS, Tokenizer, word_tokenizer
 
-    if Path(args.out).exists():
-        raise CheckpointError(f"{args.out} already exists; choose another --out")
+    check_output(args.out, overwrite=args.overwrite, inputs=[args.arpa], error=CheckpointError)
     _, words, _ = read_arpa(args.arpa)
     roles = {"<s>": "bos", "</s>": "eos", "<unk>": "unk"}
     plain = [w for w in words if w not in roles and w not in SPECIAL_TOKENS.values()]
@@ -89,6 +94,6 @@ def run_import(args) -> int:
         "model": dataclasses.asdict(cfg),
         "source": {"arpa": str(Path(args.arpa).resolve())},
     }
-    save_checkpoint(args.out, model, tokenizer, config)
+    save_checkpoint(args.out, model, tokenizer, config, overwrite=args.overwrite, inputs=(args.arpa,))
     print(f"wrote {args.out} ({lm.order}-gram, {len(plain)} words from {args.arpa})")
     return 0

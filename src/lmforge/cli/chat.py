@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from lmforge.cli.common import add_compile_option, add_verb
+from lmforge.cli.common import add_compile_option, add_verb, check_text
 from lmforge.errors import ConfigError
 
 EXAMPLES = """\
@@ -120,6 +120,7 @@ def run(args) -> int:
 
     if args.max_turn_chars < 1 or args.max_new_tokens < 1:
         raise ConfigError("--max-turn-chars and --max-new-tokens must be at least 1")
+    check_text(args.system, "--system")
     lm = lmforge.load(args.ckpt, device=args.device, compile=args.compile)
     lm.check_generative()
     classifier = None

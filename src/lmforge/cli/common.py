@@ -40,3 +40,29 @@ def add_compile_option(p: argparse.ArgumentParser) -> None:
         "seconds first, then decodes 1.1-1.4x faster (worth it for servers and long outputs) and holds "
         "a second, pre-packed copy of the weights in memory",
     )
+
+
+def add_overwrite_option(p: argparse.ArgumentParser, inputs: str) -> None:
+    """--overwrite: replace an existing output (lmforge.outputs' rule: once the new one is complete; never one that
+    holds the command's `inputs`)."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace an existing output, once the new one is complete (never one that holds {inputs})",
+    )
+
+
+def check_text(value: str | None, flag: str) -> None:
+    """Refuse command-line text that is not valid UTF-8 (its undecodable bytes reach Python as surrogates)."""
+    if value is None:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = ord(value[exc.start])
+        byte = f"byte 0x{bad - 0xDC00:02x}" if 0xDC80 <= bad <= 0xDCFF else f"character U+{bad:04X}"
+        from lmforge.errors import ConfigError
+
+        raise ConfigError(
+            f"{flag} is not valid UTF-8 text ({byte} at position {exc.start}); check the terminal's encoding"
+        ) from None

@@ -52,7 +52,13 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from lmforge.compare import compare, markdown_table
     from lmforge.config import parse_overrides
-    from lmforge.errors import ConfigError
+    from lmforge.errors import CheckpointError, ConfigError
+    from lmforge.outputs import check_output
+
+    # lmforge.outputs' rule: a new or empty folder, or an earlier comparison (which compare() itself refuses).
+    check_output(
+        args.out, own=lambda p: (p / "runs").exists() or (p / "results.json").exists(), error=CheckpointError
+    )
 
     presets = {}
     for item in args.preset:

@@ -47,6 +47,11 @@ def register(subparsers) -> None:
         "--report",
         help="classify/nli/ner/translate/summarize: write metrics.json, report.md and plots to this folder",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --report folder, once the new report is complete",
+    )
     from lmforge.cli.finetune import add_field_options
 
     add_field_options(p)
@@ -107,7 +112,9 @@ def run_classifier(args) -> int:
         "label": args.label_field,
         "label_sep": args.label_sep,
     }
-    scores = evaluate_classifier(args.ckpt, args.data, given, report=args.report, device=args.device)
+    scores = evaluate_classifier(
+        args.ckpt, args.data, given, report=args.report, device=args.device, overwrite=args.overwrite
+    )
     if args.json:
         print_json(scores)
     else:

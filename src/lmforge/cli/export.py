@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lmforge.cli.common import add_verb, print_json
+from lmforge.cli.common import add_overwrite_option, add_verb, print_json
 
 EXAMPLES = """\
   lmforge export run/best --format onnx --out run-onnx --check
@@ -26,6 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("ckpt", metavar="CKPT", help="checkpoint folder or run directory")
     p.add_argument("--format", required=True, help="onnx (the only one so far)")
     p.add_argument("--out", required=True, help="folder to write (new or empty)")
+    add_overwrite_option(p, "CKPT")
     p.add_argument(
         "--check",
         action="store_true",
@@ -43,7 +44,7 @@ def run(args) -> int:
         )
     from lmforge.export.onnx import check_onnx, export_onnx
 
-    out = export_onnx(args.ckpt, args.out)
+    out = export_onnx(args.ckpt, args.out, overwrite=args.overwrite)
     result = {"out": str(out), "files": sorted(p.name for p in out.iterdir())}
     if args.check:
         result["check"] = check_onnx(out, args.ckpt)

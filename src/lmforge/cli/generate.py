@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from lmforge.cli.common import add_compile_option, add_verb, print_json
+from lmforge.cli.common import add_compile_option, add_verb, check_text, print_json
 
 EXAMPLES = """\
   lmforge generate run --prompt "Once upon a time"
@@ -45,6 +45,24 @@ def run(args) -> int:
     from lmforge.errors import DataError
     from lmforge.lm import load
 
+    check_text(args.prompt, "--prompt")
+    for stop in args.stop or []:
+        check_text(stop, "--stop")
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise DataError(f"prompts file {path} does not exist")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"prompts file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+            ) from None
+        prompts = [line for line in text.splitlines() if line.strip()]
+        if not prompts:
+            raise DataError(f"prompts file {path} has no prompts")
+    else:
+        prompts = [args.prompt]
     lm = load(args.ckpt, device=args.device, compile=args.compile)
     kwargs = dict(
         max_new_tokens=args.max_new_tokens,
@@ -56,15 +74,6 @@ def run(args) -> int:
         seed=args.seed,
         use_cache=not args.no_cache,
     )
-    if args.prompts_file:
-        path = Path(args.prompts_file)
-        if not path.is_file():
-            raise DataError(f"prompts file {path} does not exist")
-        prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not prompts:
-            raise DataError(f"prompts file {path} has no prompts")
-    else:
-        prompts = [args.prompt]
     if args.json:
         completions = lm.generate(prompts, **kwargs)
         print_json([{"prompt": p, "completion": c} for p, c in zip(prompts, completions)])

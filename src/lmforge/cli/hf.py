@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lmforge.cli.common import add_verb
+from lmforge.cli.common import add_overwrite_option, add_verb
 
 IMPORT_EXAMPLES = """\
   lmforge import-hf ./bert-base-uncased --out bert-ckpt        # a folder that save_pretrained wrote
@@ -31,6 +31,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--hf-id", help="download this Hub repository instead of reading HF_DIR")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
+    add_overwrite_option(p, "HF_DIR")
     p = add_verb(
         subparsers,
         "export-hf",
@@ -42,6 +43,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("ckpt", metavar="CKPT", help="checkpoint folder or run directory")
     p.add_argument("out", metavar="HF_DIR", help="folder to write (must not exist or be empty)")
+    add_overwrite_option(p, "CKPT")
 
 
 def run_import(args) -> int:
@@ -50,7 +52,7 @@ def run_import(args) -> int:
 
     if bool(args.hf_dir) == bool(args.hf_id):
         raise ConfigError("give either HF_DIR or --hf-id")
-    path = import_hf(args.hf_dir, args.out, hf_id=args.hf_id)
+    path = import_hf(args.hf_dir, args.out, hf_id=args.hf_id, overwrite=args.overwrite)
     print(f"wrote {path}")
     return 0
 
@@ -58,5 +60,5 @@ def run_import(args) -> int:
 def run_export(args) -> int:
     from lmforge.export.hf import export_hf
 
-    print(f"wrote {export_hf(args.ckpt, args.out)}")
+    print(f"wrote {export_hf(args.ckpt, args.out, overwrite=args.overwrite)}")
     return 0

@@ -59,6 +59,10 @@ def describe(target: str, overrides: list[str] | None = None) -> dict:
         from lmforge.checkpoint import load_checkpoint
 
         model = load_checkpoint(target)[0]  # its size is the fitted tables
+    elif Path(target).exists():
+        from lmforge.checkpoint import model_from_config
+
+        model = model_from_config(ckpt, config)  # a CheckpointError when config.json's values do not fit
     else:
         model = build_model(arch, model_cfg)
     flops = model.flops_per_token()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from lmforge.cli.common import HelpFormatter
 from lmforge.errors import LmforgeError
+from lmforge.outputs import describe_os_error
 from lmforge.version import __version__
 
 # Each module defines `register(subparsers)`, which adds its verb(s) with `set_defaults(func=run)`.
@@ -100,6 +102,31 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `lmforge generate ... | head`
         return 0
+    except OSError as exc:  # a full disk, a read-only folder, a file where a folder should be...
+        if args.debug:
+            raise
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:
+        if args.debug or not _out_of_memory(exc):
+            raise
+        print(f"error: {_memory_message(exc)}", file=sys.stderr)
+        return 2
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: MemoryError, torch.OutOfMemoryError (CUDA) or the CPU allocator's RuntimeError."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or any(
+        marker in text for marker in ("out of memory", "can't allocate memory", "not enough memory")
+    )
+
+
+def _memory_message(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    tried = re.search(r"allocate (\d+) bytes", first)
+    what = f" (an allocation of {int(tried.group(1)) / 2**30:,.1f} GiB failed)" if tried else ""
+    return f"out of memory{what}; lower the batch size, the model size or the amount of data held at once"
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ def run_evaluate_ner(args) -> int:
     from lmforge.eval.ner import format_ner_metrics
     from lmforge.tasks.ner.pipeline import evaluate_ner
 
-    scores = evaluate_ner(args.ckpt, args.data, report=args.report, device=args.device)
+    scores = evaluate_ner(
+        args.ckpt, args.data, report=args.report, device=args.device, overwrite=args.overwrite
+    )
     if args.json:
         print_json(scores)
     else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lmforge.cli.common import add_verb, print_json
+from lmforge.cli.common import add_overwrite_option, add_verb, print_json
 
 EXAMPLES = """\
   lmforge prune run/best --method magnitude --amount 0.5 --out run-sparse
@@ -58,6 +58,7 @@ def register(subparsers) -> None:
         help="compare size, parameters, sparsity, greedy tokens/s and perplexity, original vs pruned",
     )
     p.add_argument("--amounts", help="with --report: comma-separated amounts to sweep instead of --amount")
+    add_overwrite_option(p, "CKPT or --data")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -80,7 +81,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from lmforge.checkpoint import read_config
-    from lmforge.compress.prune import check_amount, describe, plot, prune_checkpoint, sweep
+    from lmforge.compress.prune import check_amount, describe, prune_checkpoint, sweep
     from lmforge.errors import ConfigError
 
     check_amount(args.amount)
@@ -100,8 +101,10 @@ def run(args) -> int:
             args.data,
             args.score,
             args.recover_steps,
+            overwrite=args.overwrite,
+            plot_file="perplexity.png",
         )
-        png = plot(rows, args.method, Path(args.out) / "perplexity.png")
+        png = Path(args.out) / "perplexity.png"
         if args.json:
             print_json({"out": args.out, "method": args.method, "plot": str(png), "rows": rows})
             return 0
@@ -118,6 +121,7 @@ def run(args) -> int:
         args.data,
         args.score,
         args.recover_steps,
+        overwrite=args.overwrite,
     )
     result = {"out": str(out), **read_config(out)["pruning"]}
     if args.report:

@@ -11,13 +11,15 @@ from lmforge.errors import DataError
 
 
 def run_evaluate_qa(args) -> int:
+    from lmforge.outputs import check_output, staged
     from lmforge.tasks.qa.pipeline import evaluate_qa
 
+    if args.report:
+        check_output(args.report, overwrite=args.overwrite, inputs=[args.ckpt, args.data], flag="--report")
     scores = evaluate_qa(args.ckpt, args.data, device=args.device)
     if args.report:
-        folder = Path(args.report)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "metrics.json").write_text(json.dumps(scores, indent=2), encoding="utf-8")
+        with staged(args.report) as folder:
+            (folder / "metrics.json").write_text(json.dumps(scores, indent=2), encoding="utf-8")
     if args.json:
         print_json(scores)
     else:

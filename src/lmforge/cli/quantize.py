@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lmforge.cli.common import add_verb, print_json
+from lmforge.cli.common import add_overwrite_option, add_verb, print_json
 
 EXAMPLES = """\
   lmforge quantize run/best --method int8-weight --out run-int8
@@ -37,6 +37,7 @@ def register(subparsers) -> None:
         help="compare size, greedy tokens/s and perplexity on --data, original vs quantized",
     )
     p.add_argument("--data", help="text file or prepared data directory for --report's perplexity")
+    add_overwrite_option(p, "CKPT")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -49,7 +50,9 @@ def run(args) -> int:
         raise ConfigError(
             "--report needs --data FILE (a text file or a prepared data directory) for the perplexity"
         )
-    out = quantize_checkpoint(args.ckpt, args.out, args.method, args.group_size, args.include_output)
+    out = quantize_checkpoint(
+        args.ckpt, args.out, args.method, args.group_size, args.include_output, overwrite=args.overwrite
+    )
     spec = read_config(out)["quantization"]
     result = {
         "out": str(out),

@@ -47,6 +47,7 @@ def run_evaluate_seq2seq(args) -> int:
         target_lang=args.target_lang,
         batch_size=args.batch_size,
         device=args.device,
+        overwrite=args.overwrite,
     )
     if args.json:
         print_json(scores)

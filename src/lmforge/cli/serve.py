@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from lmforge.cli.common import add_compile_option, add_verb
 
 EXAMPLES = """\
@@ -50,6 +52,17 @@ def register(subparsers) -> None:
     p.add_argument(
         "--timeout", type=float, default=60.0, help="seconds a request may take before it is stopped"
     )
+    p.add_argument(
+        "--allowed-hosts",
+        help="comma-separated Host names to answer besides localhost, 127.0.0.1 and [::1] ('*': any); "
+        "needed behind a proxy or for a LAN name when the server is reached on a loopback address",
+    )
+    p.add_argument(
+        "--body-timeout", type=float, default=10.0, help="seconds a client may take to send a request body"
+    )
+    p.add_argument(
+        "--keep-alive-timeout", type=float, default=5.0, help="seconds an idle connection stays open"
+    )
     p.add_argument("--device", default="auto")
     add_compile_option(p)
 
@@ -60,12 +73,21 @@ def run(args) -> int:
 
     uvicorn = require("uvicorn", extra="serve", feature="lmforge serve")
     require("fastapi", extra="serve", feature="lmforge serve")
-    from lmforge.serve import create_app
+    from lmforge.serve import create_app, server_config
 
-    if args.max_batch_size < 1 or args.max_tokens_limit < 1 or args.timeout <= 0 or not 0 < args.port < 65536:
-        raise ConfigError(
-            "--max-batch-size, --max-tokens-limit and --timeout must be positive, --port 1 to 65535"
-        )
+    if args.max_batch_size < 1 or args.max_tokens_limit < 1 or not 0 < args.port < 65536:
+        raise ConfigError("--max-batch-size and --max-tokens-limit must be positive, --port 1 to 65535")
+    for flag, value, least in (
+        ("--timeout", args.timeout, None),
+        ("--batch-window-ms", args.batch_window_ms, 0),
+        ("--body-timeout", args.body_timeout, None),
+        ("--keep-alive-timeout", args.keep_alive_timeout, None),
+    ):
+        if not (math.isfinite(value) and (value > 0 if least is None else value >= least)):  # NaN fails too
+            raise ConfigError(
+                f"{flag} must be a finite number {'> 0' if least is None else '>= 0'}, got {value}"
+            )
+    hosts = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()] if args.allowed_hosts else None
     app = create_app(
         args.ckpt,
         api_key=args.api_key,
@@ -75,7 +97,10 @@ def run(args) -> int:
         timeout=args.timeout,
         device=args.device,
         compile=args.compile,
+        allowed_hosts=hosts,
+        body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
     )
     print(f"serving {app.state.served.name} ({app.state.served.kind}) on http://{args.host}:{args.port}/")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.Server(server_config(app, args.host, args.port, log_level="info")).run()
     return 0

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from lmforge.cli.common import add_verb, print_json
+from lmforge.cli.common import add_overwrite_option, add_verb, check_text, print_json
 from lmforge.errors import TokenizerError
 
 # Files read from a folder given to `train` (a file named explicitly is read whatever its suffix).
@@ -121,6 +121,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--text-field", default="text", metavar="FIELD", help="field of JSON Lines records to read"
     )
+    add_overwrite_option(p, "an input")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = add_verb(
@@ -175,22 +176,36 @@ def run_train(args) -> int:
     # Check the options before reading a possibly large corpus.
     if args.kind not in KINDS:
         raise TokenizerError(f"unknown tokenizer kind {args.kind!r}; choose one of {', '.join(KINDS)}")
+    from lmforge.data.prepare import MAX_VOCAB_SIZE
+
     if args.vocab_size is not None:
         smallest = MIN_BPE_VOCAB_SIZE if args.kind == "bpe" else len(SPECIAL_TOKENS) + 1
         if args.vocab_size < smallest:
             raise TokenizerError(f"--vocab-size must be at least {smallest} for a {args.kind} tokenizer")
+        if args.vocab_size > MAX_VOCAB_SIZE:
+            raise TokenizerError(
+                f"--vocab-size {args.vocab_size:,} is too large; a new tokenizer has at most {MAX_VOCAB_SIZE:,} tokens"
+            )
     if args.min_frequency < 1:
         raise TokenizerError("--min-frequency must be 1 or more")
     from lmforge.data.sources import expand_inputs
+    from lmforge.outputs import check_output
 
+    out = Path(args.out)
+    folder = out.is_dir() or out.suffix != ".json"  # Tokenizer.save's rule: a folder gets a tokenizer.json
+    if folder:
+        check_output(
+            out, own=lambda _: True, error=TokenizerError
+        )  # a folder: only a file, or unwritable, fails
     files = expand_inputs(args.inputs)  # missing or unreadable inputs fail here, before any training
+    target = out / "tokenizer.json" if folder else out
+    check_output(
+        target, folder=False, overwrite=args.overwrite, inputs=[f.path for f in files], error=TokenizerError
+    )
     tok = Tokenizer.train(
         args.kind, iter_texts(args.inputs, args.text_field), args.vocab_size, args.min_frequency
     )
-    try:
-        path = tok.save(args.out)
-    except OSError as exc:
-        raise TokenizerError(f"cannot write the tokenizer to {args.out} ({exc.strerror or exc})") from None
+    path = tok.save(target)
     result = {"kind": tok.kind, "vocab_size": tok.vocab_size, "path": str(path), "files": len(files)}
     if args.json:
         print_json(result)
@@ -218,6 +233,7 @@ def _read_stdin(what: str) -> str:
 
 
 def run_encode(args) -> int:
+    check_text(args.text, "--text")
     tok = _load(args.tokenizer)
     if args.text is not None:
         text = args.text

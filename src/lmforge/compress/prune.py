@@ -35,6 +35,7 @@ from lmforge.extras import require
 from lmforge.lm import load
 from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.models.registry import is_statistical
+from lmforge.outputs import check_output, staged
 from lmforge.tasks.lm.run import pretrain_spec
 from lmforge.train.trainer import Trainer
 
@@ -271,8 +272,10 @@ def prune_checkpoint(
     data: str | os.PathLike | None = None,
     score: str = "auto",
     recover_steps: int = 0,
+    overwrite: bool = False,
 ) -> Path:
-    """Prune a checkpoint and save the result as a new checkpoint folder that `lmforge.load` reads back."""
+    """Prune a checkpoint and save the result as a new checkpoint folder that `lmforge.load` reads back. An existing
+    `out` is replaced only with overwrite=True, and never one that holds `ckpt` or `data` (lmforge.outputs)."""
     if method not in METHODS:
         raise ConfigError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
     check_amount(amount)
@@ -292,8 +295,7 @@ def prune_checkpoint(
         raise ConfigError(
             f"{ckpt} is quantized ({config['quantization']['method']}); prune the float checkpoint"
         )
-    if Path(out).resolve() == src:
-        raise ConfigError("--out must differ from the checkpoint being pruned")
+    check_output(out, overwrite=overwrite, inputs=[src, data])
     if method == "structured" and config.get("arch") != "gpt":
         raise ConfigError(
             f"structured pruning rebuilds GPT decoders only, {ckpt} is a {config.get('arch')} model"
@@ -320,7 +322,7 @@ def prune_checkpoint(
     config = {k: v for k, v in config.items() if k not in ("lmforge_version", "tokenizer", "metrics")}
     config["pruning"] = record
     config["pruned_from"] = str(src)
-    return save_checkpoint(out, model, lm.tokenizer, config)
+    return save_checkpoint(out, model, lm.tokenizer, config, overwrite=overwrite, inputs=(src, data))
 
 
 # ---- original vs pruned ----------------------------------------------------------------------------------
@@ -344,14 +346,22 @@ def sweep(
     data,
     score: str = "auto",
     recover_steps: int = 0,
+    overwrite: bool = False,
+    plot_file: str | None = None,
 ) -> list[dict]:
-    """Prune at each amount into out_dir/amount-X and describe each result (the original first, as amount 0)."""
+    """Prune at each amount into out_dir/amount-X and describe each result (the original first, as amount 0); with
+    `plot_file`, also plot them into out_dir/plot_file. out_dir appears whole at the end (lmforge.outputs.staged)
+    and replaces an existing one only with overwrite=True."""
+    out_dir = check_output(out_dir, overwrite=overwrite, inputs=[ckpt, data])
     rows = [{"amount": 0.0, **describe(ckpt, data)}]
-    for amount in amounts:
-        path = prune_checkpoint(
-            ckpt, Path(out_dir) / f"amount-{amount:g}", method, amount, per_layer, data, score, recover_steps
-        )
-        rows.append({"amount": amount, **describe(path, data)})
+    with staged(out_dir) as tmp:
+        for amount in amounts:
+            path = prune_checkpoint(
+                ckpt, tmp / f"amount-{amount:g}", method, amount, per_layer, data, score, recover_steps
+            )
+            rows.append({"amount": amount, **describe(path, data), "path": str(out_dir / path.name)})
+        if plot_file is not None:
+            plot(rows, method, tmp / plot_file)
     return rows
 
 

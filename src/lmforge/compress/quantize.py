@@ -31,6 +31,7 @@ from lmforge.generate.sampling import SamplingParams, generate_tokens
 from lmforge.lm import load
 from lmforge.models.quantized import METHODS, check_method, quantize_model
 from lmforge.models.registry import is_statistical
+from lmforge.outputs import check_output
 
 __all__ = ["METHODS", "quantize_checkpoint", "quantize_model", "tokens_per_second", "describe", "report"]
 
@@ -41,8 +42,10 @@ def quantize_checkpoint(
     method: str,
     group_size: int = 32,
     include_output: bool = False,
+    overwrite: bool = False,
 ) -> Path:
-    """Quantize a checkpoint and save it as a new checkpoint folder that `lmforge.load` reads back."""
+    """Quantize a checkpoint and save it as a new checkpoint folder that `lmforge.load` reads back. An existing
+    `out` is replaced only with overwrite=True, and never one that holds `ckpt` (lmforge.outputs)."""
     check_method(method, group_size)
     src = resolve_checkpoint(ckpt)
     config = read_config(src)
@@ -54,14 +57,13 @@ def quantize_checkpoint(
         raise ConfigError(
             f"{ckpt} is already quantized ({config['quantization']['method']}); start from the float one"
         )
-    if Path(out).resolve() == src:
-        raise ConfigError("--out must differ from the checkpoint being quantized")
+    check_output(out, overwrite=overwrite, inputs=[src])
     model, tokenizer, config = load_checkpoint(src, "cpu")
     spec = quantize_model(model.eval(), method, group_size, include_output)
     config = {k: v for k, v in config.items() if k not in ("lmforge_version", "tokenizer")}
     config["quantization"] = spec
     config["quantized_from"] = str(src)
-    return save_checkpoint(out, model, tokenizer, config)
+    return save_checkpoint(out, model, tokenizer, config, overwrite=overwrite, inputs=(src,))
 
 
 # ---- original vs quantized -------------------------------------------------------------------------------

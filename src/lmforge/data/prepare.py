@@ -7,8 +7,9 @@ Two streaming passes, so memory does not grow with the size of the corpus:
 2. train the tokenizer on the first `tokenizer_train_bytes` of that file (or load one), then encode the
    file in batches and append the ids, each document followed by eos, to the train/val shards.
 
-Everything is written into `DATA_DIR.tmp-<pid>` next to DATA_DIR and renamed into place at the very end;
-any error removes the temporary folder, so a DATA_DIR either is complete or does not exist.
+Everything is written into `.tmp-DATA_DIR-<pid>` next to DATA_DIR and renamed into place at the very end
+(lmforge.outputs.staged); any error removes the temporary folder, so a DATA_DIR either is complete or does not
+exist, and an existing one (replaced with overwrite=True) goes only once the new one is complete.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
 import struct
 import sys
 from collections.abc import Iterable, Iterator
@@ -29,6 +29,7 @@ from lmforge.data.dedup import DigestSet, NearDuplicateFilter
 from lmforge.data.shards import MANIFEST_FORMAT, SHARD_TOKENS, ShardWriter, token_dtype
 from lmforge.data.sources import PIECE_CHARS, Source, check_encoding, expand_inputs, iter_pieces
 from lmforge.errors import ConfigError, DataError, EmptySplitError, TokenizerError
+from lmforge.outputs import check_inputs, check_output, staged, staging_path
 from lmforge.tokenizers.tokenizer import KINDS, Tokenizer
 from lmforge.version import __version__
 
@@ -36,6 +37,9 @@ __all__ = ["prepare", "iter_documents"]
 
 SPLITS = ("doc", "tail")
 DOC_SPLITS = ("file", "paragraph", "line")
+# The largest vocabulary a new tokenizer may have: the native trainers allocate tables of vocab_size entries up
+# front (--vocab-size 1e12 aborts the process), and real vocabularies stay far below it (GPT-4o: ~200k tokens).
+MAX_VOCAB_SIZE = 1 << 21
 
 # Record file of pass 1: a header (flags, length) then that many bytes of UTF-8 text. A document is the
 # records up to and including one with the LAST flag; most documents are exactly one record.
@@ -460,6 +464,10 @@ def _check_options(o: dict) -> dict:
     vs = o["vocab_size"]
     if vs is not None and (isinstance(vs, bool) or not isinstance(vs, int) or vs <= 0):
         raise TokenizerError(f"vocab_size must be a positive integer, not {vs!r}")
+    if vs is not None and vs > MAX_VOCAB_SIZE and o["tokenizer"] in KINDS:
+        raise TokenizerError(
+            f"--vocab-size {vs:,} is too large; a new tokenizer has at most {MAX_VOCAB_SIZE:,} tokens"
+        )
     if not isinstance(o["seed"], int) or isinstance(o["seed"], bool):
         raise ConfigError(f"seed must be an integer, not {o['seed']!r}")
     check_encoding(o["encoding"])
@@ -476,20 +484,6 @@ def _load_tokenizer(spec: str) -> Tokenizer | None:
             f"tokenizer.json file or folder"
         )
     return Tokenizer.load(spec)
-
-
-def _commit(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-        try:
-            os.rename(tmp, out)
-        except BaseException:
-            os.rename(old, out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
 
 
 def prepare(
@@ -553,24 +547,13 @@ def prepare(
             "tokenizer_train_bytes": tokenizer_train_bytes,
         }
     )
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is an existing file; give the path of a folder to create")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DataError(
-            f"{out} already exists and is not empty; pass --overwrite to replace it, or choose another --out"
-        )
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    out = check_output(out, overwrite=bool(overwrite), error=DataError)
+    tmp = staging_path(out)
     sources = expand_inputs(inputs, exclude=[out, tmp])
     if val_inputs:
         sources += [dataclasses.replace(s, val=True) for s in expand_inputs(val_inputs, exclude=[out, tmp])]
-    if overwrite and out.is_dir():
-        out_real = out.resolve()
-        for s in sources:
-            if s.kind != "stdin" and out_real in Path(s.path).resolve().parents:
-                raise DataError(
-                    f"input {s.path} is inside {out}, which --overwrite would delete; move it or choose another --out"
-                )
+    if out.is_dir():
+        check_inputs(out, [s.path for s in sources if s.kind != "stdin"], error=DataError)
     stop = load_stopwords(stopwords) if stopwords else None
     loaded = _load_tokenizer(tokenizer)
     cleaner = Cleaner(
@@ -581,18 +564,12 @@ def prepare(
         stopwords=stop,
     )
 
-    if tmp.exists():
-        shutil.rmtree(tmp)
     bar = _Progress(progress)
     try:
-        tmp.mkdir(parents=True)
-        manifest = _run(opts, sources, cleaner, loaded, tmp, bar)
+        with staged(out, tmp=tmp):
+            manifest = _run(opts, sources, cleaner, loaded, tmp, bar)
+    finally:
         bar.close()
-        _commit(tmp, out)
-    except BaseException:
-        bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -16,10 +16,18 @@ from pathlib import Path
 
 import torch
 
-from lmforge.checkpoint import load_checkpoint, read_config, resolve_checkpoint, save_checkpoint, tied_aliases
+from lmforge.checkpoint import (
+    load_checkpoint,
+    read_config,
+    resolve_checkpoint,
+    save_checkpoint,
+    save_weights,
+    tied_aliases,
+)
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.extras import require
 from lmforge.models.registry import build_model
+from lmforge.outputs import check_output, staged
 from lmforge.tokenizers import Tokenizer
 
 # ---- the weight maps: lmforge name -> Hugging Face name (per layer with {i}) --------------------------------
@@ -160,10 +168,15 @@ def download_hf(hf_id: str, cache_dir: str | None = None) -> Path:
 # ---- import ----------------------------------------------------------------------------------------------------
 
 
-def import_hf(hf_dir: str | os.PathLike | None, out: str | os.PathLike, hf_id: str | None = None) -> Path:
-    """Convert a local `transformers` checkpoint folder (or a Hub id) into an lmforge checkpoint folder at `out`."""
-    if Path(out).exists():
-        raise CheckpointError(f"{out} already exists; choose another --out")
+def import_hf(
+    hf_dir: str | os.PathLike | None,
+    out: str | os.PathLike,
+    hf_id: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Convert a local `transformers` checkpoint folder (or a Hub id) into an lmforge checkpoint folder at `out`
+    (an existing one is replaced only with overwrite=True, never one that holds `hf_dir`)."""
+    check_output(out, overwrite=overwrite, inputs=[hf_dir], error=CheckpointError)
     folder = download_hf(hf_id) if hf_id else Path(hf_dir)
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
@@ -211,7 +224,7 @@ def import_hf(hf_dir: str | os.PathLike | None, out: str | os.PathLike, hf_id: s
             "initialised": initialised,
         },
     }
-    return save_checkpoint(out, model, tokenizer, config)
+    return save_checkpoint(out, model, tokenizer, config, overwrite=overwrite, inputs=(hf_dir,))
 
 
 def _layers(hf: dict, key: str = "num_hidden_layers") -> range:
@@ -348,15 +361,12 @@ def _llama_from_hf(hf: dict, w: dict) -> tuple[str, dict, dict]:
 # ---- export ----------------------------------------------------------------------------------------------------
 
 
-def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
+def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a checkpoint as a `transformers` folder: GPT-2 style → GPT2LMHeadModel, Llama style →
-    LlamaForCausalLM, BERT → BertForMaskedLM; with tokenizer.json and a tokenizer_config.json."""
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise CheckpointError(f"{out} already exists and is not empty; choose another folder")
+    LlamaForCausalLM, BERT → BertForMaskedLM; with tokenizer.json and a tokenizer_config.json. An existing
+    non-empty `out` is replaced only with overwrite=True, never one that holds `ckpt`."""
     path = resolve_checkpoint(ckpt)
+    out = check_output(out, overwrite=overwrite, inputs=[path], flag="HF_DIR", error=CheckpointError)
     model, tokenizer, config = load_checkpoint(path)
     arch = read_config(path)["arch"]
     cfg = model.config
@@ -384,25 +394,11 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
     }
     if arch == "bert":
         tok_cfg.update(cls_token=specials.get("bos"), sep_token=specials.get("eos"))
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    tmp.mkdir(parents=True)
-    try:
-        save_file(
-            {k: v.contiguous() for k, v in state.items()},
-            str(tmp / "model.safetensors"),
-            metadata={"format": "pt"},
-        )
+    with staged(out) as tmp:
+        save_weights({k: v.contiguous() for k, v in state.items()}, tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2), encoding="utf-8")
         (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2), encoding="utf-8")
         tokenizer.save(tmp / "tokenizer.json")
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -32,6 +32,7 @@ from lmforge.errors import ConfigError
 from lmforge.extras import require
 from lmforge.generate.sampling import SamplingParams, generate_tokens
 from lmforge.models.layers import apply_rope
+from lmforge.outputs import check_output, staged
 
 OPSET = 18
 
@@ -157,12 +158,14 @@ def _inputs(model, config: dict, batch: int, seq: int, seed: int = 0) -> dict[st
     return feeds
 
 
-def export_onnx(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write the ONNX folder of a GPT or classifier checkpoint; returns the folder."""
+def export_onnx(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write the ONNX folder of a GPT or classifier checkpoint; returns the folder. It appears whole at the end
+    (lmforge.outputs.staged) and replaces an existing non-empty one only with overwrite=True."""
     for module in ("onnx", "onnxscript"):  # torch.onnx.export's dynamo exporter imports both
         require(module, extra="onnx", feature="ONNX export")
 
     src = resolve_checkpoint(ckpt)
+    out = check_output(out, overwrite=overwrite, inputs=[src], error=ConfigError)
     model, tokenizer, ckpt_config = load_checkpoint(src, "cpu")
     model.eval()
     arch = ckpt_config["arch"]
@@ -171,9 +174,6 @@ def export_onnx(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
             f"{ckpt} is quantized; export the float checkpoint it came from "
             f"({ckpt_config.get('quantized_from', 'the original')})"
         )
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} exists and is not empty; give a new folder")
     batch, seq = (
         torch.export.Dim("batch", min=1, max=1024),
         torch.export.Dim("seq", min=1, max=model.config.block_size),
@@ -189,19 +189,15 @@ def export_onnx(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
         "pad_id": tokenizer.pad_id,
         "tokenizer": "tokenizer.json",
     }
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    if arch not in ("gpt", "classifier"):
+        raise ConfigError(f"ONNX export covers gpt and classifier checkpoints; {ckpt} is {arch!r}")
+    with staged(out) as tmp:
         if arch == "gpt":
-            _export_decoder(model, out, config, batch, seq)
-        elif arch == "classifier":
-            _export_classifier(model, out, config, batch, seq)
+            _export_decoder(model, tmp, config, batch, seq)
         else:
-            raise ConfigError(f"ONNX export covers gpt and classifier checkpoints; {ckpt} is {arch!r}")
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    shutil.copyfile(src / "tokenizer.json", out / "tokenizer.json")
-    (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+            _export_classifier(model, tmp, config, batch, seq)
+        shutil.copyfile(src / "tokenizer.json", tmp / "tokenizer.json")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     return out
 
 

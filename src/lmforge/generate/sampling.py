@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -10,6 +11,11 @@ import torch
 from torch import nn
 
 from lmforge.errors import ConfigError
+
+# What SamplingParams.validate accepts besides greedy (temperature 0): smaller temperatures or larger penalties
+# overflow float32 logits.
+MIN_TEMPERATURE = 1e-6
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
 
 
 @dataclass
@@ -21,16 +27,36 @@ class SamplingParams:
     repetition_penalty: float = 1.0
 
     def validate(self) -> None:
+        """ConfigError, one sentence, for a value that cannot be sampled with (NaN, infinity, out of range)."""
         if self.max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        t = self.temperature
+        if not (math.isfinite(t) and (t == 0 or t >= MIN_TEMPERATURE)):
+            # Below MIN_TEMPERATURE the scaled logits overflow float32 and the probabilities become NaN.
+            raise ConfigError(
+                f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, got {t}"
+            )
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
+        if self.top_p is not None and not 0 < self.top_p <= 1:  # NaN fails the comparison too
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise ConfigError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        low, high = REPETITION_PENALTY_RANGE
+        if not low <= self.repetition_penalty <= high:
+            raise ConfigError(
+                f"repetition_penalty must be between {low:g} and {high:g} (1: none), got {self.repetition_penalty}"
+            )
+
+
+SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.Generator.manual_seed takes
+
+
+def seeded_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
+    """A generator seeded with `seed` (None: the global one); a seed torch cannot take is a ConfigError."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise ConfigError(f"seed must be an integer between -2**63 and 2**64 - 1, got {seed!r}")
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def next_token(
@@ -55,6 +81,8 @@ def next_token(
         cum = sorted_logits.softmax(-1).cumsum(-1)
         # Drop a token when the tokens before it already cover top_p (the most likely one always stays).
         drop_sorted = (cum - sorted_logits.softmax(-1)) >= p.top_p
+        # Explicitly: a top_p below float32's smallest number compares as 0 and would otherwise drop every token.
+        drop_sorted[:, 0] = False
         drop = drop_sorted.scatter(1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return sample(logits.softmax(-1), generator)

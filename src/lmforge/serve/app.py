@@ -19,7 +19,18 @@ the simple template
 and generation also stops before the model starts a new "\\nUser:" or "\\nSystem:" turn.
 
 Any `model` name in a request is accepted: the server has one model. Errors use OpenAI's shape
-`{"error": {"message", "type", "code", "param"}}`; a request the server cannot serve is a 4xx, never a 500.
+`{"error": {"message", "type", "code", "param"}}`; a request the server cannot serve is a 4xx, never a 500, and
+the connection stays usable after any error. Every number and text of a request is checked at the edge (NaN,
+infinity, out-of-range seeds and lone surrogates are 400s).
+
+What protects the server: a request body over `max_body_bytes` is refused (413) and one that takes more than
+`body_timeout` seconds to arrive is answered 408; a prompt too long for the context is refused by its length
+in characters before it is tokenized, and tokenizing and chat templates run in a thread pool, off the event
+loop; a non-streaming request whose client hangs up is cancelled (the batcher drops its rows), as a dropped
+stream is. On a connection that arrives on a loopback address only the Host names localhost, 127.0.0.1 and [::1]
+(and `allowed_hosts`) are served, so a web page that rebinds its DNS name to 127.0.0.1 cannot reach the server;
+/metrics, like /v1/*, needs the API key when one is set. `server_config` adds uvicorn's settings (the idle
+keep-alive timeout).
 
 This module loads what the checkpoint serves (`load_served`), owns the generation routes, the error handlers and
 the middleware, and assembles the app. The task and embedding routes are serve/tasks.py's; what every route shares
@@ -30,7 +41,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
+import logging
+import math
 import os
 import time
 import uuid
@@ -38,24 +52,37 @@ from importlib import resources
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmforge.checkpoint import read_config, resolve_checkpoint
 from lmforge.errors import ConfigError, LmforgeError
-from lmforge.generate.sampling import SamplingParams
+from lmforge.extras import require
+from lmforge.generate.sampling import MIN_TEMPERATURE, REPETITION_PENALTY_RANGE, SEED_RANGE, SamplingParams
 from lmforge.lm import LM, load
 from lmforge.models.registry import ARCHITECTURES, TASK_MODELS, model_config_class
 from lmforge.serve.batching import Batcher, GenerateJob
 from lmforge.serve.metrics import Metrics
-from lmforge.serve.protocol import MAX_PROMPTS, ApiError, Limits, RequestBody, Served, error_response
+from lmforge.serve.protocol import (
+    MAX_PROMPTS,
+    ApiError,
+    Limits,
+    RequestBody,
+    Served,
+    error_response,
+    until_answered,
+)
 from lmforge.serve.tasks import Embedder, add_task_routes, is_pipeline
 from lmforge.tasks.pipeline import pipeline
 
 MAX_BODY_BYTES = 1 << 20
 MAX_STOPS = 4  # as OpenAI
 CHAT_STOPS = ["\nUser:", "\nSystem:"]
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+log = logging.getLogger("lmforge.serve")
 
 
 # ---- request bodies --------------------------------------------------------------------------------------
@@ -169,18 +196,35 @@ def sampling_params(req: Sampling, limits: Limits, default_max_tokens: int) -> S
         raise ApiError(
             400, f"max_tokens must be between 1 and {limits.max_tokens}, got {max_tokens}", param="max_tokens"
         )
+    # (NaN fails every comparison below: `not low <= x <= high` refuses it.)
     temperature = 1.0 if req.temperature is None else req.temperature
-    if not 0 <= temperature <= 2:
-        raise ApiError(400, f"temperature must be between 0 and 2, got {temperature}", param="temperature")
+    if not (temperature == 0 or MIN_TEMPERATURE <= temperature <= 2):
+        raise ApiError(
+            400,
+            f"temperature must be 0 (greedy) or between {MIN_TEMPERATURE:g} and 2, got {temperature}",
+            param="temperature",
+        )
     top_p = 1.0 if req.top_p is None else req.top_p
     if not 0 < top_p <= 1:
         raise ApiError(400, f"top_p must be in (0, 1], got {top_p}", param="top_p")
     if req.top_k is not None and req.top_k < 1:
         raise ApiError(400, f"top_k must be at least 1, got {req.top_k}", param="top_k")
     penalty = 1.0 if req.repetition_penalty is None else req.repetition_penalty
-    if penalty <= 0:
-        raise ApiError(400, f"repetition_penalty must be > 0, got {penalty}", param="repetition_penalty")
-    return SamplingParams(max_tokens, temperature, req.top_k, None if top_p == 1 else top_p, penalty)
+    low, high = REPETITION_PENALTY_RANGE
+    if not low <= penalty <= high:
+        raise ApiError(
+            400,
+            f"repetition_penalty must be between {low:g} and {high:g} (1: none), got {penalty}",
+            param="repetition_penalty",
+        )
+    if req.seed is not None and not SEED_RANGE[0] <= req.seed <= SEED_RANGE[1]:
+        raise ApiError(400, f"seed must be between -2**63 and 2**64 - 1, got {req.seed}", param="seed")
+    params = SamplingParams(max_tokens, temperature, req.top_k, None if top_p == 1 else top_p, penalty)
+    try:
+        params.validate()  # the library's own rules, in case they are stricter than the ones above
+    except ConfigError as exc:
+        raise ApiError(400, str(exc)) from None
+    return params
 
 
 def stop_strings(stop: str | list[str] | None) -> list[str]:
@@ -191,13 +235,40 @@ def stop_strings(stop: str | list[str] | None) -> list[str]:
 
 
 def make_job(
-    served: Served, prompt: str, params: SamplingParams, stops: list[str], seed: int | None
+    served: Served,
+    limits: Limits,
+    prompt: str,
+    params: SamplingParams,
+    stops: list[str],
+    seed: int | None,
 ) -> GenerateJob:
+    """The prompt tokenized, as a job for the batcher (CPU work: the routes call it in a thread pool)."""
+    limit = limits.max_prompt_chars
+    if limit is not None and len(prompt) > limit:  # refused before the tokenizer spends time on it
+        raise ApiError(
+            400,
+            f"the prompt is {len(prompt):,} characters long; the model's context is "
+            f"{served.lm.model.config.block_size} tokens, which this server takes to mean at most {limit:,} "
+            "characters; shorten the prompt",
+            code="context_length_exceeded",
+            param="prompt",
+        )
     try:
         ids = served.lm.prompt_ids(prompt)  # the LM's own context check
     except ConfigError as exc:
         raise ApiError(400, str(exc), code="context_length_exceeded", param="prompt") from None
     return GenerateJob(prompt, ids, params, stops, seed)
+
+
+def prompt_char_limit(lm) -> int:
+    """More characters than a prompt that fits `lm`'s context has, in practice: the context times the longest
+    token's characters, twice over (normalisation), at least 16 a token. (Whitespace that a word-level or
+    WordPiece tokenizer drops, and long words a word-level one does not know, are the exceptions.)"""
+    try:
+        longest = max(map(len, lm.tokenizer.hf.get_vocab(with_added_tokens=True)), default=1)
+    except AttributeError:  # not a Hugging Face `tokenizers` tokenizer
+        longest = 64
+    return lm.model.config.block_size * 2 * max(16, longest)
 
 
 def chat_prompt(served: Served, messages: list[ChatMessage]) -> str:
@@ -222,9 +293,11 @@ def chat_prompt(served: Served, messages: list[ChatMessage]) -> str:
 def _text_of(content: str | list[dict] | None) -> str:
     if content is None or isinstance(content, str):
         return content or ""
-    if any(part.get("type") != "text" for part in content):
-        raise ApiError(400, "only text message parts are supported", param="messages")
-    return "".join(str(part.get("text", "")) for part in content)
+    if any(part.get("type") != "text" or not isinstance(part.get("text", ""), str) for part in content):
+        raise ApiError(
+            400, "only text message parts ({'type': 'text', 'text': '...'}) are supported", param="messages"
+        )
+    return "".join(part.get("text", "") for part in content)
 
 
 def usage(jobs: list[GenerateJob], completions) -> dict:
@@ -244,27 +317,50 @@ def create_app(
     device: str = "auto",
     max_body_bytes: int = MAX_BODY_BYTES,
     compile: str | bool = "auto",
+    allowed_hosts: list[str] | None = None,
+    body_timeout: float = 10.0,
+    keep_alive_timeout: float = 5.0,
 ) -> FastAPI:
     """The server for `model` (a checkpoint path, an `LM` or a classify, ner or qa pipeline).
 
-    api_key (or the environment variable LMFORGE_API_KEY) makes /v1/* require `Authorization: Bearer KEY`.
-    Concurrent non-streaming completions with the same sampling settings wait up to `batch_window` seconds to be
-    decoded together, up to `max_batch_size` at a time. A request still generating after `timeout` seconds stops
-    and answers 504. `compile` torch.compiles the decoding step (auto: on CUDA; true on a CPU makes the first
-    requests wait for the compile, later ones decode faster: benchmarks/RESULTS.md).
+    api_key (or the environment variable LMFORGE_API_KEY) makes /v1/* and /metrics require `Authorization:
+    Bearer KEY`. Concurrent non-streaming completions with the same sampling settings wait up to `batch_window`
+    seconds to be decoded together, up to `max_batch_size` at a time. A request still generating after `timeout`
+    seconds stops and answers 504. `compile` torch.compiles the decoding step (auto: on CUDA; true on a CPU makes
+    the first requests wait for the compile, later ones decode faster: benchmarks/RESULTS.md).
+
+    A request arriving on a loopback address must name localhost, 127.0.0.1 or [::1] (any port) in its Host
+    header, or one of `allowed_hosts` ("*": any); when `allowed_hosts` is given, requests arriving on other
+    addresses are held to the same list. A request body must arrive within `body_timeout` seconds (else 408);
+    `keep_alive_timeout` is how long an idle connection stays open (`server_config` hands it to uvicorn).
     """
+    _check_settings(
+        max_batch_size=max_batch_size,
+        batch_window=batch_window,
+        max_tokens_limit=max_tokens_limit,
+        timeout=timeout,
+        max_body_bytes=max_body_bytes,
+        body_timeout=body_timeout,
+        keep_alive_timeout=keep_alive_timeout,
+    )
     served = load_served(model, device, compile)
     # api_key="" turns the check off even when the environment has a key.
     api_key = (api_key if api_key is not None else os.environ.get("LMFORGE_API_KEY")) or None
     batcher = Batcher(served.lm, max_batch_size, batch_window)
     metrics = Metrics(batcher.stats)
-    limits = Limits(max_tokens_limit, timeout)
+    limits = Limits(
+        max_tokens_limit,
+        timeout,
+        max_prompt_chars=prompt_char_limit(served.lm) if served.kind == "generate" else None,
+    )
 
     app = FastAPI(title="lmforge", summary=f"lmforge serving {served.name}", docs_url="/docs", redoc_url=None)
     app.state.served, app.state.batcher, app.state.metrics = served, batcher, metrics
+    app.state.keep_alive_timeout = keep_alive_timeout
     app.router.add_event_handler("shutdown", batcher.close)
     _add_error_handlers(app)
-    router = APIRouter(prefix="/v1", dependencies=[Depends(_key_checker(api_key))])
+    key_checker = Depends(_key_checker(api_key))
+    router = APIRouter(prefix="/v1", dependencies=[key_checker])
     _add_generation_routes(router, served, batcher, limits)
     add_task_routes(router, served, batcher, limits)
 
@@ -273,11 +369,34 @@ def create_app(
         return {"object": "list", "data": [_model_card(served)]}
 
     app.include_router(router)
-    _add_plain_routes(app, served, metrics)
-    # Outermost first: the body limit refuses a huge request before anything reads it, metrics see every answer.
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    _add_plain_routes(app, served, metrics, key_checker)
+    # Added innermost first. From the outside in: a bug answers 500 and keeps the connection; metrics see every
+    # answer; a foreign Host is refused before anything else; the body limit and timeout refuse a huge or slow
+    # body before anything reads it.
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=body_timeout)
+    app.add_middleware(AllowedHosts, hosts=allowed_hosts)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(ServerErrors)
     return app
+
+
+def _check_settings(**settings: float) -> None:
+    """ConfigError for a setting that is not a finite number in its range (NaN would pass a plain `x <= 0`)."""
+    lowest = {"batch_window": 0, "max_batch_size": 1, "max_tokens_limit": 1}  # the others: > 0
+    for name, value in settings.items():
+        low = lowest.get(name)
+        finite = isinstance(value, (int, float)) and math.isfinite(value)
+        if not (finite and (value > 0 if low is None else value >= low)):
+            need = "> 0" if low is None else f">= {low}"
+            raise ConfigError(f"{name} must be a finite number {need}, got {value}")
+
+
+def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, **options):
+    """uvicorn's Config for `app` with the server's own settings (the idle keep-alive timeout of create_app);
+    `options` go to uvicorn.Config as they are. `uvicorn.Server(server_config(app, ...)).run()` serves it."""
+    uvicorn = require("uvicorn", extra="serve", feature="lmforge serve")
+    options.setdefault("timeout_keep_alive", app.state.keep_alive_timeout)
+    return uvicorn.Config(app, host=host, port=port, **options)
 
 
 def _model_card(served: Served) -> dict:
@@ -319,9 +438,13 @@ def _add_error_handlers(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {}
         if first.get("type") == "json_invalid":
             return error_response(400, "the request body is not valid JSON", code="invalid_json")
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        if first.get("type") == "invalid_text" and first.get("ctx", {}).get("path"):
+            loc.append(first["ctx"]["path"])  # where inside the field (a list item, a message part)
+        where = ".".join(loc)
+        code = "invalid_text" if first.get("type") == "invalid_text" else None
         return error_response(
-            400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", param=where or None
+            400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", code=code, param=where or None
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -332,28 +455,29 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def user_error(request, exc: LmforgeError):
         return error_response(400, str(exc))
 
-    @app.exception_handler(Exception)
-    async def bug(request, exc: Exception):  # still OpenAI's shape, so clients can show it
-        return error_response(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
+    # Any other exception is a bug: ServerErrors (a middleware) answers it. Starlette's own handler for Exception
+    # re-raises after answering, and the server then drops the client's keep-alive connection.
 
 
 def _add_generation_routes(router: APIRouter, served: Served, batcher: Batcher, limits: Limits) -> None:
     @router.post("/completions")
-    async def completions(req: CompletionRequest):
+    async def completions(req: CompletionRequest, request: Request):
         served.require("generate")
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not 1 <= len(prompts) <= MAX_PROMPTS:
             raise ApiError(
                 400, f"prompt must be a string or a list of 1 to {MAX_PROMPTS} strings", param="prompt"
             )
+        if req.stream and len(prompts) > 1:
+            raise ApiError(400, "stream takes a single prompt", param="prompt")
         params, stops = sampling_params(req, limits, 16), stop_strings(req.stop)
-        jobs = [make_job(served, p, params, stops, req.seed) for p in prompts]
+        jobs = await run_in_threadpool(  # tokenizing is CPU work: off the event loop
+            lambda: [make_job(served, limits, p, params, stops, req.seed) for p in prompts]
+        )
         reply = _Reply("text_completion", served.name)
         if req.stream:
-            if len(jobs) > 1:
-                raise ApiError(400, "stream takes a single prompt", param="prompt")
             return _stream(batcher, jobs[0], reply, limits.timeout, _include_usage(req))
-        results = await _run_all(batcher, jobs, limits.timeout)
+        results = await _run_all(batcher, jobs, limits.timeout, request)
         choices = [
             {"text": r.text, "index": i, "logprobs": None, "finish_reason": r.finish_reason}
             for i, r in enumerate(results)
@@ -361,15 +485,17 @@ def _add_generation_routes(router: APIRouter, served: Served, batcher: Batcher, 
         return reply.body(choices, usage(jobs, results))
 
     @router.post("/chat/completions")
-    async def chat_completions(req: ChatRequest):
+    async def chat_completions(req: ChatRequest, request: Request):
         served.require("generate")
         params = sampling_params(req, limits, limits.max_tokens)
         stops = stop_strings(req.stop) + (CHAT_STOPS if served.chat_template is None else [])
-        job = make_job(served, chat_prompt(served, req.messages), params, stops, req.seed)
+        job = await run_in_threadpool(  # the template and tokenizing are CPU work: off the event loop
+            lambda: make_job(served, limits, chat_prompt(served, req.messages), params, stops, req.seed)
+        )
         reply = _Reply("chat.completion", served.name)
         if req.stream:
             return _stream(batcher, job, reply, limits.timeout, _include_usage(req))
-        (result,) = await _run_all(batcher, [job], limits.timeout)
+        (result,) = await _run_all(batcher, [job], limits.timeout, request)
         choice = {
             "index": 0,
             "message": {"role": "assistant", "content": result.text},
@@ -383,15 +509,10 @@ def _include_usage(req: Sampling) -> bool:
     return bool(req.stream_options and req.stream_options.include_usage)
 
 
-async def _run_all(batcher: Batcher, jobs: list, timeout: float) -> list:
+async def _run_all(batcher: Batcher, jobs: list, timeout: float, request: Request) -> list:
     try:
-        return await asyncio.wait_for(
-            asyncio.gather(*(asyncio.wrap_future(batcher.submit(j)) for j in jobs)), timeout
-        )
-    except asyncio.TimeoutError:
-        raise ApiError(
-            504, f"the request took longer than {timeout:g} s and was stopped", type="timeout", code="timeout"
-        ) from None
+        work = asyncio.gather(*(asyncio.wrap_future(batcher.submit(j)) for j in jobs))
+        return await until_answered(request, work, timeout)
     finally:  # a timeout or a client that went away: the worker drops what is left of these jobs
         for j in jobs:
             batcher.cancel(j)
@@ -505,12 +626,12 @@ def _stream(batcher: Batcher, job: GenerateJob, reply: _Reply, timeout: float, i
     return _JobStream(guarded(), on_close=lambda: batcher.cancel(job))
 
 
-def _add_plain_routes(app: FastAPI, served: Served, metrics: Metrics) -> None:
+def _add_plain_routes(app: FastAPI, served: Served, metrics: Metrics, key_checker) -> None:
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": served.name, "kind": served.kind, "endpoints": served.endpoints}
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[key_checker])
     async def prometheus():
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -521,26 +642,35 @@ def _add_plain_routes(app: FastAPI, served: Served, metrics: Metrics) -> None:
 
 # ---- middleware (plain ASGI: it must not buffer or break streaming responses) ---------------------------
 class BodyLimit:
-    """Answers 413 to a request body larger than `max_bytes`, whether or not it declares its length."""
+    """Answers 413 to a request body larger than `max_bytes`, whether or not it declares its length, and 408 to
+    one that has not arrived after `timeout` seconds (a client that never finishes its body holds no
+    connection for long). Either answer closes the connection: the rest of the body is never read."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout: float):
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._too_large(scope, receive, send)
-        body, more = b"", True
+            return await self._refuse(scope, receive, send, 413)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        chunks, size, more = [], 0, True
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                return await self._refuse(scope, receive, send, 408)
             if message["type"] == "http.disconnect":
                 return
-            body += message.get("body", b"")
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
             more = message.get("more_body", False)
-            if len(body) > self.max_bytes:
-                return await self._too_large(scope, receive, send)
+            if size > self.max_bytes:
+                return await self._refuse(scope, receive, send, 413)
+        body = b"".join(chunks)
         replayed = False
 
         async def replay():
@@ -552,11 +682,95 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, scope, receive, send):
+    async def _refuse(self, scope, receive, send, status: int):
+        if status == 413:
+            message, code = f"the request body is larger than {self.max_bytes} bytes", "request_too_large"
+        else:
+            message, code = f"the request body did not arrive within {self.timeout:g} s", "request_timeout"
+        await error_response(status, message, code=code, headers={"Connection": "close"})(
+            scope, receive, send
+        )
+
+
+class AllowedHosts:
+    """Answers 400 to a request whose Host header names a host this server does not answer to.
+
+    A request arriving on a loopback address must name a loopback host (localhost, 127.0.0.1, [::1]; any port) or
+    one of `hosts`: a web page whose DNS name an attacker rebinds to 127.0.0.1 sends its own name, so it cannot
+    reach a server that has no API key. With `hosts` given, requests arriving on other addresses are held to the
+    same list; "*" in `hosts` allows any Host."""
+
+    def __init__(self, app, hosts: list[str] | None):
+        self.app, self.given = app, hosts is not None
+        self.hosts = {_host_name(h) for h in (hosts or [])} | set(LOOPBACK_HOSTS)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket") or "*" in self.hosts or not self._checked(scope):
+            return await self.app(scope, receive, send)
+        host = dict(scope["headers"]).get(b"host")
+        if host is None or _host_name(host.decode("latin-1")) in self.hosts:  # no Host: not a browser
+            return await self.app(scope, receive, send)
+        shown = host.decode("latin-1")[:100]
+        names = ", ".join(sorted(h if ":" not in h else f"[{h}]" for h in self.hosts))
         response = error_response(
-            413, f"the request body is larger than {self.max_bytes} bytes", code="request_too_large"
+            400,
+            f"this server does not answer to the host {shown!r} (it answers to {names}); start it with "
+            f"--allowed-hosts {_host_name(shown) or 'NAME'} to allow it",
+            code="host_not_allowed",
         )
         await response(scope, receive, send)
+
+    def _checked(self, scope) -> bool:
+        """Whether the request arrived on a loopback address (or any address, with `hosts` given)."""
+        if self.given:
+            return True
+        server = scope.get("server")
+        if not server:
+            return False
+        try:
+            return ipaddress.ip_address(str(server[0])).is_loopback
+        except ValueError:  # a name (a test client) or a Unix socket path
+            return False
+
+
+def _host_name(host: str) -> str:
+    """The host of a Host header or an allowed-hosts entry, without its port: "[::1]:8000" -> "::1"."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    if host.count(":") == 1:  # a name or IPv4 address with a port (a bare IPv6 address has several colons)
+        host = host.split(":")[0]
+    return host.rstrip(".")
+
+
+class ServerErrors:
+    """Answers an exception no handler took (a bug) with 500 in OpenAI's error shape and logs it. Starlette's own
+    handler re-raises after answering, and the server then drops the client's keep-alive connection; here the
+    connection stays usable. (An exception after the response started can only end the connection.)"""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def send_started(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_started)
+        except Exception as exc:
+            if started:
+                raise
+            log.exception("internal error answering %s %s", scope.get("method"), scope.get("path"))
+            response = error_response(
+                500, f"internal error: {type(exc).__name__}: {exc}", type="server_error"
+            )
+            await response(scope, receive, send)
 
 
 class MetricsMiddleware:

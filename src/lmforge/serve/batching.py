@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmforge.generate.sampling import SamplingParams, generate_tokens
+from lmforge.generate.sampling import SamplingParams, generate_tokens, seeded_generator
 from lmforge.generate.text import TextStream
 
 
@@ -99,40 +99,58 @@ class _Row:
         return self.result
 
 
-def decode_batch(lm, jobs: list[GenerateJob]) -> list[Completion]:
+def decode_batch(lm, jobs: list[GenerateJob], stats: BatchStats | None = None) -> list[Completion]:
     """Continue prompts together, one forward pass per step for the whole batch (left-padded when their lengths
-    differ; `_groups` makes sure such a batch fits the context)."""
+    differ; `_groups` makes sure such a batch fits the context).
+
+    A cancelled row (its client went away) stops at once; when the batch fits the context, so that no row ever
+    slides its window, the rows still running go on as a new, smaller batch (their prompts and tokens so far) and
+    the cancelled ones are dropped from the computation (counted in `stats.dropped_rows`)."""
     rows = [_Row(j, lm.tokenizer) for j in jobs]
     first = jobs[0].params
-    params = SamplingParams(
-        max(j.params.max_new_tokens for j in jobs),
-        first.temperature,
-        first.top_k,
-        first.top_p,
-        first.repetition_penalty,
+    generator = seeded_generator(jobs[0].seed, lm.device)
+    model = lm.model
+    fits = (
+        hasattr(model, "new_cache")
+        and max(len(j.ids) for j in jobs) + max(j.params.max_new_tokens for j in jobs)
+        <= model.config.block_size
     )
-    generator = (
-        torch.Generator(device=lm.device).manual_seed(jobs[0].seed) if jobs[0].seed is not None else None
-    )
-    width = max(len(j.ids) for j in jobs)
-    x = torch.tensor(
-        [[j.ids[0]] * (width - len(j.ids)) + j.ids for j in jobs], dtype=torch.long, device=lm.device
-    )
-    mask = None
-    if any(len(j.ids) < width for j in jobs):
-        mask = torch.tensor(
-            [[False] * (width - len(j.ids)) + [True] * len(j.ids) for j in jobs], device=lm.device
-        )
-    if params.max_new_tokens > 0:
-        steps = generate_tokens(lm.model, x, params, generator, prompt_mask=mask, compile=lm.compile_decoding)
+    live = rows
+    while live:
+        left = max(r.job.params.max_new_tokens - r.result.completion_tokens for r in live)
+        if left <= 0:
+            break
+        params = SamplingParams(left, first.temperature, first.top_k, first.top_p, first.repetition_penalty)
+        x, mask = _padded([r.job.ids + r.stream.tokens for r in live], lm.device)
+        steps = generate_tokens(model, x, params, generator, prompt_mask=mask, compile=lm.compile_decoding)
+        dropped = False
         for tokens in steps:
-            for row, t in zip(rows, tokens.tolist()):
+            for row, t in zip(live, tokens.tolist()):
                 row.done = row.done or row.job.cancelled.is_set()
                 row.step(t)
-            if all(r.done for r in rows):
-                steps.close()  # a cancelled or finished batch stops computing at once
+            if all(r.done for r in live):
                 break
+            dropped = fits and any(r.job.cancelled.is_set() for r in live)
+            if dropped:
+                break
+        steps.close()  # a cancelled or finished batch stops computing at once
+        if not dropped:
+            break
+        if stats is not None:
+            stats.dropped_rows += sum(r.job.cancelled.is_set() for r in live)
+        live = [r for r in live if not (r.done or r.job.cancelled.is_set())]
     return [r.close() for r in rows]
+
+
+def _padded(ids: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows of ids left-padded to one length (with each row's first id), and the padding mask (None if no row
+    is padded)."""
+    width = max(map(len, ids))
+    x = torch.tensor([[row[0]] * (width - len(row)) + row for row in ids], dtype=torch.long, device=device)
+    if all(len(row) == width for row in ids):
+        return x, None
+    mask = torch.tensor([[False] * (width - len(row)) + [True] * len(row) for row in ids], device=device)
+    return x, mask
 
 
 @dataclass
@@ -142,6 +160,7 @@ class BatchStats:
     largest_batch: int = 0
     cancelled: int = 0
     generated_tokens: int = 0
+    dropped_rows: int = 0  # cancelled rows taken out of a batch that went on without them
 
 
 class Batcher:
@@ -195,7 +214,8 @@ class Batcher:
                     return
                 job = self._queue.popleft()
             if isinstance(job, CallJob):
-                self._resolve([job], lambda j=job: [j.fn()])
+                if job.future.set_running_or_notify_cancel():  # False: its request was given up already
+                    self._resolve([job], lambda j=job: [j.fn()])
                 continue
             batch = self._gather(job)
             for group in _groups(batch, self.lm.model):
@@ -226,7 +246,7 @@ class Batcher:
 
     def _decode(self, group: list[GenerateJob]) -> list[Completion]:
         live = [j for j in group if not j.cancelled.is_set()]
-        done = dict(zip(map(id, live), decode_batch(self.lm, live))) if live else {}
+        done = dict(zip(map(id, live), decode_batch(self.lm, live, self.stats))) if live else {}
         self.stats.batches += bool(live)
         self.stats.largest_batch = max(self.stats.largest_batch, len(live))
         self.stats.batched_requests += len(live) if len(live) > 1 else 0

@@ -64,6 +64,12 @@ class Metrics:
                 s.cancelled,
                 "Generations stopped by a timeout or a client.",
             ),
+            (
+                "dropped_rows_total",
+                "counter",
+                s.dropped_rows,
+                "Cancelled rows taken out of a batch that went on decoding without them.",
+            ),
         ):
             lines += [
                 f"# HELP lmforge_{name} {help}",

@@ -25,14 +25,15 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.models.bert import Bert
 from lmforge.models.classifier import BackboneWithHead
 from lmforge.models.gpt import GPT
 from lmforge.serve.batching import Batcher, CallJob
-from lmforge.serve.protocol import MAX_PROMPTS, ApiError, Limits, RequestBody, Served
+from lmforge.serve.protocol import MAX_PROMPTS, ApiError, Limits, RequestBody, Served, until_answered
 from lmforge.tasks.classify.encoding import TextEncoder
 from lmforge.tasks.classify.pipeline import TextClassificationPipeline
 from lmforge.tasks.ner.pipeline import TokenClassificationPipeline
@@ -168,16 +169,15 @@ def _check_text(text: str, param: str) -> None:
         )
 
 
-async def run_in_worker(batcher: Batcher, fn: Callable[[], object], limits: Limits, param: str):
-    """fn() in the batcher's worker thread; a user error it raises (over-long input, bad option) is a 400."""
+async def run_in_worker(
+    batcher: Batcher, fn: Callable[[], object], limits: Limits, param: str, request: Request
+):
+    """fn() in the batcher's worker thread; a user error it raises (over-long input, bad option) is a 400. A call
+    still queued when its client hangs up or its time is up is never made."""
     try:
-        return await asyncio.wait_for(asyncio.wrap_future(batcher.submit(CallJob(fn))), limits.timeout)
+        return await until_answered(request, asyncio.wrap_future(batcher.submit(CallJob(fn))), limits.timeout)
     except LmforgeError as exc:
         raise ApiError(400, str(exc), param=param) from None
-    except asyncio.TimeoutError:
-        raise ApiError(
-            504, f"the request took longer than {limits.timeout:g} s", type="timeout", code="timeout"
-        ) from None
 
 
 def listing(served: Served, data: list[dict], **extra) -> dict:
@@ -187,12 +187,12 @@ def listing(served: Served, data: list[dict], **extra) -> dict:
 # ---- the routes ------------------------------------------------------------------------------------------
 def add_task_routes(router: APIRouter, served: Served, batcher: Batcher, limits: Limits) -> None:
     @router.post("/classify")
-    async def classify(req: ClassifyRequest):
+    async def classify(req: ClassifyRequest, request: Request):
         served.require("classify")
         texts = texts_of(req.input, "input")
         clf = served.pipeline
         inputs = [{"text": t} if isinstance(t, str) else t for t in texts]
-        predictions = await run_in_worker(batcher, lambda: clf(inputs, top_k=None), limits, "input")
+        predictions = await run_in_worker(batcher, lambda: clf(inputs, top_k=None), limits, "input", request)
         data = []
         for i, ranked in enumerate(predictions):
             item = {"index": i, "labels": ranked}
@@ -202,7 +202,7 @@ def add_task_routes(router: APIRouter, served: Served, batcher: Batcher, limits:
         return listing(served, data, multi_label=clf.multi_label)
 
     @router.post("/embeddings")
-    async def embeddings(req: EmbeddingRequest):
+    async def embeddings(req: EmbeddingRequest, request: Request):
         served.require("embed")
         texts = texts_of(req.input, "input")
         embedder = served.embedder
@@ -214,10 +214,10 @@ def add_task_routes(router: APIRouter, served: Served, batcher: Batcher, limits:
                 param="dimensions",
             )
         try:
-            rows = embedder.rows(texts)
+            rows = await run_in_threadpool(embedder.rows, texts)  # tokenizing: off the event loop
         except ConfigError as exc:
             raise ApiError(400, str(exc), code="context_length_exceeded", param="input") from None
-        vectors = await run_in_worker(batcher, lambda: embedder(rows), limits, "input")
+        vectors = await run_in_worker(batcher, lambda: embedder(rows), limits, "input", request)
         tokens = sum(len(ids) for ids, _ in rows)
         data = [
             {"object": "embedding", "index": i, "embedding": _encode_vector(v, req.encoding_format)}
@@ -226,14 +226,14 @@ def add_task_routes(router: APIRouter, served: Served, batcher: Batcher, limits:
         return listing(served, data, usage={"prompt_tokens": tokens, "total_tokens": tokens})
 
     @router.post("/ner")
-    async def ner(req: NerRequest):
+    async def ner(req: NerRequest, request: Request):
         served.require("ner")
         texts = texts_of(req.text, "text")
-        entities = await run_in_worker(batcher, lambda: served.pipeline(texts), limits, "text")
+        entities = await run_in_worker(batcher, lambda: served.pipeline(texts), limits, "text", request)
         return listing(served, [{"index": i, "entities": e} for i, e in enumerate(entities)])
 
     @router.post("/qa")
-    async def qa(req: QAItem | list[QAItem]):
+    async def qa(req: QAItem | list[QAItem], request: Request):
         served.require("qa")
         items = texts_of(req, "body", "question-and-context object")
         for i, item in enumerate(items):
@@ -241,7 +241,7 @@ def add_task_routes(router: APIRouter, served: Served, batcher: Batcher, limits:
             _check_text(item.question, where + "question")
             _check_text(item.context, where + "context")
         pairs = [{"question": item.question, "context": item.context} for item in items]
-        answers = await run_in_worker(batcher, lambda: served.pipeline(pairs), limits, "question")
+        answers = await run_in_worker(batcher, lambda: served.pipeline(pairs), limits, "question", request)
         return listing(served, [{"index": i, **a} for i, a in enumerate(answers)])
 
     for kind in ("translate", "summarize"):
@@ -249,7 +249,7 @@ def add_task_routes(router: APIRouter, served: Served, batcher: Batcher, limits:
 
 
 def _seq2seq_route(kind: str, served: Served, batcher: Batcher, limits: Limits):
-    async def rewrite(req: TranslateRequest):
+    async def rewrite(req: TranslateRequest, request: Request):
         served.require(kind)
         texts = texts_of(req.text, "text")
         if req.num_beams is not None and not 1 <= req.num_beams <= MAX_BEAMS:
@@ -267,7 +267,7 @@ def _seq2seq_route(kind: str, served: Served, batcher: Batcher, limits: Limits):
         def run():
             return served.lm.transduce(texts, max_new_tokens=req.max_tokens, num_beams=beams)
 
-        outputs = await run_in_worker(batcher, run, limits, "text")
+        outputs = await run_in_worker(batcher, run, limits, "text", request)
         return listing(served, [{"index": i, "text": t} for i, t in enumerate(outputs)])
 
     rewrite.__name__ = kind

@@ -287,6 +287,8 @@ class Tokenizer:
         """Token ids of `text`, without any special token added around it."""
         if self.kind == "char" and "<|" not in text:
             return self._char_ids(text).tolist()
+        if len(text) > 10_000:  # the batch call lets other threads (a server's event loop) run while it works
+            return self.hf.encode_batch([text], add_special_tokens=False)[0].ids
         return self.hf.encode(text, add_special_tokens=False).ids
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -37,6 +39,7 @@ from lmforge.device import autocast, autocast_dtype, pick_device
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
 from lmforge.eval.perplexity import describe_scores
 from lmforge.extras import available
+from lmforge.outputs import remove
 from lmforge.tokenizers import Tokenizer
 from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.progress import TrainProgress
@@ -104,6 +107,34 @@ class RunSpec:
     weights: WeightsIO = field(default_factory=WeightsIO)
 
 
+def memory_bytes(device: torch.device) -> int | None:
+    """The memory of `device` (a GPU's, or the machine's RAM for the CPU), or None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_batch_fits(model: nn.Module, cfg: RunConfig, device: torch.device) -> None:
+    """Refuse a batch whose activations cannot fit in memory, before a run writes anything: a batch of
+    batch_size x block_size tokens holds at least one embedding vector (4 bytes per value) per token, and an
+    allocation larger than the memory would be refused at the first step or get the process killed."""
+    block = getattr(cfg.model, "block_size", None)
+    width = next((m.embedding_dim for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    have = memory_bytes(device)
+    if not block or not width or not have:
+        return
+    need = cfg.train.batch_size * block * width * 4
+    if need > have:
+        raise ConfigError(
+            f"train.batch_size {cfg.train.batch_size:,} cannot fit: one batch of {cfg.train.batch_size:,} x "
+            f"{block:,} tokens needs at least {need / 2**30:,.0f} GiB for its activations and {device} has "
+            f"{have / 2**30:,.1f} GiB; lower the batch size"
+        )
+
+
 class Trainer:
     def __init__(
         self,
@@ -138,6 +169,7 @@ class Trainer:
         random.seed(t.seed)
         np.random.seed(t.seed % 2**32)
         self.model = spec.build_model().to(self.device)
+        check_batch_fits(self.model, cfg, self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.data_gen = torch.Generator().manual_seed(t.seed + 1)
@@ -221,6 +253,22 @@ class Trainer:
 
     # ---- loop ----------------------------------------------------------------------------------------
     def run(self) -> RunResult:
+        """Train; a run that fails before its first checkpoint leaves nothing behind (what it created is removed)."""
+        existed = set(os.listdir(self.run_dir)) if self.run_dir.is_dir() else None
+        try:
+            return self._run()
+        except BaseException as exc:
+            if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+                exc.filename = str(self.run_dir)  # a failed write() names no file: name the run
+            if ckpt.pointed(self.run_dir, "latest") is None:
+                if existed is None:
+                    shutil.rmtree(self.run_dir, ignore_errors=True)
+                elif self.run_dir.is_dir():
+                    for name in set(os.listdir(self.run_dir)) - existed:
+                        remove(self.run_dir / name)
+            raise
+
+    def _run(self) -> RunResult:
         cfg, t = self.cfg, self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.clean_stale(self.run_dir)
@@ -412,6 +460,7 @@ class Trainer:
             train_state=self._train_state(),
             metrics_file=self.metrics_path,
             card=self._model_card(),
+            overwrite=True,  # the run's own ckpt-N (a resumed run saving the step it resumed from)
         )
         ckpt.point(self.run_dir, "latest", path)
         if is_best or not self.last_eval:  # without validation, the latest is the best we know

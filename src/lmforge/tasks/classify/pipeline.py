@@ -15,6 +15,7 @@ import os
 from lmforge.checkpoint import load_for_inference
 from lmforge.errors import ConfigError
 from lmforge.eval.classification import write_report
+from lmforge.outputs import check_output, staged
 from lmforge.tasks.classify.encoding import TextEncoder
 from lmforge.tasks.classify.examples import Example, Fields, check_labels, read_examples
 from lmforge.tasks.classify.run import predict_logits, probabilities, score_examples
@@ -91,11 +92,15 @@ def evaluate_classifier(
     report: str | os.PathLike | None = None,
     device: str = "auto",
     samples: int = 20,
+    overwrite: bool = False,
 ) -> dict:
     """Accuracy, precision/recall/F1 (per class, macro, weighted), confusion matrix and ROC-AUC of a fine-tuned
-    classifier on a labelled file; with `report`, also metrics.json, report.md and the plots in that folder.
+    classifier on a labelled file; with `report`, also metrics.json, report.md and the plots in that folder (which
+    appears whole at the end, and replaces an existing one only with overwrite=True: lmforge.outputs).
 
     `fields` defaults to the field names the model was trained with; a dict changes only the fields it names."""
+    if report is not None:
+        check_output(report, overwrite=overwrite, inputs=[model, data], flag="--report")
     clf = TextClassificationPipeline(model, device=device)
     if isinstance(fields, dict):
         fields = dataclasses.replace(clf.fields, **{k: v for k, v in fields.items() if v is not None})
@@ -114,5 +119,6 @@ def evaluate_classifier(
             }
             for e, p in zip(shown, preds)
         ]
-        write_report(scores, clf.labels, report, rows)
+        with staged(report) as tmp:
+            write_report(scores, clf.labels, tmp, rows)
     return scores

@@ -303,6 +303,9 @@ def cross_validate(
         raise ConfigError(
             f"--folds must be between 2 and the number of examples ({len(examples)}), got {folds}"
         )
+    ckpt.require_new_run_dir(
+        out
+    )  # a new folder, or one a failed cross-validation left (its folds check theirs)
     single = [ex.labels[0] if len(ex.labels) == 1 else "|".join(ex.labels) for ex in examples]
     counts = {label: single.count(label) for label in set(single)}
     splitter_cls = model_selection.StratifiedKFold if min(counts.values()) >= folds else model_selection.KFold

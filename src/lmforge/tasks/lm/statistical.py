@@ -4,6 +4,7 @@ evaluation, checkpoint folder, `latest`/`best` pointers and metrics.jsonl as a t
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,30 @@ def fit_statistical(cfg: RunConfig, data_dir: Path, run_dir: Path, progress: boo
                 "val_perplexity": r["perplexity"],
                 "val_bits_per_byte": r["bits_per_byte"],
             }
+    existed = run_dir.exists()
+    try:
+        path = _write_run(cfg, data_dir, run_dir, tokenizer, model, train, metrics, seconds)
+    except BaseException:
+        if not existed:  # a failed fit (a full disk...) leaves no half-written run behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return RunResult(
+        run_dir=run_dir,
+        step=1,
+        tokens=train.tokens,
+        stop_reason="fitted",
+        latest=path,
+        best=path,
+        metrics=metrics,
+        seconds=seconds,
+        tokens_per_s=train.tokens / max(seconds, 1e-9),
+    )
+
+
+def _write_run(
+    cfg, data_dir: Path, run_dir: Path, tokenizer, model, train, metrics: dict, seconds: float
+) -> Path:
+    m = cfg.model
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt.clean_stale(run_dir)
     cfg.save_yaml(run_dir / "config.yaml")
@@ -81,14 +106,4 @@ def fit_statistical(cfg: RunConfig, data_dir: Path, run_dir: Path, progress: boo
     )
     ckpt.point(run_dir, "latest", path)
     ckpt.point(run_dir, "best", path)
-    return RunResult(
-        run_dir=run_dir,
-        step=1,
-        tokens=train.tokens,
-        stop_reason="fitted",
-        latest=path,
-        best=path,
-        metrics=metrics,
-        seconds=seconds,
-        tokens_per_s=train.tokens / max(seconds, 1e-9),
-    )
+    return path

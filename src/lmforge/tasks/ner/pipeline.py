@@ -18,6 +18,7 @@ import re
 from lmforge.checkpoint import load_for_inference
 from lmforge.errors import ConfigError
 from lmforge.eval.ner import write_ner_report
+from lmforge.outputs import check_output, staged
 from lmforge.tasks.ner.conll import check_tags, read_conll, scheme_of
 from lmforge.tasks.ner.encoding import WordEncoder
 from lmforge.tasks.ner.run import score_sentences, tag_pieces
@@ -111,9 +112,13 @@ def evaluate_ner(
     report: str | os.PathLike | None = None,
     device: str = "auto",
     samples: int = 20,
+    overwrite: bool = False,
 ) -> dict:
     """Entity-level precision/recall/F1 (seqeval, strict; overall and per type) of a fine-tuned tagger on a CoNLL
-    file; with `report`, also metrics.json, report.md and a confusion plot in that folder."""
+    file; with `report`, also metrics.json, report.md and a confusion plot in that folder (which appears whole at
+    the end, and replaces an existing one only with overwrite=True: lmforge.outputs)."""
+    if report is not None:
+        check_output(report, overwrite=overwrite, inputs=[model, data], flag="--report")
     ner = TokenClassificationPipeline(model, device=device)
     sentences = read_conll(data)
     check_tags(sentences, ner.labels, data)
@@ -130,5 +135,6 @@ def evaluate_ner(
             }
             for s, p in zip(shown, predicted)
         ]
-        write_ner_report(scores, report, rows)
+        with staged(report) as tmp:
+            write_ner_report(scores, tmp, rows)
     return scores

@@ -9,6 +9,7 @@ from lmforge.checkpoint import load_for_inference
 from lmforge.errors import ConfigError
 from lmforge.eval.seq2seq_metrics import TASK_METRICS, score_outputs, write_report
 from lmforge.generate.transduce import decode_texts
+from lmforge.outputs import check_output, staged
 from lmforge.tasks.translate.pairs import read_pairs
 from lmforge.tasks.translate.prompts import PairPrompt
 
@@ -46,9 +47,14 @@ def evaluate_seq2seq(
     device: str = "auto",
     source_lang: str | None = None,
     target_lang: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """BLEU and chrF (translate) or ROUGE (summarize) of a seq2seq checkpoint's outputs on a pairs file (or of a gpt
-    fine-tuned on prompted pairs: tasks/translate/prompts.py)."""
+    fine-tuned on prompted pairs: tasks/translate/prompts.py); with `report`, also metrics.json, outputs.jsonl and
+    report.md in that folder (which appears whole at the end, and replaces an existing one only with
+    overwrite=True: lmforge.outputs)."""
+    if report:
+        check_output(report, overwrite=overwrite, inputs=[model, data], flag="--report")
     if task not in TASK_METRICS:
         raise ConfigError(f"task must be one of {', '.join(TASK_METRICS)}, got {task!r}")
     if num_beams < 1:
@@ -60,5 +66,6 @@ def evaluate_seq2seq(
     outputs = decode_sources(lm, sources, num_beams, batch_size)
     scores = {**score_outputs(task, outputs, references), "pairs": len(pairs), "num_beams": num_beams}
     if report:
-        write_report(report, task, scores, sources, outputs, references)
+        with staged(report) as tmp:
+            write_report(tmp, task, scores, sources, outputs, references)
     return scores
