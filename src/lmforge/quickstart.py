@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from lmforge.eval.baseline import unigram_baseline
 from lmforge.eval.perplexity import evaluate
 from lmforge.lm import load
 from lmforge.models.registry import build_model
+from lmforge.outputs import remove, staging_path
 from lmforge.tasks.lm.run import pretrain
 from lmforge.tokenizers import Tokenizer
 from lmforge.train.objectives import build_objective
@@ -49,10 +49,38 @@ def quickstart(
     if not minutes > 0:
         raise ConfigError(f"--minutes must be positive, got {minutes}")
     out = Path(out)
+    old = None
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise DataError(f"{out} already holds a quickstart; pass --overwrite or choose another --out")
-        shutil.rmtree(out)
+        # Moved aside, not deleted: it is removed only once the new quickstart is complete, and put back if the
+        # new one fails or is interrupted.
+        old = staging_path(out, "old")
+        remove(old)
+        os.replace(out, old)
+    try:
+        figures = run_quickstart(corpus, out, minutes, preset, vocab_size, seed, max_steps, console)
+    except BaseException:
+        if old is not None:
+            remove(out)
+            os.replace(old, out)
+        raise
+    if old is not None:
+        remove(old)
+    return figures
+
+
+def run_quickstart(
+    corpus: str,
+    out: Path,
+    minutes: float,
+    preset: str,
+    vocab_size: int,
+    seed: int,
+    max_steps: int | None,
+    console: Console,
+) -> dict:
+    """The quickstart's work into `out` (which quickstart() has emptied or moved aside)."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 

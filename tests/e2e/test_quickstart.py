@@ -59,6 +59,22 @@ def test_quickstart_on_a_single_file_holds_out_its_end(tmp_path, capsys):
     assert "holding out the last 10%" in capsys.readouterr().out
     manifest = json.loads((out / "data" / "manifest.json").read_text())
     assert manifest["options"]["split"] == "tail" and manifest["splits"]["val"]["tokens"] > 0
+    # --overwrite removes the earlier quickstart only once the new one is complete: a new one that fails leaves
+    # the earlier one as it was (it was deleted before anything new existed).
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    argv = [
+        "quickstart",
+        "--corpus",
+        str(tmp_path / "missing"),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--max-steps",
+        "5",
+    ]
+    assert main(argv) == 2
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".old-")]
 
 
 def test_the_budget_is_sized_from_timed_training_steps(char_data):
