@@ -336,6 +336,34 @@ def test_a_body_that_never_finishes_gets_408_and_the_connection_closes(port):
     assert received.startswith(b"HTTP/1.1 408") and b"request_timeout" in received
 
 
+def test_a_body_over_the_limit_is_read_before_the_413(app, port):
+    """The server used to answer 413 and close with the body unread: the close reset the connection, and the client
+    (still sending) saw a reset instead of the answer."""
+    body = b'{"prompt": "' + b"a" * (2 * app.state.max_body_bytes) + b'"}'
+    for _ in range(3):
+        client = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        head = f"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n"
+        client.sendall(head.encode() + body)
+        received = b""
+        while chunk := client.recv(65536):
+            received += chunk
+        client.close()
+        assert received.startswith(b"HTTP/1.1 413") and b"request_too_large" in received
+
+
+@pytest.mark.parametrize("head", [b"", b"GET /health HTTP/1.1\r\nHost: loc"], ids=["nothing", "half a head"])
+def test_a_request_head_that_never_finishes_is_dropped(port, head):
+    """uvicorn's own idle timer never runs before a first request and stops at any byte: a client that sent
+    nothing, or trickled its headers, was held open forever (slowloris)."""
+    client = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    client.sendall(head)
+    received = b""
+    while chunk := client.recv(65536):  # returns b"" once the server closes the connection
+        received += chunk
+    client.close()
+    assert received == b""
+
+
 def test_an_idle_keep_alive_connection_is_closed(app, port):
     assert server_config(app).timeout_keep_alive == 0.5  # what `lmforge serve` hands to uvicorn
     client = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
