@@ -265,7 +265,9 @@ def test_lora_merge_is_exact_and_only_adapters_and_head_learn(sentiment, tiny_ba
         fields=FIELDS,
         epochs=10,
         batch_size=16,
-        lr=5e-3,
+        # 3e-3, not 5e-3: at 5e-3 one seed in six collapses to chance (0.55); at 3e-3 seeds 0-5 reach 0.89-0.95.
+        # The CI run that failed had the global RNG perturbed by an earlier test in the same worker.
+        lr=3e-3,
         lora=True,
         lora_r=4,
         progress=False,
