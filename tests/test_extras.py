@@ -33,6 +33,9 @@ OPTIONAL = [
     "pyarrow",
     "datasets",
     "datasketch",
+    "opacus",
+    "optuna",
+    "cmaes",
 ]
 
 BLOCKER = f"""
@@ -144,6 +147,9 @@ def test_features_beyond_the_core_name_their_extra(tmp_path):
         from lmforge.eval.ner import entity_metrics
         from lmforge.export.hf import _hf_tokenizer
         from lmforge.export.onnx import export_onnx
+        from lmforge.config import RunConfig, TrainConfig
+        from lmforge.train.objectives import ShuffledEpochs
+        from lmforge.train.privacy import DPSGD, DPOptions
 
         open("t.parquet", "wb").write(b"PAR1")
         (parquet,) = expand_inputs(["t.parquet"])
@@ -156,8 +162,9 @@ def test_features_beyond_the_core_name_their_extra(tmp_path):
             extra_of(entity_metrics, [["B-PER"]], [["B-PER"]]),
             extra_of(_hf_tokenizer, __import__("pathlib").Path(".")),
             extra_of(export_onnx, "no-such-run", "onnx-out"),
+            extra_of(DPSGD, DPOptions(8.0), 100, RunConfig(train=TrainConfig(batch_size=10)), ShuffledEpochs(100, 10)),
         ]
         print(" ".join(found))
     """,
     )
-    assert out.split() == ["zh", "dedup", "parquet", "tasks", "tasks", "tasks", "hf", "onnx"]
+    assert out.split() == ["zh", "dedup", "parquet", "tasks", "tasks", "tasks", "hf", "onnx", "privacy"]

@@ -88,6 +88,11 @@ class TrainConfig:
     # as the padded batch, computed on less padding. auto = wherever the objective packs; true insists; false off.
     pack: str = "auto"
     threads: int | None = None  # CPU threads for torch (default: torch's choice)
+    # DP-SGD (train/privacy.py, fine-tuning classifiers): the target epsilon (None: no differential privacy),
+    # delta (below 1 / the number of training examples) and the per-example gradient norm bound.
+    dp_epsilon: float | None = None
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0
 
     def validate(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "log_every", "keep_last"):
@@ -107,6 +112,12 @@ class TrainConfig:
         # Configs of earlier releases hold a boolean for compile.
         self.compile = switch("train.compile", self.compile)
         self.pack = switch("train.pack", self.pack)
+        if self.dp_epsilon is not None and not self.dp_epsilon > 0:
+            raise ConfigError(f"the privacy budget epsilon must be positive, got {self.dp_epsilon}")
+        if not 0 < self.dp_delta < 1:
+            raise ConfigError(f"the privacy parameter delta must be between 0 and 1, got {self.dp_delta}")
+        if not self.dp_max_grad_norm > 0:
+            raise ConfigError(f"the per-example gradient bound must be positive, got {self.dp_max_grad_norm}")
 
 
 @dataclass

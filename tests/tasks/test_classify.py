@@ -21,12 +21,13 @@ BAD = ["bad", "awful", "boring", "dull", "poor"]
 FILL = ["the", "film", "was", "a", "plot", "really", "quite", "story", "acting", "and", "music", "it"]
 
 
-def reviews(n: int, seed: int) -> list[tuple[str, str]]:
+def reviews(n: int, seed: int, fill: int = 5) -> list[tuple[str, str]]:
+    """n (text, label) pairs: `fill` filler words and one word that decides the label, shuffled."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         label = rng.choice(["pos", "neg"])
-        words = rng.sample(FILL, 5) + [rng.choice(GOOD if label == "pos" else BAD)]
+        words = rng.sample(FILL, fill) + [rng.choice(GOOD if label == "pos" else BAD)]
         rng.shuffle(words)
         out.append((" ".join(words), label))
     return out

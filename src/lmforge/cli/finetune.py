@@ -134,6 +134,26 @@ def register(subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--dp-epsilon",
+        type=float,
+        metavar="EPS",
+        help="train with DP-SGD (Opacus; classify, nli) to (EPS, --dp-delta)-differential privacy: noise "
+        "calibrated to EPS for the planned steps, Poisson-sampled batches, per-example clipping; the spent epsilon "
+        'is logged and written to the results and the model card (pip install "lmforge[privacy]")',
+    )
+    p.add_argument(
+        "--dp-delta",
+        type=float,
+        default=1e-5,
+        help="DP-SGD's delta, below 1 / training examples (default 1e-5)",
+    )
+    p.add_argument(
+        "--dp-max-grad-norm",
+        type=float,
+        default=1.0,
+        help="DP-SGD: clip each example's gradient to this norm",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --out from its latest checkpoint, exactly (Ctrl-C saves one first); "
@@ -205,6 +225,9 @@ def run_finetune(args) -> int:
         source_lang=args.source_lang,
         target_lang=args.target_lang,
         resume=args.resume,
+        dp_epsilon=args.dp_epsilon,
+        dp_delta=args.dp_delta,
+        dp_max_grad_norm=args.dp_max_grad_norm,
     )
     if isinstance(result, dict):  # cross-validation
         if args.json:
@@ -233,6 +256,10 @@ def run_finetune(args) -> int:
         print(f"trained {result.step} steps in {result.seconds:.0f}s (stopped by {result.stop_reason})")
         if result.metrics:
             print(f"dev: {describe_scores(result.metrics)}")
+        if "dp_epsilon" in result.metrics:
+            print(
+                f"privacy: epsilon {result.metrics['dp_epsilon']:.2f} spent at delta {result.metrics['dp_delta']:g}"
+            )
         print(f"best checkpoint: {result.best}")
     return 0
 

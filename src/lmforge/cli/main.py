@@ -16,6 +16,7 @@ from lmforge.version import __version__
 VERB_MODULES = [
     "quickstart",
     "prepare",
+    "scrub",
     "tokenizer",
     "pretrain",
     "evaluate",
@@ -31,6 +32,8 @@ VERB_MODULES = [
     "distill",
     "export",
     "serve",
+    "explain",
+    "tune",
 ]
 
 DESCRIPTION = """\
@@ -38,6 +41,7 @@ lmforge takes a language model from raw text to a model people use.
 
 The lifecycle, one verb per stage:
   prepare     clean text, train a tokenizer, write token shards
+  scrub       replace personal data and secrets in text with typed placeholders (<EMAIL>, <PHONE>, ...)
   tokenizer   train / encode / decode / inspect tokenizers
   pretrain    train a model on token shards (resumable)
   evaluate    loss, perplexity and bits per byte of a checkpoint (--task: classification, NER, QA, BLEU/ROUGE)
@@ -54,6 +58,8 @@ The lifecycle, one verb per stage:
   distill     train a smaller GPT or classifier against a teacher's soft targets, teacher vs student report
   export      a GPT or classifier as ONNX graphs for onnxruntime (--format onnx)
   serve       an OpenAI-compatible HTTP server (and playground) for a checkpoint
+  explain     why a model decided: attention maps, Integrated Gradients and Shapley values over words
+  tune        hyperparameter search over pretrain / finetune runs (Optuna: grid, TPE, CMA-ES, ...)
   quickstart  all of the above on a built-in corpus, in about 5 minutes
 """
 

@@ -131,6 +131,18 @@ def register(subparsers) -> None:
         metavar="en|zh|PATH",
         help="remove these stopwords (a built-in list or a file with one word per line); use --segment for Chinese",
     )
+    p.add_argument(
+        "--scrub-pii",
+        action="store_true",
+        help="replace e-mails, phone numbers, IPs, cards, IBANs, IDs, SSNs, URL credentials and secrets with "
+        "placeholders (<EMAIL>, <PHONE>, ...; as `lmforge scrub` does), counted per type in the manifest",
+    )
+    p.add_argument(
+        "--pii-ner",
+        metavar="CKPT",
+        help="with --scrub-pii: also replace the person, organisation and location names this lmforge NER "
+        "checkpoint finds (<PERSON>, <ORG>, <LOCATION>)",
+    )
     p.add_argument("--encoding", default="utf-8", help="encoding of text, JSON and CSV inputs")
     p.add_argument(
         "--tokenizer-train-bytes",
@@ -165,13 +177,19 @@ def summary(manifest: dict, out: str) -> str:
     lines.append(
         f"  removed: {r['empty']:,} empty, {r['duplicates']:,} duplicates, {r['near_duplicates']:,} near duplicates"
     )
+    if "pii" in manifest:
+        found = ", ".join(f"{n:,} {kind}" for kind, n in manifest["pii"].items()) or "nothing found"
+        lines.append(f"  PII replaced: {sum(manifest['pii'].values()):,} ({found})")
     return "\n".join(lines)
 
 
 def run(args) -> int:
+    from lmforge.cli.scrub import options_from
     from lmforge.data.prepare import prepare  # imports numpy/torch: only when the verb runs
     from lmforge.errors import ConfigError
 
+    if args.pii_ner and not args.scrub_pii:
+        raise ConfigError("--pii-ner finds names for --scrub-pii; give both")
     if args.add_eos:
         if args.doc_split not in ("file", "line"):
             raise ConfigError(
@@ -201,6 +219,7 @@ def run(args) -> int:
         overwrite=args.overwrite,
         progress=True,
         val_inputs=args.val,
+        scrub_pii=options_from(None, args.pii_ner) if args.scrub_pii else False,
     )
     if args.json:
         print_json(manifest)

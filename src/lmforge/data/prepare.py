@@ -26,6 +26,7 @@ from pathlib import Path
 
 from lmforge.data.clean import HTML_MODES, NORMALIZATION_FORMS, Cleaner, load_stopwords
 from lmforge.data.dedup import DigestSet, NearDuplicateFilter
+from lmforge.data.scrub import Scrubber, ScrubOptions, add_counts
 from lmforge.data.shards import MANIFEST_FORMAT, SHARD_TOKENS, ShardWriter, token_dtype
 from lmforge.data.sources import PIECE_CHARS, Source, check_encoding, expand_inputs, iter_pieces
 from lmforge.errors import ConfigError, DataError, EmptySplitError, TokenizerError
@@ -148,9 +149,11 @@ class _Progress:
 class _Pass1:
     """Streams every source through the cleaner and the deduplicators into the record file."""
 
-    def __init__(self, opts: dict, cleaner: Cleaner, docs_fh, splits_fh):
+    def __init__(self, opts: dict, cleaner: Cleaner, docs_fh, splits_fh, scrubber: Scrubber | None = None):
         self.opts = opts
         self.cleaner = cleaner
+        self.scrubber = scrubber  # --scrub-pii: PII replaced after cleaning, before deduplication
+        self.pii: dict[str, int] = {}  # items replaced, per type, in the documents kept
         self.docs_fh = docs_fh
         self.splits_fh = splits_fh  # one byte per kept document (1 = val) with split="doc", else None
         # Keyed by the seed: the split of a document depends on (seed, text) only.
@@ -168,6 +171,7 @@ class _Pass1:
         # With --val files the split is given: their documents are val, every other one is train.
         self.forced_val = source.val if self.opts["val_inputs"] else None
         self.doc = self.cleaner.document(html_source=source.kind == "html")
+        self.scrub = self.scrubber.stream() if self.scrubber is not None else None
         self.hash = self._hash0.copy()
         self.minhash = self.near.new() if self.near else None
         self.buf: list[bytes] = []
@@ -189,6 +193,8 @@ class _Pass1:
 
     def _feed(self, piece: str, last: bool) -> None:
         text = self.doc.feed(piece, last)
+        if self.scrub is not None:
+            text = self.scrub.feed(text, last)
         if text:
             data = text.encode("utf-8")
             self.hash.update(data)
@@ -229,6 +235,8 @@ class _Pass1:
             self.kept["val" if is_val else "train"][1] += self.nbytes
         self.total_bytes += self.nbytes
         self.documents += 1
+        if self.scrub is not None:
+            add_counts(self.pii, self.scrub.counts)
         return is_val, self.nbytes
 
     def run(self, sources: list[Source], progress: _Progress) -> list[dict]:
@@ -508,6 +516,7 @@ def prepare(
     overwrite: bool = False,
     progress: bool = True,
     val_inputs: list[str] | None = None,
+    scrub_pii: bool | ScrubOptions = False,
 ) -> dict:
     """Clean `inputs`, train (or load) a tokenizer and write train/val token shards into `out`.
 
@@ -515,7 +524,9 @@ def prepare(
     `tokenizer` is a kind to train ("char", "bpe", "wordpiece", "unigram") or the path of a tokenizer.json
     (or of a folder holding one) to use as it is; `vocab_size` only matters when training.
     `val_inputs` (e.g. a benchmark's own validation file) become the validation split as they are, instead of
-    a held-out fraction of `inputs`.
+    a held-out fraction of `inputs`. `scrub_pii` replaces personal data and secrets in the cleaned text with
+    typed placeholders (lmforge.data.scrub, as `lmforge scrub` does; a ScrubOptions chooses the types and a
+    finder of names); the manifest's "pii" counts them per type.
     Raises DataError / TokenizerError / ConfigError (one sentence each) for unusable inputs or options.
     """
     if isinstance(inputs, (str, os.PathLike)):
@@ -545,6 +556,8 @@ def prepare(
             "stopwords": stopwords,
             "encoding": encoding,
             "tokenizer_train_bytes": tokenizer_train_bytes,
+            "scrub_pii": bool(scrub_pii),
+            "scrub": scrub_pii if isinstance(scrub_pii, ScrubOptions) else ScrubOptions(),
         }
     )
     out = check_output(out, overwrite=bool(overwrite), error=DataError)
@@ -582,7 +595,8 @@ def _run(
     with open(records_path, "wb", buffering=1 << 20) as docs_fh:
         splits_fh = open(splits_path, "wb", buffering=1 << 16) if doc_mode else None
         try:
-            p1 = _Pass1(opts, cleaner, docs_fh, splits_fh)
+            scrubber = Scrubber(opts["scrub"]) if opts["scrub_pii"] else None
+            p1 = _Pass1(opts, cleaner, docs_fh, splits_fh, scrubber)
             per_source = p1.run(sources, bar)
         finally:
             if splits_fh is not None:
@@ -681,7 +695,8 @@ def _run(
         },
         "sources": per_source,  # documents kept from each source and their cleaned UTF-8 bytes
         "removed": dict(removed),
-        "options": {k: v for k, v in opts.items()},
+        **({"pii": dict(sorted(p1.pii.items()))} if opts["scrub_pii"] else {}),
+        "options": {k: v for k, v in opts.items() if k != "scrub"},
         "seed": opts["seed"],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -135,7 +135,8 @@ class Bert(nn.Module):
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
-        positions = torch.arange(T, device=idx.device)
+        # (B, T), not (T,) broadcast: per-example gradients (DP-SGD, train/privacy.py) need the batch dimension
+        positions = torch.arange(T, device=idx.device).expand(B, T)
         types = token_type_ids if token_type_ids is not None else torch.zeros_like(idx)
         x = self.drop(self.emb_norm(self.tok_emb(idx) + self.pos_emb(positions) + self.type_emb(types)))
         mask = None

@@ -101,7 +101,12 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
         self.mlp = MLP(cfg.n_embd, cfg.hidden, cfg.activation, cfg.dropout, cfg.bias)
 
-    def forward(self, x, rope=None, cache=None, pos=0, mask=None):
+    def forward(self, x, rope=None, cache=None, pos=0, mask=None, need_weights: bool = False):
+        """The block's output; with need_weights, (output, attention weights (B, n_head, T, pos+T))."""
+        if need_weights:
+            a, weights = self.attn(self.attn_norm(x), rope, cache, pos, mask, need_weights=True)
+            x = x + a
+            return x + self.mlp(self.mlp_norm(x)), weights
         x = x + self.attn(self.attn_norm(x), rope, cache, pos, mask)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -146,7 +151,8 @@ class GPT(nn.Module):
         key_mask: torch.Tensor | None = None,
         last_only: bool = False,
         segments: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        output_attentions: bool = False,
+    ):
         """Final hidden states (B, T, n_embd) for token ids (B, T) that start at position `pos` (> 0 only with a
         cache): what the output layer reads, and what a classification head pools.
 
@@ -155,6 +161,8 @@ class GPT(nn.Module):
         `last_only` keeps the last position only (the prefill of generation needs nothing else).
         `segments` (B, T), a document number per token, is for packed training rows (several examples in one row,
         no cache): each token attends only to earlier tokens of its own document, whose positions start at 0.
+        `output_attentions` returns (hidden, maps) with each layer's (B, n_head, T, pos+T) attention weights, from
+        the explicit softmax path (models/layers.py) instead of scaled_dot_product_attention.
         """
         B, T = idx.shape
         if pos + T > self.config.block_size:
@@ -184,11 +192,16 @@ class GPT(nn.Module):
         else:
             rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])
         x = self.drop(x)
+        maps = []
         for block in self.blocks:
-            x = block(x, rope, cache, pos, mask)
+            if output_attentions:
+                x, weights = block(x, rope, cache, pos, mask, need_weights=True)
+                maps.append(weights)
+            else:
+                x = block(x, rope, cache, pos, mask)
         if last_only:
             x = x[:, -1:]
-        return self.norm(x)
+        return (self.norm(x), maps) if output_attentions else self.norm(x)
 
     def forward(
         self,

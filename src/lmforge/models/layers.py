@@ -1,6 +1,13 @@
-"""Building blocks shared by the Transformer models: norms, rotary embeddings, attention with a KV cache, MLPs."""
+"""Building blocks shared by the Transformer models: norms, rotary embeddings, attention with a KV cache, MLPs.
+
+Attention runs through `scaled_dot_product_attention` (the fast path). With `need_weights=True` the attention
+modules compute softmax(QK^T / sqrt(d) + mask) step by step instead (`explicit_attention`) and also return the
+weights, (B, H, T, S): the maps lmforge.explain shows, tested to give the same outputs as the fast path.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +45,29 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x * cos + rotated * sin).to(x.dtype)
+
+
+def explicit_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(QK^T / sqrt(d) + mask) V and the weights (B, H, T, S), as `scaled_dot_product_attention` computes
+    them without dropout: `mask` is True where a query may attend to a key; `causal` lets query i (of the last T
+    keys) see keys up to itself; fewer key/value heads than query heads are shared as with `enable_gqa`."""
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    T, S = q.shape[-2], k.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if causal:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(-1)
+    return weights @ v, weights
 
 
 class KVCache:
@@ -87,9 +117,11 @@ class CausalSelfAttention(nn.Module):
         cache: KVCache | None = None,
         pos: int = 0,
         mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        need_weights: bool = False,
+    ):
         """x (B, T, C) at positions pos.. pos+T-1. `mask` (B, 1, T, pos+T), True where a query may attend to a key,
-        replaces the causal mask when rows are padded (batched prompts of different lengths)."""
+        replaces the causal mask when rows are padded (batched prompts of different lengths). With need_weights,
+        (output, weights (B, n_head, T, pos+T)) from the explicit path (no attention dropout)."""
         B, T, C = x.shape
         kv_width = self.n_kv_head * self.head_dim
         q, k, v = self.qkv_proj(x).split([self.n_head * self.head_dim, kv_width, kv_width], dim=-1)
@@ -106,17 +138,22 @@ class CausalSelfAttention(nn.Module):
             # New tokens after a cached prefix: each sees the whole prefix and the new tokens up to itself.
             mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
             causal = False
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=causal,
-            enable_gqa=self.n_kv_head != self.n_head,
-        )
+        weights = None
+        if need_weights:
+            y, weights = explicit_attention(q, k, v, mask, causal)
+        else:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=causal,
+                enable_gqa=self.n_kv_head != self.n_head,
+            )
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
-        return self.resid_dropout(self.o_proj(y))
+        out = self.resid_dropout(self.o_proj(y))
+        return (out, weights) if need_weights else out
 
 
 class MLP(nn.Module):
@@ -164,12 +201,22 @@ class Attention(nn.Module):
         return tuple(t.view(B, S, self.n_head, self.head_dim).transpose(1, 2) for t in (k, v))
 
     def forward(
-        self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """x (B, T, C) attends to kv; mask (B, 1, 1, S) is True where a memory position may be attended to."""
+        self,
+        x: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+    ):
+        """x (B, T, C) attends to kv; mask (B, 1, 1, S) is True where a memory position may be attended to. With
+        need_weights, (output, weights (B, n_head, T, S)) from the explicit path (no attention dropout)."""
         B, T, C = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        y = F.scaled_dot_product_attention(
-            q, *kv, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.resid_dropout(self.o_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+        weights = None
+        if need_weights:
+            y, weights = explicit_attention(q, *kv, mask)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, *kv, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            )
+        out = self.resid_dropout(self.o_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+        return (out, weights) if need_weights else out

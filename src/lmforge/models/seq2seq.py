@@ -92,6 +92,12 @@ def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
     return table
 
 
+def keep(out: tuple[torch.Tensor, torch.Tensor], maps: list) -> torch.Tensor:
+    """The output of an attention called with need_weights; its weights go to `maps`."""
+    maps.append(out[1])
+    return out[0]
+
+
 def residual(x: torch.Tensor, norm: nn.Module, sublayer, pre: bool) -> torch.Tensor:
     """Pre-LN: x + f(norm(x)); post-LN (the paper): norm(x + f(x))."""
     return x + sublayer(norm(x)) if pre else norm(x + sublayer(x))
@@ -106,8 +112,14 @@ class EncoderLayer(nn.Module):
         self.mlp_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
         self.mlp = MLP(cfg.n_embd, cfg.hidden, "gelu_tanh", cfg.dropout, cfg.bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = residual(x, self.attn_norm, lambda h: self.attn(h, self.attn.keys_values(h), mask), self.pre)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, maps: list | None = None) -> torch.Tensor:
+        """The layer's output; with a `maps` list, the self-attention weights are appended to it (explicit path)."""
+
+        def attend(h):
+            out = self.attn(h, self.attn.keys_values(h), mask, need_weights=maps is not None)
+            return out if maps is None else keep(out, maps)
+
+        x = residual(x, self.attn_norm, attend, self.pre)
         return residual(x, self.mlp_norm, self.mlp, self.pre)
 
 
@@ -122,9 +134,23 @@ class DecoderLayer(nn.Module):
         self.mlp_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
         self.mlp = MLP(cfg.n_embd, cfg.hidden, "gelu_tanh", cfg.dropout, cfg.bias)
 
-    def forward(self, x, memory_kv, mask, cache: KVCache | None = None, pos: int = 0) -> torch.Tensor:
-        x = residual(x, self.self_norm, lambda h: self.self_attn(h, None, cache, pos), self.pre)
-        x = residual(x, self.cross_norm, lambda h: self.cross_attn(h, memory_kv, mask), self.pre)
+    def forward(
+        self, x, memory_kv, mask, cache: KVCache | None = None, pos: int = 0, maps: tuple | None = None
+    ) -> torch.Tensor:
+        """The layer's output; with `maps` (two lists), the self- and cross-attention weights are appended to
+        them (explicit path)."""
+        need = maps is not None
+
+        def attend_self(h):
+            out = self.self_attn(h, None, cache, pos, need_weights=need)
+            return out if maps is None else keep(out, maps[0])
+
+        def attend_memory(h):
+            out = self.cross_attn(h, memory_kv, mask, need_weights=need)
+            return out if maps is None else keep(out, maps[1])
+
+        x = residual(x, self.self_norm, attend_self, self.pre)
+        x = residual(x, self.cross_norm, attend_memory, self.pre)
         return residual(x, self.mlp_norm, self.mlp, self.pre)
 
 
@@ -227,6 +253,22 @@ class Seq2Seq(nn.Module):
         """Teacher-forced logits (B, T, vocab). Pad targets at the end: causal attention keeps real tokens from
         seeing later padding, so only the source needs a mask (and padded labels are ignored by the loss)."""
         return self.decode(tgt_in, self.encode(src, src_mask), src_mask)
+
+    def attentions(
+        self, src: torch.Tensor, tgt_in: torch.Tensor, src_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+        """Teacher-forced logits, as forward() computes them, and every layer's attention weights from the explicit
+        path: "encoder" (B, H, S, S), "decoder" self-attention (B, H, T, T) and "cross" (B, H, T, S)."""
+        maps: dict[str, list[torch.Tensor]] = {"encoder": [], "decoder": [], "cross": []}
+        x = self._embed(self.tok_emb, src)
+        mask = self._attn_mask(src_mask)
+        for layer in self.encoder:
+            x = layer(x, mask, maps["encoder"])
+        memory = self.enc_norm(x)
+        y = self._embed(self._dec_table, tgt_in)
+        for layer in self.decoder:
+            y = layer(y, layer.cross_attn.keys_values(memory), mask, maps=(maps["decoder"], maps["cross"]))
+        return self.lm_head(self.dec_norm(y)), maps
 
     # ---- incremental decoding (greedy and sampling here; a beam search calls the same step) -------------------
     def start_decoding(self, memory: torch.Tensor, src_mask: torch.Tensor | None = None) -> DecoderState:

@@ -6,6 +6,8 @@
     POST /v1/translate   {"text": text | [text], "num_beams", "max_tokens"}    an encoder-decoder
     POST /v1/summarize   the same, for a checkpoint fine-tuned with --task summarize
     POST /v1/embeddings  OpenAI's request and response                         GPT, BERT-style, classifier, tagger
+    POST /v1/explain     {"input": text | {"text", "text_pair"}, "method": "ig" | "shap", "target"}
+                         a classifier's (or tagger's) attributions: lmforge.explain's JSON (one object)
 
 Each answers `{"object": "list", "model", "data": [{"index": i, ...}, ...]}`, one item per input in input order,
 and calls what the library already has (the task pipelines, `LM.transduce`) in the batcher's worker thread, so the
@@ -29,6 +31,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from lmforge.errors import ConfigError, LmforgeError
+from lmforge.explain import explain
 from lmforge.models.bert import Bert
 from lmforge.models.classifier import BackboneWithHead
 from lmforge.models.gpt import GPT
@@ -65,6 +68,17 @@ class QAItem(RequestBody):
     model: str | None = None
     question: str
     context: str
+
+
+class ExplainRequest(RequestBody):
+    model: str | None = None
+    input: str | dict
+    method: Literal["ig", "shap"] = "ig"
+    target: str | None = None
+    samples: int = 64
+
+
+MAX_EXPLAIN_SAMPLES = 512
 
 
 class TranslateRequest(RequestBody):
@@ -243,6 +257,32 @@ def add_task_routes(router: APIRouter, served: Served, batcher: Batcher, limits:
         pairs = [{"question": item.question, "context": item.context} for item in items]
         answers = await run_in_worker(batcher, lambda: served.pipeline(pairs), limits, "question", request)
         return listing(served, [{"index": i, **a} for i, a in enumerate(answers)])
+
+    @router.post("/explain")
+    async def explain_route(req: ExplainRequest, request: Request):
+        served.require("ner" if served.kind == "ner" else "classify")
+        text, pair = (
+            (req.input, None)
+            if isinstance(req.input, str)
+            else (req.input.get("text"), req.input.get("text_pair"))
+        )
+        if not isinstance(text, str) or not isinstance(pair, (str, type(None))):
+            raise ApiError(400, "input must be a text or {'text', 'text_pair'} with texts", param="input")
+        _check_text(text, "input")
+        if pair is not None:
+            _check_text(pair, "input.text_pair")
+        if not 1 <= req.samples <= MAX_EXPLAIN_SAMPLES:
+            raise ApiError(
+                400,
+                f"samples must be between 1 and {MAX_EXPLAIN_SAMPLES}, got {req.samples}",
+                param="samples",
+            )
+
+        def run():
+            return explain(served.lm, text, req.method, req.target, pair, samples=req.samples)
+
+        result = await run_in_worker(batcher, run, limits, "input", request)
+        return {"object": "explanation", "model": served.name, **result.to_json()}
 
     for kind in ("translate", "summarize"):
         router.add_api_route(f"/{kind}", _seq2seq_route(kind, served, batcher, limits), methods=["POST"])

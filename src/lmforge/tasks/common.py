@@ -35,6 +35,8 @@ class FineTuneOptions:
     max_minutes: float | None = None
     seed: int = 0
     overrides: dict | list[str] | None = None
+    # RunSpec.on_evaluate of the run: (step, val metrics) -> True to stop it (lmforge tune reports and prunes)
+    on_evaluate: Callable[[int, dict], bool] | None = None
 
     def validate(self) -> None:
         if not self.epochs > 0 or self.batch_size < 1:

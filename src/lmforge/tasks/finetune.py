@@ -4,7 +4,9 @@ module (tasks/classify, ner, qa, translate, chat). The CLI's `lmforge finetune` 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
+from lmforge.config import parse_overrides
 from lmforge.errors import ConfigError
 from lmforge.tasks.chat.run import finetune_chat
 from lmforge.tasks.classify.examples import Fields
@@ -47,6 +49,10 @@ def finetune(
     source_lang: str | None = None,
     target_lang: str | None = None,
     resume: bool = False,
+    dp_epsilon: float | None = None,
+    dp_delta: float = 1e-5,
+    dp_max_grad_norm: float = 1.0,
+    on_evaluate: Callable[[int, dict], bool] | None = None,
 ) -> RunResult | dict:
     """Fine-tune a classifier (or, with task "ner" / "qa", a tagger / an extractive QA model; with "translate" /
     "summarize", a model on source/target pairs, `source_field` and `target_field` (or parallel files
@@ -68,6 +74,17 @@ def finetune(
         raise ConfigError(f"--source-lang and --target-lang are for translate and summarize, not {task}")
     if task in ("translate", "summarize", "chat") and max_length is not None:
         raise ConfigError(f"--max-length does not apply to {task}: the model's own context is the limit")
+    if (
+        dp_epsilon is not None
+    ):  # DP-SGD: the train.dp_* keys (train/privacy.py), before the command's own overrides
+        if task not in ("classify", "nli"):
+            raise ConfigError(f"--dp-epsilon (DP-SGD) is for classify and nli so far, not {task}")
+        dp = {
+            "train.dp_epsilon": dp_epsilon,
+            "train.dp_delta": dp_delta,
+            "train.dp_max_grad_norm": dp_max_grad_norm,
+        }
+        overrides = {**dp, **parse_overrides(overrides)}
     if resume and folds is not None:
         raise ConfigError("--resume continues one run; cross-validation (--folds) starts its folds afresh")
     options = FineTuneOptions(
@@ -78,6 +95,7 @@ def finetune(
         max_minutes=max_minutes,
         seed=seed,
         overrides=overrides,
+        on_evaluate=on_evaluate,
     )
     common = dict(options=options, max_examples=max_examples, progress=progress, resume=resume)
     if task in ("translate", "summarize"):

@@ -302,6 +302,13 @@ class ShuffledEpochs:
         self.lengths = None if lengths is None else torch.tensor(lengths)
         self.perm: torch.Tensor | None = None
         self.pos = 0
+        self.poisson_rate: float | None = None  # set by DP-SGD (train/privacy.py): Poisson-sampled batches
+
+    def poisson(self, rate: float) -> None:
+        """Draw every batch by Poisson sampling instead of shuffled epochs: each example is in it with
+        probability `rate`, independently (what DP-SGD's privacy accounting assumes). An empty draw is drawn again
+        (probability (1 - rate) ** n_examples, e.g. 1e-14 for an expected batch of 32)."""
+        self.poisson_rate = rate
 
     def _epoch_order(self, generator: torch.Generator) -> torch.Tensor:
         perm = torch.randperm(self.n_examples, generator=generator)
@@ -316,6 +323,10 @@ class ShuffledEpochs:
         return torch.cat(shuffled + last)
 
     def next_indices(self, generator: torch.Generator) -> list[int]:
+        while self.poisson_rate is not None:
+            chosen = torch.rand(self.n_examples, generator=generator) < self.poisson_rate
+            if chosen.any():
+                return chosen.nonzero().flatten().tolist()
         if self.perm is None or self.pos >= self.n_examples:  # a new epoch, in a new order
             self.perm, self.pos = self._epoch_order(generator), 0
         chosen = self.perm[self.pos : self.pos + self.batch_size].tolist()

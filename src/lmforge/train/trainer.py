@@ -50,7 +50,7 @@ class RunResult:
     run_dir: Path
     step: int
     tokens: int
-    stop_reason: str  # max_steps | max_minutes | max_tokens | early_stop | interrupted | fitted
+    stop_reason: str  # max_steps | max_minutes | max_tokens | early_stop | stopped | interrupted | fitted
     latest: Path | None = None
     best: Path | None = None
     metrics: dict = field(
@@ -79,6 +79,39 @@ class WeightsIO:
     restore: Callable[[nn.Module, Path, dict], None] | None = None
 
 
+class TrainHook:
+    """A change to how the one loop trains, plugged into a RunSpec instead of the loop (DP-SGD: train/privacy.py).
+    Every method has a do-nothing default."""
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """The model to train (and save), from the one `build_model` made; before the optimizer is built."""
+        return model
+
+    def wrap(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """The module the loss runs through and the optimizer that steps; once, before training."""
+        return model, optimizer
+
+    def after_step(self, step: int) -> dict:
+        """Called after each optimizer step; scalar metrics logged with the step and kept in results."""
+        return {}
+
+    def describe(self) -> str:
+        """A note added to each validation's progress line."""
+        return ""
+
+    def card(self) -> list[str]:
+        """Lines of the model card's Training section."""
+        return []
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 @dataclass
 class RunSpec:
     """What a kind of run plugs into the one loop."""
@@ -105,6 +138,10 @@ class RunSpec:
     # (saved checkpoint config, its train state) -> None; raises CheckpointError when this run cannot continue it
     check_resume: Callable[[dict, dict], None] | None = None
     weights: WeightsIO = field(default_factory=WeightsIO)
+    hook: TrainHook | None = None  # how training itself changes (DP-SGD); None: plain training
+    # (step, the val_* metrics of this evaluation) -> True to stop the run now (stop_reason "stopped"); called
+    # after every validation, e.g. to report intermediate values to a hyperparameter search that prunes runs
+    on_evaluate: Callable[[int, dict], bool] | None = None
 
 
 def memory_bytes(device: torch.device) -> int | None:
@@ -168,7 +205,13 @@ class Trainer:
         torch.manual_seed(t.seed)
         random.seed(t.seed)
         np.random.seed(t.seed % 2**32)
-        self.model = spec.build_model().to(self.device)
+        if t.dp_epsilon is not None and spec.hook is None:
+            raise ConfigError(
+                "train.dp_epsilon (DP-SGD) is supported for fine-tuning classifiers (classify, nli) only so far"
+            )
+        self.hook = spec.hook or TrainHook()
+        self.hook_metrics: dict = {}
+        self.model = self.hook.prepare_model(spec.build_model()).to(self.device)
         check_batch_fits(self.model, cfg, self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -185,6 +228,7 @@ class Trainer:
         self.train_model = self.model
         if t.compile == "true" or (t.compile == "auto" and self.device.type == "cuda"):
             self.train_model = torch.compile(self.model)
+        self.train_model, self.optimizer = self.hook.wrap(self.train_model, self.optimizer)
         if resume_from is not None:
             self._restore(resume_from)
 
@@ -206,6 +250,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             **self.spec.weights.extra_state(self.model),
+            "hook": self.hook.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -238,6 +283,7 @@ class Trainer:
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
         self.best_val, self.window, self.last_eval = state["best_val"], state["window"], state["last_eval"]
         self.evals_since_best = state.get("evals_since_best", 0)
+        self.hook.load_state_dict(state.get("hook", {}))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():
@@ -313,6 +359,7 @@ class Trainer:
                         "lr": self.optimizer.param_groups[0]["lr"],
                         "tokens_per_s": tps,
                         "elapsed_s": self.elapsed,
+                        **self.hook_metrics,
                     }
                     self._log(record, writer)
                     bar.update(self.step, loss, tps, self.elapsed, total=self._schedule_length())
@@ -324,7 +371,10 @@ class Trainer:
                     self._evaluate(writer, bar)
                     if t.patience is not None and self.evals_since_best > t.patience:
                         over = "early_stop"
-                if self.step % save_every == 0 or last:
+                    if self.spec.on_evaluate is not None and self.last_eval:
+                        if self.spec.on_evaluate(self.step, dict(self.last_eval)) and over is None:
+                            over = "stopped"
+                if self.step % save_every == 0 or last or over == "stopped":
                     self._save(bar)
                 if self.stop_signal is not None:
                     stop_reason = "interrupted"
@@ -344,7 +394,7 @@ class Trainer:
             stop_reason=stop_reason,
             latest=ckpt.pointed(self.run_dir, "latest"),
             best=ckpt.pointed(self.run_dir, "best"),
-            metrics=dict(self.last_eval),
+            metrics={**self.last_eval, **self.hook_metrics},
             seconds=self.elapsed,
             tokens_per_s=self.tokens / max(self.elapsed, 1e-9),
         )
@@ -378,6 +428,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self.hook_metrics = self.hook.after_step(self.step + 1)
         return total
 
     def _schedule_length(self) -> int:
@@ -432,7 +483,7 @@ class Trainer:
             improved = (value if mode == "min" else -value) < self.best_val
             self.evals_since_best = 0 if improved else self.evals_since_best + 1
         self._log({"step": self.step, "tokens": self.tokens, **self.last_eval}, writer)
-        bar.log(f"step {self.step}: {describe_scores(result)}")
+        bar.log(f"step {self.step}: {describe_scores(result)}{self.hook.describe()}")
 
     def _save(self, bar: TrainProgress) -> None:
         name = f"ckpt-{self.step:07d}"
@@ -449,7 +500,7 @@ class Trainer:
             "data": self.spec.data_info,
             "step": self.step,
             "tokens": self.tokens,
-            "metrics": self.last_eval,
+            "metrics": {**self.last_eval, **self.hook_metrics},
             **self.spec.config_extras,
         }
         path = ckpt.save_checkpoint(
@@ -508,6 +559,7 @@ class Trainer:
         ]
         lines += ["", "## Training", "", f"- steps: {self.step:,}; tokens seen: {self.tokens:,}"]
         lines.append(f"- training time: {self.elapsed / 60:.1f} min on {self.device}")
+        lines += self.hook.card()
         if self.last_eval:
             lines += ["", "## Evaluation (validation split)", "", describe_scores(self.last_eval)]
         lines += ["", "## Use", "", "```", "lmforge " + self.spec.usage.format(run=self.run_dir), "```", ""]

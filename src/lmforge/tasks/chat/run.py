@@ -127,4 +127,5 @@ def finetune_chat(
     cfg = finetune_config("gpt", model_cfg, len(train_chats), options, options.lr or 1e-4, beta2=None)
     info = {"task": "chat", "train": str(train), "dev": str(dev) if dev else None, "model": str(model)}
     spec = chat_spec(cfg, out, tokenizer, train_chats, dev_chats, pretrained.state_dict(), info)
+    spec.on_evaluate = options.on_evaluate  # a caller's hook (lmforge tune's pruning)
     return Trainer(cfg, spec, out, progress=progress, resume_from=resume_from).run()

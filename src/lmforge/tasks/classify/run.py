@@ -41,6 +41,7 @@ from lmforge.tasks.common import (
 )
 from lmforge.train.lora import adapter_state, apply_lora, load_adapted, merge_lora
 from lmforge.train.objectives import ShuffledEpochs
+from lmforge.train.privacy import DPSGD, DPOptions
 from lmforge.train.trainer import RunResult, RunSpec, Trainer, WeightsIO
 
 
@@ -174,6 +175,8 @@ def classify_spec(
         rows, targets, encoder, cfg.train.batch_size, weights, cfg.train.group_by_length
     )
     lora = info.get("lora")  # {"r", "alpha"} or None for full fine-tuning
+    dp = DPOptions.from_config(cfg)  # DP-SGD (--dp-epsilon): Poisson batches, clipped and noised gradients
+    hook = DPSGD(dp, len(rows), cfg, objective) if dp is not None else None
 
     def build():
         model = build_model(cfg.arch, m)
@@ -204,6 +207,7 @@ def classify_spec(
         resume_hint=RESUME_HINT,
         check_resume=resume_check(cfg, info, tokenizer, objective, run_dir),
         weights=lora_weights(lora) if lora else WeightsIO(),
+        hook=hook,
     )
 
 
@@ -291,6 +295,7 @@ def run_classifier(
     spec = classify_spec(
         cfg, out, base.tokenizer, train_examples, dev_examples, base.state, info, class_weights
     )
+    spec.on_evaluate = options.on_evaluate  # a caller's hook (lmforge tune's pruning)
     return Trainer(cfg, spec, out, progress=progress, resume_from=resume_from).run()
 
 

@@ -9,6 +9,7 @@ starts, resumes, or hands a statistical model (the n-gram) to its one-pass fit.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from lmforge import checkpoint as ckpt
@@ -81,11 +82,13 @@ def pretrain(
     max_minutes: float | None = None,
     resume: bool = False,
     progress: bool = True,
+    on_evaluate: Callable[[int, dict], bool] | None = None,
 ) -> RunResult:
     """Train a model on a prepared data directory; checkpoints go to `out` (a run directory).
 
     `overrides` are dotted config keys, e.g. {"model.n_layer": 4, "optim.lr": 3e-4}. `max_steps` and
-    `max_minutes` are shortcuts for train.max_steps / train.max_minutes.
+    `max_minutes` are shortcuts for train.max_steps / train.max_minutes. `on_evaluate` is the run's
+    RunSpec.on_evaluate (step, val metrics) -> True to stop (lmforge tune's pruning).
     """
     run_dir = Path(out)
     overrides = parse_overrides(overrides)
@@ -104,8 +107,11 @@ def pretrain(
             )
         cfg = build_run_config(base=saved["run"], overrides=overrides)
         spec = pretrain_spec(cfg, data, resume_from=latest)
+        spec.on_evaluate = on_evaluate
         return Trainer(cfg, spec, run_dir, progress=progress, resume_from=latest).run()
     cfg = build_run_config(arch=arch, preset=preset, config_file=config, overrides=overrides)
     if is_statistical(cfg.arch):
         return fit_statistical(cfg, Path(data), run_dir, progress=progress)
-    return Trainer(cfg, pretrain_spec(cfg, data), run_dir, progress=progress).run()
+    spec = pretrain_spec(cfg, data)
+    spec.on_evaluate = on_evaluate
+    return Trainer(cfg, spec, run_dir, progress=progress).run()

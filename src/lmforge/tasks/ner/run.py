@@ -215,4 +215,5 @@ def finetune_ner(
     cfg.model.validate()  # a GPT backbone is refused here, before any sentence is encoded
     info = {"task": "ner", "train": str(train), "dev": str(dev) if dev else None, "backbone": model}
     spec = ner_spec(cfg, out, base.tokenizer, train_sentences, dev_sentences, base.state, info)
+    spec.on_evaluate = options.on_evaluate  # a caller's hook (lmforge tune's pruning)
     return Trainer(cfg, spec, out, progress=progress, resume_from=resume_from).run()
