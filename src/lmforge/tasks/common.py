@@ -18,6 +18,7 @@ from lmforge.config import OptimConfig, RunConfig, TrainConfig, parse_overrides,
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.eval.seq2seq_metrics import looks_chinese
 from lmforge.tokenizers import Tokenizer
+from lmforge.train.trainer import RunSpec
 
 SCRATCH = ("lstm", "gru")  # backbones trained from scratch, with a tokenizer made from the training texts
 RESUME_HINT = "continue with the same `lmforge finetune` command plus --resume"
@@ -182,3 +183,10 @@ def resume_check(
             )
 
     return check
+
+
+def finetune_spec(cfg: RunConfig, run_dir: str | Path, info: dict, **fields) -> RunSpec:
+    """A fine-tune's RunSpec: `fields` as given, plus what every fine-tune shares (it is resumed by repeating its
+    command plus --resume, checked against the checkpoint by resume_check)."""
+    check = resume_check(cfg, info, fields["tokenizer"], fields["objective"], run_dir)
+    return RunSpec(data_info=info, resume_hint=RESUME_HINT, check_resume=check, **fields)

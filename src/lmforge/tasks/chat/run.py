@@ -21,7 +21,7 @@ from lmforge.config import switch
 from lmforge.errors import ConfigError, DataError
 from lmforge.models.registry import build_model, model_config_class
 from lmforge.tasks.chat.template import ChatTemplate, read_conversations
-from lmforge.tasks.common import RESUME_HINT, FineTuneOptions, finetune_config, resume_check
+from lmforge.tasks.common import FineTuneOptions, finetune_config, finetune_spec
 from lmforge.tokenizers import Tokenizer
 from lmforge.train.labels import IGNORE_INDEX
 from lmforge.train.objectives import LabelledSequences, labelled_loss
@@ -84,18 +84,18 @@ def chat_spec(cfg, run_dir, tokenizer: Tokenizer, train, dev, state: dict, info:
     ]
     if dev:
         card.append(f"- dev file: `{info['dev']}` ({len(dev):,} conversations)")
-    return RunSpec(
+    return finetune_spec(
+        cfg,
+        run_dir,
+        {**info, "chat": template.to_dict()},
         tokenizer=tokenizer,
         objective=objective,
         build_model=build,
         validate=validate,
         data_size=f"{len(rows):,} training conversations",
-        data_info={**info, "chat": template.to_dict()},
         data_card=card,
         config_extras={"chat_template": template.jinja()},
         usage="chat {run}",
-        resume_hint=RESUME_HINT,
-        check_resume=resume_check(cfg, info, tokenizer, objective, run_dir),
     )
 
 

@@ -31,13 +31,12 @@ from lmforge.models.registry import build_model
 from lmforge.tasks.classify.encoding import TextEncoder
 from lmforge.tasks.classify.examples import Example, Fields, check_labels, label_set, read_examples
 from lmforge.tasks.common import (
-    RESUME_HINT,
     SCRATCH,
     FineTuneOptions,
     backbone,
     finetune_config,
+    finetune_spec,
     load_backbone,
-    resume_check,
 )
 from lmforge.train.lora import adapter_state, apply_lora, load_adapted, merge_lora
 from lmforge.train.objectives import ShuffledEpochs
@@ -194,18 +193,18 @@ def classify_spec(
     ]
     if dev:
         card.append(f"- dev file: `{info['dev']}` ({len(dev):,} examples)")
-    return RunSpec(
+    return finetune_spec(
+        cfg,
+        run_dir,
+        info,
         tokenizer=tokenizer,
         objective=objective,
         build_model=build,
         validate=validate,
         selection=("val_macro_f1", "max"),
         data_size=f"{len(rows):,} training examples",
-        data_info=info,
         data_card=card,
         usage="predict {run} --input texts.txt",
-        resume_hint=RESUME_HINT,
-        check_resume=resume_check(cfg, info, tokenizer, objective, run_dir),
         weights=lora_weights(lora) if lora else WeightsIO(),
         hook=hook,
     )

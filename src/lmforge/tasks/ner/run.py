@@ -22,13 +22,12 @@ from lmforge.models.modes import eval_mode
 from lmforge.models.registry import build_model
 from lmforge.models.tagger import TaggerConfig
 from lmforge.tasks.common import (
-    RESUME_HINT,
     SCRATCH,
     FineTuneOptions,
     backbone,
     finetune_config,
+    finetune_spec,
     load_backbone,
-    resume_check,
 )
 from lmforge.tasks.ner.conll import Sentence, check_tags, read_conll, scheme_of, tag_set
 from lmforge.tasks.ner.encoding import WordEncoder
@@ -150,18 +149,18 @@ def ner_spec(
     ]
     if dev:
         card.append(f"- dev file: `{info['dev']}` ({len(dev):,} sentences)")
-    return RunSpec(
+    return finetune_spec(
+        cfg,
+        run_dir,
+        info,
         tokenizer=tokenizer,
         objective=objective,
         build_model=build,
         validate=validate,
         selection=("val_f1", "max"),
         data_size=f"{len(rows):,} training sentences",
-        data_info=info,
         data_card=card,
         usage="predict {run} --task ner --input texts.txt",
-        resume_hint=RESUME_HINT,
-        check_resume=resume_check(cfg, info, tokenizer, objective, run_dir),
     )
 
 

@@ -18,7 +18,7 @@ from lmforge import checkpoint as ckpt
 from lmforge.errors import ConfigError, DataError
 from lmforge.models.registry import build_model
 from lmforge.models.span_qa import SpanQAConfig
-from lmforge.tasks.common import RESUME_HINT, FineTuneOptions, finetune_config, load_backbone, resume_check
+from lmforge.tasks.common import FineTuneOptions, finetune_config, finetune_spec, load_backbone
 from lmforge.tasks.qa.squad import QAExample, read_squad, squad_scores
 from lmforge.tasks.qa.windows import Window, best_spans, collate, make_windows, window_logits
 from lmforge.train.objectives import ShuffledEpochs
@@ -95,18 +95,18 @@ def qa_spec(
     ]
     if dev:
         card.append(f"- dev file: `{info['dev']}` ({len(dev):,} questions)")
-    return RunSpec(
+    return finetune_spec(
+        cfg,
+        run_dir,
+        info,
         tokenizer=tokenizer,
         objective=objective,
         build_model=build,
         validate=validate,
         selection=("val_f1", "max"),
         data_size=f"{len(train):,} questions in {len(windows):,} windows",
-        data_info=info,
         data_card=card,
         usage="predict {run} --task qa --input questions.jsonl",
-        resume_hint=RESUME_HINT,
-        check_resume=resume_check(cfg, info, tokenizer, objective, run_dir),
     )
 
 

@@ -27,7 +27,7 @@ from lmforge.generate.transduce import decode_texts
 from lmforge.models.modes import eval_mode
 from lmforge.models.registry import PRESETS, build_model, get_preset, model_config_class
 from lmforge.models.seq2seq import decoder_start_id
-from lmforge.tasks.common import RESUME_HINT, FineTuneOptions, finetune_config, resume_check
+from lmforge.tasks.common import FineTuneOptions, finetune_config, finetune_spec
 from lmforge.tasks.translate.pairs import Pair, read_pairs
 from lmforge.tasks.translate.prompts import CONFIG_KEY, PairPrompt
 from lmforge.tokenizers import Tokenizer
@@ -177,18 +177,18 @@ def pairs_spec(
             f"- decoder-only: sequences `<|eos|> source {prompt.separator!r} target <|eos|>`, the loss on the "
             "target and its end only; sources too long for the context lose their end"
         )
-    return RunSpec(
+    return finetune_spec(
+        cfg,
+        run_dir,
+        data_info,
         tokenizer=tokenizer,
         objective=objective,
         build_model=build,
         validate=validate,
         selection=SELECTION[task],
         data_size=f"{len(rows):,} training pairs",
-        data_info=data_info,
         data_card=card,
         usage=f"evaluate {{run}} --task {task} --data test.tsv --num-beams 4",
-        resume_hint=RESUME_HINT,
-        check_resume=resume_check(cfg, info, tokenizer, objective, run_dir),
     )
 
 
