@@ -26,25 +26,8 @@ import lmforge
 from lmforge import checkpoint as ckpt
 from lmforge.cli.main import main
 from lmforge.errors import CheckpointError
+from tests.e2e.test_cli import TINY
 
-TINY = [
-    "--model.n_layer",
-    "2",
-    "--model.n_head",
-    "2",
-    "--model.n_embd",
-    "32",
-    "--model.block_size",
-    "32",
-    "--train.batch_size",
-    "8",
-    "--train.eval_every",
-    "20",
-    "--train.eval_tokens",
-    "2048",
-    "--train.tensorboard",
-    "false",
-]
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
