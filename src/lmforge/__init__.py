@@ -31,10 +31,16 @@ def __getattr__(name):
         from lmforge.eval.perplexity import evaluate
 
         return evaluate
-    if name in ("finetune", "pipeline"):
-        from lmforge.tasks import finetune, pipeline
+    if name == "finetune":
+        from lmforge.tasks.finetune import finetune
 
-        return {"finetune": finetune.finetune, "pipeline": pipeline.pipeline}[name]
+        return finetune
+    if (
+        name == "pipeline"
+    ):  # lm.py's factory: the LM tasks (text-generation, fill-mask, ...) and tasks/pipeline.py's
+        from lmforge.lm import pipeline
+
+        return pipeline
     if name == "Tokenizer":
         from lmforge.tokenizers import Tokenizer
 

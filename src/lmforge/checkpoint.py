@@ -119,7 +119,7 @@ def _save_torch(obj, path: Path) -> None:
 
 def save_checkpoint(
     folder: str | os.PathLike,
-    model: nn.Module,
+    model: nn.Module | dict[str, torch.Tensor],
     tokenizer: Tokenizer,
     config: dict,
     train_state: dict | None = None,
@@ -127,11 +127,13 @@ def save_checkpoint(
     card: str | None = None,
     overwrite: bool = False,
     inputs: tuple = (),
+    folders: dict[str, Path] | None = None,
 ) -> Path:
     """Write a complete checkpoint folder atomically (lmforge.outputs.staged). An existing non-empty `folder` is
     refused unless overwrite=True (the trainer's own ckpt-N, or a command's --overwrite); `inputs` (what the
     command read) are never inside the folder it replaces. The folder it replaces goes only once the new one is
-    whole."""
+    whole. `model` is a module or its state dict (gathered from several processes); `folders` are finished
+    folders written beside (a distributed run's shards) moved in under the given names before the commit."""
     folder = check_output(folder, overwrite=overwrite, inputs=inputs, error=CheckpointError)
     config = dict(config)
     config["lmforge_version"] = __version__
@@ -142,7 +144,9 @@ def save_checkpoint(
         "sha256": tokenizer.sha256(),
     }
     with staged(folder) as tmp:
-        save_weights(model_state(model), tmp / "model.safetensors")
+        save_weights(model if isinstance(model, dict) else model_state(model), tmp / "model.safetensors")
+        for name, source in (folders or {}).items():
+            os.replace(source, tmp / name)
         _write_file(tmp / "tokenizer.json", tokenizer.to_str().encode("utf-8"))
         _write_file(tmp / "config.json", json.dumps(config, indent=2).encode("utf-8"))
         if train_state is not None:

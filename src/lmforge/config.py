@@ -33,7 +33,10 @@ class OptimConfig:
     nesterov: bool = False  # sgd only
     grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
     schedule: str = "cosine"  # cosine | linear | constant | step
-    warmup_steps: int = 100
+    warmup_steps: int = 100  # capped at a quarter of the run's steps, with a warning (train/optim.py)
+    warmup_ratio: float | None = (
+        None  # set: warm up for this fraction of the run's steps instead of warmup_steps
+    )
     min_lr_ratio: float = 0.1  # cosine/linear decay down to lr * min_lr_ratio
     step_every: int = 1000  # step schedule: multiply lr by step_gamma every step_every steps
     step_gamma: float = 0.5
@@ -50,6 +53,8 @@ class OptimConfig:
         _range("optim.momentum", self.momentum, 0, 1, high_open=True)
         _range("optim.grad_clip", self.grad_clip, 0, None)
         _range("optim.warmup_steps", self.warmup_steps, 0, None)
+        if self.warmup_ratio is not None:
+            _range("optim.warmup_ratio", self.warmup_ratio, 0, 1)
         _range("optim.min_lr_ratio", self.min_lr_ratio, 0, 1)
         _range("optim.step_every", self.step_every, 1, None)
         _range("optim.step_gamma", self.step_gamma, 0, 1)
@@ -93,6 +98,13 @@ class TrainConfig:
     dp_epsilon: float | None = None
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0
+    # Under torchrun (train/distributed.py): batch_size stays the global batch of each micro-step, split across the
+    # data-parallel ranks. auto = ddp, or fsdp when the model's training state would take over a quarter of one
+    # device's memory. tensor_parallel N splits each GPT block's heads and MLP over N ranks. dist_timeout: seconds a
+    # rank waits for the others before the run fails (a dead or stuck rank).
+    strategy: str = "auto"  # auto | ddp | fsdp
+    tensor_parallel: int = 1
+    dist_timeout: float = 90.0
 
     def validate(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "log_every", "keep_last"):
@@ -109,6 +121,10 @@ class TrainConfig:
         if self.patience is not None:
             _range("train.patience", self.patience, 0, None)
         _choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _choice("train.strategy", self.strategy, ("auto", "ddp", "fsdp"))
+        _range("train.tensor_parallel", self.tensor_parallel, 1, None)
+        if not self.dist_timeout > 0:
+            raise ConfigError(f"train.dist_timeout must be positive seconds, got {self.dist_timeout}")
         # Configs of earlier releases hold a boolean for compile.
         self.compile = switch("train.compile", self.compile)
         self.pack = switch("train.pack", self.pack)

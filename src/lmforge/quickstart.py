@@ -14,7 +14,7 @@ from lmforge.data.corpus import BUILTIN_CORPORA, write_builtin_corpus
 from lmforge.data.prepare import prepare
 from lmforge.data.shards import TokenShards
 from lmforge.device import pick_device
-from lmforge.errors import ConfigError, DataError, EmptySplitError
+from lmforge.errors import ConfigError, DataError
 from lmforge.eval.baseline import unigram_baseline
 from lmforge.eval.perplexity import evaluate
 from lmforge.lm import load
@@ -97,15 +97,11 @@ def run_quickstart(
 
     console.rule("[bold]2. prepare: clean, deduplicate, train a tokenizer, write token shards")
     data_dir = out / "data"
-    try:
-        manifest = prepare(inputs, str(data_dir), tokenizer="bpe", vocab_size=vocab_size, seed=seed)
-    except EmptySplitError:
-        # Too few documents for a document-level split (e.g. one long file): hold out the end of the corpus.
+    # Too few documents for a document-level split (e.g. one long file): prepare holds out the end of the corpus.
+    manifest = prepare(inputs, str(data_dir), tokenizer="bpe", vocab_size=vocab_size, seed=seed)
+    if manifest["options"]["split"] == "tail":
         console.print(
             "too few documents for a per-document split; holding out the last 10% of the text instead"
-        )
-        manifest = prepare(
-            inputs, str(data_dir), tokenizer="bpe", vocab_size=vocab_size, seed=seed, split="tail"
         )
     train, val = manifest["splits"]["train"], manifest["splits"]["val"]
     console.print(

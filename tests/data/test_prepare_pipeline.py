@@ -361,8 +361,8 @@ def _bad_input_cases(tmp: Path):
             r"latin\.txt is not valid utf-8.*--encoding",
         ),
         "encoding": (dict(inputs=[g], encoding="nope-8"), DataError, "unknown encoding"),
-        "single doc": (
-            dict(inputs=[str(tmp / "one.txt")]),
+        "single doc": (  # with an explicit per-document split (the default falls back to a tail split)
+            dict(inputs=[str(tmp / "one.txt")], split="doc"),
             DataError,
             "split would be empty.*--split tail.*--doc-split paragraph",
         ),
@@ -385,7 +385,7 @@ def _bad_input_cases(tmp: Path):
         ),
         "bad json": (dict(inputs=[str(tmp / "bad.json")]), DataError, r"cannot read .*bad\.json as JSON"),
         "stopwords": (dict(inputs=[g], stopwords="klingon"), DataError, "stopword list 'klingon' not found"),
-        "split": (dict(inputs=[g], split="middle"), LmforgeError, "split must be one of doc, tail"),
+        "split": (dict(inputs=[g], split="middle"), LmforgeError, "split must be one of auto, doc, tail"),
     }
 
 

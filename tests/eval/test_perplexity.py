@@ -49,7 +49,10 @@ def test_evaluate_on_shards_and_on_a_text_file(run, char_data, tmp_path):
     f = tmp_path / "t.txt"
     f.write_text(text)
     on_text = evaluate(run, f)
-    assert on_text["tokens"] == len(text) and on_text["bytes"] == len(text)
+    # Read as the run's data was prepared: cleaned (the final newline goes), one document ended by eos.
+    assert on_text["tokens"] == len(text) and on_text["bytes"] == len(text) - 1
+    as_is = evaluate(run, f, doc_split="none")  # the text as it is: every character, no eos
+    assert as_is["tokens"] == len(text) and as_is["bytes"] == len(text)
     assert on_text["bits_per_byte"] * on_text["bytes"] * math.log(2) == pytest.approx(
         on_text["loss"] * len(text)
     )

@@ -160,10 +160,10 @@ def test_bert_round_trip_through_transformers(tmp_path, tokenizer):
 def test_bad_inputs(tmp_path, tokenizer, capsys):
     with pytest.raises(CheckpointError, match="config.json"):
         import_hf(tmp_path, tmp_path / "out")
-    folder = tmp_path / "t5"
+    folder = tmp_path / "bloom"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "t5"}))
-    with pytest.raises(ConfigError, match="t5"):
+    (folder / "config.json").write_text(json.dumps({"model_type": "bloom"}))
+    with pytest.raises(ConfigError, match="bloom"):
         import_hf(folder, tmp_path / "out")
     (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     (folder / "model.safetensors").write_bytes(b"not really")

@@ -8,7 +8,15 @@ import sys
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the hand-written layout of descriptions and examples, and shows defaults."""
+    """Keeps the hand-written layout of descriptions and examples, and shows defaults: not for on/off flags (the
+    stored value of `--no-dedup` is True while dedup is on: "(default: True)" would say the opposite of what
+    happens; a flag is off unless given), nor where the help already states its default in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.nargs == 0 or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def add_verb(

@@ -44,6 +44,7 @@ def register(subparsers) -> None:
         metavar="ARCH=NAME",
         help="named preset for one family (repeatable), e.g. gpt=mini",
     )
+    p.add_argument("--seed", type=int, help="train.seed of every trained family (default 1337)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(accepts_overrides=True)
@@ -72,7 +73,10 @@ def run(args) -> int:
         out=args.out,
         budget_minutes=args.budget_minutes,
         budget_tokens=args.budget_tokens,
-        overrides=parse_overrides(args.overrides),
+        overrides={
+            **({} if args.seed is None else {"train.seed": args.seed}),
+            **parse_overrides(args.overrides),
+        },
         presets=presets,
         progress=not args.quiet,
     )

@@ -81,6 +81,12 @@ def register(subparsers) -> None:
         "learning rate then decays to the end of the time when that comes before --max-steps",
     )
     p.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the student's initial weights and its batches (train.seed; default: the run's, 1337 for a "
+        "language model, 0 for a classifier)",
+    )
+    p.add_argument(
         "--temperature", type=float, default=2.0, help="softmax temperature T of both models (default 2)"
     )
     p.add_argument(
@@ -111,7 +117,7 @@ def run(args) -> int:
         args.data,
         args.out,
         args.student_preset,
-        overrides=args.overrides,
+        overrides=seeded(args),
         max_steps=args.max_steps,
         max_minutes=args.max_minutes,
         temperature=args.temperature,
@@ -141,7 +147,7 @@ def run_classifier(args) -> int:
         fields=given,
         epochs=3 if args.epochs is None else args.epochs,
         max_length=args.max_length,
-        overrides=args.overrides,
+        overrides=seeded(args),
         max_steps=args.max_steps,
         max_minutes=args.max_minutes,
         temperature=args.temperature,
@@ -150,6 +156,13 @@ def run_classifier(args) -> int:
     )
     rows = side_by_side(args.teacher, result.best or result.latest, args.train, args.dev)
     return report(args, result, rows, CLASSIFY_COLUMNS)
+
+
+def seeded(args) -> dict:
+    """The command's dotted overrides, with --seed as train.seed (an explicit --train.seed wins)."""
+    from lmforge.config import parse_overrides
+
+    return {**({} if args.seed is None else {"train.seed": args.seed}), **parse_overrides(args.overrides)}
 
 
 def report(args, result, rows: dict, columns) -> int:

@@ -8,6 +8,9 @@ EXAMPLES = """\
   lmforge evaluate run --data data                 # the validation split of a prepared data directory
   lmforge evaluate run/best --data notes.txt --json
   lmforge evaluate run --data data --split train --max-tokens 100000
+  lmforge evaluate run --data data --split test     # data prepared with --test-fraction
+  lmforge evaluate ptb-5gram --data ptb.test.txt    # one sentence per line, as the run's data was prepared
+  lmforge evaluate run --data notes.txt --doc-split none   # the file as it is: no cleaning, no inner eos
   lmforge evaluate sst2 --task classify --data sst2/glue_dev.tsv --report sst2-report   # + report.md and plots
   lmforge evaluate conll --task ner --data conll2003/valid.txt --json                   # entity P/R/F1 per type
   lmforge evaluate squad --task qa --data squad-dev.json --json                         # exact match and F1
@@ -23,13 +26,26 @@ def register(subparsers) -> None:
         help="loss, perplexity and bits per byte of a checkpoint",
         description="Evaluate a checkpoint (or a run directory's latest) on a data directory or a UTF-8 text file.\n"
         "Bits per byte divide the information by the text's UTF-8 bytes, so models with different\n"
-        "tokenizers compare on equal terms.",
+        "tokenizers compare on equal terms. A text file is read the way the run's training data was\n"
+        "prepared (its --doc-split, cleaning and one end-of-sequence token after each document; never\n"
+        "deduplicated), so it scores as it would once prepared.",
         examples=EXAMPLES,
         func=run,
     )
     p.add_argument("ckpt", metavar="CKPT", help="checkpoint folder or run directory")
     p.add_argument("--data", required=True, help="data directory (uses --split) or a text file")
-    p.add_argument("--split", default="val", help="split of a data directory")
+    p.add_argument(
+        "--split",
+        default="val",
+        help="split of a data directory: train, val, or test (prepared with --test-fraction)",
+    )
+    p.add_argument(
+        "--doc-split",
+        choices=["file", "paragraph", "line", "none"],
+        help="lm, text file: what a document is (each is followed by end-of-sequence); default: the run's "
+        "training data's, recorded with its checkpoint (none when unknown); none: the text as it is, no "
+        "cleaning, no end-of-sequence inside",
+    )
     p.add_argument("--max-tokens", type=int, help="score at most this many tokens")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
@@ -70,6 +86,8 @@ def run(args) -> int:
 
     if args.batch_size < 1 or (args.max_tokens is not None and args.max_tokens < 1):
         raise ConfigError("--batch-size and --max-tokens must be positive")
+    if args.doc_split is not None and args.task != "lm":
+        raise ConfigError(f"--doc-split reads text files for --task lm, not {args.task}")
     if args.task == "ner":
         from lmforge.cli.ner import run_evaluate_ner
 
@@ -91,6 +109,7 @@ def run(args) -> int:
         max_tokens=args.max_tokens,
         batch_size=args.batch_size,
         device=args.device,
+        doc_split=args.doc_split,
     )
     if args.json:
         print_json(result)

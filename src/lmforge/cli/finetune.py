@@ -22,7 +22,11 @@ FINETUNE_EXAMPLES = """\
   lmforge finetune --task chat --model gpt-ckpt --train chats.jsonl --dev dev.jsonl --out chat --epochs 3
   lmforge finetune --task summarize --model t5ish --train news.jsonl --out sum --source-field article --target-field summary
   lmforge finetune --task chat --model gpt-ckpt --train chats.jsonl --dev dev.jsonl --out chat --epochs 3 --resume  # after Ctrl-C
---model is a checkpoint (bert or gpt, ours or imported) or `lstm`/`gru` for a BiLSTM/BiGRU trained from scratch.
+  lmforge finetune --task lm --model gpt2-ckpt --train book1.txt book2.txt --dev notes.txt --out gpt2-books --epochs 1
+  lmforge finetune --task classify --model tfidf --train sst2/train.tsv --dev sst2/glue_dev.tsv --out sst2-tfidf --text-field sentence
+  lmforge finetune --task classify --model cnn --vectors wt2.vec --freeze-vectors --train sst2/train.tsv --out sst2-cnn --text-field sentence
+--model is a checkpoint (bert or gpt, ours or imported), `lstm`/`gru` for a BiLSTM/BiGRU or `cnn` for Kim's CNN
+trained from scratch, or `tfidf` (TF-IDF n-grams + logistic regression / linear SVM, fitted by scikit-learn).
 Files: .csv, .tsv (read without quoting) or .jsonl; fields by name, or by 0-based column number for files
 without a header. Other training settings: --optim.weight_decay 0.1 --train.grad_accum 2 ...
 """
@@ -61,23 +65,26 @@ def register(subparsers) -> None:
     p = add_verb(
         subparsers,
         "finetune",
-        help="fine-tune for a task (classify, NLI, NER, QA, translate, summarize, chat)",
+        help="fine-tune for a task (classify, NLI, NER, QA, translate, summarize, chat, lm)",
         description="Fine-tune a pretrained encoder or decoder (or a from-scratch BiLSTM) with a label head on\n"
         "a labelled file (classify, nli, ner, qa), a seq2seq or gpt model on text pairs (translate,\n"
-        "summarize) or a gpt on conversations (chat); the best checkpoint by the task's dev score is RUN/best.",
+        "summarize), a gpt on conversations (chat), or any language model on raw text (lm: continued\n"
+        "pretraining); the best checkpoint by the task's dev score is RUN/best.",
         examples=FINETUNE_EXAMPLES,
         func=run_finetune,
     )
     p.add_argument(
         "--task",
         required=True,
-        choices=["classify", "nli", "ner", "qa", "translate", "summarize", "chat"],
+        choices=["classify", "nli", "ner", "qa", "translate", "summarize", "chat", "lm"],
         help='chat: a gpt checkpoint on JSONL conversations ({"messages": [{"role", "content"}]}),'
         " loss on assistant turns only, scored by dev loss; ner: a tagger on CoNLL files (word ... TAG "
         "per line), scored by entity F1; qa: extractive "
         "question answering on SQuAD-format JSON, scored by exact match and F1; translate/summarize: an "
         "encoder-decoder (seq2seq checkpoint or preset) or a decoder-only gpt checkpoint (source "
-        "and target as one sequence, loss on the target only) on TSV/JSONL pairs, scored by BLEU/ROUGE-L",
+        "and target as one sequence, loss on the target only) on TSV/JSONL pairs, scored by BLEU/ROUGE-L; "
+        "lm: continued pretraining of a gpt, bert or seq2seq checkpoint (its own objective) on raw text files, "
+        "prepared with its tokenizer into RUN/data, scored by dev loss (lr 5e-5 by default)",
     )
     p.add_argument(
         "--doc-stride",
@@ -88,12 +95,22 @@ def register(subparsers) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="checkpoint folder / run directory, or lstm | gru (from scratch); "
+        help="checkpoint folder / run directory, or lstm | gru | cnn (from scratch), or tfidf (scikit-learn); "
         "translate/summarize: a seq2seq checkpoint or preset (seq2seq-test, seq2seq-small), or a gpt "
         "checkpoint (decoder-only, prompted with the source)",
     )
-    p.add_argument("--train", required=True, help="labelled training file (.csv, .tsv, .jsonl)")
-    p.add_argument("--dev", help="labelled dev file: evaluated every epoch, picks the best checkpoint")
+    p.add_argument(
+        "--train",
+        required=True,
+        nargs="+",
+        metavar="FILE",
+        help="labelled training file (.csv, .tsv, .jsonl); lm: one or more raw text files",
+    )
+    p.add_argument(
+        "--dev",
+        help="labelled dev file: evaluated every epoch, picks the best checkpoint (lm: a text file; default: "
+        "a tenth of --train held out)",
+    )
     p.add_argument("--out", required=True, help="run directory")
     add_field_options(p)
     from lmforge.cli.seq2seq_tasks import add_pair_options
@@ -108,11 +125,19 @@ def register(subparsers) -> None:
         "--max-length",
         type=int,
         help="longest input in tokens, longer ones are cut (default 128; qa 384; translate, summarize "
-        "and chat use the model's context)",
+        "and chat use the model's context; lm: the training window, default the model's context)",
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="examples per optimizer step (default: 16 for ner, where 32 halves the updates of a small "
+        "training set and scores lower; 32 for the other tasks)",
+    )
     p.add_argument("--lr", type=float, help="peak learning rate (default 5e-5 pretrained, 1e-3 from scratch)")
     p.add_argument("--class-weights", action="store_true", help="weigh classes by inverse frequency")
+    from lmforge.cli.vectors import add_classic_options
+
+    add_classic_options(p)
     p.add_argument(
         "--lora",
         action="store_true",
@@ -132,7 +157,29 @@ def register(subparsers) -> None:
         help="stop after this much training time; the learning rate then "
         "decays to the end of the time when that comes before the planned epochs end",
     )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        metavar="N",
+        help="train N optimizer steps instead of --epochs passes over the data (the schedule spans them)",
+    )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--augment",
+        metavar="METHOD",
+        help="classify, nli, ner: add new training examples made from the training split only (dev untouched): "
+        "eda | contextual | backtranslate | noise (ner: eda, noise), seeded by --seed (see `lmforge augment -h`)",
+    )
+    p.add_argument(
+        "--augment-n", type=int, default=4, help="--augment: new examples per training example (at most)"
+    )
+    p.add_argument("--augment-alpha", type=float, default=0.1, help="--augment: share of the words changed")
+    p.add_argument(
+        "--augment-model",
+        metavar="PATH",
+        help="--augment's resource: eda's word-vectors file (else WordNet), contextual's masked-LM checkpoint, "
+        "backtranslate's two translation checkpoints SRC2PIVOT,PIVOT2SRC",
+    )
     p.add_argument(
         "--dp-epsilon",
         type=float,
@@ -194,12 +241,17 @@ def register(subparsers) -> None:
 
 
 def run_finetune(args) -> int:
+    from lmforge.cli.vectors import classic_from
     from lmforge.tasks.finetune import finetune
 
+    if args.task != "lm" and len(args.train) > 1:
+        from lmforge.errors import ConfigError
+
+        raise ConfigError(f"--task {args.task} trains on one --train file; several are for --task lm")
     result = finetune(
         args.task,
         args.model,
-        args.train,
+        args.train if args.task == "lm" else args.train[0],
         args.out,
         dev=args.dev,
         fields=fields_from(args),
@@ -216,6 +268,7 @@ def run_finetune(args) -> int:
         patience=args.patience,
         folds=args.folds,
         max_minutes=args.max_minutes,
+        max_steps=args.max_steps,
         seed=args.seed,
         overrides=args.overrides,
         doc_stride=args.doc_stride,
@@ -228,6 +281,11 @@ def run_finetune(args) -> int:
         dp_epsilon=args.dp_epsilon,
         dp_delta=args.dp_delta,
         dp_max_grad_norm=args.dp_max_grad_norm,
+        augment=args.augment,
+        augment_n=args.augment_n,
+        augment_alpha=args.augment_alpha,
+        augment_model=args.augment_model,
+        classic=classic_from(args),
     )
     if isinstance(result, dict):  # cross-validation
         if args.json:

@@ -1,7 +1,9 @@
-"""`lmforge generate`: sample text from a checkpoint."""
+"""`lmforge generate`: continue prompts with a checkpoint (sampling, greedy or beam search; transformers' option
+names)."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from lmforge.cli.common import add_compile_option, add_verb, check_text, print_json
@@ -10,6 +12,7 @@ EXAMPLES = """\
   lmforge generate run --prompt "Once upon a time"
   lmforge generate run --prompt "def parse(" --temperature 0 --max-new-tokens 60 --stop "\\n\\n"
   lmforge generate run --prompts-file prompts.txt --top-p 0.9 --seed 1 --json
+  lmforge generate run --prompt "The cat" --num-beams 4 --num-return-sequences 2 --no-repeat-ngram-size 3
 """
 
 
@@ -26,17 +29,59 @@ def register(subparsers) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", default="", help="text to continue (empty: start from scratch)")
     src.add_argument("--prompts-file", help="a file with one prompt per line")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="tokens to generate at most (default: 200, unless --max-length is given)",
+    )
+    p.add_argument(
+        "--max-length", type=int, help="prompt + new tokens at most (the prompt as the model reads it)"
+    )
+    p.add_argument("--min-new-tokens", type=int, default=0, help="no end-of-sequence before this many tokens")
+    # The CLI samples by default (the Python API, like transformers, is greedy): from a terminal one mostly wants
+    # to read what a model writes, and greedy decoding of a small model soon repeats itself.
+    p.add_argument(
+        "--do-sample",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sample (the default here); --no-do-sample decodes greedily (the Python API's default)",
+    )
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens only (default: all)")
+    p.add_argument(
+        "--top-p", type=float, help="nucleus sampling: the most likely tokens covering p (default: off)"
+    )
+    p.add_argument(
+        "--num-beams", type=int, default=1, help="beam search with this many beams (gpt models; 1: off)"
+    )
+    p.add_argument(
+        "--num-return-sequences", type=int, default=1, help="outputs per prompt (samples, or the best beams)"
+    )
+    p.add_argument(
+        "--length-penalty", type=float, default=1.0, help="beam search: > 0 favours longer outputs"
+    )
+    p.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="CTRL's penalty on seen tokens (1: none)"
+    )
+    p.add_argument(
+        "--no-repeat-ngram-size", type=int, default=0, help="never repeat an n-gram of this size (0: off)"
+    )
+    p.add_argument(
+        "--eos-token-id",
+        type=int,
+        action="append",
+        help="end at this token id (repeatable; default: the tokenizer's end-of-sequence token)",
+    )
     p.add_argument("--stop", action="append", help="stop before this string (repeatable)")
     p.add_argument("--seed", type=int, help="random seed for reproducible sampling")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context every step")
     p.add_argument("--device", default="auto")
     add_compile_option(p)
-    p.add_argument("--json", action="store_true", help="print JSON: [{prompt, completion}, ...]")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON: [{prompt, completion}, ...] (completions: a list with --num-return-sequences > 1)",
+    )
 
 
 def run(args) -> int:
@@ -64,19 +109,40 @@ def run(args) -> int:
     else:
         prompts = [args.prompt]
     lm = load(args.ckpt, device=args.device, compile=args.compile)
+    beams = args.num_beams > 1
     kwargs = dict(
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=200
+        if args.max_new_tokens is None and args.max_length is None
+        else args.max_new_tokens,
+        max_length=args.max_length,
+        min_new_tokens=args.min_new_tokens,
+        # Beam search is deterministic: the sampling default gives way to it.
+        do_sample=args.do_sample and args.temperature != 0 and not beams,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
+        num_beams=args.num_beams,
+        num_return_sequences=args.num_return_sequences,
+        length_penalty=args.length_penalty,
         repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        eos_token_id=args.eos_token_id[0]
+        if args.eos_token_id and len(args.eos_token_id) == 1
+        else args.eos_token_id,
         stop=args.stop,
         seed=args.seed,
         use_cache=not args.no_cache,
     )
-    if args.json:
+    if args.json or beams or args.num_return_sequences > 1:
         completions = lm.generate(prompts, **kwargs)
-        print_json([{"prompt": p, "completion": c} for p, c in zip(prompts, completions)])
+        if args.json:
+            print_json([{"prompt": p, "completion": c} for p, c in zip(prompts, completions)])
+            return 0
+        for i, (prompt, outs) in enumerate(zip(prompts, completions)):
+            for j, out in enumerate(outs if isinstance(outs, list) else [outs]):
+                if i or j:
+                    print("\n" + "-" * 40)
+                print(prompt + out)
         return 0
     for i, prompt in enumerate(prompts):
         pieces = lm.generate(prompt, stream=True, **kwargs)  # raises on a bad prompt before printing anything

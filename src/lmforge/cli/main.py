@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import re
 import sys
 
@@ -17,6 +19,8 @@ VERB_MODULES = [
     "quickstart",
     "prepare",
     "scrub",
+    "split",
+    "augment",
     "tokenizer",
     "pretrain",
     "evaluate",
@@ -34,6 +38,7 @@ VERB_MODULES = [
     "serve",
     "explain",
     "tune",
+    "vectors",
 ]
 
 DESCRIPTION = """\
@@ -42,6 +47,8 @@ lmforge takes a language model from raw text to a model people use.
 The lifecycle, one verb per stage:
   prepare     clean text, train a tokenizer, write token shards
   scrub       replace personal data and secrets in text with typed placeholders (<EMAIL>, <PHONE>, ...)
+  split       a labelled file into train/dev/test files (stratified by label, leak-free by group)
+  augment     more training examples: EDA, masked-LM replacements, back-translation, typos
   tokenizer   train / encode / decode / inspect tokenizers
   pretrain    train a model on token shards (resumable)
   evaluate    loss, perplexity and bits per byte of a checkpoint (--task: classification, NER, QA, BLEU/ROUGE)
@@ -60,6 +67,7 @@ The lifecycle, one verb per stage:
   serve       an OpenAI-compatible HTTP server (and playground) for a checkpoint
   explain     why a model decided: attention maps, Integrated Gradients and Shapley values over words
   tune        hyperparameter search over pretrain / finetune runs (Optuna: grid, TPE, CMA-ES, ...)
+  vectors     train word2vec / fastText vectors, nearest neighbours, analogies (GloVe files too)
   quickstart  all of the above on a built-in corpus, in about 5 minutes
 """
 
@@ -85,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Verbs that train through the one loop (train/trainer.py) and so run as one job under torchrun; any other verb
+# launched on several processes would run as N identical copies racing on the same files, and is refused.
+DISTRIBUTED_VERBS = ("pretrain", "finetune", "distill")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -95,8 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
+    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
+    if world not in ("", "0", "1") and args.verb not in DISTRIBUTED_VERBS:
+        print(
+            f"error: `lmforge {args.verb}` cannot run on several processes (WORLD_SIZE={world}); only "
+            f"{', '.join(DISTRIBUTED_VERBS)} train distributed: run it without torchrun",
+            file=sys.stderr,
+        )
+        return 2
+    # Under torchrun, rank 0 speaks for the run: the other ranks' results would repeat it (errors still show).
+    quiet = open(os.devnull, "w") if rank not in ("", "0") else None  # noqa: SIM115 (closed below)
     try:
-        result = args.func(args)
+        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+            result = args.func(args)
         return int(result or 0)
     except LmforgeError as exc:
         if args.debug:
@@ -118,6 +142,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {_memory_message(exc)}", file=sys.stderr)
         return 2
+    finally:
+        if quiet is not None:
+            quiet.close()
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Leave the process group a distributed run joined (torch warns at exit otherwise); torch is not imported
+    by verbs that never loaded it."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _out_of_memory(exc: BaseException) -> bool:

@@ -1,4 +1,4 @@
-"""`lmforge prepare`: clean a corpus, train or load a tokenizer, write train/val token shards."""
+"""`lmforge prepare`: clean a corpus, train or load a tokenizer, write train/val(/test) token shards."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from lmforge.cli.common import add_verb, print_json
 
 DESCRIPTION = """\
 Turn raw text into a data directory the trainer reads: DATA_DIR/manifest.json, DATA_DIR/tokenizer.json
-and DATA_DIR/{train,val}/shard-NNNNN.bin (token ids, each document followed by the eos token).
+and DATA_DIR/{train,val}/shard-NNNNN.bin (token ids, each document followed by the eos token; test/ too
+with --test-fraction).
 
 INPUT can be text files (.txt, .md, ...), HTML files, folders (read recursively, in sorted order),
 globs ("corpus/**/*.txt"), .jsonl/.json/.csv/.tsv/.parquet files (the --text-field column), or - for stdin.
@@ -20,7 +21,8 @@ everything succeeded.
 
 EXAMPLES = """\
   lmforge prepare corpus.txt --out data --tokenizer bpe --vocab-size 4096
-  lmforge prepare shakespeare.txt --out data-char --tokenizer char --split tail
+  lmforge prepare shakespeare.txt --out data-char --tokenizer char     # one document: the last 10% is val
+  lmforge prepare books/ --out data --val-fraction 0.1 --test-fraction 0.1   # then: evaluate RUN --split test
   lmforge prepare books/ --out data --doc-split paragraph --near-dedup 0.8
   lmforge prepare "dumps/*.jsonl" --out data --text-field content --tokenizer unigram
   lmforge prepare pages/ --out data --html on --normalize NFKC
@@ -46,14 +48,15 @@ def register(subparsers) -> None:
         default="bpe",
         metavar="KIND|PATH",
         help="train a new tokenizer of this kind (char, bpe, wordpiece, unigram) or use an existing "
-        "tokenizer.json (or a folder holding one)",
+        "tokenizer.json (or a folder holding one: a checkpoint, or a run directory's latest checkpoint, e.g. "
+        "to continue pretraining it with `pretrain --init-from`)",
     )
     p.add_argument(
         "--vocab-size",
         type=int,
         default=None,
         metavar="N",
-        help="vocabulary size of a new tokenizer (default: %(default)s, meaning 8192, or every "
+        help="vocabulary size of a new tokenizer (default: 8192, or every "
         "character seen for char; unused with a tokenizer file)",
     )
     p.add_argument(
@@ -63,7 +66,15 @@ def register(subparsers) -> None:
         metavar="F",
         help="share of the corpus held out for validation, strictly between 0 and 1",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the document-level train/val split")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of the corpus held out as a test split (DATA_DIR/test, scored by `evaluate --split test`), "
+        "chosen like the validation split; at least 0, below 1 together with --val-fraction",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the document-level train/val/test split")
     p.add_argument(
         "--text-field",
         default="text",
@@ -72,10 +83,11 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--split",
-        choices=["doc", "tail"],
-        default="doc",
-        help="doc: each document goes to val by a seeded hash of its text; tail: the last part of the "
-        "corpus is val, cut at a line break (nanoGPT style, good for a single long text)",
+        choices=["auto", "doc", "tail"],
+        default="auto",
+        help="doc: each document goes to val (or test) by a seeded hash of its text; tail: the last part of the "
+        "corpus is val (then test), cut at a line break (nanoGPT style, good for a single long text); auto: "
+        "doc, or tail with a notice when doc would leave a split empty (e.g. a single document)",
     )
     p.add_argument(
         "--doc-split",
@@ -129,7 +141,8 @@ def register(subparsers) -> None:
         "--stopwords",
         default=None,
         metavar="en|zh|PATH",
-        help="remove these stopwords (a built-in list or a file with one word per line); use --segment for Chinese",
+        help="remove these stopwords (a built-in list or a file with one word per line); use --segment for Chinese. "
+        "For bag-of-words pipelines only: a language model must predict them (a warning says so)",
     )
     p.add_argument(
         "--scrub-pii",
@@ -196,6 +209,14 @@ def run(args) -> int:
                 "--add-eos makes every line a document; it cannot be combined with --doc-split paragraph"
             )
         args.doc_split, args.dedup = "line", False
+    if args.stopwords:  # kept for the classic pipelines, but a language model must predict those very words
+        import sys
+
+        print(
+            "warning: --stopwords deletes words a language model must learn to predict; do not pretrain on "
+            "this data (it is for bag-of-words pipelines)",
+            file=sys.stderr,
+        )
 
     manifest = prepare(
         args.inputs,
@@ -203,6 +224,7 @@ def run(args) -> int:
         tokenizer=args.tokenizer,
         vocab_size=args.vocab_size,
         val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
         seed=args.seed,
         text_field=args.text_field,
         split=args.split,

@@ -10,11 +10,16 @@ EXAMPLES = """\
   lmforge pretrain --data data --out run --preset llama-tiny --max-minutes 10 --train.batch_size 16
   lmforge pretrain --data data --out run --resume           # continue exactly where it stopped
   lmforge pretrain --data data --out ngram --arch ngram --model.order 5   # a Kneser-Ney 5-gram, one counting pass
+  # continued pretraining: data prepared with the checkpoint's tokenizer, a new run from its weights
+  lmforge prepare my.txt --out data-gpt2 --tokenizer gpt2-ckpt
+  lmforge pretrain --data data-gpt2 --out gpt2-more --init-from gpt2-ckpt --max-steps 500 --optim.lr 3e-4
 
 Any config key can be overridden with --section.key VALUE (sections: model, optim, train), e.g.
   --model.n_layer 4 --model.n_head 4 --model.n_embd 128 --model.block_size 64 --model.dropout 0
   --train.batch_size 12 --train.eval_every 250 --optim.lr 1e-3 --optim.schedule cosine
-Ctrl-C saves a checkpoint before exiting; --resume continues from it.
+Ctrl-C saves a checkpoint before exiting; --resume continues from it (the command's own --model.* flags may be
+repeated; changing the model is refused). With --init-from the model is the checkpoint's: only model.dropout, the
+masking settings, a shorter model.block_size, optim.* and train.* apply.
 """
 
 
@@ -43,6 +48,18 @@ def register(subparsers) -> None:
         "learning rate then decays to the end of the time when that comes before --max-steps",
     )
     p.add_argument(
+        "--init-from",
+        metavar="CKPT",
+        help="start a new run from this checkpoint's weights (a run directory or checkpoint folder: a run's, an "
+        "import-hf, a save_pretrained export, a pruned one) with a fresh optimizer and schedule; its model "
+        "config is kept, and --data must be prepared with its tokenizer (lmforge prepare --tokenizer CKPT)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the initial weights and the batches (train.seed; default 1337)",
+    )
+    p.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -64,6 +81,8 @@ def run(args) -> int:
         max_minutes=args.max_minutes,
         resume=args.resume,
         progress=not args.quiet,
+        init_from=args.init_from,
+        seed=args.seed,
     )
     summary = {
         "run_dir": str(result.run_dir),

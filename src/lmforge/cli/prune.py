@@ -53,6 +53,11 @@ def register(subparsers) -> None:
         help="fine-tune the pruned model this many steps on --data DIR (zeros stay zero)",
     )
     p.add_argument(
+        "--seed",
+        type=int,
+        help="--recover-steps: seed of the recovery's batches (train.seed; default: the checkpoint run's)",
+    )
+    p.add_argument(
         "--report",
         action="store_true",
         help="compare size, parameters, sparsity, greedy tokens/s and perplexity, original vs pruned",
@@ -122,6 +127,7 @@ def run(args) -> int:
         args.score,
         args.recover_steps,
         overwrite=args.overwrite,
+        seed=args.seed,
     )
     result = {"out": str(out), **read_config(out)["pruning"]}
     if args.report:

@@ -215,7 +215,9 @@ def structured_prune(model: nn.Module, amount: float, batches: list | None = Non
 # ---- recovery fine-tune ----------------------------------------------------------------------------------
 
 
-def recover(model: nn.Module, tokenizer, config: dict, data: str | os.PathLike, steps: int) -> nn.Module:
+def recover(
+    model: nn.Module, tokenizer, config: dict, data: str | os.PathLike, steps: int, seed: int | None = None
+) -> nn.Module:
     """A short fine-tune of a pruned model on a prepared data directory, by the one training loop.
 
     Zero weights stay zero: each Linear weight trains behind its pruning mask (torch.nn.utils.prune's
@@ -237,6 +239,8 @@ def recover(model: nn.Module, tokenizer, config: dict, data: str | os.PathLike, 
         for k, v in (run.get("train") or {}).items()
         if k in ("batch_size", "grad_accum", "seed", "threads")
     }
+    if seed is not None:  # else the run's own
+        train["seed"] = seed
     base = {"arch": config["arch"], "model": config["model"], "optim": run.get("optim") or {}, "train": train}
     cfg = build_run_config(
         base=base,
@@ -273,6 +277,7 @@ def prune_checkpoint(
     score: str = "auto",
     recover_steps: int = 0,
     overwrite: bool = False,
+    seed: int | None = None,
 ) -> Path:
     """Prune a checkpoint and save the result as a new checkpoint folder that `lmforge.load` reads back. An existing
     `out` is replaced only with overwrite=True, and never one that holds `ckpt` or `data` (lmforge.outputs)."""
@@ -315,7 +320,7 @@ def prune_checkpoint(
     if recover_steps:
         if data is None:
             raise ConfigError("--recover-steps needs --data DIR, a prepared data directory to train on")
-        model = recover(model, lm.tokenizer, config, data, recover_steps)
+        model = recover(model, lm.tokenizer, config, data, recover_steps, seed)
         record["recover_steps"] = recover_steps
     record.update(sparsity(model))
     # The source's validation metrics describe the unpruned weights; `lmforge info` must not show them as ours.

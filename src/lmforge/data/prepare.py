@@ -34,10 +34,14 @@ from lmforge.outputs import check_inputs, check_output, staged, staging_path
 from lmforge.tokenizers.tokenizer import KINDS, Tokenizer
 from lmforge.version import __version__
 
-__all__ = ["prepare", "iter_documents"]
+__all__ = ["prepare", "iter_documents", "iter_clean_documents", "text_convention"]
 
-SPLITS = ("doc", "tail")
+# auto: "doc", or "tail" (with a one-line notice) when a per-document split would leave a split empty, as a single
+# text file does: the most common first input should prepare with no extra flag.
+SPLITS = ("auto", "doc", "tail")
 DOC_SPLITS = ("file", "paragraph", "line")
+# A per-document split writes one of these bytes per kept document to a side file in pass 1.
+SPLIT_BYTES = {"train": b"\x00", "val": b"\x01", "test": b"\x02"}
 # The largest vocabulary a new tokenizer may have: the native trainers allocate tables of vocab_size entries up
 # front (--vocab-size 1e12 aborts the process), and real vocabularies stay far below it (GPT-4o: ~200k tokens).
 MAX_VOCAB_SIZE = 1 << 21
@@ -77,6 +81,54 @@ def iter_documents(
             if last:
                 yield "".join(parts)
                 parts = []
+
+
+# What a prepared stream records about how text became tokens (the manifest's options, kept in each checkpoint's
+# config by pretraining): scoring a raw text file must read, clean and end documents the same way.
+CONVENTION_KEYS = ("doc_split", "text_field", "html", "normalize", "clean_whitespace", "segment", "stopwords")
+
+
+def text_convention(manifest: dict) -> dict:
+    """How a data directory turned text into its token stream: the reading and cleaning options of
+    CONVENTION_KEYS, and `eos_after` ("document": every document is followed by the end-of-sequence token)."""
+    options = manifest.get("options", {})
+    return {
+        **{key: options[key] for key in CONVENTION_KEYS if key in options},
+        "eos_after": manifest.get("eos_after", "document"),
+    }
+
+
+def iter_clean_documents(
+    inputs: str | Iterable[str], convention: dict, encoding: str = "utf-8"
+) -> Iterator[str]:
+    """The documents of `inputs` read and cleaned as `prepare` did under `convention` (text_convention's keys;
+    missing ones take prepare's defaults), without its deduplication: every non-empty document, in order."""
+    stopwords = convention.get("stopwords")
+    cleaner = Cleaner(
+        html=convention.get("html", "auto"),
+        normalize=convention.get("normalize", "NFC"),
+        clean_whitespace=convention.get("clean_whitespace", True),
+        segment=convention.get("segment", False),
+        stopwords=load_stopwords(stopwords) if stopwords else None,
+    )
+    doc_split = convention.get("doc_split", "file")
+    if doc_split not in DOC_SPLITS:
+        raise ConfigError(f"doc_split must be one of {', '.join(DOC_SPLITS)}, not {doc_split!r}")
+    check_encoding(encoding)
+    for source in expand_inputs(inputs):
+        parts: list[str] = []
+        doc = None
+        for piece, last in iter_pieces(
+            source, convention.get("text_field", "text"), doc_split, encoding, PIECE_CHARS
+        ):
+            if doc is None:
+                doc = cleaner.document(html_source=source.kind == "html")
+            parts.append(doc.feed(piece, last))
+            if last:
+                text = "".join(parts)
+                if text and not text.isspace():
+                    yield text
+                parts, doc = [], None
 
 
 def _records(path: Path) -> Iterator[tuple[bytes, bool]]:
@@ -155,7 +207,7 @@ class _Pass1:
         self.scrubber = scrubber  # --scrub-pii: PII replaced after cleaning, before deduplication
         self.pii: dict[str, int] = {}  # items replaced, per type, in the documents kept
         self.docs_fh = docs_fh
-        self.splits_fh = splits_fh  # one byte per kept document (1 = val) with split="doc", else None
+        self.splits_fh = splits_fh  # one byte per kept document (SPLIT_BYTES), used by a per-document split
         # Keyed by the seed: the split of a document depends on (seed, text) only.
         key = hashlib.blake2b(f"lmforge-prepare-split:{opts['seed']}".encode(), digest_size=32).digest()
         self._hash0 = hashlib.blake2b(digest_size=16, key=key)  # copied for each document
@@ -163,7 +215,8 @@ class _Pass1:
         self.digests = DigestSet() if opts["dedup"] else None
         self.near = NearDuplicateFilter(opts["near_dedup"]) if opts["near_dedup"] else None
         self.removed = {"empty": 0, "duplicates": 0, "near_duplicates": 0}
-        self.kept = {"train": [0, 0], "val": [0, 0]}  # documents, bytes (split="doc"; tail decides later)
+        # Documents and bytes of each split, as the per-document split decides (a tail split decides later).
+        self.kept = {name: [0, 0] for name in SPLIT_BYTES}
         self.total_bytes = 0
         self.documents = 0
 
@@ -212,8 +265,8 @@ class _Pass1:
                 self.written = True
                 self.buf, self.buf_bytes = [], 0
 
-    def _finish(self) -> tuple[int, int] | None:
-        """Decide the document's fate; (is_val, bytes) when kept."""
+    def _finish(self) -> tuple[str, int] | None:
+        """Decide the document's fate; (split, bytes) when kept."""
         if not self.has_text:
             self._drop("empty")
             return None
@@ -226,18 +279,23 @@ class _Pass1:
             return None
         self._write(b"".join(self.buf), last=True)
         self.buf = []
-        is_val = int.from_bytes(digest[8:], "big") / 2.0**64 < self.opts["val_fraction"]
+        # One uniform draw per document: [0, val) is val, [val, val + test) is test, so the val documents are
+        # those of a run without a test split. Given --val files, the test documents come from [0, test).
+        u = int.from_bytes(digest[8:], "big") / 2.0**64
+        vf, tf = self.opts["val_fraction"], self.opts["test_fraction"]
         if self.forced_val is not None:
-            is_val = self.forced_val
+            split = "val" if self.forced_val else "test" if u < tf else "train"
+        else:
+            split = "val" if u < vf else "test" if u < vf + tf else "train"
         if self.splits_fh is not None:
-            self.splits_fh.write(b"\x01" if is_val else b"\x00")
-            self.kept["val" if is_val else "train"][0] += 1
-            self.kept["val" if is_val else "train"][1] += self.nbytes
+            self.splits_fh.write(SPLIT_BYTES[split])
+            self.kept[split][0] += 1
+            self.kept[split][1] += self.nbytes
         self.total_bytes += self.nbytes
         self.documents += 1
         if self.scrub is not None:
             add_counts(self.pii, self.scrub.counts)
-        return is_val, self.nbytes
+        return split, self.nbytes
 
     def run(self, sources: list[Source], progress: _Progress) -> list[dict]:
         opts = self.opts
@@ -372,12 +430,15 @@ class _Encoder:
         self.items, self.batch_bytes = [], 0
 
 
-def _tail_cut(data: bytes, local: int, start_ok: bool, doc_end: bool, pos: int, total: int) -> int:
-    """Where to cut a record at the train/val boundary: the line boundary closest to byte `local`.
+def _tail_cut(
+    data: bytes, local: int, start_ok: bool, doc_end: bool, pos: int, total: int, lo: int = 0
+) -> int:
+    """Where to cut a record (starting at byte `pos` of the corpus) at a split boundary: the line boundary
+    closest to byte `local`.
 
     The record's start counts when it is a line boundary (`start_ok`), its end when it ends the document.
-    Cuts that would leave a split empty are avoided when possible; a text without any line break is cut at
-    a space, else at a character boundary.
+    Cuts that would leave a split empty (the one that started at byte `lo`, or the rest) are avoided when
+    possible; a text without any line break is cut at a space, else at a character boundary.
     """
     n = len(data)
     candidates = set()
@@ -393,7 +454,7 @@ def _tail_cut(data: bytes, local: int, start_ok: bool, doc_end: bool, pos: int, 
         candidates.add(0)
     if doc_end:
         candidates.add(n)
-    usable = [c for c in candidates if 0 < pos + c < total]
+    usable = [c for c in candidates if lo < pos + c < total]
     if usable:
         cut = min(usable, key=lambda c: (abs(c - local), c))
     else:
@@ -406,38 +467,50 @@ def _tail_cut(data: bytes, local: int, start_ok: bool, doc_end: bool, pos: int, 
 
 
 def _encode_doc_split(records_path: Path, splits_path: Path, enc: _Encoder) -> None:
+    names = {byte: name for name, byte in SPLIT_BYTES.items()}
     with open(splits_path, "rb", buffering=1 << 16) as splits:
         split = None
         for data, last in _records(records_path):
             if split is None:
-                split = "val" if splits.read(1) == b"\x01" else "train"
+                split = names[splits.read(1)]
             enc.add(split, data)
             if last:
                 enc.end(split)
                 split = None
 
 
-def _encode_tail_split(records_path: Path, enc: _Encoder, total: int, val_bytes: int) -> None:
-    boundary = total - val_bytes
+def _encode_tail_split(records_path: Path, enc: _Encoder, total: int, tail: list[tuple[str, int]]) -> None:
+    """Train is the start of the corpus, then each (split, bytes) of `tail` in order (val, then test), each cut
+    at the line break closest to its share."""
+    names = ["train"] + [name for name, _ in tail]
+    bounds = []  # where split i + 1 starts
+    start = total - sum(n for _, n in tail)
+    for _, n in tail:
+        bounds.append(start)
+        start += n
+    cur = 0  # index of the split receiving text
     pos = 0
-    switched = False
+    lo = 0  # where the current split started
     line_start = True  # the next record starts a line (a document, or after a record ending with \n)
     for data, last in _records(records_path):
-        if switched:
-            enc.add("val", data)
-        elif pos + len(data) < boundary or (pos + len(data) == boundary and not last):
-            enc.add("train", data)
-        else:
-            cut = _tail_cut(data, boundary - pos, line_start, last, pos, total)
-            enc.add("train", data[:cut])
-            enc.end("train")
-            enc.add("val", data[cut:])
-            switched = True
-        pos += len(data)
+        off = 0  # bytes of this record already given to earlier splits
+        end = pos + len(data)
+        while cur < len(bounds) and (end > bounds[cur] or (end == bounds[cur] and last)):
+            rest = data[off:]
+            start_ok = line_start if off == 0 else data[off - 1] == 0x0A
+            local = max(0, bounds[cur] - (pos + off))
+            cut = _tail_cut(rest, local, start_ok, last, pos + off, total, lo)
+            enc.add(names[cur], rest[:cut])
+            enc.end(names[cur])
+            off += cut
+            lo = pos + off
+            cur += 1
+        enc.add(names[cur], data[off:])
+        pos = end
         line_start = last or (data.endswith(b"\n") if data else line_start)
         if last:
-            enc.end("train")
-            enc.end("val")
+            for name in names:
+                enc.end(name)
 
 
 # ---- the whole thing ----------------------------------------------------------------------------------
@@ -458,6 +531,15 @@ def _check_options(o: dict) -> dict:
     if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 < vf < 1:
         raise DataError(
             f"val_fraction must be strictly between 0 and 1, not {vf!r}; for example --val-fraction 0.1"
+        )
+    tf = o["test_fraction"]
+    if isinstance(tf, bool) or not isinstance(tf, (int, float)) or not 0 <= tf < 1:
+        raise DataError(
+            f"test_fraction must be at least 0 and below 1, not {tf!r}; for example --test-fraction 0.1"
+        )
+    if vf + tf >= 1 and not o["val_inputs"]:
+        raise DataError(
+            f"val_fraction {vf} + test_fraction {tf} leave nothing for training; their sum must be below 1"
         )
     near = o["near_dedup"]
     if near is not None and (
@@ -491,6 +573,13 @@ def _load_tokenizer(spec: str) -> Tokenizer | None:
             f"--tokenizer {spec!r} is neither a tokenizer kind ({', '.join(KINDS)}) nor an existing "
             f"tokenizer.json file or folder"
         )
+    # A run directory: its latest checkpoint's tokenizer (the pointer is a symlink, or a file naming the checkpoint
+    # where there are no symlinks; lmforge.checkpoint).
+    latest = Path(spec) / "latest"
+    if latest.is_file():
+        latest = latest.parent / latest.read_text(encoding="utf-8").strip()
+    if not (Path(spec) / "tokenizer.json").is_file() and (latest / "tokenizer.json").is_file():
+        return Tokenizer.load(latest)
     return Tokenizer.load(spec)
 
 
@@ -502,7 +591,7 @@ def prepare(
     val_fraction: float = 0.1,
     seed: int = 0,
     text_field: str = "text",
-    split: str = "doc",
+    split: str = "auto",
     doc_split: str = "file",
     html: str = "auto",
     normalize: str | None = "NFC",
@@ -517,14 +606,19 @@ def prepare(
     progress: bool = True,
     val_inputs: list[str] | None = None,
     scrub_pii: bool | ScrubOptions = False,
+    test_fraction: float = 0.0,
 ) -> dict:
-    """Clean `inputs`, train (or load) a tokenizer and write train/val token shards into `out`.
+    """Clean `inputs`, train (or load) a tokenizer and write train/val (and, with `test_fraction`, test) token
+    shards into `out`.
 
     Returns the manifest, also written to `out/manifest.json`. See `lmforge prepare --help` for the options.
     `tokenizer` is a kind to train ("char", "bpe", "wordpiece", "unigram") or the path of a tokenizer.json
     (or of a folder holding one) to use as it is; `vocab_size` only matters when training.
     `val_inputs` (e.g. a benchmark's own validation file) become the validation split as they are, instead of
-    a held-out fraction of `inputs`. `scrub_pii` replaces personal data and secrets in the cleaned text with
+    a held-out fraction of `inputs`. `split` "doc" sends each document to a split by a seeded hash of its text,
+    "tail" holds out the end of the corpus, "auto" is "doc" unless that would leave a split empty (a single
+    document, say): then "tail", with a one-line notice on stderr. `test_fraction` also holds out a test split,
+    after val. `scrub_pii` replaces personal data and secrets in the cleaned text with
     typed placeholders (lmforge.data.scrub, as `lmforge scrub` does; a ScrubOptions chooses the types and a
     finder of names); the manifest's "pii" counts them per type.
     Raises DataError / TokenizerError / ConfigError (one sentence each) for unusable inputs or options.
@@ -533,7 +627,7 @@ def prepare(
         inputs = [inputs]
     inputs = [os.fspath(i) for i in inputs]
     val_inputs = [os.fspath(i) for i in val_inputs] if val_inputs else []
-    if val_inputs and split != "doc":
+    if val_inputs and split == "tail":
         raise ConfigError("--val gives the validation split itself; it cannot be combined with --split tail")
     tokenizer = os.fspath(tokenizer)
     opts = _check_options(
@@ -543,6 +637,7 @@ def prepare(
             "tokenizer": tokenizer,
             "vocab_size": vocab_size,
             "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
             "seed": seed,
             "text_field": text_field,
             "split": split,
@@ -591,7 +686,7 @@ def _run(
 ) -> dict:
     records_path = tmp / "cleaned.records"
     splits_path = tmp / "splits.bytes"
-    doc_mode = opts["split"] == "doc"
+    doc_mode = opts["split"] != "tail"  # auto decides after pass 1, from the per-document split it records
     with open(records_path, "wb", buffering=1 << 20) as docs_fh:
         splits_fh = open(splits_path, "wb", buffering=1 << 16) if doc_mode else None
         try:
@@ -608,26 +703,43 @@ def _run(
             f"no text left after cleaning ({removed['empty']} empty documents, {removed['duplicates']} duplicates, "
             f"{removed['near_duplicates']} near duplicates); check the inputs, --text-field and --html"
         )
-    val_bytes = round(p1.total_bytes * opts["val_fraction"])
+    names = ("train", "val", "test") if opts["test_fraction"] else ("train", "val")
+    tail = [(name, round(p1.total_bytes * opts[f"{name}_fraction"])) for name in names[1:]]
     advice = "use --split tail, --doc-split paragraph (or line), or give more documents"
     n = p1.documents
     plural = "document" if n == 1 else "documents"
     if doc_mode:
-        for name in ("val", "train"):
-            if p1.kept[name][0] == 0:
-                if n == 1:
-                    raise EmptySplitError(
-                        f"the corpus is a single document after cleaning and deduplication, so the {name} "
-                        f"split would be empty; {advice}"
-                    )
+        empty = next(
+            (name for name in ("val", "test", "train") if name in names and not p1.kept[name][0]), None
+        )
+        if empty is not None and opts["split"] == "auto" and not opts["val_inputs"]:
+            why = "the corpus is a single document" if n == 1 else f"no document of the {n} fell into {empty}"
+            print(
+                f"note: {why}, so the end of the text is held out instead (--split tail); "
+                "--doc-split line or paragraph splits by document",
+                file=sys.stderr,
+            )
+            doc_mode, opts["split"] = False, "tail"
+        elif empty is not None:
+            if n == 1:
                 raise EmptySplitError(
-                    f"the {name} split would be empty: none of the {n} documents left after cleaning and "
-                    f"deduplication falls into it with --val-fraction {opts['val_fraction']}; {advice}"
+                    f"the corpus is a single document after cleaning and deduplication, so the {empty} "
+                    f"split would be empty; {advice}"
                 )
-    elif val_bytes == 0 or val_bytes >= p1.total_bytes:
+            given = f"--val-fraction {opts['val_fraction']}" + (
+                f" and --test-fraction {opts['test_fraction']}" if opts["test_fraction"] else ""
+            )
+            raise EmptySplitError(
+                f"the {empty} split would be empty: none of the {n} documents left after cleaning and "
+                f"deduplication falls into it with {given}; {advice}"
+            )
+        else:
+            opts["split"] = "doc"
+    if not doc_mode and (any(b == 0 for _, b in tail) or sum(b for _, b in tail) >= p1.total_bytes):
+        held = " and ".join(f"a {name} split of {opts[f'{name}_fraction']}" for name, _ in tail)
         raise DataError(
-            f"the corpus has only {p1.total_bytes} bytes of text after cleaning, too few for a val split of "
-            f"{opts['val_fraction']}; give more text or change --val-fraction"
+            f"the corpus has only {p1.total_bytes} bytes of text after cleaning, too few for {held}; "
+            "give more text or change the fractions"
         )
 
     # ---- tokenizer
@@ -652,22 +764,22 @@ def _run(
     tok.save(tmp)
 
     # ---- pass 2
-    writers = {name: ShardWriter(tmp / name, dtype, shard_tokens=SHARD_TOKENS) for name in ("train", "val")}
+    writers = {name: ShardWriter(tmp / name, dtype, shard_tokens=SHARD_TOKENS) for name in names}
     task = bar.task("encoding", p1.total_bytes)
     enc = _Encoder(tok, writers, eos, bar, task)
     try:
         if doc_mode:
             _encode_doc_split(records_path, splits_path, enc)
         else:
-            _encode_tail_split(records_path, enc, p1.total_bytes, val_bytes)
+            _encode_tail_split(records_path, enc, p1.total_bytes, tail)
         enc.flush()
     finally:
         for w in writers.values():
             w.close()
     records_path.unlink()
-    if doc_mode:
+    if splits_path.exists():
         splits_path.unlink()
-    for name in ("val", "train"):
+    for name in names:
         if enc.stats[name]["documents"] == 0 or writers[name].tokens == 0:
             raise DataError(f"the {name} split came out empty ({n} {plural} of text); {advice}")
 
@@ -677,6 +789,7 @@ def _run(
         "dtype": dtype.name,
         "vocab_size": tok.vocab_size,
         "eos_id": eos,
+        "eos_after": "document",  # the stream's convention: every document's tokens, then eos
         "tokenizer": {
             "file": "tokenizer.json",
             "kind": tok.kind,
@@ -691,7 +804,7 @@ def _run(
                 "tokens": writers[name].tokens,
                 "bytes": enc.stats[name]["bytes"],
             }
-            for name in ("train", "val")
+            for name in names
         },
         "sources": per_source,  # documents kept from each source and their cleaned UTF-8 bytes
         "removed": dict(removed),

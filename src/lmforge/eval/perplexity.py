@@ -1,7 +1,9 @@
 """Cross-entropy, perplexity and bits per byte of a language model on shards or a text file.
 
 Bits per byte divide the total information (nats / ln 2) by the UTF-8 bytes of the text, so models with
-different tokenizers compare on equal terms.
+different tokenizers compare on equal terms. A text file is read, cleaned and cut into documents, each followed by
+end-of-sequence, the way the model's training data was prepared (the convention its checkpoint records), so that
+it scores as it would prepared.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.checkpoint import load_for_inference
-from lmforge.data.shards import TokenShards, stack_rows
+from lmforge.data.prepare import DOC_SPLITS, iter_clean_documents, text_convention
+from lmforge.data.shards import TokenShards, read_manifest, stack_rows
 from lmforge.device import autocast
 from lmforge.errors import ConfigError, DataError, TokenizerError
 from lmforge.eval.masked import masked_lm_scores
@@ -172,6 +175,58 @@ def evaluate_shards(
     return summarize(nats, count, shards.bytes * count / shards.tokens)
 
 
+# A text file given as it is: no cleaning, no document ends inside it (how evaluate read every file before the
+# convention was recorded, and how it reads one for a model without a recorded convention).
+AS_IS = "none"
+# An n-gram imported from an ARPA file has no recorded data; ARPA models score sentences, one per line, each
+# ended by </s>.
+ARPA_CONVENTION = {"doc_split": "line", "eos_after": "document"}
+
+
+def text_convention_of(lm, doc_split: str | None = None) -> dict | None:
+    """How `lm`'s training data turned text into tokens (data.prepare.text_convention): recorded in its checkpoint
+    config, else read from the manifest of its data directory when that still exists; `doc_split` overrides the
+    document splitting ("none": the text as it is, no convention). None when nothing is known."""
+    if doc_split is not None and doc_split not in (*DOC_SPLITS, AS_IS):
+        raise ConfigError(f"doc_split must be one of {', '.join((*DOC_SPLITS, AS_IS))}, not {doc_split!r}")
+    if doc_split == AS_IS:
+        return None
+    data = (getattr(lm, "config", None) or {}).get("data") or {}
+    convention = data.get("text")
+    if convention is None and data.get("dir") and (Path(data["dir"]) / "manifest.json").is_file():
+        try:
+            convention = text_convention(read_manifest(data["dir"]))
+        except DataError:
+            convention = None
+    if convention is None and not data and hasattr(lm.model, "score_stream"):
+        convention = ARPA_CONVENTION
+    if doc_split is not None:
+        return {**(convention or {}), "doc_split": doc_split, "eos_after": "document"}
+    return convention
+
+
+def prepared_ids(path: Path, tokenizer, convention: dict) -> tuple[list[int], int]:
+    """The token stream of a text file under `convention`, as `prepare` writes it (each document's tokens, then
+    end-of-sequence), and the UTF-8 bytes of its cleaned documents."""
+    ids: list[int] = []
+    n_bytes = 0
+    docs: list[str] = []
+
+    def flush() -> None:
+        for seq in tokenizer.encode_batch(docs):
+            ids.extend(seq)
+            ids.append(tokenizer.eos_id)
+        docs.clear()
+
+    for doc in iter_clean_documents(str(path), convention):
+        docs.append(doc)
+        n_bytes += len(doc.encode("utf-8"))
+        if len(docs) >= 2048:
+            flush()
+    flush()
+    return ids, n_bytes
+
+
 def evaluate(
     model_or_path,
     data: str | os.PathLike,
@@ -179,11 +234,16 @@ def evaluate(
     max_tokens: int | None = None,
     batch_size: int = 8,
     device: str = "auto",
+    doc_split: str | None = None,
 ) -> dict:
     """Loss, perplexity and bits per byte of a checkpoint (a path, or a loaded one: an `LM` or a
-    `checkpoint.Loaded`) on a data directory's split or a text file.
+    `checkpoint.Loaded`) on a data directory's split ("val", "train", or "test" when prepared with a test
+    fraction) or a text file.
 
-    Returns {"loss", "perplexity", "bits_per_byte", "tokens", "bytes"}.
+    A text file is read, cleaned and split into documents each followed by end-of-sequence, as the model's training
+    data was prepared (text_convention_of; never deduplicated); `doc_split` ("file", "paragraph", "line") overrides
+    the document splitting, "none" scores the text as it is. Returns {"loss", "perplexity", "bits_per_byte",
+    "tokens", "bytes"}.
     """
     loaded = isinstance(model_or_path, (str, os.PathLike))
     lm = load_for_inference(model_or_path, device=device) if loaded else model_or_path
@@ -196,6 +256,8 @@ def evaluate(
     block = lm.model.config.block_size
     path = Path(data)
     if path.is_dir():
+        if doc_split is not None:
+            raise ConfigError(f"doc_split reads a text file; {data} is a data directory, prepared already")
         shards = TokenShards(path, split)
         expected = shards.manifest["tokenizer"]["sha256"]
         if expected != lm.tokenizer.sha256():
@@ -216,19 +278,20 @@ def evaluate(
         raise DataError(f"{data} is not UTF-8 text") from None
     if not text:
         raise DataError(f"{data} is empty")
-    if is_masked_lm(lm.model):
-        ids = lm.tokenizer.encode(text)[:max_tokens]
-        if not ids:
-            raise DataError(f"{data} has too little text to evaluate")
-        # The windows' inputs are what a masked LM reads; one extra id makes them cover the last real token.
-        windows = text_windows(ids + [ids[-1]], block - (lm.tokenizer.bos_id is not None), batch_size)
-        return masked_lm_scores(lm.model, windows, lm.tokenizer, lm.device, lm.amp_dtype)
-    if is_seq2seq(lm.model):
-        ids = lm.tokenizer.encode(text)[:max_tokens]
-        if not ids:
-            raise DataError(f"{data} has too little text to evaluate")
-        windows = text_windows(ids + [ids[-1]], block, batch_size)  # as above: the inputs cover every token
-        return seq2seq_scores(lm.model, windows, lm.tokenizer, lm.device, lm.amp_dtype)
+    convention = text_convention_of(lm, doc_split)
+    if convention is not None:
+        if lm.tokenizer.eos_id is None:
+            raise TokenizerError(
+                f"{lm.path or 'this model'}'s tokenizer has no end-of-sequence token to end documents with; "
+                "evaluate with doc_split none (--doc-split none)"
+            )
+        return evaluate_stream(
+            lm, *prepared_ids(path, lm.tokenizer, convention), data, batch_size, max_tokens
+        )
+    if is_masked_lm(lm.model) or is_seq2seq(lm.model):  # their windows read the tokens alike, eos or not
+        return evaluate_stream(
+            lm, lm.tokenizer.encode(text), len(text.encode("utf-8")), data, batch_size, max_tokens
+        )
     if hasattr(lm.model, "score_stream"):
         ids = lm.tokenizer.encode(text)[:max_tokens]
         nats, count = lm.model.score_stream(np.array(ids, dtype=np.int64))
@@ -247,3 +310,27 @@ def evaluate(
         raise DataError(f"{data} has too little text to evaluate")
     nats, count = sum_nll(lm.model, text_windows(ids, block, batch_size), lm.device, lm.amp_dtype)
     return summarize(nats, count, n_bytes)
+
+
+def evaluate_stream(lm, ids: list[int], n_bytes: int, data, batch_size: int, max_tokens: int | None) -> dict:
+    """The scores of a token stream laid out as a prepared split (documents each ended by eos), the way
+    evaluate_shards scores one; a causal model also predicts the first token, from an eos before it."""
+    if not ids:
+        raise DataError(f"{data} has too little text to evaluate")
+    model, block = lm.model, lm.model.config.block_size
+    if is_masked_lm(model) or is_seq2seq(model):
+        ids = ids[:max_tokens]
+        if is_masked_lm(model):
+            # The windows' inputs are what a masked LM reads; one extra id makes them cover the last real token.
+            windows = text_windows(ids + [ids[-1]], block - (lm.tokenizer.bos_id is not None), batch_size)
+            return masked_lm_scores(model, windows, lm.tokenizer, lm.device, lm.amp_dtype)
+        windows = text_windows(ids + [ids[-1]], block, batch_size)  # as above: the inputs cover every token
+        return seq2seq_scores(model, windows, lm.tokenizer, lm.device, lm.amp_dtype)
+    total = len(ids)
+    if hasattr(model, "score_stream"):
+        nats, count = model.score_stream(np.array(ids[:max_tokens], dtype=np.int64))
+    else:
+        ids = [lm.tokenizer.eos_id] + ids[:max_tokens]
+        nats, count = sum_nll(model, text_windows(ids, block, batch_size), lm.device, lm.amp_dtype)
+    # Bytes in proportion to the tokens scored: exact for the whole file, an estimate for a part of it.
+    return summarize(nats, count, n_bytes * min(count, total) / total)

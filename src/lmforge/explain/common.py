@@ -16,9 +16,13 @@ from lmforge.tasks.ner.pipeline import split_words
 def as_lm(model: str | os.PathLike | LM, device: str = "cpu") -> LM:
     """An LM for a checkpoint path; an LM (or a task pipeline's loaded model: anything with model, tokenizer,
     config, path and device) as it is. Explanations run on the CPU by default (they are small)."""
-    if isinstance(model, (str, os.PathLike)):
-        return load(model, device=device, compile=False)
-    return model
+    lm = load(model, device=device, compile=False) if isinstance(model, (str, os.PathLike)) else model
+    if lm.config.get("arch") == "tfidf":  # a linear model over n-gram counts: its weights are the explanation
+        raise ConfigError(
+            "a tfidf classifier has no attention and no embeddings to attribute through; its largest "
+            "coefficients are its explanation (model.safetensors, with the n-gram vocabulary in tokenizer.json)"
+        )
+    return lm
 
 
 @dataclass

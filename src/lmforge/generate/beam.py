@@ -18,13 +18,13 @@ than the context is a ConfigError before any work.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 
 import torch
 
 from lmforge.errors import ConfigError
-from lmforge.generate.sampling import SamplingParams, generate_tokens
+from lmforge.generate.sampling import SamplingParams, banned_ngram_tokens, generate_tokens
 
 
 @dataclass
@@ -64,14 +64,6 @@ class Hypothesis:
 
 def _score(logprob: float, length: int, alpha: float) -> float:
     return logprob / max(length, 1) ** alpha
-
-
-def _banned_ngram_tokens(seq: list[int], n: int) -> list[int]:
-    """Tokens that would repeat an n-gram of `seq` if appended to it."""
-    if len(seq) < n:
-        return []
-    prefix = tuple(seq[len(seq) - n + 1 :]) if n > 1 else ()
-    return [seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i : i + n - 1]) == prefix]
 
 
 @torch.no_grad()
@@ -140,15 +132,18 @@ def continue_prompts(
     return out
 
 
-def tokens_until(steps: Iterable[torch.Tensor], rows: int, eos_id: int | None) -> list[list[int]]:
-    """Each row's tokens from a decoder's steps (one (rows,) tensor a step), up to its end-of-sequence token (left
-    out); stops pulling steps once every row has ended."""
+def tokens_until(
+    steps: Iterable[torch.Tensor], rows: int, eos_id: int | Collection[int] | None
+) -> list[list[int]]:
+    """Each row's tokens from a decoder's steps (one (rows,) tensor a step), up to its end-of-sequence token (any of
+    them, given several; left out); stops pulling steps once every row has ended."""
+    ends = {eos_id} if eos_id is None or isinstance(eos_id, int) else set(eos_id)
     out: list[list[int]] = [[] for _ in range(rows)]
     done = [False] * rows
     for tokens in steps:
         for row, t in enumerate(tokens.tolist()):
             if not done[row]:
-                done[row] = t == eos_id
+                done[row] = t in ends
                 out[row] += [] if done[row] else [t]
         if all(done):
             break
@@ -224,7 +219,7 @@ def _search(
             logp[:, eos_id] = float("-inf")
         if params.no_repeat_ngram_size:
             for row, seq in enumerate(seqs):
-                banned = _banned_ngram_tokens(seq, params.no_repeat_ngram_size)
+                banned = banned_ngram_tokens(seq, params.no_repeat_ngram_size)
                 if banned:
                     logp[row, banned] = float("-inf")
         V = logp.shape[-1]

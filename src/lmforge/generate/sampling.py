@@ -1,4 +1,5 @@
-"""Token-by-token decoding: greedy, temperature, top-k, top-p and repetition penalty, with or without a KV cache."""
+"""Token-by-token decoding: greedy, temperature, top-k, top-p, the repetition, presence and frequency penalties,
+no-repeat n-grams, logit bias and a minimum length, with or without a KV cache."""
 
 from __future__ import annotations
 
@@ -25,6 +26,21 @@ class SamplingParams:
     top_k: int | None = None
     top_p: float | None = None
     repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0  # 0: off; n: never produce an n-gram the sequence (prompt included) holds
+    min_new_tokens: int = 0  # the eos_ids are forbidden before this many new tokens
+    eos_ids: tuple[int, ...] = ()
+    # OpenAI's penalties, over the tokens generated so far: logit -= presence * (count > 0) + frequency * count.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit (OpenAI's logit_bias)
+
+    def batch_key(self) -> tuple:
+        """Equal for parameters that decode alike whatever their length (requests that may share a batch)."""
+        return (
+            self.temperature, self.top_k, self.top_p, self.repetition_penalty, self.no_repeat_ngram_size,
+            self.min_new_tokens, self.eos_ids, self.presence_penalty, self.frequency_penalty,
+            tuple(sorted((self.logit_bias or {}).items())),
+        )  # fmt: skip
 
     def validate(self) -> None:
         """ConfigError, one sentence, for a value that cannot be sampled with (NaN, infinity, out of range)."""
@@ -60,19 +76,58 @@ def seeded_generator(seed: int | None, device: torch.device | str = "cpu") -> to
 
 
 def next_token(
-    logits: torch.Tensor, seen: torch.Tensor, p: SamplingParams, generator: torch.Generator | None
+    logits: torch.Tensor,
+    seen: torch.Tensor,
+    p: SamplingParams,
+    generator: torch.Generator | None,
+    new: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Pick the next token (B,) from last-position logits (B, V); `seen` (B, T) are the tokens so far."""
-    logits = logits.float()
+    """Pick the next token (B,) from last-position logits (B, V); `seen` (B, T) are the tokens so far, `new` (B, N)
+    those generated so far (the presence and frequency penalties and min_new_tokens count them)."""
+    logits = adjust_logits(logits.float(), seen, p, new)
+    if p.temperature == 0:
+        return logits.argmax(dim=-1)
+    return sample(filtered(logits / p.temperature, p).softmax(-1), generator)
+
+
+def adjust_logits(
+    logits: torch.Tensor, seen: torch.Tensor, p: SamplingParams, new: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The logits (B, V) after the penalties, bans and biases of `p` (before temperature and filtering)."""
+    steps = 0 if new is None else new.shape[1]
+    if p.logit_bias:
+        ids = torch.tensor(list(p.logit_bias), dtype=torch.long, device=logits.device)
+        bias = torch.tensor(list(p.logit_bias.values()), dtype=logits.dtype, device=logits.device)
+        logits = logits.index_add(1, ids, bias.expand(logits.shape[0], -1))
+    if (p.presence_penalty or p.frequency_penalty) and steps:
+        counts = torch.zeros_like(logits).scatter_add_(1, new, torch.ones_like(new, dtype=logits.dtype))
+        logits = logits - p.frequency_penalty * counts - p.presence_penalty * (counts > 0).to(logits.dtype)
+    if p.no_repeat_ngram_size:
+        for row, tokens in enumerate(seen.tolist()):
+            banned = banned_ngram_tokens(tokens, p.no_repeat_ngram_size)
+            if banned:
+                logits[row, banned] = float("-inf")
+    if p.eos_ids and steps < p.min_new_tokens:
+        logits[:, list(p.eos_ids)] = float("-inf")
     if p.repetition_penalty != 1.0:
         # CTRL's penalty: make already-seen tokens less likely whatever the sign of their logit.
         prev = logits.gather(1, seen)
         logits = logits.scatter(
             1, seen, torch.where(prev > 0, prev / p.repetition_penalty, prev * p.repetition_penalty)
         )
-    if p.temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / p.temperature
+    return logits
+
+
+def banned_ngram_tokens(seq: list[int], n: int) -> list[int]:
+    """Tokens that would repeat an n-gram of `seq` if appended to it."""
+    if len(seq) < n:
+        return []
+    prefix = tuple(seq[len(seq) - n + 1 :]) if n > 1 else ()
+    return [seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i : i + n - 1]) == prefix]
+
+
+def filtered(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """Temperature-scaled logits (B, V) with the tokens top_k and top_p leave out set to -inf."""
     if p.top_k is not None and p.top_k < logits.size(-1):
         kth = torch.topk(logits, p.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -85,7 +140,7 @@ def next_token(
         drop_sorted[:, 0] = False
         drop = drop_sorted.scatter(1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    return sample(logits.softmax(-1), generator)
+    return logits
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -185,6 +240,7 @@ def generate_tokens(
     use_cache: bool = True,
     prompt_mask: torch.Tensor | None = None,
     compile: bool = False,
+    observe: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token ids (B,) one step at a time after prompt ids (B, T).
 
@@ -196,6 +252,7 @@ def generate_tokens(
     (GPT models): every row then continues exactly as it would alone.
 
     `compile` runs the cached one-token steps through DecodeStep (torch.compile); the prompt's pass stays eager.
+    `observe(logits, tokens)` sees each step's raw logits (B, V) and the tokens picked (B,) (the server's logprobs).
     """
     model.eval()
     block = model.config.block_size
@@ -226,7 +283,9 @@ def generate_tokens(
             logits = model(seq[:, -block:], **keys(min(block, seq.shape[1])))[:, -1]
         # Padding is not part of a row's text: the repetition penalty sees the row's last token in its place.
         seen = seq if mask is None else torch.where(mask, seq, seq[:, -1:])
-        nxt = next_token(logits, seen, params, generator)
+        nxt = next_token(logits, seen, params, generator, seq[:, prompt.shape[1] :])
+        if observe is not None:
+            observe(logits, nxt)
         seq = torch.cat([seq, nxt[:, None]], dim=1)
         if mask is not None:
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)

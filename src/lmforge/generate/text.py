@@ -28,8 +28,16 @@ class TextStream:
     turns true when the end-of-sequence token or a stop string ends the text: later tokens are ignored.
     """
 
-    def __init__(self, tokenizer: Tokenizer, prompt: str = "", stops: Sequence[str] = ()):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        prompt: str = "",
+        stops: Sequence[str] = (),
+        eos_ids: Sequence[int] | None = None,
+    ):
         self.tokenizer = tokenizer
+        # The ids that end the text (None: the tokenizer's end-of-sequence token).
+        self.eos_ids = set((tokenizer.eos_id,) if eos_ids is None else eos_ids)
         self.stops = list(stops)
         # Word-level tokenizers decode words joined by spaces: the continuation needs one after the prompt.
         self.sep = " " if tokenizer.kind == "word" and prompt and not prompt[-1].isspace() else ""
@@ -42,7 +50,7 @@ class TextStream:
         """The text that `token` makes ready."""
         if self.stopped:
             return ""
-        if token == self.tokenizer.eos_id:
+        if token in self.eos_ids:
             self.stopped = True
             return self._rest()
         self.tokens.append(token)
@@ -73,10 +81,14 @@ class TextStream:
 
 
 def text_pieces(
-    tokenizer: Tokenizer, prompt: str, tokens: Iterable[int], stops: Sequence[str] = ()
+    tokenizer: Tokenizer,
+    prompt: str,
+    tokens: Iterable[int],
+    stops: Sequence[str] = (),
+    eos_ids: Sequence[int] | None = None,
 ) -> Iterator[str]:
     """The non-empty pieces of a `TextStream` as `tokens` arrive; it takes no more tokens once the text has ended."""
-    stream = TextStream(tokenizer, prompt, stops)
+    stream = TextStream(tokenizer, prompt, stops, eos_ids)
     for token in tokens:
         if piece := stream.push(token):
             yield piece

@@ -5,6 +5,10 @@ map onto it weight for weight: word + position + token-type embeddings, a LayerN
 blocks (attention → add → LayerNorm, feed-forward → add → LayerNorm), exact GELU, a pooler (dense + tanh on the
 first token) for sentence-level heads, and an MLM head (dense → GELU → LayerNorm → vocabulary, tied to the word
 embeddings). Attention is bidirectional; padding positions are masked out of every softmax.
+
+RoBERTa and XLM-R are the same network with two differences in the embeddings, both options here: positions that
+count real tokens only and start after the padding index (`position_offset` = padding index + 1), and a single
+token type (`type_vocab_size` 1: segment ids are ignored, as RoBERTa was pretrained without them).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ class BertConfig:
     type_vocab_size: int = 2  # segment (sentence A / B) embeddings
     norm_eps: float = 1e-12
     tie_embeddings: bool = True
+    # RoBERTa / XLM-R: 2 (= the padding index + 1). Real tokens take positions offset, offset + 1, ... counted over
+    # the attention mask, padding takes offset - 1; the position table holds block_size + offset rows.
+    position_offset: int = 0
     # Masked-language-model pretraining (objectives.MaskedLM): which tokens are hidden and how.
     mask_prob: float = 0.15  # share of tokens selected for prediction
     whole_word_mask: bool = False  # select whole words (jieba word boundaries; also splits Chinese text)
@@ -46,6 +53,8 @@ class BertConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "type_vocab_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.position_offset < 0:
+            raise ConfigError(f"model.position_offset must be >= 0, got {self.position_offset}")
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
@@ -99,7 +108,7 @@ class Bert(nn.Module):
         cfg.validate()
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.pos_emb = nn.Embedding(cfg.block_size + cfg.position_offset, cfg.n_embd)
         self.type_emb = nn.Embedding(cfg.type_vocab_size, cfg.n_embd)
         self.emb_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
@@ -137,7 +146,12 @@ class Bert(nn.Module):
             raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
         # (B, T), not (T,) broadcast: per-example gradients (DP-SGD, train/privacy.py) need the batch dimension
         positions = torch.arange(T, device=idx.device).expand(B, T)
-        types = token_type_ids if token_type_ids is not None else torch.zeros_like(idx)
+        offset = self.config.position_offset
+        if offset:  # RoBERTa: real tokens count from `offset`, padding sits at offset - 1 (its padding index)
+            real = attention_mask.long() if attention_mask is not None else torch.ones_like(idx)
+            positions = torch.cumsum(real, 1) * real + (offset - 1)
+        one_type = token_type_ids is None or self.config.type_vocab_size == 1  # RoBERTa has no segment ids
+        types = torch.zeros_like(idx) if one_type else token_type_ids
         x = self.drop(self.emb_norm(self.tok_emb(idx) + self.pos_emb(positions) + self.type_emb(types)))
         mask = None
         if attention_mask is not None:

@@ -1,8 +1,9 @@
 """Sequence classification: a backbone that reads the text, a pooling step, and a linear head over the labels.
 
 Backbones: a BERT-style encoder (ours or an imported one such as MiniLM; pooled by its pooler on the first
-token, or by a mean), a GPT decoder (pooled at the last real token, the only one that has read the whole text), or a
-bidirectional LSTM/GRU trained from scratch (max-pooled over time, the articles' RNN text classifier). Text pairs
+token, or by a mean), a GPT decoder (pooled at the last real token, the only one that has read the whole text), a
+bidirectional LSTM/GRU trained from scratch (max-pooled over time, the articles' RNN text classifier), or Kim's CNN
+(models/cnn.py: its feature maps max-pooled over time). Text pairs
 (NLI) are one sequence with a separator; the BERT backbone also gets segment ids.
 """
 
@@ -14,10 +15,11 @@ import torch
 from torch import nn
 
 from lmforge.errors import ConfigError
+from lmforge.models.cnn import CNNEncoder, CNNEncoderConfig
 from lmforge.models.registry import build_model
 
-BACKBONES = ("bert", "gpt", "lstm", "gru")
-DEFAULT_POOLING = {"bert": "cls", "gpt": "last", "lstm": "max", "gru": "max"}
+BACKBONES = ("bert", "gpt", "lstm", "gru", "cnn")
+DEFAULT_POOLING = {"bert": "cls", "gpt": "last", "lstm": "max", "gru": "max", "cnn": "max"}
 
 
 @dataclass
@@ -65,7 +67,7 @@ class RNNEncoder(nn.Module):
 
 @dataclass
 class ClassifierConfig:
-    backbone: str = "bert"  # bert | gpt | lstm | gru
+    backbone: str = "bert"  # bert | gpt | lstm | gru | cnn
     encoder: dict = field(
         default_factory=dict
     )  # the backbone's own config (BertConfig / GPTConfig / RNN sizes)
@@ -75,6 +77,7 @@ class ClassifierConfig:
     dropout: float = 0.1
     block_size: int = 128  # longest input, in tokens (texts are truncated to it)
     vocab_size: int = 0  # set from the tokenizer
+    stem: str = ""  # Snowball language whose stems the text is read as (finetune --stem), "" for none
 
     objective = "classify"
 
@@ -99,6 +102,8 @@ def build_backbone(cfg: ClassifierConfig) -> nn.Module:
     if cfg.backbone in ("lstm", "gru"):
         enc = RNNEncoderConfig(**{**cfg.encoder, "cell": cfg.backbone, "vocab_size": cfg.vocab_size})
         return RNNEncoder(enc)
+    if cfg.backbone == "cnn":  # Kim 2014 (models/cnn.py)
+        return CNNEncoder(CNNEncoderConfig(**{**cfg.encoder, "vocab_size": cfg.vocab_size}))
     return build_model(cfg.backbone, dict(cfg.encoder))
 
 

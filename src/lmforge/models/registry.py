@@ -16,6 +16,7 @@ ARCHITECTURES = {
     "gru": ("lmforge.models.rnn", "GRUConfig", "RNNLM"),
     "bert": ("lmforge.models.bert", "BertConfig", "Bert"),
     "classifier": ("lmforge.models.classifier", "ClassifierConfig", "Classifier"),
+    "tfidf": ("lmforge.models.tfidf", "TfidfConfig", "TfidfClassifier"),  # a fitted bag-of-words classifier
     "span_qa": ("lmforge.models.span_qa", "SpanQAConfig", "SpanQA"),
     "tagger": ("lmforge.models.tagger", "TaggerConfig", "Tagger"),
     "seq2seq": ("lmforge.models.seq2seq", "Seq2SeqConfig", "Seq2Seq"),

@@ -8,6 +8,15 @@ projection use one matrix, as in the paper. Decoding keeps a KV cache of the dec
 the cross-attention keys and values once per source (`start_decoding` / `decode_step`).
 
 Pretraining is T5-style span corruption (objectives.Seq2SeqDenoise); paired text trains the same model.
+
+Options that default to the layout above map Hugging Face's encoder-decoders onto this model weight for weight
+(lmforge.export.hf): Marian (post-LN, sinusoidal positions with all sines before all cosines, SiLU feed-forward,
+a final logits bias, <pad> as the decoder's start token), mBART (pre-LN, learned positions offset by 2 and one
+table per stack, a LayerNorm after the embeddings, exact GELU, unscaled or scaled embeddings) and T5 / mT5 (RMSNorm
+without biases, no absolute positions but a learned bias per relative-position bucket and head added to the
+self-attention scores, ReLU or gated-GELU feed-forward, unscaled embeddings, heads of their own width, and the
+decoder output scaled by n_embd**-0.5 before a tied output layer). T5 does not divide attention scores by
+sqrt(head width); its query weights are imported multiplied by it, which is the same function.
 """
 
 from __future__ import annotations
@@ -16,10 +25,11 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmforge.errors import ConfigError
-from lmforge.models.layers import MLP, Attention, CausalSelfAttention, KVCache
+from lmforge.models.layers import MLP, Attention, CausalSelfAttention, KVCache, explicit_attention, make_norm
 
 
 @dataclass
@@ -41,6 +51,25 @@ class Seq2SeqConfig:
     # Span-corruption pretraining (objectives.Seq2SeqDenoise), as in T5.
     noise_density: float = 0.15
     mean_span_length: float = 3.0
+    # Hugging Face encoder-decoders (Marian, mBART); the defaults are the layout above.
+    activation: str = "gelu_tanh"  # feed-forward: gelu_tanh | gelu (exact) | silu (Marian's swish) | relu
+    scale_embedding: bool = True  # token embeddings times sqrt(n_embd) (mBART checkpoints may turn it off)
+    sinusoid_layout: str = "interleaved"  # interleaved (sin, cos, sin, ...: the paper) | halves (Marian)
+    position_offset: int = 0  # mBART's learned positions start at row 2; the table has block_size + 2 rows
+    separate_positions: bool = False  # learned positions: one table for the encoder, one for the decoder
+    embed_norm: bool = False  # a LayerNorm after each stack's embeddings (BART / mBART's layernorm_embedding)
+    logits_bias: bool = False  # a fixed bias over the vocabulary added to the logits (final_logits_bias)
+    # The token the decoder reads at position 0 whichever start token its callers put there (Marian: <pad>,
+    # mBART: the target language's code); None: the callers' <bos> (or <eos>).
+    decoder_start_token_id: int | None = None
+    # T5 / mT5
+    norm: str = "layernorm"  # layernorm | rmsnorm (T5's, without bias)
+    head_dim: int | None = (
+        None  # attention heads' width (default n_embd / n_head; mT5-small: 64 with 6 heads of 512)
+    )
+    relative_buckets: int = 0  # > 0: T5's relative-position buckets, a learned bias per bucket and head
+    relative_max_distance: int = 128  # distances beyond this share the last bucket
+    output_rescale: bool = False  # the decoder output times n_embd**-0.5 before the output layer (tied T5)
 
     objective = "seq2seq"
 
@@ -53,6 +82,10 @@ class Seq2SeqConfig:
         return self.mlp_hidden or 4 * self.n_embd
 
     @property
+    def head_size(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
     def tie_embeddings(self) -> bool:
         # The name the checkpoint code reads: lm_head.weight is the embedding matrix, so it is stored once.
         return self.share_embeddings
@@ -61,7 +94,7 @@ class Seq2SeqConfig:
         for name in ("vocab_size", "block_size", "n_layer", "decoder_layers", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_embd % self.n_head:
+        if self.head_dim is None and self.n_embd % self.n_head:
             raise ConfigError(
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
             )
@@ -69,7 +102,10 @@ class Seq2SeqConfig:
             raise ConfigError(f"sinusoidal positions need an even model.n_embd, got {self.n_embd}")
         for key, value, choices in (
             ("norm_position", self.norm_position, ("pre", "post")),
-            ("position", self.position, ("sinusoidal", "learned")),
+            ("position", self.position, ("sinusoidal", "learned", "none")),
+            ("norm", self.norm, ("layernorm", "rmsnorm")),
+            ("activation", self.activation, ACTIVATIONS),
+            ("sinusoid_layout", self.sinusoid_layout, ("interleaved", "halves")),
         ):
             if value not in choices:
                 raise ConfigError(f"model.{key} must be one of {', '.join(choices)}, got {value!r}")
@@ -80,16 +116,110 @@ class Seq2SeqConfig:
             raise ConfigError(f"model.noise_density must be in (0, 1), got {self.noise_density}")
         if self.mean_span_length < 1:
             raise ConfigError(f"model.mean_span_length must be >= 1, got {self.mean_span_length}")
+        if self.position_offset < 0:
+            raise ConfigError(f"model.position_offset must be >= 0, got {self.position_offset}")
+        if self.decoder_start_token_id is not None and not 0 <= self.decoder_start_token_id < self.vocab_size:
+            raise ConfigError(f"model.decoder_start_token_id {self.decoder_start_token_id} is not a token id")
 
 
-def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
-    """The paper's positions: sin on even features, cos on odd ones, wavelengths from 2π to 10000·2π."""
+ACTIVATIONS = ("gelu_tanh", "gelu", "silu", "relu", "gated_gelu")
+
+
+class FeedForward(MLP):
+    """layers.MLP (the same weights) with the activations of Hugging Face's encoder-decoders as well, and T5 v1.1's
+    gated GELU: down(gelu_tanh(gate(x)) * up(x))."""
+
+    def __init__(self, n_embd: int, hidden: int, activation: str, dropout: float, bias: bool):
+        super().__init__(n_embd, hidden, activation, dropout, bias)
+        if activation == "gated_gelu":
+            self.gate_proj = nn.Linear(n_embd, hidden, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation == "gated_gelu":
+            h = F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x)
+            return self.dropout(self.down_proj(h))
+        if self.activation in ("silu", "relu"):
+            act = F.silu if self.activation == "silu" else F.relu
+            return self.dropout(self.down_proj(act(self.up_proj(x))))
+        return super().forward(x)
+
+
+def sinusoidal_table(length: int, dim: int, layout: str = "interleaved") -> torch.Tensor:
+    """The paper's positions: sin on even features, cos on odd ones, wavelengths from 2π to 10000·2π; with
+    layout "halves" (Marian), the same sines in the first half of the features and the cosines in the second."""
     pos = torch.arange(length, dtype=torch.float32)[:, None]
     inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
     table = torch.zeros(length, dim)
-    table[:, 0::2] = torch.sin(pos * inv_freq)
-    table[:, 1::2] = torch.cos(pos * inv_freq)
+    if layout == "halves":
+        table[:, : dim // 2], table[:, dim // 2 :] = torch.sin(pos * inv_freq), torch.cos(pos * inv_freq)
+    else:
+        table[:, 0::2] = torch.sin(pos * inv_freq)
+        table[:, 1::2] = torch.cos(pos * inv_freq)
     return table
+
+
+def relative_bucket(
+    relative: torch.Tensor, bidirectional: bool, buckets: int, max_distance: int
+) -> torch.Tensor:
+    """T5's bucket of each key-minus-query distance: exact buckets for small distances, logarithmic ones up to
+    max_distance; a bidirectional (encoder) table gives half its buckets to keys after the query."""
+    out = torch.zeros_like(relative)
+    if bidirectional:
+        buckets //= 2
+        out += (relative > 0).long() * buckets
+        relative = relative.abs()
+    else:
+        relative = -torch.clamp(relative, max=0)
+    exact = buckets // 2
+    large = (
+        exact
+        + (
+            torch.log(relative.float().clamp(min=1) / exact)
+            / math.log(max_distance / exact)
+            * (buckets - exact)
+        ).long()
+    )
+    return out + torch.where(relative < exact, relative, large.clamp(max=buckets - 1))
+
+
+class HeadAttention(Attention):
+    """layers.Attention with heads of their own width (n_head * head_dim need not be n_embd, as in mT5)."""
+
+    def __init__(self, n_embd: int, n_head: int, head_dim: int, dropout: float, bias: bool):
+        super().__init__(n_embd, n_head, dropout, bias)
+        self.head_dim, inner = head_dim, n_head * head_dim
+        self.q_proj = nn.Linear(n_embd, inner, bias=bias)
+        self.kv_proj = nn.Linear(n_embd, 2 * inner, bias=bias)
+        self.o_proj = nn.Linear(inner, n_embd, bias=bias)
+
+    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, S, _ = memory.shape
+        k, v = self.kv_proj(memory).split(self.n_head * self.head_dim, dim=-1)
+        return tuple(t.view(B, S, self.n_head, self.head_dim).transpose(1, 2) for t in (k, v))
+
+    def forward(self, x, kv, mask=None, need_weights: bool = False):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        weights = None
+        if need_weights:
+            y, weights = explicit_attention(q, *kv, mask)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, *kv, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            )
+        out = self.resid_dropout(self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)))
+        return (out, weights) if need_weights else out
+
+
+def attention(cfg: Seq2SeqConfig) -> Attention:
+    """An encoder's self-attention or a decoder's cross-attention, with heads of cfg.head_dim when it is set."""
+    if cfg.head_dim is None:
+        return Attention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias)
+    return HeadAttention(cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.dropout, cfg.bias)
+
+
+def norm_of(cfg: Seq2SeqConfig) -> nn.Module:
+    return make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
 
 
 def keep(out: tuple[torch.Tensor, torch.Tensor], maps: list) -> torch.Tensor:
@@ -107,10 +237,10 @@ class EncoderLayer(nn.Module):
     def __init__(self, cfg: Seq2SeqConfig):
         super().__init__()
         self.pre = cfg.norm_position == "pre"
-        self.attn_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
-        self.attn = Attention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias)
-        self.mlp_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
-        self.mlp = MLP(cfg.n_embd, cfg.hidden, "gelu_tanh", cfg.dropout, cfg.bias)
+        self.attn_norm = norm_of(cfg)
+        self.attn = attention(cfg)
+        self.mlp_norm = norm_of(cfg)
+        self.mlp = FeedForward(cfg.n_embd, cfg.hidden, cfg.activation, cfg.dropout, cfg.bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, maps: list | None = None) -> torch.Tensor:
         """The layer's output; with a `maps` list, the self-attention weights are appended to it (explicit path)."""
@@ -127,22 +257,32 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: Seq2SeqConfig, layer: int):
         super().__init__()
         self.pre = cfg.norm_position == "pre"
-        self.self_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
-        self.self_attn = CausalSelfAttention(cfg.n_embd, cfg.n_head, cfg.n_head, cfg.dropout, cfg.bias, layer)
-        self.cross_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
-        self.cross_attn = Attention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias)
-        self.mlp_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
-        self.mlp = MLP(cfg.n_embd, cfg.hidden, "gelu_tanh", cfg.dropout, cfg.bias)
+        self.self_norm = norm_of(cfg)
+        self.self_attn = CausalSelfAttention(
+            cfg.n_embd, cfg.n_head, cfg.n_head, cfg.dropout, cfg.bias, layer, cfg.head_dim
+        )
+        self.cross_norm = norm_of(cfg)
+        self.cross_attn = attention(cfg)
+        self.mlp_norm = norm_of(cfg)
+        self.mlp = FeedForward(cfg.n_embd, cfg.hidden, cfg.activation, cfg.dropout, cfg.bias)
 
     def forward(
-        self, x, memory_kv, mask, cache: KVCache | None = None, pos: int = 0, maps: tuple | None = None
+        self,
+        x,
+        memory_kv,
+        mask,
+        cache: KVCache | None = None,
+        pos: int = 0,
+        maps: tuple | None = None,
+        self_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The layer's output; with `maps` (two lists), the self- and cross-attention weights are appended to
-        them (explicit path)."""
+        them (explicit path). `self_mask` (T5's relative-position bias with the causal mask, (1, H, T, pos + T))
+        replaces the causal mask of the self-attention."""
         need = maps is not None
 
         def attend_self(h):
-            out = self.self_attn(h, None, cache, pos, need_weights=need)
+            out = self.self_attn(h, None, cache, pos, mask=self_mask, need_weights=need)
             return out if maps is None else keep(out, maps[0])
 
         def attend_memory(h):
@@ -181,18 +321,29 @@ class Seq2Seq(nn.Module):
         d = cfg.n_embd
         self.tok_emb = nn.Embedding(cfg.vocab_size, d)  # the encoder's (and, shared, everyone's) embedding
         self.dec_tok_emb = None if cfg.share_embeddings else nn.Embedding(cfg.vocab_size, d)
+        self.dec_pos_emb = None
         if cfg.position == "learned":
-            self.pos_emb = nn.Embedding(cfg.block_size, d)
-        else:
-            self.register_buffer("pos_table", sinusoidal_table(cfg.block_size, d), persistent=False)
+            self.pos_emb = nn.Embedding(cfg.block_size + cfg.position_offset, d)
+            if cfg.separate_positions:
+                self.dec_pos_emb = nn.Embedding(cfg.block_size + cfg.position_offset, d)
+        elif cfg.position == "sinusoidal":
+            table = sinusoidal_table(cfg.block_size + cfg.position_offset, d, cfg.sinusoid_layout)
+            self.register_buffer("pos_table", table, persistent=False)
+        if cfg.relative_buckets:  # T5: one table per stack, shared by its layers
+            self.enc_rel_bias = nn.Embedding(cfg.relative_buckets, cfg.n_head)
+            self.dec_rel_bias = nn.Embedding(cfg.relative_buckets, cfg.n_head)
+        norm = (lambda: norm_of(cfg)) if cfg.embed_norm else nn.Identity
+        self.enc_emb_norm, self.dec_emb_norm = norm(), norm()
         self.drop = nn.Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_layer))
         self.decoder = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.decoder_layers))
         # Pre-LN leaves the residual stream unnormalised, so each stack ends with a norm; post-LN already did.
         pre = cfg.norm_position == "pre"
-        self.enc_norm = nn.LayerNorm(d, eps=cfg.norm_eps, bias=cfg.bias) if pre else nn.Identity()
-        self.dec_norm = nn.LayerNorm(d, eps=cfg.norm_eps, bias=cfg.bias) if pre else nn.Identity()
+        self.enc_norm = norm_of(cfg) if pre else nn.Identity()
+        self.dec_norm = norm_of(cfg) if pre else nn.Identity()
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
+        if cfg.logits_bias:  # a buffer, as in transformers: it is loaded and saved, never trained
+            self.register_buffer("final_logits_bias", torch.zeros(cfg.vocab_size))
         self.apply(self._init_weights)
         if cfg.share_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -208,15 +359,33 @@ class Seq2Seq(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.n_embd**-0.5)
 
     # ---- embeddings --------------------------------------------------------------------------------------
-    def _embed(self, table: nn.Embedding, idx: torch.Tensor, pos: int = 0) -> torch.Tensor:
-        T = idx.shape[1]
-        if pos + T > self.config.block_size:
-            raise ValueError(
-                f"sequence of {pos + T} tokens is longer than block_size {self.config.block_size}"
-            )
-        positions = torch.arange(pos, pos + T, device=idx.device)
-        where = self.pos_emb(positions) if self.config.position == "learned" else self.pos_table[positions]
-        return self.drop(table(idx) * math.sqrt(self.config.n_embd) + where)
+    def _embed(
+        self, table: nn.Embedding, idx: torch.Tensor, pos: int = 0, decoder: bool = False
+    ) -> torch.Tensor:
+        cfg, T = self.config, idx.shape[1]
+        if pos + T > cfg.block_size:
+            raise ValueError(f"sequence of {pos + T} tokens is longer than block_size {cfg.block_size}")
+        if decoder and pos == 0 and cfg.decoder_start_token_id is not None:
+            # The model's own start token (Marian's <pad>, mBART's language code) at position 0, whichever
+            # start token the caller (training, decoding, scoring) put there.
+            idx = torch.cat([torch.full_like(idx[:, :1], cfg.decoder_start_token_id), idx[:, 1:]], 1)
+        positions = torch.arange(pos, pos + T, device=idx.device) + cfg.position_offset
+        if cfg.position == "learned":
+            learned = self.dec_pos_emb if decoder and self.dec_pos_emb is not None else self.pos_emb
+            where = learned(positions)
+        elif cfg.position == "sinusoidal":
+            where = self.pos_table[positions]
+        else:  # T5: positions enter as attention biases
+            where = 0.0
+        x = table(idx) * (math.sqrt(cfg.n_embd) if cfg.scale_embedding else 1.0) + where
+        return self.drop((self.dec_emb_norm if decoder else self.enc_emb_norm)(x))
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dec_norm(x)
+        if self.config.output_rescale:
+            x = x * self.config.n_embd**-0.5
+        logits = self.lm_head(x)
+        return logits + self.final_logits_bias if self.config.logits_bias else logits
 
     @property
     def _dec_table(self) -> nn.Embedding:
@@ -227,11 +396,37 @@ class Seq2Seq(nn.Module):
         # (B, S) with True/1 for real tokens -> (B, 1, 1, S), broadcast over heads and queries.
         return None if src_mask is None else src_mask.bool()[:, None, None, :]
 
+    def _relative_bias(
+        self, table: nn.Embedding, queries: int, keys: int, pos: int, decoder: bool
+    ) -> torch.Tensor:
+        """(1, H, queries, keys): T5's bias of each query (at positions pos..) for each key (at 0..keys-1); the
+        decoder's also hides later keys (-inf), as its causal mask would."""
+        cfg, device = self.config, table.weight.device
+        relative = (
+            torch.arange(keys, device=device)[None, :]
+            - torch.arange(pos, pos + queries, device=device)[:, None]
+        )
+        bias = table(relative_bucket(relative, not decoder, cfg.relative_buckets, cfg.relative_max_distance))
+        bias = bias.permute(2, 0, 1)[None]
+        if decoder:
+            bias = bias.masked_fill(relative[None, None] > 0, float("-inf"))
+        return bias
+
+    def _encoder_mask(self, src: torch.Tensor, src_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The encoder's self-attention mask: the padding mask, or with relative positions a float mask (their
+        bias, -inf on padding)."""
+        mask = self._attn_mask(src_mask)
+        if not self.config.relative_buckets:
+            return mask
+        S = src.shape[1]
+        bias = self._relative_bias(self.enc_rel_bias, S, S, 0, decoder=False)
+        return bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+
     # ---- the two stacks --------------------------------------------------------------------------------
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The encoder's output (B, S, n_embd); src_mask (B, S) is 1 for real tokens and 0 for padding."""
         x = self._embed(self.tok_emb, src)
-        mask = self._attn_mask(src_mask)
+        mask = self._encoder_mask(src, src_mask)
         for layer in self.encoder:
             x = layer(x, mask)
         return self.enc_norm(x)
@@ -242,10 +437,15 @@ class Seq2Seq(nn.Module):
         return self._decoder(tgt_in, memory_kv, self._attn_mask(src_mask))
 
     def _decoder(self, idx, memory_kv, mask, cache: KVCache | None = None, pos: int = 0) -> torch.Tensor:
-        x = self._embed(self._dec_table, idx, pos)
+        x = self._embed(self._dec_table, idx, pos, decoder=True)
+        self_mask = None
+        if self.config.relative_buckets:
+            self_mask = self._relative_bias(
+                self.dec_rel_bias, idx.shape[1], pos + idx.shape[1], pos, decoder=True
+            )
         for layer, kv in zip(self.decoder, memory_kv):
-            x = layer(x, kv, mask, cache, pos)
-        return self.lm_head(self.dec_norm(x))
+            x = layer(x, kv, mask, cache, pos, self_mask=self_mask)
+        return self._logits(x)
 
     def forward(
         self, src: torch.Tensor, tgt_in: torch.Tensor, src_mask: torch.Tensor | None = None
@@ -259,16 +459,18 @@ class Seq2Seq(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
         """Teacher-forced logits, as forward() computes them, and every layer's attention weights from the explicit
         path: "encoder" (B, H, S, S), "decoder" self-attention (B, H, T, T) and "cross" (B, H, T, S)."""
+        if self.config.relative_buckets:
+            raise ConfigError("attention maps of T5-style relative-position models are not available yet")
         maps: dict[str, list[torch.Tensor]] = {"encoder": [], "decoder": [], "cross": []}
         x = self._embed(self.tok_emb, src)
         mask = self._attn_mask(src_mask)
         for layer in self.encoder:
             x = layer(x, mask, maps["encoder"])
         memory = self.enc_norm(x)
-        y = self._embed(self._dec_table, tgt_in)
+        y = self._embed(self._dec_table, tgt_in, decoder=True)
         for layer in self.decoder:
             y = layer(y, layer.cross_attn.keys_values(memory), mask, maps=(maps["decoder"], maps["cross"]))
-        return self.lm_head(self.dec_norm(y)), maps
+        return self._logits(y), maps
 
     # ---- incremental decoding (greedy and sampling here; a beam search calls the same step) -------------------
     def start_decoding(self, memory: torch.Tensor, src_mask: torch.Tensor | None = None) -> DecoderState:
@@ -278,7 +480,7 @@ class Seq2Seq(nn.Module):
             B,
             cfg.n_head,
             cfg.block_size,
-            cfg.n_embd // cfg.n_head,
+            cfg.head_size,
             memory.device,
             memory.dtype,
         )

@@ -18,6 +18,16 @@ the simple template
 
 and generation also stops before the model starts a new "\\nUser:" or "\\nSystem:" turn.
 
+The completion routes speak the rest of OpenAI's protocol: `n` choices (seeded choice k samples with seed + k),
+`logprobs` (completions: the legacy object of tokens, token_logprobs, top_logprobs and text_offset; chat:
+`logprobs: true` and `top_logprobs`), `echo` with the prompt's own logprobs (the first token's is null; max_tokens 0
+scores a prompt without continuing it), prompts given as token ids, `presence_penalty` / `frequency_penalty`
+(over the tokens generated so far), `logit_bias` and `seed`. Logprobs are the model's own distribution, before
+temperature, penalties and bias. A field the server does not implement (`tools`, `functions`, `response_format`
+other than text, `suffix`, `best_of` other than n, or any unknown name) is a 400 naming it, never ignored; only
+`user`, `metadata` and a few such bookkeeping fields are accepted and ignored. vLLM's `/tokenizer_info`,
+`/tokenize` and `/detokenize` let lm-evaluation-harness's `local-completions` tokenize with the model's tokenizer.
+
 Any `model` name in a request is accepted: the server has one model. Errors use OpenAI's shape
 `{"error": {"message", "type", "code", "param"}}`; a request the server cannot serve is a 4xx, never a 500, and
 the connection stays usable after any error. Every number and text of a request is checked at the edge (NaN,
@@ -55,6 +65,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
+from pydantic import ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmforge.checkpoint import read_config, resolve_checkpoint
@@ -63,7 +74,7 @@ from lmforge.extras import require
 from lmforge.generate.sampling import MIN_TEMPERATURE, REPETITION_PENALTY_RANGE, SEED_RANGE, SamplingParams
 from lmforge.lm import LM, load
 from lmforge.models.registry import ARCHITECTURES, TASK_MODELS, model_config_class
-from lmforge.serve.batching import Batcher, GenerateJob
+from lmforge.serve.batching import Batcher, CallJob, GenerateJob, TokenLogprob
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.protocol import (
     MAX_PROMPTS,
@@ -90,7 +101,16 @@ class StreamOptions(RequestBody):
     include_usage: bool = False
 
 
+# Fields OpenAI clients send that change nothing about the answer: accepted and ignored. Any other field the
+# server does not know is a 400 naming it, so a client never believes a setting took effect when it did not.
+IGNORED_FIELDS = {"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"}
+MAX_TOP_LOGPROBS = 20
+MAX_N = 16
+
+
 class Sampling(RequestBody):
+    model_config = ConfigDict(extra="allow")  # checked by `check_fields`
+
     model: str | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None  # the chat API's newer name for max_tokens
@@ -98,15 +118,41 @@ class Sampling(RequestBody):
     top_p: float | None = None
     top_k: int | None = None  # an extension: OpenAI has no top-k
     repetition_penalty: float | None = None  # an extension
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # Not implemented: refused (400) when given a value that would change the answer.
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    functions: list | None = None
+    function_call: str | dict | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict | None = None
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str]
+    # Text, texts, or token ids (one list of ids, or a list of them), as OpenAI's API takes.
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = (
+        None  # the legacy API: the top `logprobs` tokens at each position (0: the chosen only)
+    )
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+
+class TokenizeRequest(RequestBody):
+    prompt: str
+    add_special_tokens: bool = False  # lmforge's tokenizers add none: accepted for vLLM's clients
+
+
+class DetokenizeRequest(RequestBody):
+    tokens: list[int]
 
 
 class ChatMessage(RequestBody):
@@ -116,6 +162,8 @@ class ChatMessage(RequestBody):
 
 class ChatRequest(Sampling):
     messages: list[ChatMessage]
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
 
 # ---- what the checkpoint serves ------------------------------------------------------------------------------
@@ -187,14 +235,45 @@ def compile_template(source: str | None):
 
 
 # ---- turning requests into jobs ---------------------------------------------------------------------------
-def sampling_params(req: Sampling, limits: Limits, default_max_tokens: int) -> SamplingParams:
-    if req.n not in (None, 1):
-        raise ApiError(400, "n must be 1: this server makes one completion per prompt", param="n")
+def check_fields(req: Sampling) -> None:
+    """400 for a field the server does not implement (naming it), and for n outside 1..MAX_N."""
+    unknown = sorted(set(req.model_extra or {}) - IGNORED_FIELDS)
+    if unknown:
+        raise ApiError(
+            400,
+            f"{unknown[0]} is not supported by this server",
+            code="unsupported_parameter",
+            param=unknown[0],
+        )
+    for name in ("tools", "functions"):
+        if getattr(req, name):
+            raise ApiError(400, f"{name} (function calling) is not supported by this server", param=name)
+    for name in ("tool_choice", "function_call"):
+        if getattr(req, name) not in (None, "none"):
+            raise ApiError(400, f"{name} is not supported by this server (no function calling)", param=name)
+    if req.response_format is not None and req.response_format.get("type") != "text":
+        raise ApiError(
+            400, 'response_format: only {"type": "text"} is supported by this server', param="response_format"
+        )
+    if req.n is not None and not 1 <= req.n <= MAX_N:
+        raise ApiError(400, f"n must be between 1 and {MAX_N}, got {req.n}", param="n")
+    if req.n not in (None, 1) and req.stream:
+        raise ApiError(400, "stream takes n = 1", param="n")
+
+
+def sampling_params(
+    req: Sampling, limits: Limits, default_max_tokens: int, vocab_size: int, allow_zero: bool = False
+) -> SamplingParams:
+    check_fields(req)
     max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
     max_tokens = default_max_tokens if max_tokens is None else max_tokens
-    if not 1 <= max_tokens <= limits.max_tokens:
+    # max_tokens 0 with echo scores a prompt without continuing it (lm-evaluation-harness asks for that).
+    low = 0 if allow_zero else 1
+    if not low <= max_tokens <= limits.max_tokens:
         raise ApiError(
-            400, f"max_tokens must be between 1 and {limits.max_tokens}, got {max_tokens}", param="max_tokens"
+            400,
+            f"max_tokens must be between {low} and {limits.max_tokens}, got {max_tokens}",
+            param="max_tokens",
         )
     # (NaN fails every comparison below: `not low <= x <= high` refuses it.)
     temperature = 1.0 if req.temperature is None else req.temperature
@@ -219,12 +298,43 @@ def sampling_params(req: Sampling, limits: Limits, default_max_tokens: int) -> S
         )
     if req.seed is not None and not SEED_RANGE[0] <= req.seed <= SEED_RANGE[1]:
         raise ApiError(400, f"seed must be between -2**63 and 2**64 - 1, got {req.seed}", param="seed")
-    params = SamplingParams(max_tokens, temperature, req.top_k, None if top_p == 1 else top_p, penalty)
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(req, name)
+        if value is not None and not -2 <= value <= 2:
+            raise ApiError(400, f"{name} must be between -2 and 2, got {value}", param=name)
+    params = SamplingParams(
+        max_tokens,
+        temperature,
+        req.top_k,
+        None if top_p == 1 else top_p,
+        penalty,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        logit_bias=logit_bias(req.logit_bias, vocab_size),
+    )
     try:
         params.validate()  # the library's own rules, in case they are stricter than the ones above
     except ConfigError as exc:
         raise ApiError(400, str(exc)) from None
     return params
+
+
+def logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float] | None:
+    """OpenAI's logit_bias ({"token id": bias from -100 to 100}) with integer keys; 400 for a bad entry."""
+    if not bias:
+        return None
+    out = {}
+    for key, value in bias.items():
+        if not key.isdigit() or int(key) >= vocab_size:
+            raise ApiError(
+                400, f"logit_bias keys must be token ids below {vocab_size}, got {key!r}", param="logit_bias"
+            )
+        if not -100 <= value <= 100:
+            raise ApiError(
+                400, f"logit_bias values must be between -100 and 100, got {value}", param="logit_bias"
+            )
+        out[int(key)] = float(value)
+    return out
 
 
 def stop_strings(stop: str | list[str] | None) -> list[str]:
@@ -237,12 +347,23 @@ def stop_strings(stop: str | list[str] | None) -> list[str]:
 def make_job(
     served: Served,
     limits: Limits,
-    prompt: str,
+    prompt: str | list[int],
     params: SamplingParams,
     stops: list[str],
     seed: int | None,
+    logprobs: int | None = None,
 ) -> GenerateJob:
-    """The prompt tokenized, as a job for the batcher (CPU work: the routes call it in a thread pool)."""
+    """The prompt tokenized, as a job for the batcher (CPU work: the routes call it in a thread pool). A prompt of
+    token ids is the model's context as it is (no end-of-sequence token before it)."""
+    if not isinstance(prompt, str):
+        return GenerateJob(
+            served.lm.tokenizer.decode(prompt),
+            prompt_token_ids(served, prompt),
+            params,
+            stops,
+            seed,
+            logprobs=logprobs,
+        )
     limit = limits.max_prompt_chars
     if limit is not None and len(prompt) > limit:  # refused before the tokenizer spends time on it
         raise ApiError(
@@ -257,7 +378,26 @@ def make_job(
         ids = served.lm.prompt_ids(prompt)  # the LM's own context check
     except ConfigError as exc:
         raise ApiError(400, str(exc), code="context_length_exceeded", param="prompt") from None
-    return GenerateJob(prompt, ids, params, stops, seed)
+    # The end-of-sequence token before a text is the model's context, not part of the prompt's text.
+    shown_from = int(served.lm.tokenizer.eos_id is not None)  # LM.prompt_ids puts it first
+    return GenerateJob(prompt, ids, params, stops, seed, logprobs=logprobs, shown_from=shown_from)
+
+
+def prompt_token_ids(served: Served, ids: list[int]) -> list[int]:
+    """A prompt given as token ids, checked against the vocabulary and the context."""
+    vocab, block = served.lm.tokenizer.vocab_size, served.lm.model.config.block_size
+    if not ids:
+        raise ApiError(400, "a prompt of token ids must hold at least one id", param="prompt")
+    if any(not 0 <= i < vocab for i in ids):
+        raise ApiError(400, f"prompt token ids must be between 0 and {vocab - 1}", param="prompt")
+    if len(ids) > block:
+        raise ApiError(
+            400,
+            f"the prompt is {len(ids)} tokens long but the model's context is {block}; shorten the prompt",
+            code="context_length_exceeded",
+            param="prompt",
+        )
+    return list(ids)
 
 
 def prompt_char_limit(lm) -> int:
@@ -470,46 +610,165 @@ def _add_generation_routes(router: APIRouter, served: Served, batcher: Batcher, 
     @router.post("/completions")
     async def completions(req: CompletionRequest, request: Request):
         served.require("generate")
-        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        if not 1 <= len(prompts) <= MAX_PROMPTS:
-            raise ApiError(
-                400, f"prompt must be a string or a list of 1 to {MAX_PROMPTS} strings", param="prompt"
-            )
+        prompts = _prompts(req.prompt)
         if req.stream and len(prompts) > 1:
             raise ApiError(400, "stream takes a single prompt", param="prompt")
-        params, stops = sampling_params(req, limits, 16), stop_strings(req.stop)
+        vocab = served.lm.tokenizer.vocab_size
+        params, stops = sampling_params(req, limits, 16, vocab, allow_zero=req.echo), stop_strings(req.stop)
+        n = req.n or 1
+        if req.suffix:
+            raise ApiError(400, "suffix (insertion) is not supported by this server", param="suffix")
+        if req.best_of not in (None, n):
+            raise ApiError(
+                400, f"best_of must equal n ({n}): this server returns every completion", param="best_of"
+            )
+        top = _top_count(req.logprobs, "logprobs")
+        if top is not None and req.stream:
+            raise ApiError(400, "logprobs are not supported with stream", param="logprobs")
         jobs = await run_in_threadpool(  # tokenizing is CPU work: off the event loop
-            lambda: [make_job(served, limits, p, params, stops, req.seed) for p in prompts]
+            lambda: [
+                make_job(served, limits, p, params, stops, _seed(req.seed, k), top)
+                for p in prompts
+                for k in range(n)
+            ]
         )
         reply = _Reply("text_completion", served.name)
         if req.stream:
-            return _stream(batcher, jobs[0], reply, limits.timeout, _include_usage(req))
+            return _stream(batcher, jobs[0], reply, limits.timeout, _include_usage(req), echo=req.echo)
         results = await _run_all(batcher, jobs, limits.timeout, request)
-        choices = [
-            {"text": r.text, "index": i, "logprobs": None, "finish_reason": r.finish_reason}
-            for i, r in enumerate(results)
-        ]
-        return reply.body(choices, usage(jobs, results))
+        echoed = (
+            await _run_all(
+                batcher,
+                [CallJob(lambda: _prompt_logprobs(served.lm, jobs[::n], top))],
+                limits.timeout,
+                request,
+            )
+            if req.echo and top is not None
+            else [None]
+        )[0]
+        choices = []
+        for i, (job, r) in enumerate(zip(jobs, results)):
+            head = job.prompt if req.echo else ""
+            logprobs = None
+            if top is not None:
+                logprobs = _legacy_logprobs(
+                    served.lm.tokenizer, echoed[i // n] if echoed else None, r.logprobs, len(job.prompt)
+                )
+            choices.append(
+                {"text": head + r.text, "index": i, "logprobs": logprobs, "finish_reason": r.finish_reason}
+            )
+        return reply.body(choices, usage(jobs[::n], results))
 
     @router.post("/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
         served.require("generate")
-        params = sampling_params(req, limits, limits.max_tokens)
+        params = sampling_params(req, limits, limits.max_tokens, served.lm.tokenizer.vocab_size)
         stops = stop_strings(req.stop) + (CHAT_STOPS if served.chat_template is None else [])
-        job = await run_in_threadpool(  # the template and tokenizing are CPU work: off the event loop
-            lambda: make_job(served, limits, chat_prompt(served, req.messages), params, stops, req.seed)
+        if req.top_logprobs is not None and not req.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        top = _top_count(req.top_logprobs or 0, "top_logprobs") if req.logprobs else None
+        if top is not None and req.stream:
+            raise ApiError(400, "logprobs are not supported with stream", param="logprobs")
+        n = req.n or 1
+        jobs = await run_in_threadpool(  # the template and tokenizing are CPU work: off the event loop
+            lambda: [
+                make_job(served, limits, prompt, params, stops, _seed(req.seed, k), top)
+                for prompt in [chat_prompt(served, req.messages)]
+                for k in range(n)
+            ]
         )
         reply = _Reply("chat.completion", served.name)
         if req.stream:
-            return _stream(batcher, job, reply, limits.timeout, _include_usage(req))
-        (result,) = await _run_all(batcher, [job], limits.timeout, request)
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": result.text},
-            "logprobs": None,
-            "finish_reason": result.finish_reason,
-        }
-        return reply.body([choice], usage([job], [result]))
+            return _stream(batcher, jobs[0], reply, limits.timeout, _include_usage(req))
+        results = await _run_all(batcher, jobs, limits.timeout, request)
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": r.text},
+                "logprobs": None
+                if top is None
+                else {"content": _chat_logprobs(served.lm.tokenizer, r.logprobs)},
+                "finish_reason": r.finish_reason,
+            }
+            for i, r in enumerate(results)
+        ]
+        return reply.body(choices, usage(jobs[:1], results))
+
+
+def _prompts(prompt) -> list[str | list[int]]:
+    """The prompts of a completion request: texts, or lists of token ids."""
+    if isinstance(prompt, str) or (prompt and all(isinstance(t, int) for t in prompt)):
+        prompts = [prompt]
+    else:
+        prompts = list(prompt)
+    if not 1 <= len(prompts) <= MAX_PROMPTS:
+        raise ApiError(
+            400,
+            f"prompt must be a string, a list of 1 to {MAX_PROMPTS} strings, or token ids (a list, or 1 to "
+            f"{MAX_PROMPTS} lists)",
+            param="prompt",
+        )
+    return prompts
+
+
+def _seed(seed: int | None, k: int) -> int | None:
+    """The seed of a request's k-th choice (n > 1): seed + k, so each seeded choice is its own reproducible sample."""
+    if seed is None or k == 0:
+        return seed
+    return seed + k if seed + k <= SEED_RANGE[1] else seed - k
+
+
+def _top_count(value: int | None, name: str) -> int | None:
+    if value is None:
+        return None
+    if not 0 <= value <= MAX_TOP_LOGPROBS:
+        raise ApiError(400, f"{name} must be between 0 and {MAX_TOP_LOGPROBS}, got {value}", param=name)
+    return value
+
+
+def _prompt_logprobs(lm, jobs: list[GenerateJob], top: int) -> list[list[TokenLogprob]]:
+    """Each job's prompt tokens as echoed (a text prompt without the end-of-sequence token the model reads before
+    it), each with its log-probability given the tokens before it and the `top` most likely tokens there; the first
+    has none (None), as OpenAI answers."""
+    out = []
+    for job, (lps, _, alts) in zip(jobs, lm.token_logprobs([j.ids for j in jobs], top=top)):
+        scored = [TokenLogprob(t, lp, a) for t, lp, a in zip(job.ids[1:], lps, alts or [[]] * len(lps))]
+        first = job.shown_from  # scored[k] is the entry of ids[k + 1]
+        out.append([TokenLogprob(job.ids[first], None, [])] + scored[first:] if first < len(job.ids) else [])
+    return out
+
+
+def _token_text(tokenizer, token: int) -> str:
+    return tokenizer.decode([token], skip_special_tokens=False)
+
+
+def _legacy_logprobs(tokenizer, prompt: list | None, generated: list | None, prompt_chars: int) -> dict:
+    """The completions API's logprobs object: tokens, token_logprobs, top_logprobs and text_offset (each token's
+    first character in the choice's text, which starts after the prompt unless it is echoed)."""
+    entries = (prompt or []) + (generated or [])
+    offset = 0 if prompt is not None else prompt_chars
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for e in entries:
+        text = _token_text(tokenizer, e.token)
+        out["tokens"].append(text)
+        out["token_logprobs"].append(e.logprob)
+        top = None if e.logprob is None else {_token_text(tokenizer, t): lp for t, lp in e.top}
+        out["top_logprobs"].append(top)
+        out["text_offset"].append(offset)
+        offset += len(text)
+    return out
+
+
+def _chat_logprobs(tokenizer, entries: list) -> list[dict]:
+    """The chat API's logprobs content: token, logprob, bytes and top_logprobs for each token of the answer."""
+
+    def one(token: int, logprob: float) -> dict:
+        text = _token_text(tokenizer, token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return [
+        {**one(e.token, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]} for e in entries or []
+    ]
 
 
 def _include_usage(req: Sampling) -> bool:
@@ -583,7 +842,9 @@ class _JobStream(StreamingResponse):
             self.on_close()
 
 
-def _stream(batcher: Batcher, job: GenerateJob, reply: _Reply, timeout: float, include_usage: bool):
+def _stream(
+    batcher: Batcher, job: GenerateJob, reply: _Reply, timeout: float, include_usage: bool, echo: bool = False
+):
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue = asyncio.Queue()
 
@@ -601,6 +862,8 @@ def _stream(batcher: Batcher, job: GenerateJob, reply: _Reply, timeout: float, i
         deadline = loop.time() + timeout
         if reply.chat:
             yield _sse(reply.chunk(role=True))
+        elif echo and job.prompt:
+            yield _sse(reply.chunk(job.prompt))
         while (piece := await asyncio.wait_for(pieces.get(), max(0.0, deadline - loop.time()))) is not None:
             yield _sse(reply.chunk(piece))
         result = future.result()
@@ -641,6 +904,37 @@ def _add_plain_routes(app: FastAPI, served: Served, metrics: Metrics, key_checke
     @app.get("/metrics", dependencies=[key_checker])
     async def prometheus():
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    # vLLM's tokenizer routes: lm-evaluation-harness's local-completions finds them and tokenizes with the server's
+    # own tokenizer (its "remote" tokenizer backend).
+    tokenizer = served.lm.tokenizer
+
+    @app.get("/tokenizer_info", dependencies=[key_checker])
+    async def tokenizer_info():
+        def token(i):
+            return None if i is None else tokenizer.id_to_token(i)
+
+        return {
+            "eos_token": token(tokenizer.eos_id),
+            "bos_token": token(tokenizer.bos_id),
+            "pad_token": token(tokenizer.pad_id),
+            "chat_template": served.lm.config.get("chat_template"),
+            "model_max_length": served.lm.model.config.block_size,
+            "vocab_size": tokenizer.vocab_size,
+        }
+
+    @app.post("/tokenize", dependencies=[key_checker])
+    async def tokenize(req: TokenizeRequest):
+        ids = await run_in_threadpool(tokenizer.encode, req.prompt)
+        return {"tokens": ids, "count": len(ids), "max_model_len": served.lm.model.config.block_size}
+
+    @app.post("/detokenize", dependencies=[key_checker])
+    async def detokenize(req: DetokenizeRequest):
+        if any(not 0 <= t < tokenizer.vocab_size for t in req.tokens):
+            raise ApiError(
+                400, f"tokens must be ids between 0 and {tokenizer.vocab_size - 1}", param="tokens"
+            )
+        return {"prompt": tokenizer.decode(req.tokens, skip_special_tokens=False)}
 
     @app.get("/", response_class=HTMLResponse)
     async def playground():

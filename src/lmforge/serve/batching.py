@@ -1,8 +1,9 @@
 """Dynamic batching: one worker thread owns the model; requests queue up and compatible ones decode together.
 
 The worker takes the oldest request, then keeps gathering for a short window (or until `max_batch_size`) the
-queued requests that can share its decode: non-streaming, unseeded (or greedy) and with the same sampling
-settings. They are decoded as one batch, (B, T) ids through the model once per step, prompts of different lengths
+queued requests that can share its decode: non-streaming, unseeded (or greedy), without the presence or
+frequency penalty (they count a row's own new tokens, which a regrouped batch would take for its prompt) and with
+the same sampling settings. They are decoded as one batch, (B, T) ids through the model once per step, prompts of different lengths
 left-padded with a padding mask (GPT models), so every row sees exactly what it would see alone. Only when the
 padded batch would outgrow the context (each row would then slide its window at its own step) are the requests
 split by prompt length. Seeded sampling runs alone so that a seed gives the same text as
@@ -10,7 +11,9 @@ split by prompt length. Seeded sampling runs alone so that a seed gives the same
 
 Everything touching the model runs in the worker thread: torch releases the GIL, the event loop stays responsive,
 and the model never sees two callers at once. Each row's tokens become text through generate/text.py's
-`TextStream`, the rules `LM.generate` uses, so a served completion reads as the library's.
+`TextStream`, the rules `LM.generate` uses, so a served completion reads as the library's. A job that asks for
+logprobs gets, for each token of its text, the model's log-probability of it and of the `logprobs` most likely
+tokens there (from the model's own distribution: before temperature, penalties and bias).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -29,10 +32,18 @@ from lmforge.generate.text import TextStream
 
 
 @dataclass
+class TokenLogprob:
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]  # the most likely tokens at this step, (id, logprob), most likely first
+
+
+@dataclass
 class Completion:
     text: str = ""
     completion_tokens: int = 0
     finish_reason: str = "length"  # "stop" at the end-of-sequence token or a stop string
+    logprobs: list[TokenLogprob] | None = None  # one per token of the text, when the job asked for them
 
 
 @dataclass
@@ -45,6 +56,9 @@ class GenerateJob:
     stops: list[str]
     seed: int | None = None
     on_piece: Callable[[str], None] | None = None
+    # None: no logprobs; k: each token's logprob and those of the k most likely tokens there (k may be 0).
+    logprobs: int | None = None
+    shown_from: int = 0  # ids[shown_from:] are the prompt's own tokens (1: after the end-of-sequence token)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -53,7 +67,9 @@ class GenerateJob:
         p = self.params
         if self.on_piece is not None or (self.seed is not None and p.temperature > 0):
             return None
-        return (p.temperature, p.top_k, p.top_p, p.repetition_penalty)
+        if p.presence_penalty or p.frequency_penalty:
+            return None
+        return p.batch_key()
 
 
 @dataclass
@@ -71,14 +87,19 @@ class _Row:
     def __init__(self, job: GenerateJob, tokenizer):
         self.job = job
         self.stream = TextStream(tokenizer, job.prompt, job.stops)
-        self.result = Completion()
+        self.result = Completion(logprobs=None if job.logprobs is None else [])
         self.done = False
 
-    def step(self, token: int) -> None:
+    def step(self, token: int, logprob: TokenLogprob | None = None) -> None:
         if self.done:
             return
         self.result.completion_tokens += 1
+        before = len(self.stream.tokens)
         self._emit(self.stream.push(token))
+        if (
+            logprob is not None and len(self.stream.tokens) > before
+        ):  # a token of the text (not end-of-sequence)
+            self.result.logprobs.append(logprob)
         if self.stream.stopped:  # the end-of-sequence token or a stop string
             self.done, self.result.finish_reason = True, "stop"
         elif self.result.completion_tokens >= self.job.params.max_new_tokens:
@@ -120,14 +141,19 @@ def decode_batch(lm, jobs: list[GenerateJob], stats: BatchStats | None = None) -
         left = max(r.job.params.max_new_tokens - r.result.completion_tokens for r in live)
         if left <= 0:
             break
-        params = SamplingParams(left, first.temperature, first.top_k, first.top_p, first.repetition_penalty)
+        params = replace(first, max_new_tokens=left)
         x, mask = _padded([r.job.ids + r.stream.tokens for r in live], lm.device)
-        steps = generate_tokens(model, x, params, generator, prompt_mask=mask, compile=lm.compile_decoding)
+        seen: list = []
+        watch = _logprobs_watcher([r.job.logprobs for r in live], seen)
+        steps = generate_tokens(
+            model, x, params, generator, prompt_mask=mask, compile=lm.compile_decoding, observe=watch
+        )
         dropped = False
         for tokens in steps:
-            for row, t in zip(live, tokens.tolist()):
+            entries = seen.pop() if seen else [None] * len(live)
+            for row, t, entry in zip(live, tokens.tolist(), entries):
                 row.done = row.done or row.job.cancelled.is_set()
-                row.step(t)
+                row.step(t, entry)
             if all(r.done for r in live):
                 break
             dropped = fits and any(r.job.cancelled.is_set() for r in live)
@@ -140,6 +166,29 @@ def decode_batch(lm, jobs: list[GenerateJob], stats: BatchStats | None = None) -
             stats.dropped_rows += sum(r.job.cancelled.is_set() for r in live)
         live = [r for r in live if not (r.done or r.job.cancelled.is_set())]
     return [r.close() for r in rows]
+
+
+def _logprobs_watcher(wanted: list[int | None], out: list) -> Callable | None:
+    """A generate_tokens observer that puts each step's TokenLogprob per row (None where not wanted) in `out`."""
+    if all(k is None for k in wanted):
+        return None
+    top = max(k or 0 for k in wanted)
+
+    def watch(logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        logp = logits.float().log_softmax(-1)
+        chosen = logp.gather(1, tokens[:, None])[:, 0].tolist()
+        best = logp.topk(min(top, logp.shape[-1]), dim=-1) if top else None
+        entries = []
+        for r, k in enumerate(wanted):
+            alts = (
+                []
+                if best is None or not k
+                else list(zip(best.indices[r, :k].tolist(), best.values[r, :k].tolist()))
+            )
+            entries.append(None if k is None else TokenLogprob(int(tokens[r]), chosen[r], alts))
+        out.append(entries)
+
+    return watch
 
 
 def _padded(ids: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -4,8 +4,8 @@ the server's limits.
 serve/app.py (the generation routes and the app) and serve/tasks.py (the task and embedding routes) both build on
 this module, and it imports neither of them:
 
-- `RequestBody`: the base of every request body (it ignores fields the server does not use, as OpenAI clients send
-  some: `user`, `logprobs`, ...);
+- `RequestBody`: the base of every request body (it ignores fields it does not know; the completion routes'
+  bodies instead refuse any field they do not implement, serve/app.py `check_fields`);
 - `ApiError` and `error_response`: an error a route raises and the JSON it answers with,
   `{"error": {"message", "type", "code", "param"}}`;
 - `KINDS` and `Served`: what kind of model the server has, the endpoints it serves, and the 400 for the others;
@@ -60,9 +60,7 @@ def error_response(
 class RequestBody(BaseModel):
     """The base of every request body: every string in it, however deep, must be valid Unicode."""
 
-    model_config = ConfigDict(
-        extra="ignore"
-    )  # OpenAI clients send fields we do not use (user, logprobs, ...)
+    model_config = ConfigDict(extra="ignore")  # the completion routes' bodies override this (serve/app.py)
 
     @field_validator("*", mode="after")
     @classmethod

@@ -15,12 +15,14 @@ import torch
 
 from lmforge.checkpoint import load_checkpoint
 from lmforge.config import OptimConfig, RunConfig, TrainConfig, parse_overrides, set_dotted
+from lmforge.data.augment import AugmentOptions, augment_tagged, augment_texts
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.eval.seq2seq_metrics import looks_chinese
 from lmforge.tokenizers import Tokenizer
 from lmforge.train.trainer import RunSpec
 
 SCRATCH = ("lstm", "gru")  # backbones trained from scratch, with a tokenizer made from the training texts
+SCRATCH_CLASSIFIERS = (*SCRATCH, "cnn")  # and Kim's CNN, a classifier backbone only (models/cnn.py)
 RESUME_HINT = "continue with the same `lmforge finetune` command plus --resume"
 
 
@@ -30,18 +32,37 @@ class FineTuneOptions:
     --model.* / --optim.* / --train.* keys, applied last)."""
 
     epochs: float = 3
-    batch_size: int = 32
+    batch_size: int | None = None  # None: the task's default (finetune_config's batch_size)
     lr: float | None = None  # None: the task's default
     patience: int | None = None
     max_minutes: float | None = None
+    max_steps: int | None = None  # set: train this many optimizer steps instead of `epochs` passes
     seed: int = 0
     overrides: dict | list[str] | None = None
     # RunSpec.on_evaluate of the run: (step, val metrics) -> True to stop it (lmforge tune reports and prunes)
     on_evaluate: Callable[[int, dict], bool] | None = None
+    # --augment: new training examples made from the training split only (data/augment.py), never dev/test
+    augment: AugmentOptions | None = None
 
     def validate(self) -> None:
-        if not self.epochs > 0 or self.batch_size < 1:
+        if not self.epochs > 0 or (self.batch_size is not None and self.batch_size < 1):
             raise ConfigError("--epochs must be positive and --batch-size at least 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"--max-steps must be at least 1, not {self.max_steps}")
+
+
+def augmented(items: list, augment: AugmentOptions | None) -> list:
+    """The training examples followed by up to `augment.n` new ones each: classification Examples get new texts
+    (labels and pairs kept), NER Sentences new words with their tags aligned. Called on the training split only."""
+    if augment is None or not items:
+        return items
+    if hasattr(items[0], "tags"):
+        new = augment_tagged([(s.words, s.tags) for s in items], augment)
+        return items + [
+            dataclasses.replace(s, words=w, tags=t) for s, outs in zip(items, new) for w, t in outs
+        ]
+    new = augment_texts([ex.text for ex in items], augment)
+    return items + [dataclasses.replace(ex, text=t) for ex, outs in zip(items, new) for t in outs]
 
 
 def finetune_config(
@@ -52,10 +73,12 @@ def finetune_config(
     lr: float,
     warmup: bool = True,
     beta2: float | None = 0.999,
+    batch_size: int = 32,
 ) -> RunConfig:
     """The fine-tune recipe: AdamW with weight decay 0.01 and a linear decay to zero after a warm-up of a tenth of
-    the steps (none with warmup=False), `options.epochs` passes over `examples` training examples, a validation per
-    epoch, only the last checkpoint kept besides the best, no TensorBoard. The overrides apply last; the steps, the
+    the steps (none with warmup=False), `options.epochs` passes over `examples` training examples (or
+    `options.max_steps` steps), batches of `options.batch_size` (default: the task's `batch_size`), a validation
+    per epoch, only the last checkpoint kept besides the best, no TensorBoard. The overrides apply last; the steps, the
     validation interval and the warm-up follow the final batch size and step count unless they are overridden."""
     overrides = parse_overrides(options.overrides)
     optim = OptimConfig(lr=lr, weight_decay=0.01, warmup_steps=0, schedule="linear", min_lr_ratio=0.0)
@@ -66,7 +89,7 @@ def finetune_config(
         model=model,
         optim=optim,
         train=TrainConfig(
-            batch_size=options.batch_size,
+            batch_size=batch_size if options.batch_size is None else options.batch_size,
             max_minutes=options.max_minutes,
             patience=options.patience,
             seed=options.seed,
@@ -79,7 +102,7 @@ def finetune_config(
     t = cfg.train
     steps_per_epoch = math.ceil(examples / max(1, t.batch_size))
     if "train.max_steps" not in overrides:
-        t.max_steps = max(1, math.ceil(options.epochs * steps_per_epoch))
+        t.max_steps = options.max_steps or max(1, math.ceil(options.epochs * steps_per_epoch))
     if "train.eval_every" not in overrides:
         t.eval_every = max(1, min(steps_per_epoch, t.max_steps))
     if warmup and "optim.warmup_steps" not in overrides:
@@ -110,15 +133,15 @@ class Backbone:
 
 
 def backbone(model: str, texts: list[str]) -> Backbone:
-    """A bert/gpt checkpoint's backbone, or (`lstm` / `gru`) a from-scratch one with a word (or, for Chinese,
-    character) tokenizer trained on `texts`."""
-    if model in SCRATCH:
+    """A bert/gpt checkpoint's backbone, or (`lstm` / `gru` / `cnn`) a from-scratch one with a word (or, for
+    Chinese, character) tokenizer trained on `texts`."""
+    if model in SCRATCH_CLASSIFIERS:
         kind = "char" if looks_chinese(texts) else "word"
         tokenizer = Tokenizer.train(kind, texts, vocab_size=20000 if kind == "word" else None)
         return Backbone(model, {}, tokenizer, None, 10**6)
     if not Path(model).exists():
         raise ConfigError(
-            f"--model {model!r} is neither a checkpoint nor one of {', '.join(SCRATCH)} (from scratch)"
+            f"--model {model!r} is neither a checkpoint nor one of {', '.join(SCRATCH_CLASSIFIERS)} (from scratch)"
         )
     pretrained, tokenizer, config = load_checkpoint(model)
     arch = config["arch"]

@@ -5,6 +5,10 @@ Hugging Face's `pipeline("sentiment-analysis")`; each task's own pipeline class 
     clf(["a gripping film", "a waste of time"])   # [{"label": "1", "score": 0.97}, {"label": "0", "score": 0.91}]
     ner = lmforge.pipeline("ner", model="conll-run")
     qa = lmforge.pipeline("question-answering", model="squad-run")
+
+`lmforge.pipeline` itself is lm.py's factory: it serves the tasks that need an `LM` ("text-generation",
+"fill-mask", "feature-extraction", "translation", "summarization"; tasks cannot import lm.py) and hands the others
+to this one.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def _first_line(exc: BaseException, limit: int = 160) -> str:
     return lines[0][:limit] if lines else type(exc).__name__
 
 
-def _settled(hf: HFTokenizer) -> HFTokenizer:
+def settled(hf: HFTokenizer) -> HFTokenizer:
     """The tokenizer as it will be after a save and a load, so that its sha256 does not change on disk.
 
     The trainers keep full-precision float scores (unigram), but the JSON parser of `tokenizers` may read
@@ -178,7 +178,7 @@ class Tokenizer:
             ranked = sorted(counts, key=lambda ch: (-counts[ch], ch))
             if vocab_size is not None:
                 ranked = ranked[: vocab_size - len(SPECIAL_TOKENS)]
-            return cls(_settled(_char_tokenizer(sorted(ranked))))
+            return cls(settled(_char_tokenizer(sorted(ranked))))
         if kind == "word":
             words: collections.Counter[str] = collections.Counter()
             for text in texts:
@@ -189,7 +189,7 @@ class Tokenizer:
             ranked = sorted(words, key=lambda w: (-words[w], w))
             if vocab_size is not None:
                 ranked = ranked[: vocab_size - len(SPECIAL_TOKENS)]
-            return cls(_settled(word_tokenizer(ranked)))
+            return cls(settled(word_tokenizer(ranked)))
         vocab_size = vocab_size or DEFAULT_VOCAB_SIZE[kind]
         hf, trainer = _subword_tokenizer(kind, vocab_size, min_frequency)
         seen = [0]
@@ -214,7 +214,7 @@ class Tokenizer:
             raise TokenizerError(f"cannot train a {kind} tokenizer: {message}") from None
         if seen[0] == 0:
             raise TokenizerError("cannot train a tokenizer on an empty corpus")
-        return cls(_settled(hf))
+        return cls(settled(hf))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:

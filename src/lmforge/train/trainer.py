@@ -35,13 +35,14 @@ from torch import nn
 
 from lmforge import checkpoint as ckpt
 from lmforge.config import RunConfig
-from lmforge.device import autocast, autocast_dtype, pick_device
+from lmforge.device import autocast, autocast_dtype
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
 from lmforge.eval.perplexity import describe_scores
 from lmforge.extras import available
 from lmforge.outputs import remove
 from lmforge.tokenizers import Tokenizer
-from lmforge.train.optim import build_optimizer, lr_at
+from lmforge.train.distributed import Parallel, indexed_optimizer_state
+from lmforge.train.optim import build_optimizer, lr_at, warmup_for, warmup_note
 from lmforge.train.progress import TrainProgress
 
 
@@ -144,6 +145,19 @@ class RunSpec:
     on_evaluate: Callable[[int, dict], bool] | None = None
 
 
+def is_peer_failure(exc: BaseException) -> bool:
+    """An error raised by a collective because another rank died or hung (gloo, nccl or the store)."""
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        sign in text
+        for sign in ("Connection closed by peer", "Connection reset", "Timed out", "timed out", "Gloo")
+    )
+
+
 def memory_bytes(device: torch.device) -> int | None:
     """The memory of `device` (a GPU's, or the machine's RAM for the CPU), or None where it cannot be told."""
     if device.type == "cuda":
@@ -197,9 +211,18 @@ class Trainer:
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.device = pick_device(t.device)
+        if resume_from is not None and t.tensor_parallel > 1 and "WORLD_SIZE" not in os.environ:
+            # How a run was spread is not part of what it trains: one process may continue a tensor-parallel run.
+            print(f"resuming in one process: train.tensor_parallel {t.tensor_parallel} -> 1", flush=True)
+            t.tensor_parallel = 1
+        # Under torchrun: join the process group; one process otherwise (train/distributed.py).
+        self.parallel = Parallel.join(t.strategy, t.tensor_parallel, t.device, t.dist_timeout)
+        self.device = self.parallel.device
         self.amp_dtype = autocast_dtype(self.device, t.precision)
-        self.progress_enabled = progress
+        self.progress_enabled = progress and self.parallel.main
+        if self.parallel.distributed:
+            self._check_distributable()
+        self.parallel.check_batch(t.batch_size)
 
         # Seed before building the model: the initial weights are a function of the seed.
         torch.manual_seed(t.seed)
@@ -211,9 +234,16 @@ class Trainer:
             )
         self.hook = spec.hook or TrainHook()
         self.hook_metrics: dict = {}
-        self.model = self.hook.prepare_model(spec.build_model()).to(self.device)
-        check_batch_fits(self.model, cfg, self.device)
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
+        model = self.hook.prepare_model(spec.build_model()).to(self.device)
+        check_batch_fits(model, cfg, self.device)
+        self.parallel.resolve_strategy(model, memory_bytes(self.device))
+        if self.parallel.distributed:
+            self.parallel.check_same(self._fingerprint(resume_from))
+        self.model = self.parallel.spread(model)
+        # The fused AdamW kernel takes plain tensors only; sharded (DTensor) parameters step with foreach.
+        self.optimizer = build_optimizer(
+            self.model, cfg.optim, self.device, fused=not self.parallel.sharded, foreach=self.parallel.tp == 1
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.data_gen = torch.Generator().manual_seed(t.seed + 1)
         self.step = 0
@@ -225,10 +255,13 @@ class Trainer:
         self.last_eval: dict = {}
         self.stop_signal: int | None = None
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self.train_model = self.model
+        # The module the loss runs through: DDP around the model when data-parallel, then the hook's wrapper
+        # (DP-SGD), then torch.compile; a compile failure falls back to eager_model.
+        self.eager_model = self.parallel.wrap(self.model)
+        self.eager_model, self.optimizer = self.hook.wrap(self.eager_model, self.optimizer)
+        self.train_model = self.eager_model
         if t.compile == "true" or (t.compile == "auto" and self.device.type == "cuda"):
-            self.train_model = torch.compile(self.model)
-        self.train_model, self.optimizer = self.hook.wrap(self.train_model, self.optimizer)
+            self.train_model = torch.compile(self.eager_model)
         if resume_from is not None:
             self._restore(resume_from)
 
@@ -236,8 +269,36 @@ class Trainer:
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         return "" if trainable == self.model.num_params() else f", {trainable:,} of them trained"
 
+    def _check_distributable(self) -> None:
+        """Refuse, on every rank, what cannot run as one job over several processes."""
+        t, what = self.cfg.train, None
+        if t.dp_epsilon is not None:
+            what = "DP-SGD (train.dp_epsilon)"
+        elif self.objective.name == "tbptt":
+            what = "truncated back-propagation through time (recurrent pretraining)"
+        elif self.parallel.sharded and self.spec.weights.restore is not None:
+            what = "LoRA with fsdp or tensor parallelism (use --train.strategy ddp)"
+        if what is not None:
+            raise ConfigError(f"{what} cannot run on several processes yet; run it without torchrun")
+
+    def _fingerprint(self, resume_from: Path | None) -> dict:
+        """What must be the same on every rank: the config, the data, the tokenizer, the code."""
+        from lmforge.version import __version__
+
+        run = self.cfg.to_dict()
+        run["train"].pop("device", None)
+        return {
+            "config": run,
+            "data": self.spec.data_info,
+            "tokenizer": self.tokenizer.sha256(),
+            "objective": self.objective.name,
+            "version": __version__,
+            "run_dir": str(self.run_dir.resolve()),
+            "resume_from": str(resume_from),
+        }
+
     # ---- state ---------------------------------------------------------------------------------------
-    def _train_state(self) -> dict:
+    def _train_state(self, optimizer_state: dict | None) -> dict:
         return {
             "step": self.step,
             "tokens": self.tokens,
@@ -247,7 +308,7 @@ class Trainer:
             "window": dict(self.window),
             "last_eval": self.last_eval,
             "objective": self.objective.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state,  # None when the shards are in the checkpoint's dcp/ folder
             "scaler": self.scaler.state_dict(),
             **self.spec.weights.extra_state(self.model),
             "hook": self.hook.state_dict(),
@@ -272,12 +333,26 @@ class Trainer:
             ) from None
         if self.spec.check_resume is not None:
             self.spec.check_resume(ckpt.read_config(path), state)
-        if self.spec.weights.restore is not None:
+        # The saved param groups carry the kernel choice of the run that saved them (fused on one process,
+        # foreach under fsdp, neither under tensor parallelism); this run keeps its own.
+        kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in self.optimizer.param_groups]
+        if (path / "dcp").is_dir():  # written by an fsdp run: its shards reshard to this run's layout
+            self.parallel.dcp_load(self.model, self.optimizer, path / "dcp")
+        elif self.spec.weights.restore is not None:
             self.spec.weights.restore(self.model, path, state)
+            self.optimizer.load_state_dict(state["optimizer"])
         else:
-            model, _, _ = ckpt.load_checkpoint(path, self.device)
-            self.model.load_state_dict(ckpt.unwrap(model).state_dict())
-        self.optimizer.load_state_dict(state["optimizer"])
+            model, _, _ = ckpt.load_checkpoint(path, "cpu")
+            weights = ckpt.unwrap(model).state_dict()
+            if self.parallel.sharded:
+                self.parallel.load_full(self.model, self.optimizer, weights, state["optimizer"])
+            else:
+                self.model.load_state_dict(weights)
+                self.optimizer.load_state_dict(
+                    indexed_optimizer_state(self.model, self.optimizer, state["optimizer"])
+                )
+        for group, kernel in zip(self.optimizer.param_groups, kernels):
+            group.update(kernel)
         self.objective.load_state_dict(state.get("objective", {}), self.device)
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
@@ -292,7 +367,7 @@ class Trainer:
         random.setstate(rng["python"])
         self.data_gen.set_state(rng["data"])
         # Drop metrics logged after this checkpoint by the interrupted run, so the file reads as one run.
-        if self.metrics_path.is_file():
+        if self.parallel.main and self.metrics_path.is_file():
             lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
             kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
             self.metrics_path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
@@ -306,7 +381,15 @@ class Trainer:
         except BaseException as exc:
             if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
                 exc.filename = str(self.run_dir)  # a failed write() names no file: name the run
-            if ckpt.pointed(self.run_dir, "latest") is None:
+            if self.parallel.distributed and is_peer_failure(exc):
+                where = self.parallel.where
+                peer = f"rank {1 - where.rank}" if where.world_size == 2 else "another rank"
+                raise TrainingError(
+                    f"rank {where.rank}: {peer} of the run died or did not answer within train.dist_timeout "
+                    f"({self.cfg.train.dist_timeout:g} s); the last whole checkpoint stays latest: "
+                    f"{ckpt.pointed(self.run_dir, 'latest') or 'none yet'}"
+                ) from None
+            if self.parallel.main and ckpt.pointed(self.run_dir, "latest") is None:
                 if existed is None:
                     shutil.rmtree(self.run_dir, ignore_errors=True)
                 elif self.run_dir.is_dir():
@@ -316,18 +399,23 @@ class Trainer:
 
     def _run(self) -> RunResult:
         cfg, t = self.cfg, self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.clean_stale(self.run_dir)
-        cfg.save_yaml(self.run_dir / "config.yaml")
-        writer = self._tensorboard()
+        if self.parallel.main:  # one run: only rank 0 writes the run directory
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.clean_stale(self.run_dir)
+            cfg.save_yaml(self.run_dir / "config.yaml")
+        writer = self._tensorboard() if self.parallel.main else None
         max_seconds = t.max_minutes * 60 if t.max_minutes else None
         bar = TrainProgress(t.max_steps, self.step, enabled=self.progress_enabled, max_seconds=max_seconds)
         tokens_per_step = t.batch_size * t.grad_accum * cfg.model.block_size
         bar.log(
             f"training {cfg.arch} ({self.model.num_params():,} parameters{self._trainable_note()}) on {self.device}"
+            f"{self.parallel.describe()}"
             f"{' with ' + str(self.amp_dtype).replace('torch.', '') + ' autocast' if self.amp_dtype else ''}: "
             f"{tokens_per_step:,} tokens/step, {self.spec.data_size}"
         )
+        note = warmup_note(cfg.optim, t.max_steps)
+        if note is not None and self.step == 0:
+            bar.log(f"note: {note}")
         save_every = t.save_every or t.eval_every
         stop_reason = "max_steps"
         window_time, window_tokens = 0.0, 0
@@ -365,6 +453,10 @@ class Trainer:
                     bar.update(self.step, loss, tps, self.elapsed, total=self._schedule_length())
                     self.window = {"loss": 0.0, "steps": 0}
                     window_time, window_tokens = 0.0, 0
+                # Every rank stops at the same step and plans the schedule from the same clock.
+                stopping, self.elapsed = self.parallel.agree(self.stop_signal is not None, self.elapsed)
+                if stopping and self.stop_signal is None:
+                    self.stop_signal = signal.SIGTERM  # another rank was stopped
                 over = self._budget_exceeded(max_seconds)
                 last = self.step == t.max_steps or over is not None or self.stop_signal is not None
                 if self.step % t.eval_every == 0 or last:
@@ -372,7 +464,8 @@ class Trainer:
                     if t.patience is not None and self.evals_since_best > t.patience:
                         over = "early_stop"
                     if self.spec.on_evaluate is not None and self.last_eval:
-                        if self.spec.on_evaluate(self.step, dict(self.last_eval)) and over is None:
+                        asked = self.parallel.main and self.spec.on_evaluate(self.step, dict(self.last_eval))
+                        if self.parallel.broadcast(asked) and over is None:
                             over = "stopped"
                 if self.step % save_every == 0 or last or over == "stopped":
                     self._save(bar)
@@ -409,34 +502,41 @@ class Trainer:
 
     def _train_step(self) -> torch.Tensor:
         t = self.cfg.train
-        lr = lr_at(self.step, self.cfg.optim, self._schedule_length())
+        lr = lr_at(self.step, self.cfg.optim, self._schedule_length(), t.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        # Every rank draws the whole global batch and keeps its share of the rows (train/distributed.py).
         micro = [self.objective.next_batch(self.data_gen) for _ in range(t.grad_accum)]
-        micro = [tuple(x.to(self.device, non_blocking=True) for x in batch) for batch in micro]
         # Normalise by the tokens of the whole accumulated batch, not per micro-batch (transformers PR #34191).
-        n_tokens = sum(self.objective.count_targets(b) for b in micro).clamp(min=1)
+        n_tokens = sum(self.objective.count_targets(b) for b in micro).clamp(min=1).to(self.device)
+        micro = [tuple(x.to(self.device, non_blocking=True) for x in self.parallel.shard(b)) for b in micro]
         total = torch.zeros((), device=self.device)
-        for batch in micro:
-            with autocast(self.device, self.amp_dtype):
-                loss = self._loss_sum(batch) / n_tokens
-            self.scaler.scale(loss).backward()
+        for i, batch in enumerate(micro):
+            with self.parallel.no_sync(self.train_model, last=i == len(micro) - 1):
+                with autocast(self.device, self.amp_dtype):
+                    loss = self._loss_sum(batch) / n_tokens
+                # DDP and FSDP average the ranks' gradients; the loss is a sum over the global batch.
+                self.scaler.scale(loss * self.parallel.grad_scale).backward()
             total += loss.detach()
         if self.cfg.optim.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            self.parallel.clip_grad_norm(list(self.model.parameters()), self.cfg.optim.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.hook_metrics = self.hook.after_step(self.step + 1)
-        return total
+        return self.parallel.sum(total)
 
     def _schedule_length(self) -> int:
         """Steps the learning-rate schedule spans: train.max_steps, or, when train.max_minutes will end the run
         first, the steps that fit in it at the pace so far (training time is kept across resumes), so that a
         time-capped run still decays to its final rate instead of stopping at a high one."""
         t = self.cfg.train
-        if not t.max_minutes or self.step < max(10, self.cfg.optim.warmup_steps) or self.elapsed <= 0:
+        if (
+            not t.max_minutes
+            or self.step < max(10, warmup_for(self.cfg.optim, t.max_steps))
+            or self.elapsed <= 0
+        ):
             return t.max_steps
         fit = int(self.step * t.max_minutes * 60 / self.elapsed)
         return max(self.step + 1, min(t.max_steps, fit))
@@ -445,11 +545,11 @@ class Trainer:
         try:
             return self.objective.loss_sum(self.train_model, batch)
         except Exception as exc:
-            if self.train_model is self.model:
+            if self.train_model is self.eager_model:
                 raise
             warnings.warn(f"torch.compile failed ({type(exc).__name__}); training without it", stacklevel=2)
-            self.train_model = self.model
-            return self.objective.loss_sum(self.model, batch)
+            self.train_model = self.eager_model
+            return self.objective.loss_sum(self.eager_model, batch)
 
     def _budget_exceeded(self, max_seconds: float | None) -> str | None:
         if max_seconds is not None and self.elapsed >= max_seconds:
@@ -472,11 +572,14 @@ class Trainer:
                 "no checkpoint was written for this state"
             )
         # Every scalar score becomes a val_* metric (loss, perplexity, bits_per_byte, accuracy, macro_f1, ...).
-        self.last_eval = {
-            f"val_{k}": v
-            for k, v in result.items()
-            if k not in ("tokens", "bytes") and (v is None or isinstance(v, (int, float)))
-        }
+        # Every rank validated the same model on the same data; rank 0's figures decide for all of them.
+        self.last_eval = self.parallel.broadcast(
+            {
+                f"val_{k}": v
+                for k, v in result.items()
+                if k not in ("tokens", "bytes") and (v is None or isinstance(v, (int, float)))
+            }
+        )
         key, mode = self.spec.selection
         value = self.last_eval.get(key)
         if value is not None:
@@ -503,22 +606,44 @@ class Trainer:
             "metrics": {**self.last_eval, **self.hook_metrics},
             **self.spec.config_extras,
         }
-        path = ckpt.save_checkpoint(
-            self.run_dir / name,
-            self.spec.weights.to_save(self.model),
-            self.tokenizer,
-            config,
-            train_state=self._train_state(),
-            metrics_file=self.metrics_path,
-            card=self._model_card(),
-            overwrite=True,  # the run's own ckpt-N (a resumed run saving the step it resumed from)
-        )
-        ckpt.point(self.run_dir, "latest", path)
-        if is_best or not self.last_eval:  # without validation, the latest is the best we know
-            ckpt.point(self.run_dir, "best", path)
-        ckpt.prune(self.run_dir, self.cfg.train.keep_last)
+        par, shards = self.parallel, None
+        if par.sharded:  # collectives: every rank takes part, rank 0 receives the whole weights
+            weights = par.full_model_state(self.model)
+            if (
+                par.strategy == "fsdp" and par.tp == 1
+            ):  # every rank writes its own optimizer and weight shards
+                shards = self.run_dir / f".tmp-dcp-{self.step:07d}"
+                if par.main:
+                    remove(shards)
+                par.barrier()
+                par.dcp_save(self.model, self.optimizer, shards)
+                optimizer_state = None
+            else:
+                optimizer_state = par.full_optimizer_state(self.model, self.optimizer)
+        else:
+            weights = self.spec.weights.to_save(self.model)
+            optimizer_state = self.optimizer.state_dict() if par.main else None
+        if par.main:
+            path = ckpt.save_checkpoint(
+                self.run_dir / name,
+                weights,
+                self.tokenizer,
+                config,
+                train_state=self._train_state(optimizer_state),
+                metrics_file=self.metrics_path,
+                card=self._model_card(),
+                overwrite=True,  # the run's own ckpt-N (a resumed run saving the step it resumed from)
+                folders={"dcp": shards} if shards is not None else None,
+            )
+            ckpt.point(self.run_dir, "latest", path)
+            if is_best or not self.last_eval:  # without validation, the latest is the best we know
+                ckpt.point(self.run_dir, "best", path)
+            ckpt.prune(self.run_dir, self.cfg.train.keep_last)
+        par.barrier()  # no rank runs ahead of a checkpoint that is not whole yet
 
     def _log(self, record: dict, writer) -> None:
+        if not self.parallel.main:
+            return
         with open(self.metrics_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         if writer is not None:

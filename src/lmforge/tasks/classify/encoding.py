@@ -9,18 +9,30 @@ from __future__ import annotations
 
 import torch
 
+from lmforge.data.stemming import stem_text
+from lmforge.tasks.classify.tfidf_features import TfidfEncoder
 from lmforge.tokenizers import Tokenizer
 
 
+def text_encoder(tokenizer: Tokenizer, cfg, max_length: int | None = None):
+    """The encoder of a classifier's config: the bag of n-grams of the tfidf model, else a TextEncoder (which
+    stems the text first when the model was trained with --stem)."""
+    if cfg.backbone == "tfidf":
+        return TfidfEncoder(tokenizer, cfg)
+    return TextEncoder(tokenizer, cfg.backbone, max_length or cfg.block_size, stem=getattr(cfg, "stem", ""))
+
+
 class TextEncoder:
-    def __init__(self, tokenizer: Tokenizer, backbone: str, max_length: int):
-        self.tokenizer, self.max_length = tokenizer, max_length
+    def __init__(self, tokenizer: Tokenizer, backbone: str, max_length: int, stem: str = ""):
+        self.tokenizer, self.max_length, self.stem = tokenizer, max_length, stem
         self.bos = tokenizer.bos_id if backbone == "bert" else None
         self.sep = tokenizer.eos_id
         self.pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
 
     def __call__(self, text: str, pair: str | None = None) -> tuple[list[int], list[int]]:
         """(token ids, segment ids) of one input, at most max_length long."""
+        if self.stem:  # the vocabulary of a model trained with --stem is one of stems
+            text, pair = stem_text(text, self.stem), stem_text(pair, self.stem) if pair is not None else None
         a = self.tokenizer.encode(text)
         b = self.tokenizer.encode(pair) if pair is not None else None
         extra = (self.bos is not None) + (self.sep is not None) * (1 + (b is not None))

@@ -16,7 +16,7 @@ from lmforge.checkpoint import load_for_inference
 from lmforge.errors import ConfigError
 from lmforge.eval.classification import write_report
 from lmforge.outputs import check_output, staged
-from lmforge.tasks.classify.encoding import TextEncoder
+from lmforge.tasks.classify.encoding import text_encoder
 from lmforge.tasks.classify.examples import Example, Fields, check_labels, read_examples
 from lmforge.tasks.classify.run import predict_logits, probabilities, score_examples
 
@@ -31,7 +31,7 @@ class TextClassificationPipeline:
             )
         cfg = self.lm.model.config
         self.labels, self.multi_label = list(cfg.labels), cfg.multi_label
-        self.encoder = TextEncoder(self.lm.tokenizer, cfg.backbone, cfg.block_size)
+        self.encoder = text_encoder(self.lm.tokenizer, cfg)
         self.batch_size = batch_size
         data = self.lm.config.get("data", {})
         self.task = data.get("task", "classify")

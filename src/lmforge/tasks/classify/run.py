@@ -22,17 +22,26 @@ import torch
 import torch.nn.functional as F
 
 from lmforge import checkpoint as ckpt
+from lmforge.data.stemming import stem_text
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.eval.classification import classification_metrics
 from lmforge.extras import require
 from lmforge.models.classifier import ClassifierConfig
 from lmforge.models.modes import eval_mode
 from lmforge.models.registry import build_model
-from lmforge.tasks.classify.encoding import TextEncoder
+from lmforge.tasks.classify.classic import (
+    ClassicOptions,
+    WordVectors,
+    check_dim,
+    init_embeddings,
+    word_vectors_for,
+)
+from lmforge.tasks.classify.encoding import TextEncoder, text_encoder
 from lmforge.tasks.classify.examples import Example, Fields, check_labels, label_set, read_examples
 from lmforge.tasks.common import (
-    SCRATCH,
+    SCRATCH_CLASSIFIERS,
     FineTuneOptions,
+    augmented,
     backbone,
     finetune_config,
     finetune_spec,
@@ -162,11 +171,13 @@ def classify_spec(
     backbone_state: dict | None,
     info: dict,
     class_weights: bool = False,
+    vectors: WordVectors | None = None,
 ) -> RunSpec:
-    """The run specification of a classifier fine-tune (`info` is its data card: task, files, options)."""
+    """The run specification of a classifier fine-tune (`info` is its data card: task, files, options);
+    `vectors` start (and optionally freeze) the embedding layer of a from-scratch model."""
     m = cfg.model
     m.vocab_size = tokenizer.vocab_size
-    encoder = TextEncoder(tokenizer, m.backbone, m.block_size)
+    encoder = text_encoder(tokenizer, m)
     rows = [encoder(ex.text, ex.pair) for ex in train]
     targets = targets_of(train, m.labels, m.multi_label)
     weights = class_weights_of(targets, len(m.labels), m.multi_label) if class_weights else None
@@ -180,6 +191,8 @@ def classify_spec(
     def build():
         model = build_model(cfg.arch, m)
         load_backbone(model, backbone_state)
+        if vectors is not None:
+            init_embeddings(model, vectors)
         if lora:
             apply_lora(model.backbone, r=lora["r"], alpha=lora["alpha"])
         return model
@@ -226,14 +239,17 @@ def finetune_classifier(
     folds: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    classic: ClassicOptions | None = None,
 ) -> RunResult | dict:
     """Fine-tune a classifier (`task` classify or nli) on a labelled CSV/TSV/JSONL file; returns the run's result or,
-    with `folds`, the cross-validation summary. `lora` is {"r", "alpha"} for LoRA, None for a full fine-tune."""
-    fields, options = fields or Fields(), options or FineTuneOptions()
-    if not options.epochs > 0 or options.batch_size < 1 or max_length < 4:
+    with `folds`, the cross-validation summary. `lora` is {"r", "alpha"} for LoRA, None for a full fine-tune;
+    `classic` holds word vectors for the embeddings and stemming (tasks/classify/classic.py)."""
+    fields, options, classic = fields or Fields(), options or FineTuneOptions(), classic or ClassicOptions()
+    classic.validate(model)
+    if not options.epochs > 0 or (options.batch_size or 1) < 1 or max_length < 4:
         raise ConfigError("--epochs must be positive, --batch-size at least 1 and --max-length at least 4")
-    if lora and model in SCRATCH:
-        raise ConfigError("LoRA adapts a pretrained backbone; a from-scratch lstm/gru trains fully")
+    if lora and model in SCRATCH_CLASSIFIERS:
+        raise ConfigError("LoRA adapts a pretrained backbone; a from-scratch lstm/gru/cnn trains fully")
     if task == "nli" and fields.pair is None:
         raise ConfigError("NLI classifies text pairs: give --text-pair-field (e.g. the hypothesis column)")
     train_examples = read_examples(train, fields, max_examples=max_examples)
@@ -249,6 +265,7 @@ def finetune_classifier(
         multi_label=multi_label,
         class_weights=class_weights,
         progress=progress,
+        classic=classic,
     )
     if folds is not None:
         return cross_validate(train_examples, Path(out), folds, source=str(train), lora=lora, **run)
@@ -271,13 +288,20 @@ def run_classifier(
     class_weights: bool,
     progress: bool,
     resume: bool = False,
+    classic: ClassicOptions | None = None,
 ) -> RunResult:
     """One classifier run on examples already read (a fine-tune, or one fold of a cross-validation)."""
+    train_examples = augmented(
+        train_examples, options.augment
+    )  # --augment: the training split (or folds) only
+    classic = classic or ClassicOptions()
     resume_from = ckpt.resume_point(out, resume)
     labels = label_set(train_examples)
     if dev_examples:
         check_labels(dev_examples, labels, files["dev"])
     texts = [t for ex in train_examples for t in (ex.text, ex.pair) if t]
+    if classic.stem:  # the word vocabulary is one of stems (the model's TextEncoder stems what it reads)
+        texts = [stem_text(t, classic.stem) for t in texts]
     base = backbone(model, texts)
     scratch = base.state is None
     # From scratch and LoRA adapters take larger steps than a full fine-tune of pretrained weights.
@@ -288,11 +312,20 @@ def run_classifier(
         labels=labels,
         multi_label=multi_label,
         block_size=min(max_length, base.longest),
+        stem=classic.stem,
+        dropout=0.5 if base.arch == "cnn" else ClassifierConfig.dropout,  # Kim 2014's dropout
     )
     cfg = finetune_config("classifier", model_cfg, len(train_examples), options, lr, warmup=not scratch)
     info = {"task": task, **files, "fields": dataclasses.asdict(fields), "backbone": model}
+    vectors = None
+    if classic.vectors:
+        vectors = word_vectors_for(base.tokenizer, classic.vectors, classic.freeze_vectors)
+        check_dim(cfg.model.encoder, vectors, classic.vectors)
+        if progress:
+            print(f"word vectors: {vectors.coverage()}{' (frozen)' if vectors.freeze else ''}")
+        info["vectors"] = {"file": classic.vectors, "frozen": classic.freeze_vectors}
     spec = classify_spec(
-        cfg, out, base.tokenizer, train_examples, dev_examples, base.state, info, class_weights
+        cfg, out, base.tokenizer, train_examples, dev_examples, base.state, info, class_weights, vectors
     )
     spec.on_evaluate = options.on_evaluate  # a caller's hook (lmforge tune's pruning)
     return Trainer(cfg, spec, out, progress=progress, resume_from=resume_from).run()

@@ -13,6 +13,7 @@ import numpy as np
 
 from lmforge import checkpoint as ckpt
 from lmforge.config import RunConfig
+from lmforge.data.prepare import text_convention
 from lmforge.data.shards import TokenShards, load_prepared
 from lmforge.errors import TokenizerError
 from lmforge.eval.perplexity import summarize
@@ -87,7 +88,11 @@ def _write_run(
         "arch": cfg.arch,
         "model": cfg.to_dict()["model"],
         "run": cfg.to_dict(),
-        "data": {"dir": str(data_dir.resolve()), "manifest_tokens": train.tokens},
+        "data": {
+            "dir": str(data_dir.resolve()),
+            "manifest_tokens": train.tokens,
+            "text": text_convention(train.manifest),  # how `evaluate --data FILE.txt` must read a text file
+        },
         "step": 1,
         "tokens": train.tokens,
         "metrics": metrics,
