@@ -18,7 +18,7 @@ from lmforge.generate.beam import BeamParams, beam_search, beam_search_prompts, 
 from lmforge.generate.config import GenerationConfig, default_generation
 from lmforge.generate.sampling import SamplingParams, generate_tokens, seeded_generator
 from lmforge.generate.text import text_pieces
-from lmforge.generate.transduce import decode_tokens
+from lmforge.generate.transduce import decode_tokens, encode_source
 from lmforge.models.modes import eval_mode
 from lmforge.models.registry import TASK_MODELS
 from lmforge.models.seq2seq import decoder_start_id
@@ -236,7 +236,8 @@ class LM:
                 [prompt.prompt_ids(self.tokenizer, s) for s in sources], params, beams, generator, use_cache
             )
             return texts[0] if isinstance(source, str) else texts
-        ids = [self.tokenizer.encode(s) for s in sources]  # every source is checked before any work
+        # every source is checked before any work
+        ids = [encode_source(self.tokenizer, s, self.model.config, cut=False) for s in sources]
         for i in ids:
             if not 0 < len(i) <= block:
                 raise ConfigError(f"a source is {len(i)} tokens long; the model reads 1 to {block} tokens")

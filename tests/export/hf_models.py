@@ -29,9 +29,9 @@ def sentencepiece_model(**options) -> bytes:
     return out.getvalue()
 
 
-def source_batch(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention mask) of `texts` as lmforge encodes sources, right-padded with the tokenizer's pad id."""
-    ids = [tokenizer.encode(t) for t in texts]
+def source_batch(tokenizer, texts: list[str], suffix: list[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of `texts` as lmforge encodes sources (then `suffix`), right-padded with the pad id."""
+    ids = [tokenizer.encode(t) + list(suffix) for t in texts]
     src = torch.full((len(ids), max(map(len, ids))), tokenizer.pad_id, dtype=torch.long)
     mask = torch.zeros_like(src)
     for i, row in enumerate(ids):

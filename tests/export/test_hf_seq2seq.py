@@ -13,6 +13,7 @@ spm = pytest.importorskip("sentencepiece")
 
 from lmforge.cli.main import main  # noqa: E402
 from lmforge.export.hf import export_hf, import_hf  # noqa: E402
+from lmforge.generate.transduce import encode_source  # noqa: E402
 from lmforge.lm import load  # noqa: E402
 from tests.export.hf_models import sentencepiece_model, source_batch  # noqa: E402
 
@@ -128,10 +129,15 @@ def test_logits_agree_with_padded_sources(tmp_path, kind):
 def test_greedy_translation_equals_transformers_generate(tmp_path, kind, capsys):
     hf, tok, ckpt = imported(tmp_path, kind)
     lm = load(ckpt)
-    src, mask = source_batch(lm.tokenizer, SOURCES)
+    eos = lm.tokenizer.eos_id
+    # sources end with </s>, as transformers' tokenizer writes them (mBART's would add a language code too)
+    assert lm.model.config.source_suffix == [eos]
+    assert encode_source(lm.tokenizer, SOURCES[0], lm.model.config) == lm.tokenizer.encode(SOURCES[0]) + [eos]
+    if kind == "marian":
+        assert [tok(t)["input_ids"] for t in SOURCES] == [lm.tokenizer.encode(t) + [eos] for t in SOURCES]
+    src, mask = source_batch(lm.tokenizer, SOURCES, suffix=[eos])
     with torch.no_grad():
         out = hf.generate(input_ids=src, attention_mask=mask, do_sample=False, num_beams=1, max_new_tokens=12)
-    eos = lm.tokenizer.eos_id
     rows = [row[1:].tolist() for row in out]  # after the decoder's start token, up to the end-of-sequence one
     theirs = [
         lm.tokenizer.decode(r[: r.index(eos)] if eos in r else r, skip_special_tokens=False) for r in rows

@@ -437,6 +437,13 @@ def hf_start_token(hf: dict) -> int | None:
     return start if isinstance(start, int) and 0 <= start < hf["vocab_size"] else None
 
 
+def hf_source_suffix(hf: dict) -> list[int]:
+    """What transformers' tokenizers append to every source of these encoder-decoders: </s> (mBART then adds the
+    source language's code, which the config does not name: pass it in the text if the model needs it)."""
+    eos = hf.get("eos_token_id")
+    return [eos] if isinstance(eos, int) and 0 <= eos < hf["vocab_size"] else []
+
+
 def _bart_family_from_hf(hf: dict, w: dict) -> tuple[str, dict, dict]:
     """Marian (post-LN, sinusoidal positions, no final norms) and mBART (pre-LN, learned positions offset by 2,
     LayerNorm after the embeddings, final norms) onto lmforge's seq2seq model."""
@@ -478,6 +485,7 @@ def _bart_family_from_hf(hf: dict, w: dict) -> tuple[str, dict, dict]:
         scale_embedding=bool(hf.get("scale_embedding", False)),
         logits_bias=True,
         decoder_start_token_id=hf_start_token(hf),
+        source_suffix=hf_source_suffix(hf),
     )
     enc_emb = w.get("shared.weight", w.get("encoder.embed_tokens.weight"))
     dec_emb = w.get("decoder.embed_tokens.weight", enc_emb)
@@ -537,6 +545,7 @@ def _t5_from_hf(hf: dict, w: dict) -> tuple[str, dict, dict]:
         relative_max_distance=hf.get("relative_attention_max_distance", 128),
         output_rescale=bool(rescale),
         decoder_start_token_id=hf_start_token(hf),
+        source_suffix=hf_source_suffix(hf),
     )
     scale = math.sqrt(d_kv)
     state = {"tok_emb.weight": w["shared.weight"]}

@@ -15,6 +15,16 @@ from lmforge.models.seq2seq import Seq2Seq, decoder_start_id
 
 
 @torch.no_grad()
+def encode_source(tokenizer, text: str, config, cut: bool = True) -> list[int]:
+    """A source's ids as the encoder-decoder reads it: its tokens (at least one), then the config's
+    `source_suffix` (an imported Marian / mBART / T5's </s>), cut to the model's block when `cut`."""
+    suffix = list(getattr(config, "source_suffix", None) or [])
+    ids = tokenizer.encode(text)
+    if cut:
+        ids = (ids or [tokenizer.unk_id or 0])[: config.block_size - len(suffix)]
+    return ids + suffix
+
+
 def decode_tokens(
     model: Seq2Seq,
     src: torch.Tensor,
@@ -59,7 +69,7 @@ def decode_texts(
     limit = block - 1 if max_new_tokens is None else min(max_new_tokens, block - 1)
     device = next(model.parameters()).device
     start, eos, pad = decoder_start_id(tokenizer), tokenizer.eos_id, tokenizer.pad_id or 0
-    ids = [(tokenizer.encode(s) or [tokenizer.unk_id or 0])[:block] for s in sources]
+    ids = [encode_source(tokenizer, s, model.config) for s in sources]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[list[int]] = [[] for _ in ids]
     with eval_mode(model):  # decode_tokens switches to eval mode; a validation mid-training must switch back

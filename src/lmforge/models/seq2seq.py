@@ -22,7 +22,7 @@ sqrt(head width); its query weights are imported multiplied by it, which is the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,9 @@ class Seq2SeqConfig:
     # The token the decoder reads at position 0 whichever start token its callers put there (Marian: <pad>,
     # mBART: the target language's code); None: the callers' <bos> (or <eos>).
     decoder_start_token_id: int | None = None
+    # Tokens every source ends with, as the model was trained to read it (imported Marian, mBART and T5: </s>);
+    # lmforge's own models read sources without one.
+    source_suffix: list = field(default_factory=list)
     # T5 / mT5
     norm: str = "layernorm"  # layernorm | rmsnorm (T5's, without bias)
     head_dim: int | None = (
@@ -118,6 +121,8 @@ class Seq2SeqConfig:
             raise ConfigError(f"model.mean_span_length must be >= 1, got {self.mean_span_length}")
         if self.position_offset < 0:
             raise ConfigError(f"model.position_offset must be >= 0, got {self.position_offset}")
+        if any(not 0 <= t < self.vocab_size for t in self.source_suffix):
+            raise ConfigError(f"model.source_suffix {self.source_suffix} holds an id outside the vocabulary")
         if self.decoder_start_token_id is not None and not 0 <= self.decoder_start_token_id < self.vocab_size:
             raise ConfigError(f"model.decoder_start_token_id {self.decoder_start_token_id} is not a token id")
 

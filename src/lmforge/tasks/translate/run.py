@@ -23,7 +23,7 @@ from lmforge import checkpoint as ckpt
 from lmforge.config import switch
 from lmforge.errors import ConfigError
 from lmforge.eval.seq2seq_metrics import score_outputs
-from lmforge.generate.transduce import decode_texts
+from lmforge.generate.transduce import decode_texts, encode_source
 from lmforge.models.modes import eval_mode
 from lmforge.models.registry import PRESETS, build_model, get_preset, model_config_class
 from lmforge.models.seq2seq import decoder_start_id
@@ -45,15 +45,16 @@ SELECTION = {"translate": ("val_bleu", "max"), "summarize": ("val_rougeL", "max"
 DEV_DECODES = 200  # dev pairs decoded at each validation: decoding is the slow part of a seq2seq evaluation
 
 
-def encode_pairs(
-    pairs: list[Pair], tokenizer: Tokenizer, block_size: int
-) -> list[tuple[list[int], list[int]]]:
-    """(source ids, target ids + end-of-sequence), both cut to the model's block."""
-    out = []
-    for p in pairs:
-        source = tokenizer.encode(p.source)[:block_size] or [tokenizer.unk_id or 0]
-        out.append((source, tokenizer.encode(p.target)[: block_size - 1] + [tokenizer.eos_id]))
-    return out
+def encode_pairs(pairs: list[Pair], tokenizer: Tokenizer, model_cfg) -> list[tuple[list[int], list[int]]]:
+    """(source ids as the model reads them, target ids + end-of-sequence), both cut to the model's block."""
+    block_size = model_cfg.block_size
+    return [
+        (
+            encode_source(tokenizer, p.source, model_cfg),
+            tokenizer.encode(p.target)[: block_size - 1] + [tokenizer.eos_id],
+        )
+        for p in pairs
+    ]
 
 
 class PairsObjective(ShuffledEpochs):
@@ -121,7 +122,7 @@ def pairs_spec(
     else:
         m = cfg.model
         m.vocab_size = tokenizer.vocab_size
-        rows = encode_pairs(train, tokenizer, m.block_size)
+        rows = encode_pairs(train, tokenizer, m)
         objective = PairsObjective(
             rows,
             decoder_start_id(tokenizer),
@@ -130,7 +131,7 @@ def pairs_spec(
             m.label_smoothing,
             t.group_by_length,
         )
-        dev_rows = encode_pairs(dev[:DEV_DECODES], tokenizer, m.block_size) if dev else []
+        dev_rows = encode_pairs(dev[:DEV_DECODES], tokenizer, m) if dev else []
         data_info = info
         longest_target = max((len(target) for _, target in dev_rows), default=0)
 
