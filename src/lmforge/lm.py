@@ -450,9 +450,19 @@ class LM:
         return out
 
     # ---- evaluation and facts ------------------------------------------------------------------------
-    def evaluate(self, data: str | os.PathLike, max_tokens: int | None = None, batch_size: int = 8) -> dict:
-        """Loss, perplexity and bits per byte on a prepared data directory (val split) or a text file."""
-        return evaluate(self, data, max_tokens=max_tokens, batch_size=batch_size)
+    def evaluate(
+        self,
+        data: str | os.PathLike,
+        max_tokens: int | None = None,
+        batch_size: int = 8,
+        split: str = "val",
+        doc_split: str | None = None,
+    ) -> dict:
+        """Loss, perplexity and bits per byte on a prepared data directory's `split` (val, train, or test) or a
+        text file, read as the run's data was prepared unless `doc_split` says otherwise (lmforge.evaluate)."""
+        return evaluate(
+            self, data, split=split, max_tokens=max_tokens, batch_size=batch_size, doc_split=doc_split
+        )
 
     def num_params(self) -> int:
         return self.model.num_params()

@@ -121,6 +121,7 @@ def test_cli_evaluate_doc_split_and_test_split(ngram, words, tmp_path, corpus_di
     manifest = json.loads((data / "manifest.json").read_text())
     assert on_test["tokens"] == manifest["splits"]["test"]["tokens"]
     assert evaluate(ngram, data, split="test") == on_test
+    assert lmforge.load(ngram).evaluate(data, split="test") == on_test  # the LM method takes the same options
     assert (
         cli_main.main(["evaluate", str(ngram), "--data", str(test), "--task", "ner", "--doc-split", "line"])
         != 0

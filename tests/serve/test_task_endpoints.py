@@ -224,7 +224,7 @@ def test_ner_endpoint_answers_what_the_pipeline_answers(checkpoints, clients):
     assert any(data[0]["entities"]) and all(
         texts[0][e["start"] : e["end"]] == e["text"] for e in data[0]["entities"]
     )
-    assert set(data[0]["entities"][0]) == {"type", "text", "start", "end", "score"}
+    assert set(data[0]["entities"][0]) == {"type", "text", "start", "end", "score", "entity_group", "word"}
     single = ok(clients["ner"].post("/v1/ner", json={"text": texts[2]}))
     assert single["data"] == [{"index": 0, "entities": ner(texts[2])}] and single["object"] == "list"
 

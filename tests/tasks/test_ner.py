@@ -178,6 +178,10 @@ def test_each_backbone_learns_the_synthetic_entities(backbone, conll, tiny_backb
     entities = ner(text)
     assert all(text[e["start"] : e["end"]] == e["text"] for e in entities)
     assert [(e["type"], e["text"]) for e in entities] == [("PER", "Kalotorvak"), ("LOC", "New   York")]
+    assert [(e["entity_group"], e["word"]) for e in entities] == [
+        ("PER", "Kalotorvak"),
+        ("LOC", "New   York"),
+    ]
     assert all(0 < e["score"] <= 1 for e in entities)
     assert ner([text, "she went today"])[1] == []
 

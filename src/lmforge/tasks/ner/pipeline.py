@@ -2,8 +2,11 @@
 
     ner = lmforge.pipeline("ner", model="conll-run")
     ner("Peter Blackburn flew to Brussels.")
-    # [{"type": "PER", "text": "Peter Blackburn", "start": 0, "end": 15, "score": 0.98},
-    #  {"type": "LOC", "text": "Brussels", "start": 24, "end": 32, "score": 0.99}]
+    # [{"type": "PER", "text": "Peter Blackburn", "start": 0, "end": 15, "score": 0.98, ...},
+    #  {"type": "LOC", "text": "Brussels", "start": 24, "end": 32, "score": 0.99, ...}]
+
+Each entity also carries transformers' token-classification keys (`entity_group`, `word`, as its pipeline gives
+with aggregation_strategy="simple"), so code written for that pipeline reads ours.
 
 The text is split into CoNLL-style words (punctuation apart, as the training files have it) with their spans in
 the original string; the model tags each word; B-/I-(/E-/S-) tags are merged into entities whose offsets point into
@@ -55,6 +58,19 @@ def merge_entities(tags: list[str], probs: list[float]) -> list[tuple[str, int, 
     return [(k, a, b, sum(probs[a:b]) / (b - a)) for k, a, b in out]
 
 
+def entity(kind: str, text: str, start: int, end: int, score: float) -> dict:
+    """One found entity: ours (type, text) and transformers' (entity_group, word) names, offsets, score."""
+    return {
+        "type": kind,
+        "text": text,
+        "start": start,
+        "end": end,
+        "score": score,
+        "entity_group": kind,
+        "word": text,
+    }
+
+
 class TokenClassificationPipeline:
     def __init__(self, model: str | os.PathLike, device: str = "auto", batch_size: int = 64):
         self.lm = load_for_inference(model, device=device)
@@ -87,13 +103,7 @@ class TokenClassificationPipeline:
         for text, ws, seq, ps in zip(texts, words, tags, probs):
             out.append(
                 [
-                    {
-                        "type": kind,
-                        "text": text[ws[a][1] : ws[b - 1][2]],
-                        "start": ws[a][1],
-                        "end": ws[b - 1][2],
-                        "score": score,
-                    }
+                    entity(kind, text[ws[a][1] : ws[b - 1][2]], ws[a][1], ws[b - 1][2], score)
                     for kind, a, b, score in merge_entities(seq, ps)
                 ]
             )
