@@ -145,6 +145,13 @@ def register(subparsers) -> None:
         "For bag-of-words pipelines only: a language model must predict them (a warning says so)",
     )
     p.add_argument(
+        "--stem",
+        default=None,
+        metavar="LANG",
+        help="replace every word by its Snowball stem (en, de, fr, ...; needs the classic extra). For bag-of-words "
+        "pipelines only: a language model must predict whole words (a warning says so)",
+    )
+    p.add_argument(
         "--scrub-pii",
         action="store_true",
         help="replace e-mails, phone numbers, IPs, cards, IBANs, IDs, SSNs, URL credentials and secrets with "
@@ -209,14 +216,15 @@ def run(args) -> int:
                 "--add-eos makes every line a document; it cannot be combined with --doc-split paragraph"
             )
         args.doc_split, args.dedup = "line", False
-    if args.stopwords:  # kept for the classic pipelines, but a language model must predict those very words
-        import sys
+    for flag, value in (("--stopwords", args.stopwords), ("--stem", args.stem)):
+        if value:  # kept for the classic pipelines, but a language model must predict those very words
+            import sys
 
-        print(
-            "warning: --stopwords deletes words a language model must learn to predict; do not pretrain on "
-            "this data (it is for bag-of-words pipelines)",
-            file=sys.stderr,
-        )
+            print(
+                f"warning: {flag} deletes what a language model must learn to predict; do not pretrain on "
+                "this data (it is for bag-of-words pipelines)",
+                file=sys.stderr,
+            )
 
     manifest = prepare(
         args.inputs,
@@ -236,6 +244,7 @@ def run(args) -> int:
         near_dedup=args.near_dedup,
         segment=args.segment,
         stopwords=args.stopwords,
+        stem=args.stem,
         encoding=args.encoding,
         tokenizer_train_bytes=args.tokenizer_train_bytes,
         overwrite=args.overwrite,

@@ -15,6 +15,7 @@ import unicodedata
 from importlib import resources
 from pathlib import Path
 
+from lmforge.data.stemming import stem_text, stemmer
 from lmforge.errors import DataError
 from lmforge.extras import require
 
@@ -303,8 +304,12 @@ class Cleaner:
         clean_whitespace: bool = True,
         segment: bool = False,
         stopwords: frozenset[str] | None = None,
+        stem: str | None = None,
     ):
         self.html = html
+        self.stem = stem  # a Snowball language: every word becomes its stem (data/stemming.py)
+        if stem:
+            stemmer(stem)  # an unknown language or a missing extra is refused before any work
         self.normalize = normalize
         self.clean_whitespace = clean_whitespace
         self.segment = segment
@@ -350,6 +355,8 @@ class DocumentCleaner:
             text = segment_words(text)
         if c.stopwords:
             text = remove_stopwords(text, c.stopwords)
+        if c.stem:
+            text = "\n".join(stem_text(line, c.stem) for line in text.split("\n"))
         if not c.clean_whitespace:
             return text
         return self._join(text, last)

@@ -85,7 +85,16 @@ def iter_documents(
 
 # What a prepared stream records about how text became tokens (the manifest's options, kept in each checkpoint's
 # config by pretraining): scoring a raw text file must read, clean and end documents the same way.
-CONVENTION_KEYS = ("doc_split", "text_field", "html", "normalize", "clean_whitespace", "segment", "stopwords")
+CONVENTION_KEYS = (
+    "doc_split",
+    "text_field",
+    "html",
+    "normalize",
+    "clean_whitespace",
+    "segment",
+    "stopwords",
+    "stem",
+)
 
 
 def text_convention(manifest: dict) -> dict:
@@ -110,6 +119,7 @@ def iter_clean_documents(
         clean_whitespace=convention.get("clean_whitespace", True),
         segment=convention.get("segment", False),
         stopwords=load_stopwords(stopwords) if stopwords else None,
+        stem=convention.get("stem"),
     )
     doc_split = convention.get("doc_split", "file")
     if doc_split not in DOC_SPLITS:
@@ -600,6 +610,7 @@ def prepare(
     near_dedup: float | None = None,
     segment: bool = False,
     stopwords: str | None = None,
+    stem: str | None = None,
     encoding: str = "utf-8",
     tokenizer_train_bytes: int = 200_000_000,
     overwrite: bool = False,
@@ -649,6 +660,7 @@ def prepare(
             "near_dedup": near_dedup,
             "segment": bool(segment),
             "stopwords": stopwords,
+            "stem": stem,
             "encoding": encoding,
             "tokenizer_train_bytes": tokenizer_train_bytes,
             "scrub_pii": bool(scrub_pii),
@@ -670,6 +682,7 @@ def prepare(
         clean_whitespace=clean_whitespace,
         segment=segment,
         stopwords=stop,
+        stem=stem,
     )
 
     bar = _Progress(progress)
