@@ -234,9 +234,9 @@ def test_a_dead_rank_stops_the_other_with_one_line(char_data, tmp_path):
             time.sleep(0.5)
         assert ckpt.pointed(run, "latest") is not None, procs[0].stderr.read() if procs[0].poll() else ""
         procs[1].send_signal(signal.SIGKILL)
-        start = time.time()
+        # a hang guard, not a speed figure: the survivor must not wait past train.dist_timeout (60 s) and more
         _, err = procs[0].communicate(timeout=120)
-        assert procs[0].returncode != 0 and time.time() - start < 60
+        assert procs[0].returncode != 0
         assert "rank 1 of the run died or did not answer" in err and "Traceback" not in err
     finally:
         for p in procs:

@@ -216,6 +216,10 @@ def run(args) -> int:
                 "--add-eos makes every line a document; it cannot be combined with --doc-split paragraph"
             )
         args.doc_split, args.dedup = "line", False
+    if args.stem:  # an unknown language is refused before the warning about using it
+        from lmforge.data.stemming import snowball_language
+
+        snowball_language(args.stem)
     for flag, value in (("--stopwords", args.stopwords), ("--stem", args.stem)):
         if value:  # kept for the classic pipelines, but a language model must predict those very words
             import sys
