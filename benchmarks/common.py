@@ -62,11 +62,25 @@ def machine() -> dict:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit,
         "cpu": model,
+        "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
     }
+
+
+# The CPU features that decide matrix speed: AVX2-only and AVX-512/AMX machines both run these benchmarks.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def cpu_flags() -> list[str]:
+    """Which of CPU_FLAGS this machine's CPU has (Linux /proc/cpuinfo; [] elsewhere)."""
+    try:
+        flags = next(ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return [f for f in CPU_FLAGS if f in flags]
 
 
 def emit(result: dict) -> None:

@@ -9,7 +9,16 @@ first sampled token. Contenders: `hf` (GPT2LMHeadModel.generate with its KV cach
 (`generate_tokens`, lmforge's decoding loop with its preallocated KV cache); `--contender lmforge-int8` adds the model
 that `lmforge quantize --method dynamic-int8 --include-output` makes (int8 weights read by fbgemm's kernel: the
 batch-1 decode is memory-bound, and this reads a quarter of the bytes); `--contender lmforge-compiled` decodes with
-`compile=True` (each one-token step through torch.compile; the warm-up round pays the compile).
+`compile=True` (each one-token step through torch.compile; the warm-up round pays the compile); `lmforge-bf16` is
+what `--dtype bf16` loads (bf16 weights and KV cache, Linear weights pre-packed for oneDNN's bf16 kernels:
+models/inference.py; CPUs with bf16 units or CUDA), `lmforge-bf16-plain` the same without the packing,
+`lmforge-compiled-bf16` bf16 weights with the compiled step.
+
+The ceiling: a batch-1 step reads every weight once, so tokens/s cannot pass (read bandwidth) / (bytes of weights
+read per token). A `bandwidth` worker, taking its turn with the others, times `torch.sum` over a buffer of each
+contender's weight bytes (so a model that fits the L3 is held to the L3's speed, as it would be) and over one of
+`--dram-mb` (past the last-level cache); each contender's row gives `of_ceiling`, its tokens/s as a fraction of
+that bound (batch 1 only; weights only: the KV cache and activations add a few % at these lengths).
 
 Shapes: 6x384 (6 layers x 384 wide, 6 heads, block 256, 65-token vocabulary) and gpt2 (GPT-2 124M: 12 x 768,
 12 heads, block 1024, 50,257 tokens).
@@ -23,6 +32,16 @@ import statistics
 import time
 
 from common import ask, emit, machine, start_worker, stop_worker
+
+CONTENDERS = (
+    "hf",
+    "lmforge",
+    "lmforge-compiled",
+    "lmforge-bf16",
+    "lmforge-bf16-plain",
+    "lmforge-compiled-bf16",
+    "lmforge-int8",
+)
 
 SHAPES = {"6x384": (6, 384, 256, 65), "gpt2": (12, 768, 1024, 50257)}  # layers, width, block, vocab
 PROMPT, NEW = 16, 128
@@ -56,7 +75,48 @@ def build(kind: str, shape):
         from lmforge.compress.quantize import quantize_model
 
         quantize_model(model, "dynamic-int8", include_output=True)
+    if kind.endswith(("bf16", "bf16-plain")):
+        from lmforge.models.inference import to_inference_dtype
+
+        to_inference_dtype(model, torch.bfloat16, pack=not kind.endswith("plain"))
     return model
+
+
+def weight_bytes(model) -> int:
+    """Bytes of weights a batch-1 decoding step reads: every tensor once (a tied output matrix counts as the output
+    layer, which reads all of it), except the embedding tables, of which a step reads one row."""
+    from torch import nn
+
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    heads = {id(getattr(m, "weight", None)) for name, m in model.named_modules() if name.endswith("head")}
+    seen, total = set(), 0
+    for t in (*model.parameters(), *model.buffers()):
+        if id(t) in seen or (id(t) in tables and id(t) not in heads):
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+    return total
+
+
+def bandwidth_worker(sizes_mb: list[float], threads: int, conn) -> None:
+    """Times a read (torch.sum) of buffers of the given sizes; replies {size_mb: GB/s} per request (median of 5)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    buffers = {mb: torch.ones(int(mb * 2**20) // 4) for mb in sizes_mb}
+    conn.send({"sizes_mb": sizes_mb})
+    while conn.recv() is not None:
+        out = {}
+        for mb, buf in buffers.items():
+            buf.sum()  # warm: first touch, and the cache holds what fits, as a decode loop's would
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                buf.sum()
+                times.append(time.perf_counter() - t0)
+            out[mb] = buf.numel() * 4 / statistics.median(times) / 1e9
+        conn.send(out)
+    conn.close()
 
 
 def worker(kind: str, shape, threads: int, conn) -> None:
@@ -94,7 +154,7 @@ def worker(kind: str, shape, threads: int, conn) -> None:
                 max_new_tokens=NEW, temperature=0.0 if greedy else 1.0, top_k=None if greedy else 50
             )
             steps = generate_tokens(
-                model, prompt, params, torch.Generator().manual_seed(0), compile=kind == "lmforge-compiled"
+                model, prompt, params, torch.Generator().manual_seed(0), compile="compiled" in kind
             )
             next(steps)
             ttft = time.perf_counter() - t0
@@ -109,7 +169,7 @@ def worker(kind: str, shape, threads: int, conn) -> None:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
 
-    conn.send({"params": sum(p.numel() for p in model.parameters())})
+    conn.send({"params": sum(p.numel() for p in model.parameters()), "weight_bytes": weight_bytes(model)})
     while (job := conn.recv()) is not None:
         conn.send(run(**job))
     conn.close()
@@ -121,8 +181,11 @@ def main() -> None:
     ap.add_argument(
         "--contender",
         action="append",
-        choices=("hf", "lmforge", "lmforge-compiled", "lmforge-int8"),
+        choices=CONTENDERS,
         help="default: hf and lmforge",
+    )
+    ap.add_argument(
+        "--dram-mb", type=float, default=2048, help="size of the buffer read past the last-level cache (MB)"
     )
     ap.add_argument("--batch", action="append", type=int, help="default: 1 and 8")
     ap.add_argument("--rounds", type=int, default=3)
@@ -134,15 +197,20 @@ def main() -> None:
     for shape_name in args.shape or list(SHAPES):
         shape = SHAPES[shape_name]
         workers = {k: start_worker(worker, k, shape, threads) for k in contenders}
+        sizes = {k: w[2]["weight_bytes"] / 2**20 for k, w in workers.items()}
+        bw = start_worker(bandwidth_worker, sorted({*sizes.values(), args.dram_mb}), threads)
         for batch in args.batch or [1, 8]:
             for greedy in (True, False):
                 job = {"batch": batch, "greedy": greedy}
                 for w in workers.values():  # warm-up: first calls allocate, compile and fill caches
                     ask(*w[:2], job)
                 runs = {k: [] for k in contenders}
+                reads = []
                 for _ in range(args.rounds):
                     for k, w in workers.items():
                         runs[k].append(ask(*w[:2], job))
+                    reads.append(ask(*bw[:2], "read"))
+                gbps = {mb: statistics.median(r[mb] for r in reads) for mb in reads[0]}
                 row = {
                     "shape": shape_name,
                     "batch": batch,
@@ -157,9 +225,18 @@ def main() -> None:
                 if "hf" in runs:
                     for k in contenders:
                         row[k]["ratio_to_hf"] = round(row[k]["tokens_per_s"] / row["hf"]["tokens_per_s"], 2)
+                row["read_gb_per_s"] = {f"{mb:.0f} MB": round(v, 1) for mb, v in gbps.items()}
+                if batch == 1:
+                    for k in contenders:
+                        ceiling = gbps[sizes[k]] * 1e9 / (sizes[k] * 2**20)
+                        row[k]["weight_mb"] = round(sizes[k], 1)
+                        row[k]["ceiling_tokens_per_s"] = round(ceiling, 1)
+                        row[k]["of_ceiling"] = round(row[k]["tokens_per_s"] / ceiling, 2)
+                        dram = gbps[args.dram_mb] * 1e9 / (sizes[k] * 2**20)
+                        row[k]["of_dram_ceiling"] = round(row[k]["tokens_per_s"] / dram, 2)
                 rows.append(row)
                 print(row, flush=True)
-        for w in workers.values():
+        for w in (*workers.values(), bw):
             stop_worker(*w)
     emit(
         {

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/recipe_shakespeare.py [--max-steps 2000] [--out /tmp/lmforge-shakespeare]
     .venv/bin/python benchmarks/recipe_shakespeare.py --fast
+    .venv/bin/python benchmarks/recipe_shakespeare.py --precision bf16 --seed 1   # see bf16_parity.py
 
 `--fast` trains the same model (4 layers x 128 wide, 4 heads, block 64: the same parameters) with lmforge's
 fastest configuration that reaches nanoGPT's validation loss of 1.886: configs/shakespeare-char-fast.yaml.
@@ -55,6 +56,13 @@ def main() -> None:
         help="train.compile (default: the config's)",
     )
     ap.add_argument("--seed", type=int, default=1337, help="train.seed (nanoGPT's default is 1337)")
+    ap.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default=None,
+        help="train.precision (default: the config's); the final evaluation runs in fp32 either way",
+    )
+    ap.add_argument("--threads", type=int, default=None, help="train.threads (default: torch's choice)")
     args = ap.parse_args()
 
     import lmforge
@@ -75,6 +83,10 @@ def main() -> None:
     overrides = {"train.tensorboard": False, "train.seed": args.seed}
     if args.compile is not None:
         overrides["train.compile"] = args.compile
+    if args.precision is not None:
+        overrides["train.precision"] = args.precision
+    if args.threads is not None:
+        overrides["train.threads"] = args.threads
     start = time.perf_counter()
     result = lmforge.pretrain(
         data=str(data),
@@ -92,6 +104,8 @@ def main() -> None:
             "benchmark": "recipe_shakespeare" + (" --fast" if args.fast else " (nanoGPT's CPU recipe)"),
             "config": config,
             "steps": result.step,
+            "seed": args.seed,
+            "precision": overrides.get("train.precision", "config"),
             "train_seconds": round(result.seconds, 1),
             "wall_seconds_incl_evals_and_checkpoints": round(wall, 1),
             "tokens_per_s": round(result.tokens_per_s),

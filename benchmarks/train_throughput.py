@@ -6,8 +6,10 @@ Each contender lives in its own worker process (so each has its own peak RSS and
 turns: `--rounds` rounds of `--steps` optimizer steps each, A then B then C, after a warm-up. The same loop for
 all: random token batches, AdamW (foreach), loss, backward, clip 1.0, step, zero_grad(set_to_none). Contenders:
 `hf` (eager, SDPA attention), `lmforge` (eager, lmforge's default on a CPU) and `lmforge-compile` (torch.compile,
-its default on CUDA). `--autocast bf16` runs every contender's forward under bf16 autocast (only for CPUs with bf16
-instructions). Prints JSON: median tokens/s per contender, the ratio to HF, and model FLOPs utilisation against an
+its default on CUDA), and `lmforge-bf16` (eager under bf16 autocast, what `train.precision bf16` does; CPUs with bf16
+instructions only). lmforge's contenders keep freed memory in malloc as its trainer does on a CPU
+(`train.keep_freed_memory`); `lmforge-nokeep` is lmforge without that, `hf-keep` HF with it. `--autocast bf16` runs
+every contender's forward under bf16 autocast. Prints JSON: median tokens/s per contender, the ratio to HF, and model FLOPs utilisation against an
 fp32 matmul peak measured in the same run.
 
 Shapes are LAYERSxWIDTH[:BLOCK:BATCH] with as many heads as layers (as nanoGPT's configs); 4x128 means 4 layers x
@@ -61,7 +63,7 @@ def build(kind: str, shape: tuple[int, int, int, int]):
 
     n_layer, n_embd, block, _ = shape
     n_head = n_layer  # as nanoGPT's configs and GPT-2 124M (12 x 12) have it
-    if kind == "hf":
+    if kind.startswith("hf"):
         from transformers import GPT2Config, GPT2LMHeadModel
 
         cfg = GPT2Config(
@@ -92,7 +94,7 @@ def build(kind: str, shape: tuple[int, int, int, int]):
             return model(x)
 
     matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-    if kind == "hf":  # HF's GPT-2 uses Conv1D for its projections; count them the same way
+    if kind.startswith("hf"):  # HF's GPT-2 uses Conv1D for its projections; count them the same way
         from transformers.pytorch_utils import Conv1D
 
         matmul_params += sum(m.weight.numel() for m in model.modules() if isinstance(m, Conv1D))
@@ -108,6 +110,10 @@ def worker(kind: str, shape, threads: int, autocast: str | None, conn) -> None:
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
+    if kind.startswith("lmforge") and kind != "lmforge-nokeep" or kind == "hf-keep":
+        from lmforge.device import keep_freed_memory
+
+        keep_freed_memory()  # what the trainer does on a CPU (train.keep_freed_memory)
     torch.manual_seed(0)
     model, forward, flops = build(kind, shape)
     model.train()
@@ -132,7 +138,7 @@ def worker(kind: str, shape, threads: int, autocast: str | None, conn) -> None:
             x, y = data[:, :-1], data[:, 1:]
             with (
                 torch.autocast("cpu", dtype=torch.bfloat16)
-                if autocast == "bf16"
+                if autocast == "bf16" or kind == "lmforge-bf16"
                 else contextlib.nullcontext()
             ):
                 logits = step_forward(x, y)
@@ -220,7 +226,7 @@ def main() -> None:
     ap.add_argument(
         "--contender",
         action="append",
-        choices=("hf", "lmforge", "lmforge-compile"),
+        choices=("hf", "lmforge", "lmforge-compile", "lmforge-bf16", "lmforge-nokeep", "hf-keep"),
         help="default: all three",
     )
     ap.add_argument("--rounds", type=int, default=5)

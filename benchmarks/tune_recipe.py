@@ -36,7 +36,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import lmforge
-    from lmforge.tune import tune
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -62,41 +61,21 @@ def main() -> None:
         "train.log_every": 50,
         "train.threads": args.threads,
     }
-    runs = []
-    for seed in args.seeds:
-        for sampler in args.samplers:
-            start = time.perf_counter()
-            study = out / f"{sampler}-seed{seed}"
-            result = tune(
-                "pretrain",
-                out=study,
-                space=space,
-                n_trials=args.trials,
-                sampler=sampler,
-                pruner="none",
-                seed=seed,
-                pretrain_args={
-                    "data": str(data),
-                    "config": str(REPO / "configs" / "shakespeare-char.yaml"),
-                    "max_steps": args.steps,
-                    "overrides": overrides,
-                },
-                progress=False,
-            )
-            trials = sorted(result["trials"], key=lambda t: t["number"])
-            values = [float("inf") if t["value"] is None else t["value"] for t in trials]  # a diverged trial
-            best_so_far = [round(min(values[: i + 1]), 4) for i in range(len(values))]
-            runs.append(
-                {
-                    "sampler": sampler,
-                    "seed": seed,
-                    "best_so_far": best_so_far,
-                    "best_value": round(result["best_value"], 4),
-                    "best_params": result["best_params"],
-                    "wall_s": round(time.perf_counter() - start, 1),
-                }
-            )
-    plot = _plot(runs, out / "best_so_far.png")
+    runs = compare_samplers(
+        args,
+        out,
+        "pretrain",
+        space,
+        pretrain_args={
+            "data": str(data),
+            "config": str(REPO / "configs" / "shakespeare-char.yaml"),
+            "max_steps": args.steps,
+            "overrides": overrides,
+        },
+    )
+    plot = plot_best_so_far(
+        runs, out / "best_so_far.png", "best validation loss so far", "TPE vs random, tiny Shakespeare (char)"
+    )
     emit(
         {
             "benchmark": "tune_recipe",
@@ -112,12 +91,51 @@ def main() -> None:
     )
 
 
-def _plot(runs: list[dict], path: Path) -> Path | None:
+def compare_samplers(args, out: Path, command: str, space: dict, extra=None, **tune_args) -> list[dict]:
+    """One study in out/SAMPLER-seedN per --seeds and --samplers, --trials trials each, no pruning (every trial
+    gets the same budget); per study its best-so-far curve, best value and params, minutes per trial and wall time,
+    and the fields `extra(study folder, result)` adds (not counted in the wall time)."""
+    from lmforge.tune import tune
+
+    runs = []
+    for seed in args.seeds:
+        for sampler in args.samplers:
+            start = time.perf_counter()
+            study = out / f"{sampler}-seed{seed}"
+            result = tune(command, out=study, space=space, n_trials=args.trials, sampler=sampler, pruner="none",
+                          seed=seed, progress=False, **tune_args)  # fmt: skip
+            run = {
+                "sampler": sampler,
+                "seed": seed,
+                "best_so_far": best_so_far(result),
+                "best_value": round(result["best_value"], 4),
+                "best_params": result["best_params"],
+                "trial_minutes": [t["minutes"] for t in sorted(result["trials"], key=lambda t: t["number"])],
+                "wall_s": round(time.perf_counter() - start, 1),
+            }
+            runs.append({**run, **(extra(study, result) if extra else {})})
+    return runs
+
+
+def best_so_far(result: dict) -> list[float]:
+    """The study's best value after each trial, in trial order (a trial without a value, e.g. diverged, counts
+    as the worst)."""
+    minimize = result["direction"] == "minimize"
+    trials = sorted(result["trials"], key=lambda t: t["number"])
+    worst = float("inf") if minimize else float("-inf")
+    values = [worst if t["value"] is None else t["value"] for t in trials]
+    pick = min if minimize else max
+    return [round(pick(values[: i + 1]), 4) for i in range(len(values))]
+
+
+def plot_best_so_far(runs: list[dict], path: Path, ylabel: str, title: str) -> Path | None:
+    """best_so_far.png: one line per sampler and seed (TPE solid, others dashed); None without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -125,9 +143,10 @@ def _plot(runs: list[dict], path: Path) -> Path | None:
         style = "-" if run["sampler"] == "tpe" else "--"
         xs = range(1, len(run["best_so_far"]) + 1)
         ax.plot(xs, run["best_so_far"], style, marker="o", label=f"{run['sampler']} seed {run['seed']}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trials")
-    ax.set_ylabel("best validation loss so far")
-    ax.set_title("lmforge tune: TPE vs random, tiny Shakespeare (char)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"lmforge tune: {title}")
     ax.legend()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)

@@ -27,8 +27,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmforge.config import coerce
-from lmforge.device import autocast_dtype, pick_device
+from lmforge.device import autocast_dtype, inference_dtype, pick_device
 from lmforge.errors import CheckpointError, ConfigError, TokenizerError
+from lmforge.models.inference import QUANTIZED, params_dtype, to_inference_dtype
 from lmforge.models.quantized import prepare_quantized
 from lmforge.models.registry import build_model, model_config_class
 from lmforge.outputs import check_output, fsync_dir, os_error_from, staged
@@ -257,24 +258,53 @@ def load_checkpoint(
 
 @dataclass
 class Loaded:
-    """A checkpoint loaded for inference: what task pipelines and evaluation need (lm.py's `LM` adds generation)."""
+    """A checkpoint loaded for inference: what task pipelines and evaluation need (lm.py's `LM` adds generation).
+    `dtype` is the `--dtype` it was loaded with (None: fp32 weights, the device's default autocast)."""
 
     model: nn.Module
     tokenizer: Tokenizer
     config: dict
     path: Path
     device: torch.device
+    dtype: str | None = None
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
-        return autocast_dtype(self.device, "auto")
+        return inference_autocast(self.model, self.device, self.dtype)
 
 
-def load_for_inference(path: str | os.PathLike, device: str = "auto") -> Loaded:
-    """The checkpoint (folder, run directory or pointer) in eval mode on `device` (auto: CUDA when there is one)."""
+def inference_autocast(model: nn.Module, device: torch.device, dtype: str | None) -> torch.dtype | None:
+    """The autocast dtype of a model loaded with `dtype`: none for weights already in bf16/fp16 (they compute in
+    their own dtype) or an explicit fp32; the device's default for this model (device.autocast_dtype) otherwise."""
+    if params_dtype(model) != torch.float32 or dtype == "fp32":
+        return None
+    return autocast_dtype(device, "auto", model)
+
+
+def apply_inference_dtype(model: nn.Module, device: torch.device, dtype: str | None) -> nn.Module:
+    """`model` in the weight dtype `--dtype` names on `device` (device.inference_dtype; None: unchanged). On a
+    CPU, auto's bf16 is for the GPT family only, the models it was measured faster for (device.CPU_AUTO_BF16);
+    recurrent and encoder models, and int8/int4 quantized ones (their kernels take fp32), stay fp32 there unless
+    bf16 is asked for."""
+    if dtype == "auto" and device.type == "cpu":
+        quantized = any(isinstance(m, QUANTIZED) for m in model.modules())
+        if quantized or not hasattr(model, "new_cache"):
+            dtype = "fp32"
+    if dtype is not None:
+        to_inference_dtype(model, inference_dtype(device, dtype))
+    return model
+
+
+def load_for_inference(path: str | os.PathLike, device: str = "auto", dtype: str | None = None) -> Loaded:
+    """The checkpoint (folder, run directory or pointer) in eval mode on `device` (auto: CUDA when there is one),
+    its weights in `dtype` (auto, bf16, fp16, fp32: device.inference_dtype; None: as stored, fp32)."""
     ckpt = resolve_checkpoint(path)
-    model, tokenizer, config = load_checkpoint(ckpt, pick_device(device))
-    return Loaded(model.eval(), tokenizer, config, ckpt, next(model.parameters(), torch.empty(0)).device)
+    target = pick_device(device)
+    if dtype is not None:
+        inference_dtype(target, dtype)  # a bad value or an unusable dtype is refused before the weights load
+    model, tokenizer, config = load_checkpoint(ckpt, target)
+    model = apply_inference_dtype(model.eval(), target, dtype)
+    return Loaded(model, tokenizer, config, ckpt, next(model.parameters(), torch.empty(0)).device, dtype)
 
 
 # ---- run directories -------------------------------------------------------------------------------

@@ -78,9 +78,10 @@ class TrainConfig:
     patience: int | None = None  # early stop after this many evaluations without a better validation score
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = (
-        "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16/fp16 on GPUs that support it, fp32 on CPU)
-    )
+    # auto | fp32 | bf16 | fp16. auto: bf16 (fp16 without bf16) autocast on a GPU; on a CPU with bf16 units (AMX or
+    # AVX512-BF16) bf16 autocast for transformers at least device.CPU_BF16_MIN_WIDTH wide, where it measured faster;
+    # fp32 elsewhere (device.cpu_bf16_pays says why).
+    precision: str = "auto"
     # torch.compile the training model: auto = on CUDA; off on CPU, where it measured no faster than eager for
     # our GPT (benchmarks/train_throughput.py) and costs a minute of compilation. true | false force it.
     compile: str = "auto"
@@ -93,8 +94,12 @@ class TrainConfig:
     # as the padded batch, computed on less padding. auto = wherever the objective packs; true insists; false off.
     pack: str = "auto"
     threads: int | None = None  # CPU threads for torch (default: torch's choice)
-    # DP-SGD (train/privacy.py, fine-tuning classifiers): the target epsilon (None: no differential privacy),
-    # delta (below 1 / the number of training examples) and the per-example gradient norm bound.
+    # On a CPU: glibc's malloc keeps freed memory for the next step instead of returning it to the system (no
+    # page faults per step; device.keep_freed_memory). false leaves the allocator as it is.
+    keep_freed_memory: bool = True
+    # DP-SGD (train/privacy.py: classifiers, NLI, GPT pretraining, lm and chat fine-tuning): the target epsilon
+    # (None: no differential privacy), delta (below 1 / the number of training examples) and the per-example
+    # gradient norm bound.
     dp_epsilon: float | None = None
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0
@@ -258,6 +263,9 @@ def set_dotted(cfg: RunConfig, key: str, value: Any) -> None:
     section, _, name = key.partition(".")
     if section not in ("model", "optim", "train") or not name:
         raise ConfigError(_unknown_message(key, _all_keys(cfg)))
+    current = getattr(getattr(cfg, section), name, None)
+    if isinstance(current, dict):  # a mapping override changes the keys it names and keeps the others
+        value = {**current, **_coerce_container(value, dict, key)}
     apply_section(getattr(cfg, section), {name: value}, section, all_keys=_all_keys(cfg))
 
 
@@ -286,6 +294,9 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         return coerce(value, args[0], key)
+    container = origin or hint
+    if container in (dict, list, tuple):
+        return _coerce_container(value, container, key)
     try:
         if hint is bool:
             if isinstance(value, bool):
@@ -314,6 +325,28 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         name = getattr(hint, "__name__", str(hint))
         raise ConfigError(f"{key} must be {name}, got {value!r}") from None
     return value
+
+
+def _coerce_container(value: Any, kind: type, key: str) -> Any:
+    """A mapping or list field: as is from YAML or Python, parsed from a JSON/YAML string on the command line
+    (--model.encoder '{"n_embd": 64}', --model.widths '[3, 4]')."""
+    example = "'{\"n_embd\": 64}'" if kind is dict else "'[3, 4, 5]'"
+    what = "a mapping" if kind is dict else "a list"
+    if isinstance(value, str):
+        if kind is not dict and value.strip() and value.strip()[0] not in "[-":
+            value = f"[{value}]"  # --model.widths 3,4,5
+        try:
+            value = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0]
+            raise ConfigError(
+                f"{key} must be {what} in JSON/YAML, e.g. {example}; could not parse it ({first})"
+            ) from None
+    if kind is dict and isinstance(value, dict):
+        return dict(value)
+    if kind in (list, tuple) and isinstance(value, (list, tuple)):
+        return kind(value)
+    raise ConfigError(f"{key} must be {what}, e.g. --{key} {example}, got {value!r}")
 
 
 def _is_number(word: str) -> bool:

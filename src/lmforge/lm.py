@@ -10,8 +10,14 @@ from pathlib import Path
 
 import torch
 
-from lmforge.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from lmforge.device import autocast, autocast_dtype, pick_device, use_compile
+from lmforge.checkpoint import (
+    apply_inference_dtype,
+    inference_autocast,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from lmforge.device import autocast, inference_dtype, pick_device, use_compile
 from lmforge.errors import ConfigError
 from lmforge.eval.perplexity import evaluate
 from lmforge.generate.beam import BeamParams, beam_search, beam_search_prompts, continue_prompts, tokens_until
@@ -36,25 +42,38 @@ class LM:
         config: dict,
         path: Path | None = None,
         compile: str | bool = "auto",
+        dtype: str | None = None,
     ):
-        self.model = model.eval()
+        """`dtype` (auto, bf16, fp16, fp32; device.inference_dtype) casts the model's weights in place, and its KV
+        cache follows them; None leaves the model as given (fp32 weights, the device's default autocast)."""
+        self.device = next(model.parameters(), torch.empty(0)).device  # table models have no parameters
+        self.model = apply_inference_dtype(model.eval(), self.device, dtype)
         self.tokenizer = tokenizer
         self.config = config
         self.path = path
-        self.device = next(model.parameters(), torch.empty(0)).device  # table models have no parameters
-        self.amp_dtype = autocast_dtype(self.device, "auto")
+        self.dtype = dtype
+        self.amp_dtype = inference_autocast(self.model, self.device, dtype)
         # Cached decoding's one-token steps through torch.compile (generate/sampling.py DecodeStep).
         self.compile_decoding = use_compile(compile, self.device)
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, device: str = "auto", compile: str | bool = "auto"
+        cls,
+        path: str | os.PathLike,
+        device: str = "auto",
+        compile: str | bool = "auto",
+        dtype: str | None = None,
     ) -> LM:
         """`compile`: torch.compile the decoding step (auto: on CUDA only; true also pays off on a CPU for long
-        generations and servers, after a compile of tens of seconds)."""
+        generations and servers, after a compile of tens of seconds). `dtype`: the weights' dtype, auto, bf16,
+        fp16 or fp32 (device.inference_dtype: auto is bf16 on CUDA and, for gpt models, on CPUs with bf16 units,
+        else fp32); None keeps them fp32, as stored. Logits reach callers as fp32 whatever the weights."""
         ckpt = resolve_checkpoint(path)
-        model, tokenizer, config = load_checkpoint(ckpt, pick_device(device))
-        return cls(model, tokenizer, config, ckpt, compile)
+        target = pick_device(device)
+        if dtype is not None:
+            inference_dtype(target, dtype)  # a bad or unusable dtype is refused before the weights load
+        model, tokenizer, config = load_checkpoint(ckpt, target)
+        return cls(model, tokenizer, config, ckpt, compile, dtype)
 
     def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write a checkpoint folder (weights, tokenizer, config; no training state). An existing non-empty `path`
@@ -123,7 +142,7 @@ class LM:
         eos = cfg.eos_ids(self.tokenizer)
         generator = seeded_generator(seed, self.device)
         if cfg.num_beams > 1:
-            texts = self._beam_generate(prompts, ids, limits, cfg, eos)
+            texts = self._beam_generate(prompts, ids, limits, cfg, eos, generator)
         else:
             params = cfg.sampling_params(max(limits), eos)
             if stream:
@@ -386,8 +405,9 @@ class LM:
         steps = generate_tokens(self.model, x, params, generator, use_cache, compile=self.compile_decoding)
         return text_pieces(self.tokenizer, prompt, (int(tok[0]) for tok in steps), stops, eos)
 
-    def _beam_generate(self, prompts, ids, limits, cfg: GenerationConfig, eos) -> list:
-        """Beam search over each prompt's continuations (a gpt model: it needs the KV cache)."""
+    def _beam_generate(self, prompts, ids, limits, cfg: GenerationConfig, eos, generator=None) -> list:
+        """Beam search over each prompt's continuations (a gpt model: it needs the KV cache); `generator` draws the
+        candidates of beam sampling (do_sample)."""
         if not hasattr(self.model, "new_cache"):
             raise ConfigError(f"beam search needs a gpt model; this is a {self.config.get('arch')} model")
         if len(eos) != 1:
@@ -395,7 +415,9 @@ class LM:
         texts: list = [None] * len(prompts)
         for limit in sorted(set(limits)):  # max_length gives each prompt length its own limit
             rows = [r for r, lim in enumerate(limits) if lim == limit]
-            beams = beam_search_prompts(self.model, [ids[r] for r in rows], eos[0], cfg.beam_params(limit))
+            beams = beam_search_prompts(
+                self.model, [ids[r] for r in rows], eos[0], cfg.beam_params(limit), generator=generator
+            )
             for r, hyps in zip(rows, beams):
                 n = cfg.num_return_sequences
                 outs = [
@@ -471,10 +493,12 @@ class LM:
         return f"LM({self.path}, {self.num_params():,} params, {self.tokenizer!r})"
 
 
-def load(path: str | os.PathLike, device: str = "auto", compile: str | bool = "auto") -> LM:
-    """Load a checkpoint folder or a run directory (its latest checkpoint) as an LM (`compile`: see
+def load(
+    path: str | os.PathLike, device: str = "auto", compile: str | bool = "auto", dtype: str | None = None
+) -> LM:
+    """Load a checkpoint folder or a run directory (its latest checkpoint) as an LM (`compile`, `dtype`: see
     LM.from_pretrained)."""
-    return LM.from_pretrained(path, device=device, compile=compile)
+    return LM.from_pretrained(path, device=device, compile=compile, dtype=dtype)
 
 
 # ---- pipelines: Hugging Face's pipeline() tasks that need an LM (tasks/pipeline.py has the fine-tuned ones) ----

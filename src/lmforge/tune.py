@@ -36,7 +36,7 @@ from lmforge import checkpoint as ckpt
 from lmforge.config import build_run_config, parse_overrides
 from lmforge.errors import ConfigError, TrainingError
 from lmforge.extras import require
-from lmforge.outputs import check_output, fsync_dir, staged
+from lmforge.outputs import check_inputs, check_output, fsync_dir, staged
 
 SAMPLERS = ("grid", "random", "tpe", "cmaes", "nsga2")
 PRUNERS = ("median", "successive-halving", "hyperband", "none")
@@ -352,6 +352,7 @@ def tune(
         "task": task,
     }
     study_file = out / STUDY_FILE
+    replacing = None  # what --overwrite replaces: another study's record, or {} for a folder that is no study
     if study_file.is_file():
         try:
             saved = _read_study_file(study_file)
@@ -365,25 +366,24 @@ def tune(
                 "replace it, or choose another --out"
             )
         if saved.get("definition") != definition:
-            _delete_study(optuna, out, saved, storage)
+            replacing = saved
     external = (
         None if storage is None else _storage(optuna, storage)
     )  # a bad URL is refused before any output
-    check_output(
-        out, overwrite=overwrite, own=_is_study_dir, inputs=_inputs(pretrain_args, finetune_args, space)
-    )
-    if overwrite and out.is_dir() and not study_file.is_file():
-        for child in out.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    inputs = _inputs(pretrain_args, finetune_args, space)
+    check_output(out, overwrite=overwrite, own=_is_study_dir, inputs=inputs)
+    if overwrite and replacing is None and out.is_dir() and not study_file.is_file() and any(out.iterdir()):
+        replacing = {}
+    name = study_name or out.resolve().name
+    record = {"definition": definition, "study_name": name, "storage": None if storage else "study.db"}
+    if replacing is not None:
+        check_inputs(out, inputs)  # a study folder is "own" to check_output, but replacing it deletes it
+        _start_afresh(optuna, out, record, replacing, external, direction)
     (out / "trials").mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    name = study_name or out.resolve().name
     with _locked(out / ".study.lock"):  # workers starting together create the storage and study once
         if not study_file.is_file():
-            _write_json(
-                study_file,
-                {"definition": definition, "study_name": name, "storage": None if storage else "study.db"},
-            )
+            _write_json(study_file, record)
         study = optuna.create_study(
             storage=external or _storage(optuna, url),
             study_name=name,
@@ -483,18 +483,23 @@ def _inputs(pretrain_args: dict, finetune_args: dict, space) -> list:
     return found
 
 
-def _delete_study(optuna, out: Path, saved: dict, storage: str | None) -> None:
-    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    if saved["study_name"] is not None:
-        try:
-            optuna.delete_study(study_name=saved["study_name"], storage=_storage(optuna, url))
-        except KeyError:
-            pass
-    for child in out.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+def _start_afresh(optuna, out: Path, record: dict, old: dict, external, direction: str) -> None:
+    """--overwrite: the new study's folder (its record, and its SQLite storage unless the storage is external) is
+    made beside `out` and swapped in whole (lmforge.outputs.staged), so that `out` stays as it was if the new study
+    fails to start. A replaced study that lived in the external storage is deleted from it last, just before."""
+    with staged(out) as tmp:
+        (tmp / "trials").mkdir()
+        _write_json(tmp / STUDY_FILE, record)
+        if external is None:
+            storage = _storage(optuna, f"sqlite:///{(tmp / 'study.db').resolve()}")
+            optuna.create_study(storage=storage, study_name=record["study_name"], direction=direction)
+            storage.remove_session()
+            storage.engine.dispose()  # no connection left to the file as it moves
+        elif old.get("study_name") is not None and old.get("storage") is None:
+            try:
+                optuna.delete_study(study_name=old["study_name"], storage=external)
+            except KeyError:  # already gone
+                pass
 
 
 def _run_trial(optuna, trial, command, out, values, metric, pretrain_args, finetune_args, minutes, progress):
@@ -518,6 +523,8 @@ def _run_trial(optuna, trial, command, out, values, metric, pretrain_args, finet
 
     started = time.monotonic()
     trial.set_user_attr("run_dir", str(run_dir.relative_to(out)))
+    # Told on Ctrl-C instead of the run's own "--resume" hint: a trial is continued by the study, not resumed.
+    hint = f"trial {trial.number} counts as failed; the same `lmforge tune` command continues the study"
     if progress:
         print(f"trial {trial.number}: {json.dumps(values)}", flush=True)
     try:
@@ -537,6 +544,7 @@ def _run_trial(optuna, trial, command, out, values, metric, pretrain_args, finet
                 max_minutes=minutes,
                 progress=False,
                 on_evaluate=on_evaluate,
+                resume_hint=hint,
             )
         else:
             from lmforge.tasks.finetune import finetune
@@ -554,13 +562,13 @@ def _run_trial(optuna, trial, command, out, values, metric, pretrain_args, finet
                 max_minutes=minutes,
                 progress=False,
                 on_evaluate=on_evaluate,
+                resume_hint=hint,
                 **args,
             )
     except KeyboardInterrupt:
-        print(
-            f"trial {trial.number} stopped: it counts as failed; the same lmforge tune command continues the study",
-            flush=True,
-        )
+        # Stopped inside training, the run saved a checkpoint and told the hint itself; before, nothing was told.
+        if ckpt.pointed(run_dir, "latest") is None:
+            print(f"interrupted: {hint}", flush=True)
         raise
     except TrainingError as exc:  # diverged (a NaN loss): a bad trial that ended early, counted as pruned
         trial.set_user_attr("error", str(exc))

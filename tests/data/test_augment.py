@@ -230,6 +230,16 @@ def test_finetune_augments_the_training_split_only(tmp_path, capsys):
     trained = int(card.split("training file")[1].split("(")[1].split(" ")[0].replace(",", ""))
     assert 40 < trained <= 120  # 40 originals plus up to 2 new ones each
     assert "dev file: `" + str(tmp_path / "dev.tsv") + "` (20 examples)" in card  # dev untouched
+    # The card and the checkpoint's config say the run was augmented, how, and what the training set became.
+    assert f"- augmented (`--augment noise --augment-n 2`): 40 training examples became {trained}" in card
+    saved = json.loads((tmp_path / "aug" / "best" / "config.json").read_text())["data"]["augment"]
+    assert saved == {
+        "method": "noise", "n": 2, "seed": 0, "alpha": 0.1, "original": 40, "training_examples": trained
+    }  # fmt: skip
+    plain = [a for a in common if a != "--dev" and a != str(tmp_path / "dev.tsv")]
+    assert main([*plain, "--out", str(tmp_path / "tf"), "--model", "tfidf", "--augment", "noise"]) == 0
+    card = (tmp_path / "tf" / "best" / "README.md").read_text()
+    assert "- augmented (`--augment noise --augment-n 4`): 40 training examples became" in card
     # Refusals: one line each, exit code 2.
     for extra, message in (
         (["--augment", "nope"], "unknown augmentation method"),

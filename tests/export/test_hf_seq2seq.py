@@ -130,12 +130,14 @@ def test_greedy_translation_equals_transformers_generate(tmp_path, kind, capsys)
     hf, tok, ckpt = imported(tmp_path, kind)
     lm = load(ckpt)
     eos = lm.tokenizer.eos_id
-    # sources end with </s>, as transformers' tokenizer writes them (mBART's would add a language code too)
-    assert lm.model.config.source_suffix == [eos]
-    assert encode_source(lm.tokenizer, SOURCES[0], lm.model.config) == lm.tokenizer.encode(SOURCES[0]) + [eos]
-    if kind == "marian":
-        assert [tok(t)["input_ids"] for t in SOURCES] == [lm.tokenizer.encode(t) + [eos] for t in SOURCES]
-    src, mask = source_batch(lm.tokenizer, SOURCES, suffix=[eos])
+    # sources end with </s>, as transformers' tokenizer writes them (mBART's then its source language code)
+    suffix = [eos] + ([lm.tokenizer.token_to_id("en_XX")] if kind == "mbart" else [])
+    assert lm.model.config.source_suffix == suffix
+    assert (
+        encode_source(lm.tokenizer, SOURCES[0], lm.model.config) == lm.tokenizer.encode(SOURCES[0]) + suffix
+    )
+    assert [tok(t)["input_ids"] for t in SOURCES] == [lm.tokenizer.encode(t) + suffix for t in SOURCES]
+    src, mask = source_batch(lm.tokenizer, SOURCES, suffix=suffix)
     with torch.no_grad():
         out = hf.generate(input_ids=src, attention_mask=mask, do_sample=False, num_beams=1, max_new_tokens=12)
     rows = [row[1:].tolist() for row in out]  # after the decoder's start token, up to the end-of-sequence one

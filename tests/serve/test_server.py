@@ -221,6 +221,7 @@ def test_models_health_playground_and_metrics(lm):
         assert c.get("/health").json()["endpoints"] == [
             "/v1/completions",
             "/v1/chat/completions",
+            "/v1/attention",
             "/v1/embeddings",
         ]
         page = c.get("/")

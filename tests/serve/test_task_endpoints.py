@@ -261,7 +261,7 @@ def test_a_summarizer_serves_summarize_and_a_translator_translate(checkpoints, c
     data = ok(clients["summarize"].post("/v1/summarize", json={"text": [article], "max_tokens": 12}))["data"]
     assert data == [{"index": 0, "text": lm.transduce(article, max_new_tokens=12)}]
     health = clients["summarize"].get("/health").json()
-    assert (health["kind"], health["endpoints"]) == ("summarize", ["/v1/summarize"])
+    assert (health["kind"], health["endpoints"]) == ("summarize", ["/v1/summarize", "/v1/attention"])
     wrong = clients["summarize"].post("/v1/translate", json={"text": "red cat"})
     assert_error(wrong, 400, "wrong_model_kind")
     assert "/v1/summarize" in wrong.json()["error"]["message"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from lmforge.cli.common import add_compile_option, add_verb, check_text
+from lmforge.cli.common import add_compile_option, add_dtype_option, add_verb, check_text
 from lmforge.errors import ConfigError
 
 EXAMPLES = """\
@@ -113,6 +113,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--device", default="auto")
     add_compile_option(p)
+    add_dtype_option(p)
 
 
 def run(args) -> int:
@@ -121,7 +122,7 @@ def run(args) -> int:
     if args.max_turn_chars < 1 or args.max_new_tokens < 1:
         raise ConfigError("--max-turn-chars and --max-new-tokens must be at least 1")
     check_text(args.system, "--system")
-    lm = lmforge.load(args.ckpt, device=args.device, compile=args.compile)
+    lm = lmforge.load(args.ckpt, device=args.device, compile=args.compile, dtype=args.dtype)
     lm.check_generative()
     classifier = None
     if args.sentiment_model:

@@ -45,8 +45,24 @@ def add_compile_option(p: argparse.ArgumentParser) -> None:
         default="auto",
         choices=["auto", "true", "false"],
         help="torch.compile the decoding step: auto = on CUDA only; true on a CPU compiles for tens of "
-        "seconds first, then decodes 1.1-1.4x faster (worth it for servers and long outputs) and holds "
-        "a second, pre-packed copy of the weights in memory",
+        "seconds first (less after a restart: kept in ~/.cache/lmforge/compile, $LMFORGE_COMPILE_CACHE), "
+        "then decodes 1.1-1.4x faster (worth it for servers and long outputs)",
+    )
+
+
+DTYPE_AUTO = (
+    "bf16 on CUDA and, for gpt models, on CPUs with bf16 units (AVX512-BF16 or AMX; measured faster there), "
+    "fp32 elsewhere"
+)
+
+
+def add_dtype_option(p: argparse.ArgumentParser, what: str = "", auto: str = DTYPE_AUTO) -> None:
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        metavar="{auto,bf16,fp16,fp32}",  # checked by device.inference_dtype: a bad value is one error line
+        help=f"weight (and KV cache) dtype{what}: auto = {auto}; bf16 is refused on a CPU without bf16 units "
+        "(it would run ~150x slower), fp16 is for CUDA only",
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lmforge.cli.common import add_verb, print_json
+from lmforge.cli.common import add_dtype_option, add_verb, print_json
 
 EXAMPLES = """\
   lmforge evaluate run --data data                 # the validation split of a prepared data directory
@@ -49,6 +49,11 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, help="score at most this many tokens")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
+    add_dtype_option(
+        p,
+        " (--task lm; the other tasks evaluate in fp32)",
+        auto="fp32 weights and the precision training validates in, so the figures match the run's",
+    )
     p.add_argument(
         "--task",
         choices=["lm", "classify", "nli", "ner", "qa", "translate", "summarize"],
@@ -86,6 +91,8 @@ def run(args) -> int:
 
     if args.batch_size < 1 or (args.max_tokens is not None and args.max_tokens < 1):
         raise ConfigError("--batch-size and --max-tokens must be positive")
+    if args.dtype != "auto" and args.task != "lm":
+        raise ConfigError(f"--dtype applies to --task lm; --task {args.task} evaluates in fp32")
     if args.doc_split is not None and args.task != "lm":
         raise ConfigError(f"--doc-split reads text files for --task lm, not {args.task}")
     if args.task == "ner":
@@ -102,13 +109,15 @@ def run(args) -> int:
         return run_evaluate_seq2seq(args)
     if args.task != "lm":
         return run_classifier(args)
+    from lmforge.checkpoint import load_for_inference
+
     result = evaluate(
-        args.ckpt,
+        # auto: as the run validated (fp32 weights, the device's autocast rule), not decoding's bf16 weights
+        load_for_inference(args.ckpt, device=args.device, dtype=None if args.dtype == "auto" else args.dtype),
         args.data,
         split=args.split,
         max_tokens=args.max_tokens,
         batch_size=args.batch_size,
-        device=args.device,
         doc_split=args.doc_split,
     )
     if args.json:

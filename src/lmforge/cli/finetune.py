@@ -184,7 +184,8 @@ def register(subparsers) -> None:
         "--dp-epsilon",
         type=float,
         metavar="EPS",
-        help="train with DP-SGD (Opacus; classify, nli) to (EPS, --dp-delta)-differential privacy: noise "
+        help="train with DP-SGD (Opacus; classify, nli, chat, and lm with a gpt: one example is a labelled row, a "
+        "conversation, or lm's fixed window of block_size tokens) to (EPS, --dp-delta)-differential privacy: noise "
         "calibrated to EPS for the planned steps, Poisson-sampled batches, per-example clipping; the spent epsilon "
         'is logged and written to the results and the model card (pip install "lmforge[privacy]")',
     )

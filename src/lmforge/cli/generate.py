@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmforge.cli.common import add_compile_option, add_verb, check_text, print_json
+from lmforge.cli.common import add_compile_option, add_dtype_option, add_verb, check_text, print_json
 
 EXAMPLES = """\
   lmforge generate run --prompt "Once upon a time"
@@ -43,8 +43,9 @@ def register(subparsers) -> None:
     p.add_argument(
         "--do-sample",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="sample (the default here); --no-do-sample decodes greedily (the Python API's default)",
+        default=None,
+        help="sample (the default here without --num-beams); --no-do-sample decodes greedily (the Python API's "
+        "default); with --num-beams, --do-sample is transformers' beam sampling (default: plain beam search)",
     )
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy")
     p.add_argument("--top-k", type=int, help="sample among the k most likely tokens only (default: all)")
@@ -77,6 +78,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context every step")
     p.add_argument("--device", default="auto")
     add_compile_option(p)
+    add_dtype_option(p)
     p.add_argument(
         "--json",
         action="store_true",
@@ -108,7 +110,7 @@ def run(args) -> int:
             raise DataError(f"prompts file {path} has no prompts")
     else:
         prompts = [args.prompt]
-    lm = load(args.ckpt, device=args.device, compile=args.compile)
+    lm = load(args.ckpt, device=args.device, compile=args.compile, dtype=args.dtype)
     beams = args.num_beams > 1
     kwargs = dict(
         max_new_tokens=200
@@ -116,8 +118,8 @@ def run(args) -> int:
         else args.max_new_tokens,
         max_length=args.max_length,
         min_new_tokens=args.min_new_tokens,
-        # Beam search is deterministic: the sampling default gives way to it.
-        do_sample=args.do_sample and args.temperature != 0 and not beams,
+        # Beam search is deterministic unless --do-sample is given: the sampling default gives way to it.
+        do_sample=(not beams if args.do_sample is None else args.do_sample) and args.temperature != 0,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,

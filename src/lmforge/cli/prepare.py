@@ -135,6 +135,14 @@ def register(subparsers) -> None:
         help="also drop near-duplicate documents at this MinHash Jaccard similarity, e.g. 0.8",
     )
     p.add_argument(
+        "--near-dedup-method",
+        choices=("numpy", "datasketch"),
+        default="numpy",
+        help="how --near-dedup computes MinHash signatures: numpy (batched, no extra needed) or datasketch "
+        "(the [dedup] extra, ~3x slower); the two hash differently, so verdicts right at the threshold can differ "
+        "(default: numpy)",
+    )
+    p.add_argument(
         "--segment", action="store_true", help="segment Chinese text into space-separated words (jieba)"
     )
     p.add_argument(
@@ -246,6 +254,7 @@ def run(args) -> int:
         clean_whitespace=args.clean_whitespace,
         dedup=args.dedup,
         near_dedup=args.near_dedup,
+        near_dedup_method=args.near_dedup_method,
         segment=args.segment,
         stopwords=args.stopwords,
         stem=args.stem,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from lmforge.cli.common import add_compile_option, add_verb
+from lmforge.cli.common import add_compile_option, add_dtype_option, add_verb
 
 EXAMPLES = """\
   lmforge serve run                                  # then open http://127.0.0.1:8000/
@@ -65,6 +65,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--device", default="auto")
     add_compile_option(p)
+    add_dtype_option(p, " of a language model (task models run in fp32)")
 
 
 def run(args) -> int:
@@ -97,6 +98,7 @@ def run(args) -> int:
         timeout=args.timeout,
         device=args.device,
         compile=args.compile,
+        dtype=args.dtype,
         allowed_hosts=hosts,
         body_timeout=args.body_timeout,
         keep_alive_timeout=args.keep_alive_timeout,

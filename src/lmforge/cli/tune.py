@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from lmforge.cli.common import add_overwrite_option, add_verb, print_json
+from lmforge.cli.common import add_verb, print_json
+from lmforge.cli.finetune import add_field_options, fields_from
 
 EXAMPLES = """\
   lmforge tune pretrain --data data --out study --space space.yaml --n-trials 30 --sampler tpe \\
       --pruner median --max-minutes-per-trial 3 --preset tiny --max-steps 600
-  lmforge tune finetune --task classify --model minilm --train train.tsv --dev dev.tsv --out study \\
-      --space space.yaml --n-trials 20 --metric macro_f1
+  lmforge tune finetune --task classify --model minilm --train sst2/train.tsv --dev sst2/dev.tsv \\
+      --text-field sentence --out study --space space.yaml --n-trials 20 --metric accuracy
   lmforge tune --show study [--json]          # the trial table, the best trial, study/report.md with plots
 
 space.yaml names config keys (as the --section.key overrides) or fine-tune flags (lr, epochs, batch_size, ...):
@@ -58,7 +59,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--study-name", help="name of the study in the storage (default: the --out folder's name)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
-    add_overwrite_option(p, "the data or the space file")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an --out that holds another study or no study, once the new study has started there "
+        "(never one that holds the data or the space file)",
+    )
     # pretrain's flags
     p.add_argument("--data", help="pretrain: data directory written by `lmforge prepare`")
     p.add_argument("--config", help="pretrain: YAML config file")
@@ -74,6 +80,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, help="finetune: batch size")
     p.add_argument("--max-examples", type=int, help="finetune: use only the first N training examples")
     p.add_argument("--max-length", type=int, help="finetune: longest input in tokens")
+    add_field_options(p)  # finetune classify/nli: the labelled file's fields (SST-2's --text-field sentence)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(accepts_overrides=True)
@@ -92,7 +99,18 @@ def run(args) -> int:
             raise ConfigError("say what to tune: lmforge tune pretrain ... or lmforge tune finetune ...")
         if not args.out or not args.space:
             raise ConfigError("tune needs --out (the study folder) and --space (the search space file)")
-        other = ("task", "model", "train", "dev", "epochs", "batch_size", "max_examples", "max_length")
+        fields = ("text_field", "text_pair_field", "label_field", "label_sep")
+        other = (
+            "task",
+            "model",
+            "train",
+            "dev",
+            "epochs",
+            "batch_size",
+            "max_examples",
+            "max_length",
+            *fields,
+        )
         if args.command == "finetune":
             other = ("data", "config", "arch", "preset", "max_steps")
         given = [name for name in other if getattr(args, name) is not None]
@@ -116,6 +134,7 @@ def run(args) -> int:
             "batch_size": args.batch_size,
             "max_examples": args.max_examples,
             "max_length": args.max_length,
+            "fields": fields_from(args) if any(getattr(args, f) for f in fields) else None,
             "seed": args.seed,
             "overrides": args.overrides,
         }

@@ -204,6 +204,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # Trailing whitespace (not the newline) at each line end.
 _TRAILING = re.compile(r"[^\S\n]+$", re.MULTILINE)
 _BLANK_RUN = re.compile(r"\n{4,}")  # 3 or more blank lines
+# Line-by-line whitespace cleaning and a substring test before _BLANK_RUN (the same output, less time); off only to
+# compare with the regular-expression path (tests) or to rule it out.
+FAST_CLEAN = True
 
 
 def clean_lines(text: str, strip_last_line: bool = True) -> str:
@@ -214,6 +217,22 @@ def clean_lines(text: str, strip_last_line: bool = True) -> str:
     """
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not FAST_CLEAN:
+        return _clean_lines_regex(text, strip_last_line)
+    # Line by line: the same result as _clean_lines_regex, ~5x faster on prose, where _TRAILING tries a match at
+    # every space. A printable line has no control character (all of _CONTROL's are unprintable), and str.rstrip()
+    # strips exactly the characters of [^\S\n] (both are Py_UNICODE_ISSPACE) from a line without \n.
+    lines = text.split("\n")
+    keep = len(lines) - 1 if not strip_last_line else -1  # the unfinished last line keeps its trailing space
+    for i, line in enumerate(lines):
+        if not line.isprintable():
+            line = _CONTROL.sub("", line)
+        lines[i] = line if i == keep else line.rstrip()
+    return "\n".join(lines)
+
+
+def _clean_lines_regex(text: str, strip_last_line: bool) -> str:
+    """clean_lines with whole-text regular expressions (FAST_CLEAN off): the reference the fast path must equal."""
     text = _CONTROL.sub("", text)
     if strip_last_line:
         return _TRAILING.sub("", text)
@@ -374,7 +393,10 @@ class DocumentCleaner:
         prefix = "\n" * min(newlines, 3) if self.started else ""
         self.started = True
         self.pending = trailing
-        out = prefix + _BLANK_RUN.sub("\n\n\n", stripped)
+        # The substring test is much faster than the regex scan, which finds nothing in most documents.
+        if "\n\n\n\n" in stripped or not FAST_CLEAN:
+            stripped = _BLANK_RUN.sub("\n\n\n", stripped)
+        out = prefix + stripped
         if last:
             out = out.rstrip()
         return out

@@ -1,7 +1,7 @@
 """Labelled task files read as records and written back in their own format: what `lmforge split` and `lmforge
 augment` move between files without knowing the task.
 
-The formats and field conventions are the task readers' (tasks/classify/examples.py, tasks/ner/conll.py): CSV
+The formats and field conventions are the task readers' (tasks/classify/examples.py, data/conll.py): CSV
 (quoted) and TSV (unquoted) read by header field name, or by 0-based column number for files without a header;
 JSON Lines objects by key; CoNLL as sentences of `WORD ... TAG` lines, blank lines between sentences and
 `-DOCSTART-` lines between documents. A record keeps every column of its row, so a split or augmented file has
@@ -14,18 +14,17 @@ import csv
 import io
 import json
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmforge.data.conll import DOCSTART, TAG, ConllReader
 from lmforge.errors import DataError
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 KINDS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 CONLL_SUFFIXES = (".conll", ".conllu", ".iob", ".bio")
-TAG = re.compile(r"O|[BIES]-\S+")  # a CoNLL tag, as tasks/ner/conll.py reads them
 
 
 @dataclass
@@ -89,7 +88,7 @@ def looks_conll(path: Path) -> bool:
     except (OSError, UnicodeDecodeError):
         return False
     lines = [ln.split() for ln in head]
-    if not lines or lines[0][0] == "-DOCSTART-":
+    if not lines or lines[0][0] == DOCSTART:
         return bool(lines)
     tagged = [p for p in lines if len(p) >= 2 and TAG.fullmatch(p[-1])]
     return len(tagged) == len(lines) and "\t" not in head[0]
@@ -143,39 +142,10 @@ def dialect(kind: str) -> dict:
 
 
 def read_conll_records(out: LabelledFile) -> None:
-    tokens: list[Token] = []
-    document, first, columns = 0, 0, None
-
-    def close() -> None:
-        nonlocal tokens
-        if tokens:
-            out.records.append(Record(tokens=tokens, document=document, line=first))
-        tokens = []
-
-    with open(out.path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
-                close()
-                continue
-            if parts[0] == "-DOCSTART-":
-                close()
-                document += 1 if out.records or out.docstart else 0
-                out.docstart = out.docstart or line.strip()
-                continue
-            if len(parts) < 2:
-                raise DataError(
-                    f"{out.path}:{n} has no tag: a CoNLL line is 'WORD ... TAG' (tag in the last column)"
-                )
-            columns = columns or len(parts)
-            if len(parts) != columns:
-                raise DataError(
-                    f"{out.path}:{n} has {len(parts)} columns where the file's first line has {columns}"
-                )
-            if not tokens:
-                first = n
-            tokens.append(Token(parts))
-        close()
+    reader = ConllReader(out.path)  # the lines' checks are the tagger's (data/conll.py), tags unchecked
+    for s in reader:
+        out.records.append(Record(tokens=[Token(r) for r in s.rows], document=s.document, line=s.line))
+    out.docstart = reader.docstart
 
 
 def field_value(lf: LabelledFile, record: Record, name: str) -> str:

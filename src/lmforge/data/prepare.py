@@ -7,6 +7,10 @@ Two streaming passes, so memory does not grow with the size of the corpus:
 2. train the tokenizer on the first `tokenizer_train_bytes` of that file (or load one), then encode the
    file in batches and append the ids, each document followed by eos, to the train/val shards.
 
+With a loaded tokenizer and a per-document split, pass 2 needs nothing from the end of pass 1, so each kept
+document is encoded as soon as it is kept, in a worker thread that overlaps the cleaning (the same calls in the same
+order, so the same shards; LMFORGE_PREPARE_OVERLAP=0 runs the two passes one after the other).
+
 Everything is written into `.tmp-DATA_DIR-<pid>` next to DATA_DIR and renamed into place at the very end
 (lmforge.outputs.staged); any error removes the temporary folder, so a DATA_DIR either is complete or does not
 exist, and an existing one (replaced with overwrite=True) goes only once the new one is complete.
@@ -19,13 +23,17 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import shutil
 import struct
 import sys
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 from lmforge.data.clean import HTML_MODES, NORMALIZATION_FORMS, Cleaner, load_stopwords
-from lmforge.data.dedup import DigestSet, NearDuplicateFilter
+from lmforge.data.dedup import NEAR_DEDUP_METHODS, DigestSet, near_duplicate_filter
 from lmforge.data.scrub import Scrubber, ScrubOptions, add_counts
 from lmforge.data.shards import MANIFEST_FORMAT, SHARD_TOKENS, ShardWriter, token_dtype
 from lmforge.data.sources import PIECE_CHARS, Source, check_encoding, expand_inputs, iter_pieces
@@ -57,6 +65,8 @@ FLUSH_BYTES = 1 << 20
 ENCODE_CHUNK_BYTES = 1 << 16
 ENCODE_BATCH_DOCS = 2048
 ENCODE_BATCH_BYTES = 4 << 20
+# Batched near-duplicate verdicts: the cleaned text of this many bytes of documents waits for its signatures.
+NEAR_BATCH_BYTES = 1 << 20
 
 
 # ---- reading ------------------------------------------------------------------------------------------
@@ -141,8 +151,9 @@ def iter_clean_documents(
                 parts, doc = [], None
 
 
-def _records(path: Path) -> Iterator[tuple[bytes, bool]]:
+def _records(path: Path, start: int = 0) -> Iterator[tuple[bytes, bool]]:
     with open(path, "rb", buffering=1 << 20) as fh:
+        fh.seek(start)
         while header := fh.read(_RECORD.size):
             flags, n = _RECORD.unpack(header)
             yield fh.read(n), bool(flags & _LAST)
@@ -208,11 +219,36 @@ class _Progress:
 
 
 # ---- pass 1: read, clean, deduplicate ---------------------------------------------------------------------
+@dataclasses.dataclass
+class _Kept:
+    """A document that passed the empty and exact-duplicate checks: what keeping it needs."""
+
+    last_record: bytes  # its text, or the part not yet written (written: the rest went out early)
+    nbytes: int
+    digest: bytes
+    forced_val: bool | None
+    written: bool
+    start: int  # where its records begin, when written early
+    scrub: object  # its PII scrubber stream (for the counts), or None
+
+
 class _Pass1:
     """Streams every source through the cleaner and the deduplicators into the record file."""
 
-    def __init__(self, opts: dict, cleaner: Cleaner, docs_fh, splits_fh, scrubber: Scrubber | None = None):
+    def __init__(
+        self,
+        opts: dict,
+        cleaner: Cleaner,
+        docs_fh,
+        splits_fh,
+        scrubber: Scrubber | None = None,
+        encoder: _Encoder | None = None,
+    ):
         self.opts = opts
+        # Given an encoder (a loaded tokenizer, a per-document split), each kept document goes to it at once, so
+        # encoding (in its thread) overlaps reading and cleaning instead of waiting for a second pass.
+        self.encoder = encoder
+        self.records_path = Path(docs_fh.name) if encoder is not None else None
         self.cleaner = cleaner
         self.scrubber = scrubber  # --scrub-pii: PII replaced after cleaning, before deduplication
         self.pii: dict[str, int] = {}  # items replaced, per type, in the documents kept
@@ -223,7 +259,14 @@ class _Pass1:
         self._hash0 = hashlib.blake2b(digest_size=16, key=key)  # copied for each document
         # Exact dedup: one 8-byte digest per document (O(#documents), never O(corpus bytes)).
         self.digests = DigestSet() if opts["dedup"] else None
-        self.near = NearDuplicateFilter(opts["near_dedup"]) if opts["near_dedup"] else None
+        near = opts["near_dedup"]
+        self.near = near_duplicate_filter(near, opts["near_dedup_method"]) if near else None
+        # A filter that computes many signatures at once gets the documents in batches: their verdicts wait in
+        # `pending` (exact dedup has passed) until NEAR_BATCH_BYTES of them, the end of a source, or a document
+        # big enough to be written early (its own signature is then streamed, piece by piece).
+        self.batched = hasattr(self.near, "duplicates")
+        self.pending: list[tuple[_Kept, list[str]]] = []
+        self.pending_bytes = 0
         self.removed = {"empty": 0, "duplicates": 0, "near_duplicates": 0}
         # Documents and bytes of each split, as the per-document split decides (a tail split decides later).
         self.kept = {name: [0, 0] for name in SPLIT_BYTES}
@@ -236,7 +279,8 @@ class _Pass1:
         self.doc = self.cleaner.document(html_source=source.kind == "html")
         self.scrub = self.scrubber.stream() if self.scrubber is not None else None
         self.hash = self._hash0.copy()
-        self.minhash = self.near.new() if self.near else None
+        self.minhash = self.near.new() if self.near and not self.batched else None
+        self.texts: list[str] = []  # the cleaned pieces, for a batched near-duplicate verdict
         self.buf: list[bytes] = []
         self.buf_bytes = 0
         self.nbytes = 0
@@ -264,48 +308,97 @@ class _Pass1:
             self.nbytes += len(data)
             if self.minhash is not None:
                 self.near.update(self.minhash, text)
+            elif self.near is not None:
+                self.texts.append(text)
             if not self.has_text and not text.isspace():
                 self.has_text = True
             self.buf.append(data)
             self.buf_bytes += len(data)
             if self.buf_bytes >= FLUSH_BYTES and not last:
                 if not self.written:
+                    if self.near is not None and self.minhash is None:  # batched: stream this one instead
+                        self._resolve()
+                        self.minhash = self.near.new()
+                        for t in self.texts:
+                            self.near.update(self.minhash, t)
+                        self.texts = []
                     self.start = self.docs_fh.tell()
                 self._write(b"".join(self.buf), last=False)
                 self.written = True
                 self.buf, self.buf_bytes = [], 0
 
-    def _finish(self) -> tuple[str, int] | None:
-        """Decide the document's fate; (split, bytes) when kept."""
+    def _finish(self) -> None:
+        """Decide the document's fate (a batched near-duplicate verdict may come later, in _resolve)."""
         if not self.has_text:
             self._drop("empty")
-            return None
+            return
         digest = self.hash.digest()
         if self.digests is not None and not self.digests.add(int.from_bytes(digest[:8], "little")):
             self._drop("duplicates")
-            return None
-        if self.near is not None and self.near.is_duplicate(self.minhash):
-            self._drop("near_duplicates")
-            return None
-        self._write(b"".join(self.buf), last=True)
+            return
+        doc = _Kept(
+            b"".join(self.buf), self.nbytes, digest, self.forced_val, self.written, self.start, self.scrub
+        )
         self.buf = []
+        if self.near is None:
+            self._keep(doc)
+        elif (
+            self.minhash is not None
+        ):  # streamed signature (an unbatched filter, or a document written early)
+            self._resolve()
+            if self.near.is_duplicate(self.minhash):
+                self._drop("near_duplicates")
+            else:
+                self._keep(doc)
+        else:
+            self.pending.append((doc, self.texts))
+            self.pending_bytes += self.nbytes
+            if self.pending_bytes >= NEAR_BATCH_BYTES:
+                self._resolve()
+
+    def _resolve(self) -> None:
+        """The near-duplicate verdicts of the pending documents, in order; the kept ones are kept in order."""
+        if not self.pending:
+            return
+        pending, self.pending, self.pending_bytes = self.pending, [], 0
+        for (doc, _), duplicate in zip(pending, self.near.duplicates([texts for _, texts in pending])):
+            if duplicate:
+                self.removed["near_duplicates"] += 1  # never written early: nothing to take back
+            else:
+                self._keep(doc)
+
+    def _keep(self, doc: _Kept) -> None:
+        self._write(doc.last_record, last=True)
         # One uniform draw per document: [0, val) is val, [val, val + test) is test, so the val documents are
         # those of a run without a test split. Given --val files, the test documents come from [0, test).
-        u = int.from_bytes(digest[8:], "big") / 2.0**64
+        u = int.from_bytes(doc.digest[8:], "big") / 2.0**64
         vf, tf = self.opts["val_fraction"], self.opts["test_fraction"]
-        if self.forced_val is not None:
-            split = "val" if self.forced_val else "test" if u < tf else "train"
+        if doc.forced_val is not None:
+            split = "val" if doc.forced_val else "test" if u < tf else "train"
         else:
             split = "val" if u < vf else "test" if u < vf + tf else "train"
         if self.splits_fh is not None:
             self.splits_fh.write(SPLIT_BYTES[split])
             self.kept[split][0] += 1
-            self.kept[split][1] += self.nbytes
-        self.total_bytes += self.nbytes
+            self.kept[split][1] += doc.nbytes
+        if self.encoder is not None:
+            self._encode_kept(split, doc)
+        self.total_bytes += doc.nbytes
         self.documents += 1
-        if self.scrub is not None:
-            add_counts(self.pii, self.scrub.counts)
-        return split, self.nbytes
+        self.source_docs += 1
+        self.source_bytes += doc.nbytes
+        if doc.scrub is not None:
+            add_counts(self.pii, doc.scrub.counts)
+
+    def _encode_kept(self, split: str, doc: _Kept) -> None:
+        """Hand the document just kept to the encoder, record by record, as pass 2 would read them."""
+        if not doc.written:
+            self.encoder.add(split, doc.last_record)
+        else:  # written early: read its records back (one at a time: memory stays bounded)
+            self.docs_fh.flush()
+            for data, _ in _records(self.records_path, doc.start):
+                self.encoder.add(split, data)
+        self.encoder.end(split)
 
     def run(self, sources: list[Source], progress: _Progress) -> list[dict]:
         opts = self.opts
@@ -314,7 +407,7 @@ class _Pass1:
         done = 0  # input bytes of the sources finished
         per_source = []
         for source in sources:
-            docs = nbytes = 0
+            self.source_docs = self.source_bytes = 0
             seen = 0  # characters read from this source (an estimate of its bytes, for the bar)
             new_doc = True
             for piece, last in iter_pieces(
@@ -326,22 +419,20 @@ class _Pass1:
                 self._feed(piece, last)
                 seen += len(piece)
                 if last:
-                    kept = self._finish()
-                    if kept is not None:
-                        docs += 1
-                        nbytes += kept[1]
+                    self._finish()
                     new_doc = True
                     if progress.enabled and (self.documents % 512 == 0 or len(piece) > 65536):
                         progress.update(
                             task, completed=done + min(seen, source.size or seen), docs=self.documents
                         )
+            self._resolve()
             done += source.size if source.size is not None else seen
             progress.update(task, completed=done, docs=self.documents)
             per_source.append(
                 {
                     "path": source.path,
-                    "documents": docs,
-                    "bytes": nbytes,
+                    "documents": self.source_docs,
+                    "bytes": self.source_bytes,
                     **({"val": True} if source.val else {}),
                 }
             )
@@ -383,7 +474,13 @@ class _Encoder:
     """
 
     def __init__(
-        self, tok: Tokenizer, writers: dict[str, ShardWriter], eos_id: int, progress: _Progress, task
+        self,
+        tok: Tokenizer,
+        writers: dict[str, ShardWriter],
+        eos_id: int,
+        progress: _Progress,
+        task,
+        overlap: bool = False,
     ):
         self.writers = writers
         self.eos = eos_id
@@ -395,6 +492,10 @@ class _Encoder:
         self.stats = {s: {"documents": 0, "bytes": 0} for s in writers}
         self.part_bytes = {s: 0 for s in writers}  # bytes of the current document's part in each split
         self.carry = {s: b"" for s in writers}  # text of that part not yet queued for encoding
+        # overlap: a batch is encoded and written in a worker thread while the next one is gathered (encoding
+        # releases the GIL). One batch in flight at most, so memory stays at two batches; the order is kept.
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lmforge-encode") if overlap else None
+        self._pending: Future | None = None
 
     def add(self, split: str, data: bytes) -> None:
         if not data:
@@ -424,20 +525,51 @@ class _Encoder:
             self.flush()
 
     def flush(self) -> None:
+        """Encode and write the batch gathered so far (in the worker thread, with overlap)."""
         if not self.items:
             return
-        ids = self._encode([t for _, t, _ in self.items])
+        docs = sum(s["documents"] for s in self.stats.values())
+        batch = (self.items, self.batch_bytes, docs)
+        self.items, self.batch_bytes = [], 0
+        if self._pool is None:
+            self._write_batch(*batch)
+            return
+        self.wait()
+        self._pending = self._pool.submit(self._write_batch, *batch)
+
+    def wait(self) -> None:
+        """Until the batch in flight is written; raises its error, if any."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        """Flush, wait for the last batch and stop the worker thread."""
+        try:
+            self.flush()
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+
+    def abort(self) -> None:
+        """Stop the worker thread without waiting for errors (the run failed or is done)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _write_batch(self, items: list[tuple[str, str, bool]], nbytes: int, docs: int) -> None:
+        ids = self._encode([t for _, t, _ in items])
         out: dict[str, list[int]] = {s: [] for s in self.writers}
-        for (split, _, eos), seq in zip(self.items, ids):
-            out[split].extend(seq)
+        for (split, _, eos), seq in zip(items, ids):
+            out[split] += seq
             if eos:
                 out[split].append(self.eos)
         for split, seq in out.items():
             if seq:
                 self.writers[split].write(seq)
-        docs = sum(s["documents"] for s in self.stats.values())
-        self.progress.update(self.task, advance=self.batch_bytes, docs=docs)
-        self.items, self.batch_bytes = [], 0
+        self.progress.update(self.task, advance=nbytes, docs=docs)
 
 
 def _tail_cut(
@@ -558,6 +690,10 @@ def _check_options(o: dict) -> dict:
         raise ConfigError(
             f"near_dedup must be a Jaccard threshold strictly between 0 and 1, not {near!r}; for example --near-dedup 0.8"
         )
+    if o["near_dedup_method"] not in NEAR_DEDUP_METHODS:
+        raise ConfigError(
+            f"near_dedup_method must be one of {', '.join(NEAR_DEDUP_METHODS)}, not {o['near_dedup_method']!r}"
+        )
     tb = o["tokenizer_train_bytes"]
     if isinstance(tb, bool) or not isinstance(tb, int) or tb <= 0:
         raise ConfigError(f"tokenizer_train_bytes must be a positive number of bytes, not {tb!r}")
@@ -618,6 +754,7 @@ def prepare(
     val_inputs: list[str] | None = None,
     scrub_pii: bool | ScrubOptions = False,
     test_fraction: float = 0.0,
+    near_dedup_method: str = "numpy",
 ) -> dict:
     """Clean `inputs`, train (or load) a tokenizer and write train/val (and, with `test_fraction`, test) token
     shards into `out`.
@@ -629,7 +766,8 @@ def prepare(
     a held-out fraction of `inputs`. `split` "doc" sends each document to a split by a seeded hash of its text,
     "tail" holds out the end of the corpus, "auto" is "doc" unless that would leave a split empty (a single
     document, say): then "tail", with a one-line notice on stderr. `test_fraction` also holds out a test split,
-    after val. `scrub_pii` replaces personal data and secrets in the cleaned text with
+    after val. `near_dedup_method` computes the MinHash signatures of `near_dedup` with numpy ("numpy", the
+    default) or with the datasketch library ("datasketch", the `dedup` extra; slower; lmforge.data.dedup). `scrub_pii` replaces personal data and secrets in the cleaned text with
     typed placeholders (lmforge.data.scrub, as `lmforge scrub` does; a ScrubOptions chooses the types and a
     finder of names); the manifest's "pii" counts them per type.
     Raises DataError / TokenizerError / ConfigError (one sentence each) for unusable inputs or options.
@@ -658,6 +796,7 @@ def prepare(
             "clean_whitespace": bool(clean_whitespace),
             "dedup": bool(dedup),
             "near_dedup": near_dedup,
+            "near_dedup_method": near_dedup_method,
             "segment": bool(segment),
             "stopwords": stopwords,
             "stem": stem,
@@ -694,21 +833,58 @@ def prepare(
     return manifest
 
 
+def overlap_enabled() -> bool:
+    """Whether encoding overlaps reading and cleaning (a worker thread; the same shards). LMFORGE_PREPARE_OVERLAP=0
+    turns it off: one thread, two passes one after the other, as before."""
+    return os.environ.get("LMFORGE_PREPARE_OVERLAP", "1") != "0"
+
+
+def _ids_dtype(tok: Tokenizer) -> np.dtype:
+    n_ids = max(tok.vocab_size, max(tok.hf.get_vocab(with_added_tokens=True).values(), default=0) + 1)
+    return token_dtype(n_ids)
+
+
+def _pass2(
+    tok: Tokenizer, tmp: Path, names: tuple, dtype, bar: _Progress, total: int | None, overlap: bool
+) -> tuple[dict[str, ShardWriter], _Encoder]:
+    writers = {name: ShardWriter(tmp / name, dtype, shard_tokens=SHARD_TOKENS) for name in names}
+    return writers, _Encoder(tok, writers, tok.eos_id, bar, bar.task("encoding", total), overlap=overlap)
+
+
 def _run(
     opts: dict, sources: list[Source], cleaner: Cleaner, loaded: Tokenizer | None, tmp: Path, bar: _Progress
 ) -> dict:
     records_path = tmp / "cleaned.records"
     splits_path = tmp / "splits.bytes"
     doc_mode = opts["split"] != "tail"  # auto decides after pass 1, from the per-document split it records
-    with open(records_path, "wb", buffering=1 << 20) as docs_fh:
-        splits_fh = open(splits_path, "wb", buffering=1 << 16) if doc_mode else None
-        try:
-            scrubber = Scrubber(opts["scrub"]) if opts["scrub_pii"] else None
-            p1 = _Pass1(opts, cleaner, docs_fh, splits_fh, scrubber)
-            per_source = p1.run(sources, bar)
-        finally:
-            if splits_fh is not None:
-                splits_fh.close()
+    names = ("train", "val", "test") if opts["test_fraction"] else ("train", "val")
+    overlap = overlap_enabled()
+    # With a loaded tokenizer and a per-document split nothing waits for the end of pass 1: kept documents are
+    # encoded while the next ones are cleaned. (A tokenizer without eos takes the two-pass path, which reports it
+    # after pass 1's own errors, as before.)
+    fused = overlap and doc_mode and loaded is not None and loaded.eos_id is not None
+    enc = writers = None
+    if fused:
+        dtype = _ids_dtype(loaded)
+        loaded.save(tmp)
+        writers, enc = _pass2(loaded, tmp, names, dtype, bar, None, overlap)
+    try:
+        with open(records_path, "wb", buffering=1 << 20) as docs_fh:
+            splits_fh = open(splits_path, "wb", buffering=1 << 16) if doc_mode else None
+            try:
+                scrubber = Scrubber(opts["scrub"]) if opts["scrub_pii"] else None
+                p1 = _Pass1(opts, cleaner, docs_fh, splits_fh, scrubber, encoder=enc)
+                per_source = p1.run(sources, bar)
+            finally:
+                if splits_fh is not None:
+                    splits_fh.close()
+        if enc is not None:
+            enc.close()
+    finally:
+        if enc is not None:
+            enc.abort()
+            for w in writers.values():
+                w.close()
 
     removed = p1.removed
     if p1.documents == 0:
@@ -716,7 +892,6 @@ def _run(
             f"no text left after cleaning ({removed['empty']} empty documents, {removed['duplicates']} duplicates, "
             f"{removed['near_duplicates']} near duplicates); check the inputs, --text-field and --html"
         )
-    names = ("train", "val", "test") if opts["test_fraction"] else ("train", "val")
     tail = [(name, round(p1.total_bytes * opts[f"{name}_fraction"])) for name in names[1:]]
     advice = "use --split tail, --doc-split paragraph (or line), or give more documents"
     n = p1.documents
@@ -755,8 +930,17 @@ def _run(
             "give more text or change the fractions"
         )
 
+    if (
+        fused and not doc_mode
+    ):  # auto fell back to a tail split: the shards written so far go, pass 2 remakes them
+        fused = False
+        for name in names:
+            shutil.rmtree(tmp / name)
+
     # ---- tokenizer
-    if loaded is None:
+    if fused:
+        tok = loaded
+    elif loaded is None:
         limit = opts["tokenizer_train_bytes"]
         task = bar.task(f"training {opts['tokenizer']} tokenizer", min(limit, p1.total_bytes))
         tok = Tokenizer.train(
@@ -772,23 +956,22 @@ def _run(
             f"tokenizer {opts['tokenizer']} has no end-of-sequence token (like <|eos|>, </s> or <|endoftext|>); "
             f"add one or train a new tokenizer"
         )
-    n_ids = max(tok.vocab_size, max(tok.hf.get_vocab(with_added_tokens=True).values(), default=0) + 1)
-    dtype = token_dtype(n_ids)
-    tok.save(tmp)
 
-    # ---- pass 2
-    writers = {name: ShardWriter(tmp / name, dtype, shard_tokens=SHARD_TOKENS) for name in names}
-    task = bar.task("encoding", p1.total_bytes)
-    enc = _Encoder(tok, writers, eos, bar, task)
-    try:
-        if doc_mode:
-            _encode_doc_split(records_path, splits_path, enc)
-        else:
-            _encode_tail_split(records_path, enc, p1.total_bytes, tail)
-        enc.flush()
-    finally:
-        for w in writers.values():
-            w.close()
+    # ---- pass 2 (done already when fused)
+    if not fused:
+        dtype = _ids_dtype(tok)
+        tok.save(tmp)
+        writers, enc = _pass2(tok, tmp, names, dtype, bar, p1.total_bytes, overlap)
+        try:
+            if doc_mode:
+                _encode_doc_split(records_path, splits_path, enc)
+            else:
+                _encode_tail_split(records_path, enc, p1.total_bytes, tail)
+            enc.close()
+        finally:
+            enc.abort()
+            for w in writers.values():
+                w.close()
     records_path.unlink()
     if splits_path.exists():
         splits_path.unlink()
@@ -822,7 +1005,12 @@ def _run(
         "sources": per_source,  # documents kept from each source and their cleaned UTF-8 bytes
         "removed": dict(removed),
         **({"pii": dict(sorted(p1.pii.items()))} if opts["scrub_pii"] else {}),
-        "options": {k: v for k, v in opts.items() if k != "scrub"},
+        # near_dedup_method only where it made a difference: a run without --near-dedup has the manifest it had.
+        "options": {
+            k: v
+            for k, v in opts.items()
+            if k != "scrub" and (k != "near_dedup_method" or opts["near_dedup"] is not None)
+        },
         "seed": opts["seed"],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

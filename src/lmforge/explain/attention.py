@@ -125,6 +125,7 @@ def _seq2seq(lm: LM, text: str) -> AttentionMaps:
     src_ids = tok.encode(text) if isinstance(text, str) and text.strip() else []
     if not src_ids:
         raise ConfigError("cannot explain an empty text")
+    src_ids += list(net.config.source_suffix)  # as the model reads a source (imported Marian/mBART/T5: </s>)
     block = net.config.block_size
     if len(src_ids) > block:
         raise ConfigError(

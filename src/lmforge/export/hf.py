@@ -299,10 +299,16 @@ def import_hf(
     out: str | os.PathLike,
     hf_id: str | None = None,
     overwrite: bool = False,
+    src_lang: str | None = None,
+    tgt_lang: str | None = None,
 ) -> Path:
     """Convert a local `transformers` checkpoint folder (or a Hub id) into an lmforge checkpoint folder at `out`
-    (an existing one is replaced only with overwrite=True, never one that holds `hf_dir`)."""
+    (an existing one is replaced only with overwrite=True, never one that holds `hf_dir`). `src_lang` / `tgt_lang`
+    (mBART's language codes, e.g. en_XX, ro_RO; by default those its tokenizer_config.json names) make every source
+    end with `</s> src_lang` and the decoder start from `tgt_lang`, as transformers' mBART reads and writes them."""
     check_output(out, overwrite=overwrite, inputs=[hf_dir], error=CheckpointError)
+    if (src_lang or tgt_lang) and hf_id is None and hf_dir is not None:
+        _check_languages_apply(Path(hf_dir))
     folder = download_hf(hf_id) if hf_id else Path(hf_dir)
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
@@ -349,6 +355,11 @@ def import_hf(
         raise CheckpointError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
         )
+    languages = {}
+    if kind == "mbart":
+        languages = mbart_languages(folder, tokenizer, model.config, src_lang, tgt_lang)
+    elif src_lang or tgt_lang:
+        _check_languages_apply(folder)
     config = {
         "arch": arch,
         "model": dataclasses.asdict(model.config),
@@ -358,6 +369,7 @@ def import_hf(
             "model_type": kind,
             "name_or_path": hf.get("_name_or_path"),
             "initialised": initialised,
+            **({"languages": languages} if languages else {}),
             **card_metadata(folder),
         },
     }
@@ -439,9 +451,61 @@ def hf_start_token(hf: dict) -> int | None:
 
 def hf_source_suffix(hf: dict) -> list[int]:
     """What transformers' tokenizers append to every source of these encoder-decoders: </s> (mBART then adds the
-    source language's code, which the config does not name: pass it in the text if the model needs it)."""
+    source language's code, which the model config does not name: mbart_languages adds it)."""
     eos = hf.get("eos_token_id")
     return [eos] if isinstance(eos, int) and 0 <= eos < hf["vocab_size"] else []
+
+
+def _check_languages_apply(folder: Path) -> None:
+    """--src-lang / --tgt-lang are mBART's: a ConfigError for any other model type."""
+    cfg_file = folder / "config.json"
+    kind = json.loads(cfg_file.read_text(encoding="utf-8")).get("model_type") if cfg_file.is_file() else None
+    if kind is not None and kind != "mbart":
+        raise ConfigError(
+            f"--src-lang / --tgt-lang are mBART's language codes; this is a {kind} checkpoint (Marian and T5 "
+            "models name their languages in the text or the model itself)"
+        )
+
+
+def mbart_languages(
+    folder: Path, tokenizer: Tokenizer, cfg, src_lang: str | None, tgt_lang: str | None
+) -> dict:
+    """Set an imported mBART's language codes on its config and return them ({"src_lang", "tgt_lang"}, those
+    known): every source ends with `</s> src_lang` (model.source_suffix) and the decoder starts from `tgt_lang`
+    (model.decoder_start_token_id), as transformers' MBartTokenizer writes sources and its fine-tuned models
+    decode. Each code is the one given, else the one tokenizer_config.json names, else (the source) the code the
+    tokenizer's own template appends after </s>; a code that is not a token of the tokenizer is a ConfigError."""
+    named: dict = {}
+    try:
+        named = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    named = named if isinstance(named, dict) else {}
+    eos = tokenizer.eos_id
+    with_specials = tokenizer.hf.encode("a").ids
+    plain = tokenizer.hf.encode("a", add_special_tokens=False).ids
+    appended = with_specials[len(plain) :] if with_specials[: len(plain)] == plain else []
+    template = tokenizer.id_to_token(appended[1]) if len(appended) == 2 and appended[0] == eos else None
+    codes = {
+        "src_lang": src_lang or named.get("src_lang") or template,
+        "tgt_lang": tgt_lang or named.get("tgt_lang"),
+    }
+    ids = {}
+    for key, code in codes.items():
+        if code is None:
+            continue
+        ids[key] = tokenizer.token_to_id(code)
+        if ids[key] is None:
+            raise ConfigError(
+                f"--{key.replace('_', '-')} {code!r} is not a token of this mBART tokenizer (its language codes "
+                "look like en_XX, ro_RO)"
+            )
+    if "src_lang" in ids and eos is not None:
+        cfg.source_suffix = [eos, ids["src_lang"]]
+    if "tgt_lang" in ids:
+        cfg.decoder_start_token_id = ids["tgt_lang"]
+    cfg.validate()
+    return {k: v for k, v in codes.items() if v is not None}
 
 
 def _bart_family_from_hf(hf: dict, w: dict) -> tuple[str, dict, dict]:
@@ -734,6 +798,8 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bool =
     }
     if arch == "bert":
         tok_cfg.update(cls_token=specials.get("bos"), sep_token=specials.get("eos"))
+    if isinstance(source.get("languages"), dict):  # an imported mBART's language codes (mbart_languages)
+        tok_cfg.update(source["languages"])
     if isinstance(config.get("chat_template"), str):
         tok_cfg["chat_template"] = hf_chat_template(config["chat_template"], tokenizer, arch)
     generation = generation_config(config, cfg, tokenizer, arch)

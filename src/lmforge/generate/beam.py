@@ -10,6 +10,14 @@ A hypothesis is scored as in GNMT / Hugging Face: the sum of its tokens' log-pro
 token included) divided by length**length_penalty, length counting those same tokens. length_penalty > 0 favours
 longer outputs, < 0 shorter ones.
 
+As in transformers, the log-probabilities are processed before candidates are ranked, and the processed values are
+what a hypothesis accumulates: CTRL's repetition penalty (a seen token's log-probability times the penalty) and the
+no-repeat n-gram ban see the whole sequence the decoder has read, the prompt of a decoder-only model included (an
+encoder-decoder's: its start token); min_new_tokens bans end-of-sequence. With do_sample (transformers' "beam-search
+multinomial sampling"), the log-probabilities are then divided by the temperature and filtered by top_k / top_p
+(keeping at least 2 tokens), and the 2·num_beams candidates per source are drawn without replacement from the
+softmax of their running scores instead of taken best first (by the Gumbel-top-k trick, see `drawn`).
+
 A decoder-only model reads its prompt and its output in one context: a GPT has no padding mask, so prompts are
 batched with prompts of the same length only (the outputs are those of one prompt at a time), and an output ends
 when the context is full (block_size + 1 - prompt length tokens, its end-of-sequence included). A prompt longer
@@ -18,13 +26,20 @@ than the context is a ConfigError before any work.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 
 import torch
 
 from lmforge.errors import ConfigError
-from lmforge.generate.sampling import SamplingParams, banned_ngram_tokens, generate_tokens
+from lmforge.generate.sampling import (
+    MIN_TEMPERATURE,
+    REPETITION_PENALTY_RANGE,
+    SamplingParams,
+    banned_ngram_tokens,
+    generate_tokens,
+)
 
 
 @dataclass
@@ -38,6 +53,12 @@ class BeamParams:
     no_repeat_ngram_size: int = 0  # 0: off; n: never produce an n-gram that already occurs in the output
     min_new_tokens: int = 0  # end-of-sequence is forbidden before this many tokens
     num_return_sequences: int = 1
+    repetition_penalty: float = 1.0  # CTRL's over the prompt (or start token) and the output so far; 1: none
+    # Beam-search multinomial sampling (transformers' do_sample with num_beams > 1) and its warpers
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None  # None or 0: off
+    top_p: float | None = None  # None or 1: off
 
     def validate(self) -> None:
         if self.num_beams < 1:
@@ -48,6 +69,19 @@ class BeamParams:
             )
         if self.max_new_tokens < 0 or self.min_new_tokens < 0 or self.no_repeat_ngram_size < 0:
             raise ConfigError("max_new_tokens, min_new_tokens and no_repeat_ngram_size must be >= 0")
+        low, high = REPETITION_PENALTY_RANGE
+        if not low <= self.repetition_penalty <= high:
+            raise ConfigError(
+                f"repetition_penalty must be between {low:g} and {high:g} (1: none), got {self.repetition_penalty}"
+            )
+        if self.do_sample and not (math.isfinite(self.temperature) and self.temperature >= MIN_TEMPERATURE):
+            raise ConfigError(
+                f"temperature must be a finite number >= {MIN_TEMPERATURE:g}, got {self.temperature}"
+            )
+        if self.top_k is not None and self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 @dataclass
@@ -68,9 +102,16 @@ def _score(logprob: float, length: int, alpha: float) -> float:
 
 @torch.no_grad()
 def beam_search(
-    model, src: torch.Tensor, src_mask: torch.Tensor | None, start_id: int, eos_id: int, params: BeamParams
+    model,
+    src: torch.Tensor,
+    src_mask: torch.Tensor | None,
+    start_id: int,
+    eos_id: int,
+    params: BeamParams,
+    generator: torch.Generator | None = None,
 ) -> list[list[Hypothesis]]:
-    """For each source of the batch (B, S), its hypotheses in descending score order (num_beams of them)."""
+    """For each source of the batch (B, S), its hypotheses in descending score order (num_beams of them);
+    `generator` draws the candidates of do_sample."""
     params.validate()
     model.eval()
     K = params.num_beams
@@ -78,31 +119,40 @@ def beam_search(
     mask = None if src_mask is None else src_mask.repeat_interleave(K, dim=0)
     state = model.start_decoding(memory, mask)
     first = torch.full((src.shape[0] * K, 1), start_id, dtype=torch.long, device=src.device)
+    # What the decoder reads before its output (the token it starts from), which the processors see as HF's do
+    start = getattr(model.config, "decoder_start_token_id", None)
     return _search(
         lambda last: model.decode_step(last, state)[:, -1],
         state.reorder,
         first,
-        src.shape[0],
+        [[start_id if start is None else start]] * src.shape[0],
         eos_id,
         params,
         src.device,
+        generator,
     )
 
 
 @torch.no_grad()
 def beam_search_prompts(
-    model, prompts: list[list[int]], eos_id: int, params: BeamParams, batch_size: int = 32
+    model,
+    prompts: list[list[int]],
+    eos_id: int,
+    params: BeamParams,
+    batch_size: int = 32,
+    generator: torch.Generator | None = None,
 ) -> list[list[Hypothesis]]:
     """For each prompt (token ids) of a decoder-only model, its hypotheses in descending score order: the
-    continuations of the prompt, without the prompt."""
+    continuations of the prompt, without the prompt (which the repetition penalty and n-gram ban see)."""
     params.validate()
     model.eval()
     out: list[list[Hypothesis]] = [[] for _ in prompts]
     for rows, batch in same_length_batches(model, prompts, batch_size):
         state = _CachedPrompts(model, batch, params.num_beams)
         steps = replace(params, max_new_tokens=min(params.max_new_tokens, state.room))
+        prefixes = [prompts[r] for r in rows]
         for row, hyps in zip(
-            rows, _search(state.step, state.reorder, None, len(rows), eos_id, steps, batch.device)
+            rows, _search(state.step, state.reorder, None, prefixes, eos_id, steps, batch.device, generator)
         ):
             out[row] = hyps
     return out
@@ -200,11 +250,19 @@ class _CachedPrompts:
 
 
 def _search(
-    next_logits, reorder, last: torch.Tensor | None, B: int, eos_id: int, params: BeamParams, device
+    next_logits,
+    reorder,
+    last: torch.Tensor | None,
+    prefixes: list[list[int]],
+    eos_id: int,
+    params: BeamParams,
+    device,
+    generator: torch.Generator | None = None,
 ) -> list[list[Hypothesis]]:
     """The search itself. next_logits(last tokens (B*K, 1)) gives the next logits (B*K, V) of every beam (row b*K + k is
-    beam k of source b); reorder(indices) makes row i of the decoder's cache continue row indices[i]."""
-    K = params.num_beams
+    beam k of source b); reorder(indices) makes row i of the decoder's cache continue row indices[i]; prefixes[b] is
+    what the decoder read before source b's output (the processors' view of the sequence starts there)."""
+    B, K = len(prefixes), params.num_beams
     alpha = params.length_penalty
     # Only the first beam is live at the start: the others would be copies of it and fill the beam with duplicates.
     beam_logprob = torch.full((B, K), float("-inf"), device=device)
@@ -215,17 +273,14 @@ def _search(
 
     for step in range(params.max_new_tokens):
         logp = next_logits(last).float().log_softmax(-1)  # (B*K, V)
-        if step < params.min_new_tokens:
-            logp[:, eos_id] = float("-inf")
-        if params.no_repeat_ngram_size:
-            for row, seq in enumerate(seqs):
-                banned = banned_ngram_tokens(seq, params.no_repeat_ngram_size)
-                if banned:
-                    logp[row, banned] = float("-inf")
+        logp = processed(logp, [prefixes[r // K] + seq for r, seq in enumerate(seqs)], step, eos_id, params)
         V = logp.shape[-1]
         cand = (beam_logprob[:, :, None] + logp.view(B, K, V)).view(B, K * V)
-        top_lp, top_idx = cand.topk(min(2 * K, K * V), dim=-1)
-        top_lp, top_idx = top_lp.tolist(), top_idx.tolist()
+        if params.do_sample:
+            top_lp, top_idx = drawn(cand, min(2 * K, K * V), generator)
+        else:
+            top_lp, top_idx = cand.topk(min(2 * K, K * V), dim=-1)
+            top_lp, top_idx = top_lp.tolist(), top_idx.tolist()
         next_rows, next_tokens, next_lp = [], [], []
         for b in range(B):
             chosen: list[tuple[int, int, float]] = []
@@ -268,6 +323,65 @@ def _search(
         finished[b].sort(key=lambda h: h.score, reverse=True)
         finished[b] = finished[b][:K]
     return finished
+
+
+def processed(
+    logp: torch.Tensor, seen: list[list[int]], step: int, eos_id: int, params: BeamParams
+) -> torch.Tensor:
+    """Next-token log-probabilities (rows, V) after transformers' processors (their result, whose order does not
+    matter here: bans are -inf, which the penalty keeps): the repetition penalty
+    and the n-gram ban over each row's `seen` tokens (prompt or start token, then output), the end-of-sequence ban
+    of min_new_tokens, and with do_sample the temperature, top_k and top_p warpers (keeping at least 2 tokens: an
+    end-of-sequence token and one to go on with)."""
+    if params.repetition_penalty != 1.0:
+        penalty = params.repetition_penalty
+        for row, tokens in enumerate(seen):
+            ids = torch.tensor(sorted(set(tokens)), dtype=torch.long, device=logp.device)
+            prev = logp[row, ids]
+            logp[row, ids] = torch.where(prev < 0, prev * penalty, prev / penalty)
+    if params.no_repeat_ngram_size:
+        for row, tokens in enumerate(seen):
+            banned = banned_ngram_tokens(tokens, params.no_repeat_ngram_size)
+            if banned:
+                logp[row, banned] = float("-inf")
+    if step < params.min_new_tokens:
+        logp[:, eos_id] = float("-inf")
+    if not params.do_sample:
+        return logp
+    if params.temperature != 1.0:
+        logp = logp / params.temperature
+    keep = 2
+    if params.top_k:
+        kth = torch.topk(logp, min(max(params.top_k, keep), logp.shape[-1]), dim=-1).values[:, -1:]
+        logp = logp.masked_fill(logp < kth, float("-inf"))
+    if params.top_p is not None and params.top_p < 1.0:
+        ascending, order = torch.sort(logp, descending=False, dim=-1)
+        drop = ascending.softmax(-1).cumsum(-1) <= (1 - params.top_p)
+        drop[:, -keep:] = False
+        logp = logp.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logp
+
+
+def drawn(cand: torch.Tensor, n: int, generator: torch.Generator | None) -> tuple[list, list]:
+    """(scores, indices) of up to n candidates per row of running scores (B, K*V), drawn without replacement from
+    their softmax, as transformers' beam sampling draws them, best score first; impossible candidates (-inf: top_k,
+    bans) are never drawn, so a row may give fewer.
+
+    Drawn as the n largest of score + Gumbel noise (the Gumbel-top-k trick: the same distribution as n successive
+    draws without replacement), in log space: softmax probabilities that underflow to 0 at a small temperature
+    would leave torch.multinomial choosing among them at random, where this keeps their order."""
+    u = torch.rand(cand.shape, generator=generator, device=cand.device).clamp_(min=1e-20, max=1 - 1e-7)
+    keys = cand - torch.log(-torch.log(u))
+    chosen = keys.topk(n, dim=-1).indices
+    scores = cand.gather(1, chosen)
+    scores, order = scores.sort(dim=-1, descending=True)
+    chosen = chosen.gather(1, order)
+    out_scores, out_indices = [], []
+    for lp, idx in zip(scores.tolist(), chosen.tolist()):
+        keep = [i for i, v in enumerate(lp) if v > float("-inf")]
+        out_scores.append([lp[i] for i in keep])
+        out_indices.append([idx[i] for i in keep])
+    return out_scores, out_indices
 
 
 def _is_done(finished: list[Hypothesis], best_running: float, length: int, params: BeamParams) -> bool:

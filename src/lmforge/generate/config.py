@@ -37,7 +37,8 @@ class GenerationConfig:
     prompt counted as the model reads it, after its leading end-of-sequence token); given both, max_new_tokens
     wins, as in transformers. `min_new_tokens`: end-of-sequence is not allowed before that many tokens.
     Decoding: greedy unless `do_sample` (then `temperature`, `top_k` (None or 0: off), `top_p` (None or 1: off));
-    `num_beams` > 1 is beam search (with `length_penalty`, `early_stopping`). `num_return_sequences` outputs per
+    `num_beams` > 1 is beam search (with `length_penalty`, `early_stopping`; with `do_sample`, transformers' beam
+    sampling). `num_return_sequences` outputs per
     prompt (sampled ones, or the best beams). `repetition_penalty` (CTRL's, 1: none), `no_repeat_ngram_size` (0:
     off). Generation ends at `eos_token_id` (an id or a list; None: the tokenizer's end-of-sequence token) or just
     before one of `stop_strings`.
@@ -155,19 +156,10 @@ class GenerationConfig:
                 "num_return_sequences > 1 needs do_sample=True or num_beams >= num_return_sequences "
                 "(greedy decoding has one answer)"
             )
-        if self.num_beams > 1:
-            if self.do_sample:
-                raise ConfigError(
-                    "beam search samples nothing: give num_beams > 1 or do_sample=True, not both"
-                )
-            if self.num_return_sequences > self.num_beams:
-                raise ConfigError(
-                    f"num_return_sequences ({self.num_return_sequences}) can be at most num_beams ({self.num_beams})"
-                )
-            if self.repetition_penalty != 1.0:
-                raise ConfigError(
-                    "repetition_penalty is not supported with beam search; use no_repeat_ngram_size"
-                )
+        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
+            raise ConfigError(
+                f"num_return_sequences ({self.num_return_sequences}) can be at most num_beams ({self.num_beams})"
+            )
 
     # ---- using ---------------------------------------------------------------------------------------
     def stops(self) -> list[str]:
@@ -207,6 +199,8 @@ class GenerationConfig:
         )
 
     def beam_params(self, max_new_tokens: int) -> BeamParams:
+        """Beam search's parameters: with do_sample, transformers' beam-search multinomial sampling (beam.py)."""
+        sample = self.do_sample and self.temperature != 0
         return BeamParams(
             self.num_beams,
             max_new_tokens,
@@ -215,6 +209,11 @@ class GenerationConfig:
             self.no_repeat_ngram_size,
             self.min_new_tokens,
             self.num_return_sequences,
+            self.repetition_penalty,
+            do_sample=sample,
+            temperature=self.temperature if sample else 1.0,
+            top_k=self.top_k or None,
+            top_p=None if self.top_p in (None, 1) else self.top_p,
         )
 
     def to_hf(self) -> dict:

@@ -4,9 +4,11 @@ no-repeat n-grams, logit bias and a minimum length, with or without a KV cache."
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -155,6 +157,26 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
     return torch.searchsorted(cdf, u, right=True).squeeze(1)
 
 
+COMPILE_CACHE_ENV = "LMFORGE_COMPILE_CACHE"
+
+
+def compile_cache_dir() -> Path | None:
+    """Where compiled decoding steps are kept for the next process: $LMFORGE_COMPILE_CACHE, else
+    ~/.cache/lmforge/compile; None ("off", or TORCHINDUCTOR_CACHE_DIR already chosen) leaves PyTorch's own."""
+    value = os.environ.get(COMPILE_CACHE_ENV)
+    if value == "off" or (not value and os.environ.get("TORCHINDUCTOR_CACHE_DIR")):
+        return None
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "lmforge" / "compile"
+
+
+def use_compile_cache() -> None:
+    """Point PyTorch's compile caches (inductor's FX graph cache, AOTAutograd's, autotuning results) at
+    compile_cache_dir(): its default, a folder under /tmp, does not survive a reboot or a fresh container."""
+    folder = compile_cache_dir()
+    if folder is not None:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+
+
 class DecodeStep:
     """The one-new-token forward pass of cached decoding, compiled with torch.compile.
 
@@ -163,28 +185,35 @@ class DecodeStep:
     serves every position. Compiling costs tens of seconds on a CPU, so it pays off for long-lived generation (a
     server, long outputs), not one short reply. Any compile failure falls back to eager with one warning.
 
-    On a CPU the step is compiled for inference (CPU_OPTIONS): the weights are frozen into the graph as constants
-    (so they can be pre-packed), its matrix products are chosen by benchmarking (max_autotune: MKL's packed
-    linear or inductor's own GEMM kernels) and the code that calls the kernels is C++ rather than Python
-    (cpp_wrapper); together 1.46 -> ~1.3 ms per 6x384 step here (benchmarks/RESULTS.md). The frozen graph holds its own, pre-packed copy of the weights (GPT-2 124M: peak RSS 0.85 -> 2.2 GB).
-    Frozen weights mean a model changed after compiling would decode with its old weights: the step notes the
-    weights' version counters and decodes eagerly, with one warning, once they moved.
+    On a CPU the step is compiled for inference (CPU_OPTIONS): its matrix products are chosen by benchmarking
+    (max_autotune: inductor's own C++ GEMM kernels against aten's) and the code that calls the kernels is C++
+    rather than Python (cpp_wrapper).
+    The compiled code outlives the process (compile_cache_dir(): inductor's FX graph cache, AOTAutograd's cache,
+    autotuning results), so a restarted server skips most of the compile. That is why the weights are not frozen
+    into the graph by default: freezing (LMFORGE_COMPILE_FREEZE=1) makes AOTAutograd bypass its cache, and its
+    oneDNN weight pre-packing made inductor bypass its own ("mkldnn tensors unpickleable"; `cpp.weight_prepack` is
+    off for that reason). Measured at 6x384 while other jobs ran (benchmarks/compile_cache.py, RESULTS.md): first
+    compiled token after a restart 19 s unfrozen against 40-75 s frozen; frozen steps were up to ~8% faster
+    (1.25 against 1.37 ms on the quiet machine, 2026-12-04) and held a second copy of the weights (GPT-2 124M:
+    peak RSS 0.85 -> 2.2 GB). Frozen weights mean a model changed after compiling would decode with its old
+    weights: the step notes the weights' version counters and decodes eagerly, with one warning, once they moved.
     """
 
     # (autotune_num_choices_displayed: the benchmarked choices are not printed to the user's terminal)
     CPU_OPTIONS = {
-        "freezing": True,
+        "cpp.weight_prepack": False,
         "max_autotune": True,
         "cpp_wrapper": True,
         "autotune_num_choices_displayed": 0,
     }
 
     def __init__(self, model: nn.Module):
+        use_compile_cache()
         self.model = model
-        self.freeze = next(model.parameters()).device.type == "cpu"
-        self.compiled: Callable | None = torch.compile(
-            model, dynamic=True, options=self.CPU_OPTIONS if self.freeze else None
-        )
+        cpu = next(model.parameters()).device.type == "cpu"
+        self.freeze = cpu and os.environ.get("LMFORGE_COMPILE_FREEZE", "0") == "1"
+        options = {**self.CPU_OPTIONS, "freezing": self.freeze} if cpu else None
+        self.compiled: Callable | None = torch.compile(model, dynamic=True, options=options)
         self.weights_version = self.version_of(model)
 
     @staticmethod
@@ -281,6 +310,7 @@ def generate_tokens(
                 pos += 1
         else:
             logits = model(seq[:, -block:], **keys(min(block, seq.shape[1])))[:, -1]
+        logits = logits.float()  # bf16/fp16 weights: callers (observe, the sampling below) get fp32 logits
         # Padding is not part of a row's text: the repetition penalty sees the row's last token in its place.
         seen = seq if mask is None else torch.where(mask, seq, seq[:, -1:])
         nxt = next_token(logits, seen, params, generator, seq[:, prompt.shape[1] :])

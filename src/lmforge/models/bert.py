@@ -80,11 +80,22 @@ class EncoderLayer(nn.Module):
         self.dropout = cfg.dropout
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, need_weights: bool = False):
-        B, T, C = x.shape
-        q, k, v = (
-            t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.qkv_proj(x).split(C, -1)
-        )
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        need_weights: bool = False,
+        unpadded: tuple[torch.Tensor, int, int] | None = None,
+    ):
+        """x (B, T, C); or, with `unpadded` = (index, B, T), only the real tokens (N, C), which sit at `index` of
+        the flattened (B * T) batch: projections, norms and MLP then skip the padding, attention alone sees it."""
+        qkv = self.qkv_proj(x)
+        if unpadded is not None:
+            index, B, T = unpadded
+            # In place into fresh zeros: the out-of-place index_copy would first clone them.
+            qkv = qkv.new_zeros(B * T, qkv.shape[-1]).index_copy_(0, index, qkv).view(B, T, -1)
+        B, T, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in qkv.split(C, -1))
         weights = None
         if need_weights:  # explicit softmax, so the attention map can be returned (interpretability)
             scores = q @ k.transpose(-2, -1) / math.sqrt(C // self.n_head)
@@ -97,6 +108,8 @@ class EncoderLayer(nn.Module):
                 q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
             )
         y = y.transpose(1, 2).reshape(B, T, C)
+        if unpadded is not None:
+            y = y.view(B * T, C).index_select(0, unpadded[0])
         x = self.attn_norm(x + self.drop(self.o_proj(y)))
         h = self.down_proj(F.gelu(self.up_proj(x)))
         return self.mlp_norm(x + self.drop(h)), weights
@@ -136,10 +149,13 @@ class Bert(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         output_attentions: bool = False,
+        unpad: bool = False,
     ):
         """Contextual token vectors (B, T, n_embd); with output_attentions, also each layer's (B, H, T, T) map.
 
-        attention_mask (B, T) is 1 for real tokens and 0 for padding, which no token attends to.
+        attention_mask (B, T) is 1 for real tokens and 0 for padding, which no token attends to. unpad=True
+        computes everything but attention on the real tokens only (the same vectors; padding positions come back
+        as zeros): a fine-tuning batch padded to its longest example is often two-thirds padding.
         """
         B, T = idx.shape
         if T > self.config.block_size:
@@ -152,14 +168,23 @@ class Bert(nn.Module):
             positions = torch.cumsum(real, 1) * real + (offset - 1)
         one_type = token_type_ids is None or self.config.type_vocab_size == 1  # RoBERTa has no segment ids
         types = torch.zeros_like(idx) if one_type else token_type_ids
-        x = self.drop(self.emb_norm(self.tok_emb(idx) + self.pos_emb(positions) + self.type_emb(types)))
-        mask = None
+        x = self.tok_emb(idx) + self.pos_emb(positions) + self.type_emb(types)
+        mask, unpadded = None, None
         if attention_mask is not None:
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): broadcast over heads and queries
+            # Not under torch.compile / ONNX export: the real-token count is data-dependent there.
+            if unpad and not output_attentions and not torch.compiler.is_compiling():
+                index = attention_mask.reshape(-1).nonzero().squeeze(1)
+                if index.numel() < B * T:  # a batch without padding runs as it is
+                    unpadded = (index, B, T)
+                    x = x.reshape(B * T, -1).index_select(0, index)
+        x = self.drop(self.emb_norm(x))
         maps = []
         for layer in self.layers:
-            x, weights = layer(x, mask, need_weights=output_attentions)
+            x, weights = layer(x, mask, need_weights=output_attentions, unpadded=unpadded)
             maps.append(weights)
+        if unpadded is not None:
+            x = x.new_zeros(B * T, x.shape[-1]).index_copy_(0, unpadded[0], x).view(B, T, -1)
         return (x, maps) if output_attentions else x
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ bidirectional LSTM/GRU trained from scratch (max-pooled over time, the articles'
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -78,6 +79,9 @@ class ClassifierConfig:
     block_size: int = 128  # longest input, in tokens (texts are truncated to it)
     vocab_size: int = 0  # set from the tokenizer
     stem: str = ""  # Snowball language whose stems the text is read as (finetune --stem), "" for none
+    # A BERT backbone computes on the batch's real tokens only, not its padding (models/bert.py): the same
+    # logits, less work. false pads as before (its dropout masks are drawn over the padding too).
+    unpad: bool = True
 
     objective = "classify"
 
@@ -98,12 +102,26 @@ class ClassifierConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
+def encoder_config(config_cls, cfg) -> object:
+    """A from-scratch backbone's config from `cfg.encoder`, whose unknown keys (a typo on the command line's
+    --model.encoder) are one clear error."""
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(cfg.encoder) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown model.encoder key(s) {', '.join(unknown)} for a {cfg.backbone} backbone; "
+            f"known: {', '.join(sorted(known - {'cell', 'vocab_size'}))}"
+        )
+    return config_cls(**{**cfg.encoder, "vocab_size": cfg.vocab_size})
+
+
 def build_backbone(cfg: ClassifierConfig) -> nn.Module:
     if cfg.backbone in ("lstm", "gru"):
-        enc = RNNEncoderConfig(**{**cfg.encoder, "cell": cfg.backbone, "vocab_size": cfg.vocab_size})
+        enc = encoder_config(RNNEncoderConfig, cfg)
+        enc.cell = cfg.backbone
         return RNNEncoder(enc)
     if cfg.backbone == "cnn":  # Kim 2014 (models/cnn.py)
-        return CNNEncoder(CNNEncoderConfig(**{**cfg.encoder, "vocab_size": cfg.vocab_size}))
+        return CNNEncoder(encoder_config(CNNEncoderConfig, cfg))
     return build_model(cfg.backbone, dict(cfg.encoder))
 
 
@@ -123,7 +141,8 @@ class BackboneWithHead(nn.Module):
 
     def hidden(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         if self.config.backbone == "bert":
-            return self.backbone.encode(input_ids, attention_mask, token_type_ids)
+            unpad = getattr(self.config, "unpad", False)
+            return self.backbone.encode(input_ids, attention_mask, token_type_ids, unpad=unpad)
         if self.config.backbone == "gpt":
             return self.backbone.encode(input_ids)  # causal: right padding never reaches the real tokens
         return self.backbone.encode(input_ids, attention_mask)

@@ -118,6 +118,9 @@ class GPT(nn.Module):
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
+        # Positions as (B, T) rather than a broadcast (T,): per-example gradients (DP-SGD, train/privacy.py, which
+        # sets it) need the batch dimension; other runs skip the B-fold embedding lookup and its backward.
+        self.batched_positions = False
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
@@ -184,9 +187,11 @@ class GPT(nn.Module):
         x = self.tok_emb(idx)
         rope = None
         if self.pos_emb is not None:
-            x = x + self.pos_emb(
-                torch.arange(pos, pos + T, device=idx.device) if positions is None else positions
-            )
+            if positions is None:
+                positions = torch.arange(pos, pos + T, device=idx.device)
+                if self.batched_positions:
+                    positions = positions.expand(B, T)
+            x = x + self.pos_emb(positions)
         elif positions is None:
             rope = (self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T])
         else:

@@ -55,7 +55,8 @@ def explicit_attention(
     causal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(QK^T / sqrt(d) + mask) V and the weights (B, H, T, S), as `scaled_dot_product_attention` computes
-    them without dropout: `mask` is True where a query may attend to a key; `causal` lets query i (of the last T
+    them without dropout: `mask` is True where a query may attend to a key (or, a float mask, is added to the
+    scores: T5's relative-position bias); `causal` lets query i (of the last T
     keys) see keys up to itself; fewer key/value heads than query heads are shared as with `enable_gqa`."""
     if k.shape[1] != q.shape[1]:
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
@@ -65,7 +66,7 @@ def explicit_attention(
     if causal:
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores + mask if mask.is_floating_point() else scores.masked_fill(~mask, float("-inf"))
     weights = scores.softmax(-1)
     return weights @ v, weights
 
@@ -182,22 +183,24 @@ class Attention(nn.Module):
 
     An encoder's self-attention (the memory is its own input) or a decoder's cross-attention (the memory is the
     encoder's output). Keys and values come from `keys_values`, so a decoder computes them once per source and
-    reuses them at every decoding step.
+    reuses them at every decoding step. `head_dim` gives the heads a width of their own (n_head * head_dim need not
+    be n_embd, as in mT5).
     """
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, head_dim: int | None = None):
         super().__init__()
-        self.n_head, self.head_dim = n_head, n_embd // n_head
-        self.q_proj = nn.Linear(n_embd, n_embd, bias=bias)
-        self.kv_proj = nn.Linear(n_embd, 2 * n_embd, bias=bias)
-        self.o_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.n_head, self.head_dim = n_head, head_dim or n_embd // n_head
+        inner = n_head * self.head_dim
+        self.q_proj = nn.Linear(n_embd, inner, bias=bias)
+        self.kv_proj = nn.Linear(n_embd, 2 * inner, bias=bias)
+        self.o_proj = nn.Linear(inner, n_embd, bias=bias)
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
 
     def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (B, H, S, head_dim) of a memory (B, S, C)."""
-        B, S, C = memory.shape
-        k, v = self.kv_proj(memory).split(C, dim=-1)
+        B, S, _ = memory.shape
+        k, v = self.kv_proj(memory).split(self.n_head * self.head_dim, dim=-1)
         return tuple(t.view(B, S, self.n_head, self.head_dim).transpose(1, 2) for t in (k, v))
 
     def forward(
@@ -209,7 +212,7 @@ class Attention(nn.Module):
     ):
         """x (B, T, C) attends to kv; mask (B, 1, 1, S) is True where a memory position may be attended to. With
         need_weights, (output, weights (B, n_head, T, S)) from the explicit path (no attention dropout)."""
-        B, T, C = x.shape
+        B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         weights = None
         if need_weights:
@@ -218,5 +221,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, *kv, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
             )
-        out = self.resid_dropout(self.o_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+        out = self.resid_dropout(
+            self.o_proj(y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim))
+        )
         return (out, weights) if need_weights else out

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.errors import ConfigError
-from lmforge.models.layers import MLP, Attention, CausalSelfAttention, KVCache, explicit_attention, make_norm
+from lmforge.models.layers import MLP, Attention, CausalSelfAttention, KVCache, make_norm
 
 
 @dataclass
@@ -187,40 +187,9 @@ def relative_bucket(
     return out + torch.where(relative < exact, relative, large.clamp(max=buckets - 1))
 
 
-class HeadAttention(Attention):
-    """layers.Attention with heads of their own width (n_head * head_dim need not be n_embd, as in mT5)."""
-
-    def __init__(self, n_embd: int, n_head: int, head_dim: int, dropout: float, bias: bool):
-        super().__init__(n_embd, n_head, dropout, bias)
-        self.head_dim, inner = head_dim, n_head * head_dim
-        self.q_proj = nn.Linear(n_embd, inner, bias=bias)
-        self.kv_proj = nn.Linear(n_embd, 2 * inner, bias=bias)
-        self.o_proj = nn.Linear(inner, n_embd, bias=bias)
-
-    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B, S, _ = memory.shape
-        k, v = self.kv_proj(memory).split(self.n_head * self.head_dim, dim=-1)
-        return tuple(t.view(B, S, self.n_head, self.head_dim).transpose(1, 2) for t in (k, v))
-
-    def forward(self, x, kv, mask=None, need_weights: bool = False):
-        B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        weights = None
-        if need_weights:
-            y, weights = explicit_attention(q, *kv, mask)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, *kv, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-            )
-        out = self.resid_dropout(self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)))
-        return (out, weights) if need_weights else out
-
-
 def attention(cfg: Seq2SeqConfig) -> Attention:
     """An encoder's self-attention or a decoder's cross-attention, with heads of cfg.head_dim when it is set."""
-    if cfg.head_dim is None:
-        return Attention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias)
-    return HeadAttention(cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.dropout, cfg.bias)
+    return Attention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias, cfg.head_dim)
 
 
 def norm_of(cfg: Seq2SeqConfig) -> nn.Module:
@@ -464,17 +433,21 @@ class Seq2Seq(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
         """Teacher-forced logits, as forward() computes them, and every layer's attention weights from the explicit
         path: "encoder" (B, H, S, S), "decoder" self-attention (B, H, T, T) and "cross" (B, H, T, S)."""
-        if self.config.relative_buckets:
-            raise ConfigError("attention maps of T5-style relative-position models are not available yet")
         maps: dict[str, list[torch.Tensor]] = {"encoder": [], "decoder": [], "cross": []}
         x = self._embed(self.tok_emb, src)
-        mask = self._attn_mask(src_mask)
+        enc_mask = self._encoder_mask(src, src_mask)  # T5: with the relative-position bias
         for layer in self.encoder:
-            x = layer(x, mask, maps["encoder"])
+            x = layer(x, enc_mask, maps["encoder"])
         memory = self.enc_norm(x)
         y = self._embed(self._dec_table, tgt_in, decoder=True)
+        self_mask = None
+        if self.config.relative_buckets:
+            T = tgt_in.shape[1]
+            self_mask = self._relative_bias(self.dec_rel_bias, T, T, 0, decoder=True)
+        mask = self._attn_mask(src_mask)
         for layer in self.decoder:
-            y = layer(y, layer.cross_attn.keys_values(memory), mask, maps=(maps["decoder"], maps["cross"]))
+            kv = layer.cross_attn.keys_values(memory)
+            y = layer(y, kv, mask, maps=(maps["decoder"], maps["cross"]), self_mask=self_mask)
         return self._logits(y), maps
 
     # ---- incremental decoding (greedy and sampling here; a beam search calls the same step) -------------------

@@ -28,6 +28,7 @@ class TaggerConfig:
     dropout: float = 0.1
     block_size: int = 128  # longest input, in tokens (longer sentences are read in pieces of whole words)
     vocab_size: int = 0  # set from the tokenizer
+    unpad: bool = True  # a BERT backbone skips the padding (as ClassifierConfig.unpad)
 
     objective = "tag"
 

@@ -167,8 +167,11 @@ class ChatRequest(Sampling):
 
 
 # ---- what the checkpoint serves ------------------------------------------------------------------------------
-def load_served(model, device: str = "auto", compile: str | bool = "auto") -> Served:
-    """A checkpoint path, an `LM` or a task pipeline (`lmforge.pipeline(...)`), with what it can serve."""
+def load_served(
+    model, device: str = "auto", compile: str | bool = "auto", dtype: str | None = None
+) -> Served:
+    """A checkpoint path, an `LM` or a task pipeline (`lmforge.pipeline(...)`), with what it can serve; `dtype`
+    is a language model's weight dtype (LM.from_pretrained; task pipelines run in fp32)."""
     if isinstance(model, (str, os.PathLike)):
         # Known from the config so that a task model's weights are loaded once, by its pipeline.
         arch = read_config(resolve_checkpoint(model)).get("arch")
@@ -178,7 +181,9 @@ def load_served(model, device: str = "auto", compile: str | bool = "auto") -> Se
             else None
         )
         model = (
-            pipeline(task[1], model, device=device) if task else load(model, device=device, compile=compile)
+            pipeline(task[1], model, device=device)
+            if task
+            else load(model, device=device, compile=compile, dtype=dtype)
         )
     if is_pipeline(model):
         kind = TASK_MODELS[model.lm.model.config.objective][1]
@@ -186,7 +191,7 @@ def load_served(model, device: str = "auto", compile: str | bool = "auto") -> Se
     if not isinstance(model, LM):
         raise ConfigError("serve needs a checkpoint path, an LM or a task pipeline (classify, ner or qa)")
     if getattr(model.model.config, "objective", None) in TASK_MODELS:
-        return load_served(model.path, device, compile)
+        return load_served(model.path, device, compile, dtype)
     embedder = Embedder.of(model)
     task = model.config.get("data", {}).get("task")
     if model.is_seq2seq() or task in ("translate", "summarize"):  # what transduce() serves
@@ -460,6 +465,7 @@ def create_app(
     allowed_hosts: list[str] | None = None,
     body_timeout: float = 10.0,
     keep_alive_timeout: float = 5.0,
+    dtype: str | None = None,
 ) -> FastAPI:
     """The server for `model` (a checkpoint path, an `LM` or a classify, ner or qa pipeline).
 
@@ -467,7 +473,8 @@ def create_app(
     Bearer KEY`. Concurrent non-streaming completions with the same sampling settings wait up to `batch_window`
     seconds to be decoded together, up to `max_batch_size` at a time. A request still generating after `timeout`
     seconds stops and answers 504. `compile` torch.compiles the decoding step (auto: on CUDA; true on a CPU makes
-    the first requests wait for the compile, later ones decode faster: benchmarks/RESULTS.md).
+    the first requests wait for the compile, later ones decode faster: benchmarks/RESULTS.md). `dtype` (auto,
+    bf16, fp16, fp32) is a checkpoint's weight dtype (LM.from_pretrained; None: fp32 as stored).
 
     A request arriving on a loopback address must name localhost, 127.0.0.1 or [::1] (any port) in its Host
     header, or one of `allowed_hosts` ("*": any); when `allowed_hosts` is given, requests arriving on other
@@ -483,7 +490,7 @@ def create_app(
         body_timeout=body_timeout,
         keep_alive_timeout=keep_alive_timeout,
     )
-    served = load_served(model, device, compile)
+    served = load_served(model, device, compile, dtype)
     # api_key="" turns the check off even when the environment has a key.
     api_key = (api_key if api_key is not None else os.environ.get("LMFORGE_API_KEY")) or None
     batcher = Batcher(served.lm, max_batch_size, batch_window)

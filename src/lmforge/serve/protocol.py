@@ -143,12 +143,15 @@ async def _disconnected(request: Request) -> None:
 
 # ---- what the checkpoint serves ------------------------------------------------------------------------------
 KINDS = {  # kind: (what the model is, its endpoints)
-    "generate": ("a generative language model", ["/v1/completions", "/v1/chat/completions"]),
+    "generate": (
+        "a generative language model",
+        ["/v1/completions", "/v1/chat/completions", "/v1/attention"],
+    ),
     "classify": ("a fine-tuned classifier", ["/v1/classify", "/v1/explain"]),
     "ner": ("a fine-tuned NER tagger", ["/v1/ner", "/v1/explain"]),
     "qa": ("a fine-tuned extractive question-answering model", ["/v1/qa"]),
-    "translate": ("a text-to-text (translation) model", ["/v1/translate"]),
-    "summarize": ("a fine-tuned summarizer", ["/v1/summarize"]),
+    "translate": ("a text-to-text (translation) model", ["/v1/translate", "/v1/attention"]),
+    "summarize": ("a fine-tuned summarizer", ["/v1/summarize", "/v1/attention"]),
     "embed": ("a text encoder", []),
 }
 

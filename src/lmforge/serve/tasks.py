@@ -8,6 +8,8 @@
     POST /v1/embeddings  OpenAI's request and response                         GPT, BERT-style, classifier, tagger
     POST /v1/explain     {"input": text | {"text", "text_pair"}, "method": "ig" | "shap", "target"}
                          a classifier's (or tagger's) attributions: lmforge.explain's JSON (one object)
+    POST /v1/attention   {"input": text, "layer": n}   a generative model's (GPT, encoder-decoder) attention
+                         weights of one layer (or all of a small model's), every head: the playground's heatmaps
 
 Each answers `{"object": "list", "model", "data": [{"index": i, ...}, ...]}`, one item per input in input order,
 and calls what the library already has (the task pipelines, `LM.transduce`) in the batcher's worker thread, so the
@@ -31,7 +33,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from lmforge.errors import ConfigError, LmforgeError
-from lmforge.explain import explain
+from lmforge.explain import attentions, explain
 from lmforge.models.bert import Bert
 from lmforge.models.classifier import BackboneWithHead
 from lmforge.models.gpt import GPT
@@ -79,6 +81,14 @@ class ExplainRequest(RequestBody):
 
 
 MAX_EXPLAIN_SAMPLES = 512
+# One answer's attention weights (layers x heads x queries x keys): about 20 MB of JSON.
+MAX_ATTENTION_WEIGHTS = 2_000_000
+
+
+class AttentionRequest(RequestBody):
+    model: str | None = None
+    input: str
+    layer: int | None = None  # None: every layer, when they fit in MAX_ATTENTION_WEIGHTS
 
 
 class TranslateRequest(RequestBody):
@@ -283,6 +293,27 @@ def add_task_routes(router: APIRouter, served: Served, batcher: Batcher, limits:
 
         result = await run_in_worker(batcher, run, limits, "input", request)
         return {"object": "explanation", "model": served.name, **result.to_json()}
+
+    @router.post("/attention")
+    async def attention_route(req: AttentionRequest, request: Request):
+        if served.kind not in ("translate", "summarize"):
+            served.require("generate")
+        _check_text(req.input, "input")
+
+        def run():
+            maps = attentions(served.lm, req.input)
+            n_layer, n_head = len(maps.layer_numbers), len(maps.head_numbers)
+            chosen = maps.select(layer=req.layer)  # ConfigError (400) for a layer the model lacks
+            size = sum(m.numel() for layers in chosen.maps.values() for m in layers)
+            if size > MAX_ATTENTION_WEIGHTS:
+                raise ConfigError(
+                    f"all {n_layer} layers' attention weights ({size:,}) exceed {MAX_ATTENTION_WEIGHTS:,}; ask "
+                    "for one layer"
+                )
+            return {"layers": n_layer, "heads": n_head, "maps": chosen.to_json()}
+
+        result = await run_in_worker(batcher, run, limits, "input", request)
+        return {"object": "attention", "model": served.name, **result}
 
     for kind in ("translate", "summarize"):
         router.add_api_route(f"/{kind}", _seq2seq_route(kind, served, batcher, limits), methods=["POST"])

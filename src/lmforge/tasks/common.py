@@ -24,6 +24,8 @@ from lmforge.train.trainer import RunSpec
 SCRATCH = ("lstm", "gru")  # backbones trained from scratch, with a tokenizer made from the training texts
 SCRATCH_CLASSIFIERS = (*SCRATCH, "cnn")  # and Kim's CNN, a classifier backbone only (models/cnn.py)
 RESUME_HINT = "continue with the same `lmforge finetune` command plus --resume"
+# Model keys that say how the model computes, not what it is: a resumed run may differ in them (or predate them).
+EXECUTION_KEYS = ("unpad",)
 
 
 @dataclass
@@ -41,6 +43,8 @@ class FineTuneOptions:
     overrides: dict | list[str] | None = None
     # RunSpec.on_evaluate of the run: (step, val metrics) -> True to stop it (lmforge tune reports and prunes)
     on_evaluate: Callable[[int, dict], bool] | None = None
+    # RunSpec.resume_hint told on Ctrl-C, when the caller continues the run its own way (lmforge tune's trials)
+    resume_hint: str | None = None
     # --augment: new training examples made from the training split only (data/augment.py), never dev/test
     augment: AugmentOptions | None = None
 
@@ -49,6 +53,13 @@ class FineTuneOptions:
             raise ConfigError("--epochs must be positive and --batch-size at least 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"--max-steps must be at least 1, not {self.max_steps}")
+
+    def attach(self, spec: RunSpec) -> RunSpec:
+        """Put the caller's hooks on the run's spec: on_evaluate, and its own resume hint when it has one."""
+        spec.on_evaluate = self.on_evaluate
+        if self.resume_hint is not None:
+            spec.resume_hint = self.resume_hint
+        return spec
 
 
 def augmented(items: list, augment: AugmentOptions | None) -> list:
@@ -63,6 +74,36 @@ def augmented(items: list, augment: AugmentOptions | None) -> list:
         ]
     new = augment_texts([ex.text for ex in items], augment)
     return items + [dataclasses.replace(ex, text=t) for ex, outs in zip(items, new) for t in outs]
+
+
+def augment_info(augment: AugmentOptions | None, original: int, total: int) -> dict:
+    """The checkpoint config's record of --augment (under data.augment): the method and its options, the training
+    examples read and the training set it made; {} without augmentation."""
+    if augment is None:
+        return {}
+    used = {"method": augment.method, "n": augment.n, "seed": augment.seed}
+    if augment.method in ("eda", "noise"):
+        used["alpha"] = augment.alpha
+    resource = {
+        "eda": augment.vectors,
+        "contextual": augment.model,
+        "backtranslate": ",".join(augment.via or ()),
+    }
+    if resource.get(augment.method):
+        used["model"] = resource[augment.method]
+    return {"augment": {**used, "original": original, "training_examples": total}}
+
+
+def augment_card(info: dict) -> list[str]:
+    """The model card's line saying that (and how) the training set was augmented."""
+    a = info.get("augment")
+    if not a:
+        return []
+    via = f" with `{a['model']}`" if a.get("model") else ""
+    return [
+        f"- augmented (`--augment {a['method']} --augment-n {a['n']}`{via}): {a['original']:,} training "
+        f"examples became {a['training_examples']:,}; dev/test untouched"
+    ]
 
 
 def finetune_config(
@@ -188,7 +229,9 @@ def resume_check(
                 f"the training data's labels ({', '.join(now.get('labels') or [])}) differ from "
                 f"those of the run being resumed ({', '.join(saved.get('labels') or [])})"
             )
-        differ = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
+        differ = sorted(
+            k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k) and k not in EXECUTION_KEYS
+        )
         if saved_config.get("arch") != cfg.arch or differ:
             raise CheckpointError(
                 f"the model differs from the run being resumed ({', '.join(differ) or 'arch'}); "
@@ -212,4 +255,5 @@ def finetune_spec(cfg: RunConfig, run_dir: str | Path, info: dict, **fields) -> 
     """A fine-tune's RunSpec: `fields` as given, plus what every fine-tune shares (it is resumed by repeating its
     command plus --resume, checked against the checkpoint by resume_check)."""
     check = resume_check(cfg, info, fields["tokenizer"], fields["objective"], run_dir)
+    fields["data_card"] = [*fields.get("data_card", []), *augment_card(info)]
     return RunSpec(data_info=info, resume_hint=RESUME_HINT, check_resume=check, **fields)

@@ -59,6 +59,7 @@ def finetune(
     dp_delta: float = 1e-5,
     dp_max_grad_norm: float = 1.0,
     on_evaluate: Callable[[int, dict], bool] | None = None,
+    resume_hint: str | None = None,
     augment: str | None = None,
     augment_n: int = 4,
     augment_alpha: float = 0.1,
@@ -99,8 +100,8 @@ def finetune(
     if (
         dp_epsilon is not None
     ):  # DP-SGD: the train.dp_* keys (train/privacy.py), before the command's own overrides
-        if task not in ("classify", "nli"):
-            raise ConfigError(f"--dp-epsilon (DP-SGD) is for classify and nli so far, not {task}")
+        if task not in ("classify", "nli", "lm", "chat"):
+            raise ConfigError(f"--dp-epsilon (DP-SGD) is for classify, nli, lm and chat so far, not {task}")
         dp = {
             "train.dp_epsilon": dp_epsilon,
             "train.dp_delta": dp_delta,
@@ -119,6 +120,7 @@ def finetune(
         seed=seed,
         overrides=overrides,
         on_evaluate=on_evaluate,
+        resume_hint=resume_hint,
         augment=augment_options(task, augment, augment_n, augment_alpha, augment_model, seed),
     )
     common = dict(options=options, max_examples=max_examples, progress=progress, resume=resume)

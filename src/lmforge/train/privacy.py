@@ -1,6 +1,8 @@
 """DP-SGD with Opacus: differentially private training plugged into the one loop as a `TrainHook`.
 
     spec.hook = DPSGD(DPOptions(epsilon=8), n_examples=len(rows), cfg=cfg, objective=objective)
+    objective, hook = private_training(cfg, objective, n_examples=len(rows))  # a causal LM's labelled rows
+    objective, hook = private_pretraining(cfg, "clm", train_shards)          # a GPT on a token split
 
 What it does, with Opacus doing the privacy-critical parts:
 
@@ -13,6 +15,12 @@ What it does, with Opacus doing the privacy-critical parts:
 - layers Opacus cannot handle are replaced where it has a drop-in replacement (nn.LSTM / nn.GRU by DPLSTM /
   DPGRU, whose weights keep the same names, so checkpoints load as ordinary models) and refused in one line
   otherwise (`ModuleValidator`);
+- a language model's loss is each example's mean token loss, summed over the batch (`PerExampleLoss`): each
+  example's gradient is then its own, whatever else was drawn with it (a batch-wide token count would let one
+  example change the scale of every other's gradient, and the clipping bound would no longer bound it);
+- pretraining draws from fixed, non-overlapping windows of block_size tokens (`PrivateWindows`): a window is the
+  privacy unit (text repeated in k windows, like a secret written k times, is protected at group level k, i.e.
+  about k * epsilon), where plain pretraining reads overlapping windows at random offsets;
 - the epsilon spent so far (RDP accountant at the given delta) is logged with every step (`dp_epsilon`), kept in
   the run's result and checkpoint metrics, and written in the model card; the accountant's history is in the train
   state, so a resumed run keeps counting.
@@ -24,12 +32,17 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from lmforge.config import RunConfig
-from lmforge.errors import ConfigError
+from lmforge.config import RunConfig, switch
+from lmforge.data.shards import TokenShards
+from lmforge.errors import ConfigError, DataError
 from lmforge.extras import require
+from lmforge.train.labels import IGNORE_INDEX
+from lmforge.train.objectives import ShuffledEpochs
 from lmforge.train.trainer import TrainHook
 
 FEATURE = "DP-SGD (--dp-epsilon)"
@@ -106,9 +119,18 @@ def _used_params_optimizer(base: type) -> type:
 class DPSGD(TrainHook):
     """DP-SGD for a run whose objective draws examples (a `ShuffledEpochs`)."""
 
-    def __init__(self, options: DPOptions, n_examples: int, cfg: RunConfig, objective):
+    def __init__(self, options: DPOptions, n_examples: int, cfg: RunConfig, objective, notes: list[str] = ()):
         options.validate(n_examples)
         t = cfg.train
+        if switch("train.pack", t.pack) == "true":
+            raise ConfigError(
+                "DP-SGD protects one example at a time; train.pack puts several in one row: drop --train.pack"
+            )
+        if t.group_by_length:
+            raise ConfigError(
+                "DP-SGD draws Poisson-sampled batches, which cannot be grouped by length: drop "
+                "train.group_by_length"
+            )
         if t.grad_accum != 1:
             raise ConfigError("DP-SGD draws one Poisson-sampled batch per step; leave train.grad_accum at 1")
         if t.precision == "fp16":
@@ -145,6 +167,7 @@ class DPSGD(TrainHook):
             ) from None
         self.accountant = accountants.RDPAccountant()
         self.dropouts_off = 0  # dropouts inside layers whose per-example gradients come from torch.func
+        self.notes = list(notes)  # more model-card lines (where the weights came from)
         objective.poisson(self.sample_rate)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -157,6 +180,9 @@ class DPSGD(TrainHook):
         if errors:
             reason = str(errors[0]).strip().split("\n")[0].rstrip(".")
             raise ConfigError(f"DP-SGD cannot train this model: Opacus says {reason}")
+        for module in model.modules():  # learned positions need the batch dimension (models/gpt.py)
+            if hasattr(module, "batched_positions"):
+                module.batched_positions = True
         # A trainable layer without its own per-example rule in Opacus (a LoRA adapter) gets its per-example
         # gradients from torch.func, which recomputes its forward pass: a dropout inside it would draw another mask
         # there (and vmap refuses random operations), so it is switched off under DP-SGD.
@@ -209,10 +235,103 @@ class DPSGD(TrainHook):
             f"{self.noise_multiplier:.3f}, per-example gradients clipped to {o.max_grad_norm:g}, Poisson sampling "
             f"at rate {self.sample_rate:.4g} ({self.n_examples:,} examples); RDP accountant"
             + (f"; {self.dropouts_off} adapter dropout layers switched off" if self.dropouts_off else "")
-        ]
+        ] + self.notes
 
     def state_dict(self) -> dict:
         return {"dp_history": list(self.accountant.history)}
 
     def load_state_dict(self, state: dict) -> None:
         self.accountant.history = list(state.get("dp_history", []))
+
+
+class PerExampleLoss:
+    """A causal LM's objective under DP-SGD: the same batches, each example's mean token loss summed over the batch,
+    one target counted per example (so the trainer's loss is the mean over examples). Every example's gradient
+    then depends on that example only, which is what per-example clipping bounds."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+
+    def poisson(self, rate: float) -> None:
+        self.inner.poisson(rate)
+
+    def next_batch(self, generator: torch.Generator):
+        return self.inner.next_batch(generator)
+
+    @staticmethod
+    def count_targets(batch) -> torch.Tensor:
+        return torch.tensor(batch[0].shape[0])
+
+    @staticmethod
+    def loss_sum(model: nn.Module, batch) -> torch.Tensor:
+        x, y = batch[0], batch[1]
+        logits = model(x)
+        per_token = F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)),
+            y.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
+        ).view(y.shape)
+        return (per_token.sum(1) / (y != IGNORE_INDEX).sum(1).clamp(min=1)).sum()
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, d: dict, device: torch.device) -> None:
+        self.inner.load_state_dict(d, device)
+
+
+class PrivateWindows(ShuffledEpochs):
+    """Next-token prediction on the fixed, non-overlapping windows of block_size tokens (plus the next one, the
+    last target) of a token split: each window is one example, Poisson-sampled by DP-SGD."""
+
+    name = "clm"
+
+    def __init__(self, data: TokenShards, block_size: int, batch_size: int):
+        data.check_block_size(block_size)
+        self.arrays = data.arrays
+        per_shard = [max(0, (len(a) - 1) // block_size) for a in self.arrays]
+        self.shard = np.repeat(np.arange(len(per_shard)), per_shard)
+        self.start = np.concatenate([np.arange(n) * block_size for n in per_shard]).astype(np.int64)
+        if len(self.start) < 2:
+            raise DataError(
+                f"the training split has {len(self.start)} window(s) of {block_size} tokens: DP-SGD needs many "
+                "examples; use more text or a smaller model.block_size"
+            )
+        self.block_size = block_size
+        super().__init__(len(self.start), batch_size)
+
+    def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        chosen = self.next_indices(generator)
+        offsets = np.arange(self.block_size + 1)
+        rows = np.stack([np.asarray(self.arrays[self.shard[i]][self.start[i] + offsets]) for i in chosen])
+        t = torch.from_numpy(rows.astype(np.int64))
+        return t[:, :-1], t[:, 1:]
+
+
+def private_training(
+    cfg: RunConfig, objective, n_examples: int, notes: list[str] = ()
+) -> tuple[object, DPSGD | None]:
+    """The objective and hook of a causal-LM run over `n_examples` examples: unchanged and None without
+    train.dp_epsilon; else the per-example loss and the DP-SGD hook (which switches the objective to Poisson
+    sampling)."""
+    options = DPOptions.from_config(cfg)
+    if options is None:
+        return objective, None
+    objective = PerExampleLoss(objective)
+    return objective, DPSGD(options, n_examples, cfg, objective, notes=notes)
+
+
+def private_pretraining(
+    cfg: RunConfig, objective_name: str, data: TokenShards, notes: list[str] = ()
+) -> tuple[PerExampleLoss, DPSGD]:
+    """DP-SGD pretraining (or continued pretraining) of a causal LM on a token split, over its fixed windows."""
+    if objective_name != "clm":
+        raise ConfigError(
+            f"DP-SGD pretraining is for causal language models (gpt); this model trains with {objective_name} "
+            "(masked-LM, span corruption and recurrent TBPTT are not supported)"
+        )
+    windows = PrivateWindows(data, cfg.model.block_size, cfg.train.batch_size)
+    objective, hook = private_training(cfg, windows, windows.n_examples, notes)
+    return objective, hook

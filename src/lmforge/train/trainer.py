@@ -35,7 +35,7 @@ from torch import nn
 
 from lmforge import checkpoint as ckpt
 from lmforge.config import RunConfig
-from lmforge.device import autocast, autocast_dtype
+from lmforge.device import autocast, autocast_dtype, keep_freed_memory, matmul_width
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
 from lmforge.eval.perplexity import describe_scores
 from lmforge.extras import available
@@ -218,7 +218,8 @@ class Trainer:
         # Under torchrun: join the process group; one process otherwise (train/distributed.py).
         self.parallel = Parallel.join(t.strategy, t.tensor_parallel, t.device, t.dist_timeout)
         self.device = self.parallel.device
-        self.amp_dtype = autocast_dtype(self.device, t.precision)
+        if t.keep_freed_memory and self.device.type == "cpu":
+            keep_freed_memory()
         self.progress_enabled = progress and self.parallel.main
         if self.parallel.distributed:
             self._check_distributable()
@@ -230,11 +231,16 @@ class Trainer:
         np.random.seed(t.seed % 2**32)
         if t.dp_epsilon is not None and spec.hook is None:
             raise ConfigError(
-                "train.dp_epsilon (DP-SGD) is supported for fine-tuning classifiers (classify, nli) only so far"
+                "train.dp_epsilon (DP-SGD) is supported for classify, nli, chat, lm and gpt pretraining only so far"
             )
         self.hook = spec.hook or TrainHook()
         self.hook_metrics: dict = {}
         model = self.hook.prepare_model(spec.build_model()).to(self.device)
+        # precision auto on a CPU depends on the model (device.cpu_bf16_pays). DP-SGD keeps fp32 unless asked:
+        # Opacus's per-example gradients under bf16 autocast were not measured.
+        self.amp_dtype = autocast_dtype(
+            self.device, t.precision, model if t.dp_epsilon is None or self.device.type != "cpu" else None
+        )
         check_batch_fits(model, cfg, self.device)
         self.parallel.resolve_strategy(model, memory_bytes(self.device))
         if self.parallel.distributed:
@@ -416,6 +422,11 @@ class Trainer:
         note = warmup_note(cfg.optim, t.max_steps)
         if note is not None and self.step == 0:
             bar.log(f"note: {note}")
+        if t.precision == "auto" and self.device.type == "cpu" and self.amp_dtype is not None:
+            bar.log(
+                "note: train.precision auto chose bf16 autocast (this CPU has bf16 units and the model is "
+                f"{matmul_width(self.model)} wide); --train.precision fp32 turns it off"
+            )
         save_every = t.save_every or t.eval_every
         stop_reason = "max_steps"
         window_time, window_tokens = 0.0, 0

@@ -25,6 +25,7 @@ from lmforge.tasks.common import FineTuneOptions, finetune_config, finetune_spec
 from lmforge.tokenizers import Tokenizer
 from lmforge.train.labels import IGNORE_INDEX
 from lmforge.train.objectives import LabelledSequences, labelled_loss
+from lmforge.train.privacy import private_training
 from lmforge.train.trainer import RunResult, RunSpec, Trainer
 
 
@@ -57,9 +58,11 @@ def chat_spec(cfg, run_dir, tokenizer: Tokenizer, train, dev, state: dict, info:
     dev_rows = encode_conversations(dev, template, tokenizer, block)[0] if dev else []
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     t = cfg.train
-    objective = LabelledSequences(
-        rows, pad, t.batch_size, t.group_by_length, switch("train.pack", t.pack) != "false"
-    )
+    # DP-SGD (train/privacy.py) protects one conversation at a time: no packing by default under it
+    packing = switch("train.pack", t.pack)
+    pack = packing == "true" or (packing == "auto" and t.dp_epsilon is None)
+    objective = LabelledSequences(rows, pad, t.batch_size, t.group_by_length, pack)
+    objective, hook = private_training(cfg, objective, len(rows))
 
     def build():
         model = build_model("gpt", cfg.model)
@@ -96,6 +99,7 @@ def chat_spec(cfg, run_dir, tokenizer: Tokenizer, train, dev, state: dict, info:
         data_card=card,
         config_extras={"chat_template": template.jinja()},
         usage="chat {run}",
+        hook=hook,
     )
 
 
@@ -127,5 +131,5 @@ def finetune_chat(
     cfg = finetune_config("gpt", model_cfg, len(train_chats), options, options.lr or 1e-4, beta2=None)
     info = {"task": "chat", "train": str(train), "dev": str(dev) if dev else None, "model": str(model)}
     spec = chat_spec(cfg, out, tokenizer, train_chats, dev_chats, pretrained.state_dict(), info)
-    spec.on_evaluate = options.on_evaluate  # a caller's hook (lmforge tune's pruning)
+    options.attach(spec)  # a caller's hooks (lmforge tune's pruning and Ctrl-C hint)
     return Trainer(cfg, spec, out, progress=progress, resume_from=resume_from).run()

@@ -41,6 +41,7 @@ from lmforge.tasks.classify.examples import Example, Fields, check_labels, label
 from lmforge.tasks.common import (
     SCRATCH_CLASSIFIERS,
     FineTuneOptions,
+    augment_info,
     augmented,
     backbone,
     finetune_config,
@@ -123,13 +124,13 @@ def probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
 
 
 def score_examples(
-    model, encoder: TextEncoder, examples: list[Example], device, batch_size: int = 64
+    model, encoder: TextEncoder, examples: list[Example], device, batch_size: int = 64, rows=None
 ) -> dict:
-    """Loss and classification metrics of a classifier on labelled examples."""
+    """Loss and classification metrics of a classifier on labelled examples (`rows`: the examples already
+    encoded, e.g. a dev set scored at every validation)."""
     cfg = model.config
-    logits = predict_logits(
-        model, encoder, [encoder(ex.text, ex.pair) for ex in examples], device, batch_size
-    )
+    rows = rows if rows is not None else [encoder(ex.text, ex.pair) for ex in examples]
+    logits = predict_logits(model, encoder, rows, device, batch_size)
     y = targets_of(examples, cfg.labels, cfg.multi_label)
     probs = probabilities(logits, cfg.multi_label).numpy()
     loss = float(example_losses(logits, y).mean())
@@ -179,6 +180,7 @@ def classify_spec(
     m.vocab_size = tokenizer.vocab_size
     encoder = text_encoder(tokenizer, m)
     rows = [encoder(ex.text, ex.pair) for ex in train]
+    dev_rows = [encoder(ex.text, ex.pair) for ex in dev or []]  # encoded once, scored at every validation
     targets = targets_of(train, m.labels, m.multi_label)
     weights = class_weights_of(targets, len(m.labels), m.multi_label) if class_weights else None
     objective = ClassifyObjective(
@@ -187,6 +189,9 @@ def classify_spec(
     lora = info.get("lora")  # {"r", "alpha"} or None for full fine-tuning
     dp = DPOptions.from_config(cfg)  # DP-SGD (--dp-epsilon): Poisson batches, clipped and noised gradients
     hook = DPSGD(dp, len(rows), cfg, objective) if dp is not None else None
+    # Per-example gradients need every activation's batch dimension, which unpadding removes.
+    if dp is not None:
+        m.unpad = False
 
     def build():
         model = build_model(cfg.arch, m)
@@ -198,7 +203,7 @@ def classify_spec(
         return model
 
     def validate(model, device, amp_dtype):
-        return score_examples(model, encoder, dev, device) if dev else None
+        return score_examples(model, encoder, dev, device, rows=dev_rows) if dev else None
 
     card = [
         f"- task: {info['task']}; labels: {', '.join(m.labels)}",
@@ -291,6 +296,7 @@ def run_classifier(
     classic: ClassicOptions | None = None,
 ) -> RunResult:
     """One classifier run on examples already read (a fine-tune, or one fold of a cross-validation)."""
+    read = len(train_examples)
     train_examples = augmented(
         train_examples, options.augment
     )  # --augment: the training split (or folds) only
@@ -317,6 +323,7 @@ def run_classifier(
     )
     cfg = finetune_config("classifier", model_cfg, len(train_examples), options, lr, warmup=not scratch)
     info = {"task": task, **files, "fields": dataclasses.asdict(fields), "backbone": model}
+    info.update(augment_info(options.augment, read, len(train_examples)))
     vectors = None
     if classic.vectors:
         vectors = word_vectors_for(base.tokenizer, classic.vectors, classic.freeze_vectors)
@@ -327,7 +334,7 @@ def run_classifier(
     spec = classify_spec(
         cfg, out, base.tokenizer, train_examples, dev_examples, base.state, info, class_weights, vectors
     )
-    spec.on_evaluate = options.on_evaluate  # a caller's hook (lmforge tune's pruning)
+    options.attach(spec)  # a caller's hooks (lmforge tune's pruning and Ctrl-C hint)
     return Trainer(cfg, spec, out, progress=progress, resume_from=resume_from).run()
 
 

@@ -28,7 +28,7 @@ from lmforge.tasks.classify.classic import ClassicOptions
 from lmforge.tasks.classify.examples import Fields, check_labels, label_set, read_examples
 from lmforge.tasks.classify.run import score_examples
 from lmforge.tasks.classify.tfidf_features import TfidfEncoder, analyze_pair
-from lmforge.tasks.common import augmented
+from lmforge.tasks.common import augment_card, augment_info, augmented
 from lmforge.tokenizers import Tokenizer
 from lmforge.train.trainer import RunResult
 
@@ -96,7 +96,8 @@ def fit_tfidf(
     if task == "nli" and fields.pair is None:
         raise ConfigError("NLI classifies text pairs: give --text-pair-field (e.g. the hypothesis column)")
     out = ckpt.require_new_run_dir(out)
-    train_examples = augmented(read_examples(train, fields, max_examples=max_examples), augment)
+    read = read_examples(train, fields, max_examples=max_examples)
+    train_examples = augmented(read, augment)
     labels = label_set(train_examples)
     cfg = TfidfConfig(
         labels=labels,
@@ -124,6 +125,7 @@ def fit_tfidf(
         metrics = {f"val_{k}": v for k, v in scores.items() if isinstance(v, (int, float))}
     info = {"task": task, "train": str(train), "dev": str(dev) if dev else None, "lora": None}
     info.update(fields=dataclasses.asdict(fields), backbone="tfidf", examples=len(train_examples))
+    info.update(augment_info(augment, len(read), len(train_examples)))
     folder = out / "ckpt-1"
     out.mkdir(parents=True, exist_ok=True)
     metrics_file = out / "metrics.jsonl"
@@ -155,6 +157,7 @@ def model_card(out: Path, cfg: TfidfConfig, info: dict, metrics: dict) -> str:
         f"(C={cfg.C}), fitted by scikit-learn: {cfg.vocab_size:,} features; labels {', '.join(cfg.labels)}.",
         "",
         f"- task: {info['task']}; training file: `{info['train']}` ({info['examples']:,} examples)",
+        *augment_card(info),
     ]
     if metrics:
         lines.append(f"- dev `{info['dev']}`: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

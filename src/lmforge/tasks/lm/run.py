@@ -39,6 +39,7 @@ from lmforge.tasks.lm.statistical import fit_statistical
 from lmforge.tokenizers import Tokenizer
 from lmforge.train.distributed import refuse_distributed
 from lmforge.train.objectives import build_objective
+from lmforge.train.privacy import private_pretraining
 from lmforge.train.trainer import RunResult, RunSpec, Trainer
 
 
@@ -90,13 +91,14 @@ def pretrain_spec(
             f"- validation split: {splits['val']['documents']:,} documents, {splits['val']['tokens']:,} tokens"
         )
     record = None if origin is None else origin.record()
-    if record is not None and cfg.train.dp_epsilon is not None:
-        raise ConfigError(
-            "train.dp_epsilon (DP-SGD) is for fine-tuning classifiers, not continued pretraining"
-        )
+    hook = None if record is None else OriginCard(record)
+    objective = build_objective(cfg.model, train, t.batch_size, tokenizer)
+    if t.dp_epsilon is not None:  # DP-SGD over the split's fixed windows (train/privacy.py)
+        notes = [] if hook is None else hook.card()
+        objective, hook = private_pretraining(cfg, objective.name, train, notes)
     return RunSpec(
         tokenizer=tokenizer,
-        objective=build_objective(cfg.model, train, t.batch_size, tokenizer),
+        objective=objective,
         build_model=build,
         validate=validate,
         data_size=f"{train.tokens:,} training tokens",
@@ -114,7 +116,7 @@ def pretrain_spec(
         if getattr(cfg.model, "bidirectional", False)
         else "generate {run} --prompt 'Hello'",
         resume_hint=f"continue with `lmforge pretrain --data {data_dir} --out {{run}} --resume`",
-        hook=None if record is None else OriginCard(record),
+        hook=hook,
     )
 
 
@@ -155,6 +157,7 @@ def pretrain(
     resume: bool = False,
     progress: bool = True,
     on_evaluate: Callable[[int, dict], bool] | None = None,
+    resume_hint: str | None = None,
     init_from: str | os.PathLike | None = None,
     seed: int | None = None,
 ) -> RunResult:
@@ -162,7 +165,8 @@ def pretrain(
 
     `overrides` are dotted config keys, e.g. {"model.n_layer": 4, "optim.lr": 3e-4}. `max_steps`, `max_minutes`
     and `seed` are shortcuts for train.max_steps / train.max_minutes / train.seed. `on_evaluate` is the run's
-    RunSpec.on_evaluate (step, val metrics) -> True to stop (lmforge tune's pruning).
+    RunSpec.on_evaluate (step, val metrics) -> True to stop (lmforge tune's pruning); `resume_hint`, when given,
+    replaces the --resume hint told on Ctrl-C (a caller that continues the run its own way, as lmforge tune).
 
     `init_from` (a checkpoint folder or run directory: a run's, an import-hf, a save_pretrained export, a pruned
     one) starts a new run from its weights with a fresh optimizer and schedule (continued pretraining): the model
@@ -191,12 +195,14 @@ def pretrain(
         origin = Origin.resumed(saved["init_from"]) if saved.get("init_from") else None
         spec = pretrain_spec(cfg, data, resume_from=latest, origin=origin)
         spec.on_evaluate = on_evaluate
+        spec.resume_hint = resume_hint or spec.resume_hint
         return Trainer(cfg, spec, run_dir, progress=progress, resume_from=latest).run()
     if init_from is not None:
         origin = load_origin(init_from)
         cfg = init_config(origin, config, arch, preset, overrides)
         spec = pretrain_spec(cfg, data, origin=origin)
         spec.on_evaluate = on_evaluate
+        spec.resume_hint = resume_hint or spec.resume_hint
         return Trainer(cfg, spec, run_dir, progress=progress).run()
     cfg = build_run_config(arch=arch, preset=preset, config_file=config, overrides=overrides)
     if is_statistical(cfg.arch):
@@ -204,6 +210,7 @@ def pretrain(
         return fit_statistical(cfg, Path(data), run_dir, progress=progress)
     spec = pretrain_spec(cfg, data)
     spec.on_evaluate = on_evaluate
+    spec.resume_hint = resume_hint or spec.resume_hint
     return Trainer(cfg, spec, run_dir, progress=progress).run()
 
 
@@ -304,7 +311,7 @@ def _train_lm(
             )
         spec = pretrain_spec(cfg, data_dir, resume_from=latest, origin=Origin.resumed(saved["init_from"]))
     spec.resume_hint = RESUME_HINT
-    spec.on_evaluate = options.on_evaluate
+    options.attach(spec)
     return Trainer(
         cfg, spec, run_dir, progress=progress, resume_from=None if resume is None else resume[0]
     ).run()

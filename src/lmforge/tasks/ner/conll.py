@@ -11,13 +11,11 @@ that strict entity scoring sees every gold entity.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
+from itertools import islice
 
+from lmforge.data.conll import ConllReader
 from lmforge.errors import DataError
-
-TAG = re.compile(r"O|[BIES]-\S+")
 
 
 @dataclass
@@ -28,53 +26,10 @@ class Sentence:
 
 
 def read_conll(path: str | os.PathLike, max_sentences: int | None = None) -> list[Sentence]:
-    """The sentences of a CoNLL file; a malformed line is a DataError that names it."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{path} does not exist")
-    out: list[Sentence] = []
-    words: list[str] = []
-    tags: list[str] = []
-    first, columns = 0, None
-
-    def close() -> None:
-        nonlocal words, tags
-        if words:
-            out.append(Sentence(words, to_iob2(tags), first))
-        words, tags = [], []
-
-    try:
-        with open(p, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                parts = line.split()
-                if not parts or parts[0] == "-DOCSTART-":
-                    close()
-                    if max_sentences is not None and len(out) >= max_sentences:
-                        break
-                    continue
-                if len(parts) < 2:
-                    raise DataError(
-                        f"{p}:{n} has no tag: a CoNLL line is 'WORD ... TAG' (tag in the last column)"
-                    )
-                # Every line of a file has the same columns; a line with fewer has usually lost its tag.
-                columns = columns or len(parts)
-                if len(parts) != columns:
-                    raise DataError(
-                        f"{p}:{n} has {len(parts)} columns where the file's first line has {columns}"
-                    )
-                if not TAG.fullmatch(parts[-1]):
-                    raise DataError(
-                        f"{p}:{n} has tag {parts[-1]!r}; tags are O, B-TYPE, I-TYPE (or E-/S- for BIOES)"
-                    )
-                if not words:
-                    first = n
-                words.append(parts[0])
-                tags.append(parts[-1])
-            else:
-                close()
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not UTF-8 text") from None
-    out = out[:max_sentences] if max_sentences is not None else out
+    """The sentences of a CoNLL file (data/conll.py reads and checks its lines); a malformed line is a DataError
+    that names it."""
+    sentences = islice(ConllReader(path, check_tags=True), max_sentences)
+    out = [Sentence([r[0] for r in s.rows], to_iob2([r[-1] for r in s.rows]), s.line) for s in sentences]
     if not out:
         raise DataError(f"{path} has no sentences")
     return out

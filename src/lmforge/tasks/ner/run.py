@@ -24,6 +24,7 @@ from lmforge.models.tagger import TaggerConfig
 from lmforge.tasks.common import (
     SCRATCH,
     FineTuneOptions,
+    augment_info,
     augmented,
     backbone,
     finetune_config,
@@ -198,7 +199,8 @@ def finetune_ner(
     resume_from = ckpt.resume_point(out, resume)
     if not options.epochs > 0 or (options.batch_size or 1) < 1 or max_length < 4:
         raise ConfigError("--epochs must be positive, --batch-size at least 1 and --max-length at least 4")
-    train_sentences = augmented(read_conll(train, max_sentences=max_examples), options.augment)  # never dev
+    read = read_conll(train, max_sentences=max_examples)
+    train_sentences = augmented(read, options.augment)  # never dev
     dev_sentences = read_conll(dev) if dev else None
     labels = tag_set(train_sentences)
     if labels == ["O"]:
@@ -221,6 +223,7 @@ def finetune_ner(
     )
     cfg.model.validate()  # a GPT backbone is refused here, before any sentence is encoded
     info = {"task": "ner", "train": str(train), "dev": str(dev) if dev else None, "backbone": model}
+    info.update(augment_info(options.augment, len(read), len(train_sentences)))
     spec = ner_spec(cfg, out, base.tokenizer, train_sentences, dev_sentences, base.state, info)
-    spec.on_evaluate = options.on_evaluate  # a caller's hook (lmforge tune's pruning)
+    options.attach(spec)  # a caller's hooks (lmforge tune's pruning and Ctrl-C hint)
     return Trainer(cfg, spec, out, progress=progress, resume_from=resume_from).run()

@@ -146,5 +146,5 @@ def finetune_qa(
     cfg = finetune_config("span_qa", model_cfg, len(windows), options, options.lr or 5e-5)
     info = {"task": "qa", "train": str(train), "dev": str(dev) if dev else None, "backbone": str(model)}
     spec = qa_spec(cfg, out, tokenizer, train_examples, windows, dev_examples, pretrained.state_dict(), info)
-    spec.on_evaluate = options.on_evaluate  # a caller's hook (lmforge tune's pruning)
+    options.attach(spec)  # a caller's hooks (lmforge tune's pruning and Ctrl-C hint)
     return Trainer(cfg, spec, out, progress=progress, resume_from=resume_from).run()

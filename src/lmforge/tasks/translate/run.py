@@ -265,5 +265,5 @@ def finetune_pairs(
         **langs,
     }
     spec = pairs_spec(cfg, out, tokenizer, train_pairs, dev_pairs, state, info)
-    spec.on_evaluate = options.on_evaluate  # a caller's hook (lmforge tune's pruning)
+    options.attach(spec)  # a caller's hooks (lmforge tune's pruning and Ctrl-C hint)
     return Trainer(cfg, spec, out, progress=progress, resume_from=resume_from).run()
