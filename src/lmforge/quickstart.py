@@ -13,7 +13,7 @@ from lmforge.config import build_run_config
 from lmforge.data.corpus import BUILTIN_CORPORA, write_builtin_corpus
 from lmforge.data.prepare import prepare
 from lmforge.data.shards import TokenShards
-from lmforge.device import pick_device
+from lmforge.device import autocast, autocast_dtype, keep_freed_memory, pick_device
 from lmforge.errors import ConfigError, DataError
 from lmforge.eval.baseline import unigram_baseline
 from lmforge.eval.perplexity import evaluate
@@ -201,12 +201,18 @@ def _time_training_steps(data_dir: Path, preset: str, seed: int) -> tuple[float,
     device = pick_device(cfg.train.device)
     model = build_model(cfg.arch, cfg.model).to(device)
     opt = build_optimizer(model, cfg.optim, device)
+    # Timed as the trainer will run it: the same precision (train.precision auto may pick bf16) and allocator.
+    amp_dtype = autocast_dtype(device, cfg.train.precision, model)
+    if device.type == "cpu" and cfg.train.keep_freed_memory:
+        keep_freed_memory()
     objective = build_objective(cfg.model, TokenShards(data_dir, "train"), cfg.train.batch_size, tokenizer)
     gen = torch.Generator().manual_seed(seed)
 
     def step() -> int:
         batch = tuple(t.to(device) for t in objective.next_batch(gen))
-        (objective.loss_sum(model, batch) / batch[1].numel()).backward()
+        with autocast(device, amp_dtype):
+            loss = objective.loss_sum(model, batch) / batch[1].numel()
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return batch[1].numel()
