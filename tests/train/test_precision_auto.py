@@ -1,5 +1,7 @@
 """`train.precision auto`: bf16 autocast on CPUs with bf16 units for transformers wide enough, fp32 otherwise."""
 
+import math
+
 import pytest
 import torch
 
@@ -59,7 +61,7 @@ def test_trainer_autocasts_a_wide_model_and_says_so(bf16_cpu, char_data, tmp_pat
         f"train.precision auto chose bf16 autocast (this CPU has bf16 units and the model is {width} wide)"
         in out
     )
-    assert result.metrics["val_loss"] == pytest.approx(result.metrics["val_loss"])  # finite, not NaN
+    assert math.isfinite(result.metrics["val_loss"])  # bf16 autocast trained without overflowing
 
     off = dict(wide, **{"train.precision": "fp32"})
     lmforge.pretrain(char_data, tmp_path / "fp32", overrides=off, max_steps=2, progress=True)
