@@ -433,3 +433,16 @@ def test_each_task_study_optimises_the_metric_its_runs_report(
     best_run = out / "trials" / f"{result['best_trial']:04d}"
     assert (out / "best").resolve() == (best_run / "best").resolve()
     assert lmforge.load(out / "best").model is not None
+
+
+def test_a_field_missing_from_the_data_is_one_line_before_any_trial(tmp_path, capsys):
+    rows = "".join(f"{w} movie\t{label}\n" for w, label in [("good", "pos"), ("bad", "neg")] * 10)
+    (tmp_path / "train.tsv").write_text("text\tlabel\n" + rows)
+    space, out = tmp_path / "space.yaml", tmp_path / "study"
+    space.write_text("optim.lr: [1.0e-3]\n")
+    code = main(["tune", "finetune", "--task", "classify", "--model", "lstm", "--train", str(tmp_path / "train.tsv"),
+                 "--dev", str(tmp_path / "train.tsv"), "--text-field", "sentence", "--out", str(out), "--space",
+                 str(space), "--sampler", "grid"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "has no field 'sentence'" in err and err.count("\n") == 1
+    assert not out.exists()

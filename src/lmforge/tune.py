@@ -336,6 +336,13 @@ def tune(
         raise ConfigError("tune finetune needs --model and --train")
     params = parse_space(space, "the space") if isinstance(space, dict) else load_space(space)
     check_keys(params, command, pretrain_args, task)
+    if task in ("classify", "nli") and finetune_args.get("fields") is not None:
+        # The given field names must exist in the files before a trial starts (its reader would refuse them then).
+        from lmforge.tasks.classify.examples import read_examples
+
+        for path in (finetune_args["train"], finetune_args.get("dev")):
+            if path:
+                read_examples(path, finetune_args["fields"], max_examples=1)
     metric, direction = _objective_metric(command, task, metric, direction)
     if command == "finetune" and not finetune_args.get("dev") and metric != "loss":
         raise ConfigError(f"the {metric} objective needs a --dev file to score each trial on")
