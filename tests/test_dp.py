@@ -157,3 +157,29 @@ def test_dp_with_lora_trains_only_the_adapters_and_the_head(data, tmp_path):
     assert torch.equal(
         trained.backbone.tok_emb.weight, base.tok_emb.weight
     )  # frozen backbone: public, unchanged
+
+
+def test_lora_per_example_gradients_in_closed_form_equal_one_backward_per_example():
+    """The closed-form rule registered for LoRA adapters gives each example's own gradient, as Opacus sees it."""
+    import opacus
+
+    from lmforge.train.lora import LoRALinear
+    from lmforge.train.privacy import lora_grad_sample
+
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(6, 5), r=2, alpha=4.0, dropout=0.0)
+    torch.nn.init.normal_(layer.lora_B)  # B starts at zero; a non-zero B makes grad A non-zero too
+    layer.base.requires_grad_(False)
+    x = torch.randn(3, 4, 6)
+    expected = []
+    for n in range(3):
+        layer.zero_grad()
+        layer(x[n : n + 1]).pow(2).sum().backward()
+        expected.append((layer.lora_A.grad.clone(), layer.lora_B.grad.clone()))
+    opacus.grad_sample.register_grad_sampler(LoRALinear)(lora_grad_sample)
+    private = opacus.GradSampleModule(layer, batch_first=True, loss_reduction="sum")
+    with pytest.warns(UserWarning, match="Full backward hook"):  # x needs no gradient: expected here
+        private(x).pow(2).sum().backward()
+    for n, (grad_a, grad_b) in enumerate(expected):
+        torch.testing.assert_close(layer.lora_A.grad_sample[n], grad_a)
+        torch.testing.assert_close(layer.lora_B.grad_sample[n], grad_b)

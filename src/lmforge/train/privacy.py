@@ -11,7 +11,9 @@ What it does, with Opacus doing the privacy-critical parts:
 - batches are Poisson-sampled (each example in a batch with probability batch_size / N, `ShuffledEpochs.poisson`);
 - per-example gradients (`GradSampleModule`), clipped to `max_grad_norm` and noised (`DPOptimizer`, mean loss over
   the expected batch size); only trainable parameters take part, so with LoRA the adapters and the head are what
-  is trained privately (the frozen backbone is public);
+  is trained privately (the frozen backbone is public); a LoRA adapter's per-example gradients are computed in
+  closed form (`lora_grad_sample`, registered with Opacus) rather than by torch.func, which re-ran the frozen
+  projection inside every adapter (MiniLM, batch 256: 3.2x the step time of plain training, against 4.0x);
 - layers Opacus cannot handle are replaced where it has a drop-in replacement (nn.LSTM / nn.GRU by DPLSTM /
   DPGRU, whose weights keep the same names, so checkpoints load as ordinary models) and refused in one line
   otherwise (`ModuleValidator`);
@@ -42,6 +44,7 @@ from lmforge.data.shards import TokenShards
 from lmforge.errors import ConfigError, DataError
 from lmforge.extras import require
 from lmforge.train.labels import IGNORE_INDEX
+from lmforge.train.lora import LoRALinear
 from lmforge.train.objectives import ShuffledEpochs
 from lmforge.train.trainer import TrainHook
 
@@ -183,12 +186,18 @@ class DPSGD(TrainHook):
         for module in model.modules():  # learned positions need the batch dimension (models/gpt.py)
             if hasattr(module, "batched_positions"):
                 module.batched_positions = True
-        # A trainable layer without its own per-example rule in Opacus (a LoRA adapter) gets its per-example
-        # gradients from torch.func, which recomputes its forward pass: a dropout inside it would draw another mask
-        # there (and vmap refuses random operations), so it is switched off under DP-SGD.
-        samplers = require("opacus", extra="privacy", feature=FEATURE).GradSampleModule.GRAD_SAMPLERS
+        # A trainable layer without its own per-example rule in Opacus gets its per-example gradients from
+        # torch.func, which recomputes its forward pass: a dropout inside it would draw another mask there (and vmap
+        # refuses random operations), so it is switched off under DP-SGD. A LoRA adapter's closed-form rule sees
+        # the adapter's input before its dropout, so that dropout is switched off too.
+        opacus = require("opacus", extra="privacy", feature=FEATURE)
+        samplers = opacus.GradSampleModule.GRAD_SAMPLERS
+        if LoRALinear not in samplers:
+            opacus.grad_sample.register_grad_sampler(LoRALinear)(lora_grad_sample)
         for layer in list(model.modules()):
-            if type(layer) in samplers or not any(p.requires_grad for p in layer.parameters(recurse=False)):
+            if not any(p.requires_grad for p in layer.parameters(recurse=False)):
+                continue
+            if type(layer) in samplers and not isinstance(layer, LoRALinear):
                 continue
             for parent in list(layer.modules()):
                 for key, sub in list(parent.named_children()):
@@ -242,6 +251,24 @@ class DPSGD(TrainHook):
 
     def load_state_dict(self, state: dict) -> None:
         self.accountant.history = list(state.get("dp_history", []))
+
+
+def lora_grad_sample(layer: LoRALinear, activations: list, backprops: torch.Tensor) -> dict:
+    """Per-example gradients of a LoRA adapter's A and B, in closed form (Opacus's grad-sampler signature).
+
+    The adapter adds s · (x Aᵀ) Bᵀ to the frozen projection, so with g the gradient of the layer's output,
+    grad B[n] = s · Σ_t g[n,t]ᵀ (x[n,t] Aᵀ) and grad A[n] = s · Σ_t (g[n,t] B)ᵀ x[n,t]: two small einsums over rank r,
+    in fp32 whatever the autocast dtype (the parameters and their gradients are fp32). Requires the adapter's
+    dropout to be off (DPSGD.prepare_model switches it off), since x here is the adapter's input.
+    """
+    x = activations[0].float()
+    g = backprops.float()
+    out = {}
+    if layer.lora_B.requires_grad:
+        out[layer.lora_B] = torch.einsum("n...o,n...r->nor", g, x @ layer.lora_A.t()) * layer.scale
+    if layer.lora_A.requires_grad:
+        out[layer.lora_A] = torch.einsum("n...r,n...i->nri", g @ layer.lora_B, x) * layer.scale
+    return out
 
 
 class PerExampleLoss:
