@@ -53,7 +53,13 @@ def public_vectors(out: Path, args) -> Path:
 
 
 def run_row(
-    train: Path, dev: Path, out: Path, epsilon: float | None, vectors: Path | None, args, precision: str = "auto"
+    train: Path,
+    dev: Path,
+    out: Path,
+    epsilon: float | None,
+    vectors: Path | None,
+    args,
+    precision: str = "auto",
 ) -> dict:
     import lmforge
     from lmforge.tasks.classify.classic import ClassicOptions
@@ -108,7 +114,9 @@ def main() -> None:
     )
     ap.add_argument("--delta", type=float, default=1e-5)
     ap.add_argument(
-        "--model", default="cnn", help="a from-scratch classifier (cnn, lstm, gru) or minilm (pretrained, LoRA)"
+        "--model",
+        default="cnn",
+        help="a from-scratch classifier (cnn, lstm, gru) or minilm (pretrained, LoRA)",
     )
     ap.add_argument("--plain-fp32", action="store_true", help="add a non-private row in fp32")
     ap.add_argument("--dp-bf16", type=float, help="add a DP-SGD row at this epsilon in bf16 autocast")
@@ -138,7 +146,9 @@ def main() -> None:
     plan += [(args.dp_bf16, "bf16")] if args.dp_bf16 else []
     rows = []
     for epsilon, precision in plan:
-        name = ("plain" if epsilon is None else f"eps{epsilon:g}") + ("" if precision == "auto" else f"-{precision}")
+        name = ("plain" if epsilon is None else f"eps{epsilon:g}") + (
+            "" if precision == "auto" else f"-{precision}"
+        )
         rows.append(run_row(train, dev, out / name, epsilon, vectors, args, precision))
         print(rows[-1], flush=True)
     emit(

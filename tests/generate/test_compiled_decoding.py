@@ -69,3 +69,38 @@ def test_weights_changed_after_compiling_decode_eagerly_with_the_new_weights():
         after = torch.stack(list(generate_tokens(model, x, greedy, compile=True)))
     assert DecodeStep.of(model).compiled is None
     assert torch.equal(after, torch.stack(list(generate_tokens(model, x, greedy))))
+
+
+def test_warm_up_compiles_in_the_background_while_calls_decode_eagerly():
+    model = tiny_llama()
+    x = torch.randint(61, (1, 5), generator=torch.Generator().manual_seed(4))
+    greedy = SamplingParams(8, temperature=0)
+    eager = torch.stack(list(generate_tokens(model, x, greedy)))
+    step = DecodeStep.of(model)
+    ready = []
+    thread = step.warm_up(on_ready=ready.append)
+    assert step.warm_up() is thread  # once
+    during = torch.stack(list(generate_tokens(model, x, greedy, compile=True)))  # eager while it compiles
+    thread.join(timeout=600)
+    assert not thread.is_alive() and len(ready) == 1 and ready[0] > 0
+    assert not step.warming and step.compiled is not None
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    calls = []
+    real = step.compiled
+    step.compiled = lambda *a, **k: calls.append(1) or real(*a, **k)
+    after = torch.stack(list(generate_tokens(model, x, greedy, compile=True)))
+    assert torch.equal(during, eager) and torch.equal(after, eager)
+    assert len(calls) == 7  # every one-token step after the prompt's went through the compiled step
+    masked = torch.tensor([[False, True, True, True, True], [True] * 5])
+    rows = torch.cat([x, x.flip(1)])
+    assert torch.equal(
+        torch.stack(list(generate_tokens(model, rows, greedy, prompt_mask=masked, compile=True))),
+        torch.stack(list(generate_tokens(model, rows, greedy, prompt_mask=masked))),
+    )
+    three = torch.randint(61, (3, 7), generator=torch.Generator().manual_seed(5))
+    list(generate_tokens(model, three, greedy, compile=True))
+    assert (
+        counters["stats"]["unique_graphs"] == graphs
+    )  # the warm-up's shapes cover these: no compile after it

@@ -124,6 +124,10 @@ def run(args) -> int:
     check_text(args.system, "--system")
     lm = lmforge.load(args.ckpt, device=args.device, compile=args.compile, dtype=args.dtype)
     lm.check_generative()
+    if lm.compile_decoding and hasattr(lm.model, "new_cache"):
+        from lmforge.generate.sampling import DecodeStep
+
+        DecodeStep.of(lm.model).warm_up()  # compiles while the user types; replies decode eagerly until then
     classifier = None
     if args.sentiment_model:
         classifier = lmforge.pipeline("sentiment-analysis", model=args.sentiment_model)

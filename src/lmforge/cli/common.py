@@ -45,8 +45,9 @@ def add_compile_option(p: argparse.ArgumentParser) -> None:
         default="auto",
         choices=["auto", "true", "false"],
         help="torch.compile the decoding step: auto = on CUDA only; true on a CPU compiles for tens of "
-        "seconds first (less after a restart: kept in ~/.cache/lmforge/compile, $LMFORGE_COMPILE_CACHE), "
-        "then decodes 1.1-1.4x faster (worth it for servers and long outputs)",
+        "seconds (less after a restart: kept in ~/.cache/lmforge/compile, $LMFORGE_COMPILE_CACHE), then decodes "
+        "1.1-1.4x faster (worth it for servers and long outputs); serve and chat compile in the background and "
+        "decode eagerly until it is done, generate waits for it",
     )
 
 

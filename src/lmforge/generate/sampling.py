@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -197,6 +199,11 @@ class DecodeStep:
     (1.25 against 1.37 ms on the quiet machine, 2026-12-04) and held a second copy of the weights (GPT-2 124M:
     peak RSS 0.85 -> 2.2 GB). Frozen weights mean a model changed after compiling would decode with its old
     weights: the step notes the weights' version counters and decodes eagerly, with one warning, once they moved.
+
+    `warm_up()` compiles in a background thread instead, on stand-in inputs of the shapes a server meets (batch 1,
+    a larger batch with and without a padding mask), while calls decode eagerly; calls switch to the compiled step once
+    all of them compiled. A restarted `serve --compile true` then answers its first request at eager speed at once
+    instead of after the compile (benchmarks/compile_cache.py --warm-up, RESULTS.md).
     """
 
     # (autotune_num_choices_displayed: the benchmarked choices are not printed to the user's terminal)
@@ -215,6 +222,53 @@ class DecodeStep:
         options = {**self.CPU_OPTIONS, "freezing": self.freeze} if cpu else None
         self.compiled: Callable | None = torch.compile(model, dynamic=True, options=options)
         self.weights_version = self.version_of(model)
+        self.warm_thread: threading.Thread | None = None
+        self.warming = False  # True while warm_up's thread compiles: calls decode eagerly
+
+    def warm_up(self, on_ready: Callable[[float], None] | None = None) -> threading.Thread:
+        """Start compiling in a background thread (once); `on_ready(seconds)` is called when calls go compiled."""
+        if self.warm_thread is not None:
+            return self.warm_thread
+        model = self.model
+        block = model.config.block_size
+        device = next(model.parameters()).device
+        # Sizes unlike the model's own (heads, head size): dynamo gives equal input sizes one symbol ("duck
+        # shaping"), and a batch or cache length equal to a head count would then be compiled as that constant.
+        length = min(block, 29)
+
+        def stand_in(batch: int, masked: bool) -> tuple[tuple, dict]:
+            pos = length - 7  # ≥ 2: a position of 0 or 1 would be specialised (dynamo's 0/1 rule)
+            x = torch.zeros(batch, 1, dtype=torch.long, device=device)
+            keys = {"key_mask": torch.ones(batch, pos + 1, dtype=torch.bool, device=device)} if masked else {}
+            return (x, model.new_cache(batch, length), pos), keys
+
+        def work() -> None:
+            start = time.perf_counter()
+            with torch.no_grad():  # grad mode is per thread
+                for batch, masked in ((1, False), (3, False), (3, True)):
+                    args, kwargs = stand_in(batch, masked)
+                    self.call_compiled(args, kwargs)
+                    if self.compiled is None:
+                        self.warming = False
+                        return  # it failed and warned: calls decode eagerly
+            self.warming = False  # calls now go to the compiled step
+            if on_ready is not None:
+                on_ready(time.perf_counter() - start)
+
+        # A daemon: a server stopped mid-compile exits without waiting for it.
+        self.warming = True
+        self.warm_thread = threading.Thread(target=work, name="lmforge-compile-warm-up", daemon=True)
+        self.warm_thread.start()
+        return self.warm_thread
+
+    @staticmethod
+    def status(model: nn.Module) -> str:
+        """ "compiling" (warm_up's thread is at work), "compiled", "eager" (compiling failed, or the weights changed
+        after it) or "not started" (no compiled step yet)."""
+        step = getattr(model, "_decode_step", None)
+        if step is None:
+            return "not started"
+        return "eager" if step.compiled is None else "compiling" if step.warming else "compiled"
 
     @staticmethod
     def version_of(model: nn.Module) -> int:
@@ -238,6 +292,14 @@ class DecodeStep:
         return step
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
+        if self.compiled is not None and not self.warming:  # not while warm_up's thread compiles
+            out = self.call_compiled(args, kwargs)
+            if out is not None:
+                return out
+        return self.model(*args, **kwargs)
+
+    def call_compiled(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """The compiled step's output, or None (with one warning, and eager from then on) if compiling fails."""
         if self.compiled is not None:
             import torch._inductor.config as inductor_config
 
@@ -257,7 +319,7 @@ class DecodeStep:
                 self.compiled = None
             finally:
                 inductor_config.freezing = freezing
-        return self.model(*args, **kwargs)
+        return None
 
 
 @torch.no_grad()
@@ -306,7 +368,10 @@ def generate_tokens(
                 logits = model(seq[:, -keep:], cache, 0, last_only=True, **keys(keep))[:, -1]
                 pos = keep
             else:
-                logits = step_model(seq[:, -1:], cache, pos, **keys(pos + 1))[:, -1]
+                # A fresh (B, 1) tensor: a column of `seq` has a row stride that grows every step, and a compiled
+                # step guards on strides (with batch > 1 it recompiled every step until dynamo made it dynamic).
+                last = seq[:, -1:].clone(memory_format=torch.contiguous_format)
+                logits = step_model(last, cache, pos, **keys(pos + 1))[:, -1]
                 pos += 1
         else:
             logits = model(seq[:, -block:], **keys(min(block, seq.shape[1])))[:, -1]

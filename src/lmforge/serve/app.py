@@ -71,7 +71,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lmforge.checkpoint import read_config, resolve_checkpoint
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.extras import require
-from lmforge.generate.sampling import MIN_TEMPERATURE, REPETITION_PENALTY_RANGE, SEED_RANGE, SamplingParams
+from lmforge.generate.sampling import (
+    MIN_TEMPERATURE,
+    REPETITION_PENALTY_RANGE,
+    SEED_RANGE,
+    DecodeStep,
+    SamplingParams,
+)
 from lmforge.lm import LM, load
 from lmforge.models.registry import ARCHITECTURES, TASK_MODELS, model_config_class
 from lmforge.serve.batching import Batcher, CallJob, GenerateJob, TokenLogprob
@@ -472,8 +478,9 @@ def create_app(
     api_key (or the environment variable LMFORGE_API_KEY) makes /v1/* and /metrics require `Authorization:
     Bearer KEY`. Concurrent non-streaming completions with the same sampling settings wait up to `batch_window`
     seconds to be decoded together, up to `max_batch_size` at a time. A request still generating after `timeout`
-    seconds stops and answers 504. `compile` torch.compiles the decoding step (auto: on CUDA; true on a CPU makes
-    the first requests wait for the compile, later ones decode faster: benchmarks/RESULTS.md). `dtype` (auto,
+    seconds stops and answers 504. `compile` torch.compiles the decoding step (auto: on CUDA; true on a CPU too), in a
+    background thread from the server's start: requests decode eagerly until it is ready, then faster (/health's
+    "decoding" says "compiling", then "compiled"; benchmarks/RESULTS.md). `dtype` (auto,
     bf16, fp16, fp32) is a checkpoint's weight dtype (LM.from_pretrained; None: fp32 as stored).
 
     A request arriving on a loopback address must name localhost, 127.0.0.1 or [::1] (any port) in its Host
@@ -507,6 +514,10 @@ def create_app(
     app.state.body_timeout = body_timeout
     app.state.max_body_bytes = max_body_bytes
     app.router.add_event_handler("shutdown", batcher.close)
+    if served.kind == "generate" and served.lm.compile_decoding and hasattr(served.lm.model, "new_cache"):
+        # Compiled in the background from the start: requests decode eagerly until it is done, instead of the
+        # first ones waiting for the compile (/health says which).
+        app.router.add_event_handler("startup", lambda: _warm_up(served.lm.model))
     _add_error_handlers(app)
     key_checker = Depends(_key_checker(api_key))
     router = APIRouter(prefix="/v1", dependencies=[key_checker])
@@ -527,6 +538,11 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(ServerErrors)
     return app
+
+
+def _warm_up(model) -> None:
+    log.info("compiling the decoding step in the background; requests decode eagerly until it is ready")
+    DecodeStep.of(model).warm_up(on_ready=lambda s: log.info("compiled decoding ready after %.1f s", s))
 
 
 def _check_settings(**settings: float) -> None:
@@ -906,7 +922,18 @@ def _stream(
 def _add_plain_routes(app: FastAPI, served: Served, metrics: Metrics, key_checker) -> None:
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": served.name, "kind": served.kind, "endpoints": served.endpoints}
+        decoding = (
+            DecodeStep.status(served.lm.model)
+            if served.kind == "generate" and served.lm.compile_decoding
+            else "eager"
+        )
+        return {
+            "status": "ok",
+            "model": served.name,
+            "kind": served.kind,
+            "endpoints": served.endpoints,
+            "decoding": decoding,
+        }
 
     @app.get("/metrics", dependencies=[key_checker])
     async def prometheus():
