@@ -76,10 +76,10 @@ def test_warm_up_compiles_in_the_background_while_calls_decode_eagerly():
     x = torch.randint(61, (1, 5), generator=torch.Generator().manual_seed(4))
     greedy = SamplingParams(8, temperature=0)
     eager = torch.stack(list(generate_tokens(model, x, greedy)))
-    step = DecodeStep.of(model)
     ready = []
-    thread = step.warm_up(on_ready=ready.append)
-    assert step.warm_up() is thread  # once
+    thread = DecodeStep.warm_up(model, on_ready=ready.append)
+    assert DecodeStep.warm_up(model) is thread  # once
+    step = DecodeStep.of(model)
     during = torch.stack(list(generate_tokens(model, x, greedy, compile=True)))  # eager while it compiles
     thread.join(timeout=600)
     assert not thread.is_alive() and len(ready) == 1 and ready[0] > 0
@@ -104,3 +104,20 @@ def test_warm_up_compiles_in_the_background_while_calls_decode_eagerly():
     assert (
         counters["stats"]["unique_graphs"] == graphs
     )  # the warm-up's shapes cover these: no compile after it
+
+
+def test_a_warm_up_that_fails_leaves_decoding_eager(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(sampling.torch, "compile", lambda model, **kw: broken)
+    model = tiny_llama()
+    with pytest.warns(UserWarning, match="compiled decoding failed .*no C\\+\\+ compiler"):
+        DecodeStep.warm_up(model).join(timeout=60)
+    assert DecodeStep.status(model) == "eager"
+    x = torch.randint(61, (1, 5), generator=torch.Generator().manual_seed(6))
+    greedy = SamplingParams(6, temperature=0)
+    assert torch.equal(
+        torch.stack(list(generate_tokens(model, x, greedy, compile=True))),
+        torch.stack(list(generate_tokens(model, x, greedy))),
+    )

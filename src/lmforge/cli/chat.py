@@ -127,7 +127,7 @@ def run(args) -> int:
     if lm.compile_decoding and hasattr(lm.model, "new_cache"):
         from lmforge.generate.sampling import DecodeStep
 
-        DecodeStep.of(lm.model).warm_up()  # compiles while the user types; replies decode eagerly until then
+        DecodeStep.warm_up(lm.model)  # compiles while the user types; replies decode eagerly until then
     classifier = None
     if args.sentiment_model:
         classifier = lmforge.pipeline("sentiment-analysis", model=args.sentiment_model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 import warnings
@@ -214,22 +215,34 @@ class DecodeStep:
         "autotune_num_choices_displayed": 0,
     }
 
-    def __init__(self, model: nn.Module):
+    # While warm_up's thread compiles, the GIL changes hands every 0.1 ms instead of Python's 5 ms: eager decoding
+    # releases it at every op and would otherwise wait up to 5 ms to get it back each time.
+    WARM_UP_SWITCH_INTERVAL = 1e-4
+
+    def __init__(self, model: nn.Module, build: bool = True):
         use_compile_cache()
         self.model = model
         cpu = next(model.parameters()).device.type == "cpu"
         self.freeze = cpu and os.environ.get("LMFORGE_COMPILE_FREEZE", "0") == "1"
-        options = {**self.CPU_OPTIONS, "freezing": self.freeze} if cpu else None
-        self.compiled: Callable | None = torch.compile(model, dynamic=True, options=options)
+        self.options = {**self.CPU_OPTIONS, "freezing": self.freeze} if cpu else None
+        # build=False leaves torch.compile (and importing dynamo, ~1.4 s) to warm_up's thread.
+        self.compiled: Callable | None = self.build() if build else None
         self.weights_version = self.version_of(model)
         self.warm_thread: threading.Thread | None = None
         self.warming = False  # True while warm_up's thread compiles: calls decode eagerly
 
-    def warm_up(self, on_ready: Callable[[float], None] | None = None) -> threading.Thread:
-        """Start compiling in a background thread (once); `on_ready(seconds)` is called when calls go compiled."""
-        if self.warm_thread is not None:
-            return self.warm_thread
-        model = self.model
+    def build(self) -> Callable:
+        return torch.compile(self.model, dynamic=True, options=self.options)
+
+    @classmethod
+    def warm_up(cls, model: nn.Module, on_ready: Callable[[float], None] | None = None) -> threading.Thread:
+        """Start compiling `model`'s step in a background thread (once); `on_ready(seconds)` is called when calls
+        go compiled."""
+        step = getattr(model, "_decode_step", None)
+        if step is None:
+            step = model._decode_step = cls(model, build=False)
+        if step.warm_thread is not None:
+            return step.warm_thread
         block = model.config.block_size
         device = next(model.parameters()).device
         # Sizes unlike the model's own (heads, head size): dynamo gives equal input sizes one symbol ("duck
@@ -244,22 +257,31 @@ class DecodeStep:
 
         def work() -> None:
             start = time.perf_counter()
-            with torch.no_grad():  # grad mode is per thread
-                for batch, masked in ((1, False), (3, False), (3, True)):
-                    args, kwargs = stand_in(batch, masked)
-                    self.call_compiled(args, kwargs)
-                    if self.compiled is None:
-                        self.warming = False
-                        return  # it failed and warned: calls decode eagerly
-            self.warming = False  # calls now go to the compiled step
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(interval, step.WARM_UP_SWITCH_INTERVAL))
+            try:
+                if step.compiled is None:
+                    step.compiled = step.build()
+                with torch.no_grad():  # grad mode is per thread
+                    for batch, masked in ((1, False), (3, False), (3, True)):
+                        args, kwargs = stand_in(batch, masked)
+                        if step.call_compiled(args, kwargs) is None:
+                            return  # it failed and warned: calls decode eagerly
+            except Exception as exc:  # noqa: BLE001 - torch.compile itself failing: eager decoding still works
+                warnings.warn(f"compiling the decoding step failed ({exc}); decoding eagerly", stacklevel=1)
+                step.compiled = None
+                return
+            finally:
+                step.warming = False  # calls now go to the compiled step (or stay eager if it failed)
+                sys.setswitchinterval(interval)
             if on_ready is not None:
                 on_ready(time.perf_counter() - start)
 
         # A daemon: a server stopped mid-compile exits without waiting for it.
-        self.warming = True
-        self.warm_thread = threading.Thread(target=work, name="lmforge-compile-warm-up", daemon=True)
-        self.warm_thread.start()
-        return self.warm_thread
+        step.warming = True
+        step.warm_thread = threading.Thread(target=work, name="lmforge-compile-warm-up", daemon=True)
+        step.warm_thread.start()
+        return step.warm_thread
 
     @staticmethod
     def status(model: nn.Module) -> str:
@@ -268,7 +290,7 @@ class DecodeStep:
         step = getattr(model, "_decode_step", None)
         if step is None:
             return "not started"
-        return "eager" if step.compiled is None else "compiling" if step.warming else "compiled"
+        return "compiling" if step.warming else "eager" if step.compiled is None else "compiled"
 
     @staticmethod
     def version_of(model: nn.Module) -> int:

@@ -542,7 +542,7 @@ def create_app(
 
 def _warm_up(model) -> None:
     log.info("compiling the decoding step in the background; requests decode eagerly until it is ready")
-    DecodeStep.of(model).warm_up(on_ready=lambda s: log.info("compiled decoding ready after %.1f s", s))
+    DecodeStep.warm_up(model, on_ready=lambda s: log.info("compiled decoding ready after %.1f s", s))
 
 
 def _check_settings(**settings: float) -> None:
