@@ -32,6 +32,7 @@ text.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import time
 from pathlib import Path
@@ -101,7 +102,19 @@ def run_row(
         "dev_macro_f1": round(m["val_macro_f1"], 4),
         "seconds": round(seconds, 1),
         "ms_per_example": round(1000 * result.seconds / (args.steps * args.batch), 3),
+        "ms_per_example_steady": steady_ms_per_example(out / "metrics.jsonl", args.batch),
     }
+
+
+def steady_ms_per_example(metrics: Path, batch: int) -> float | None:
+    """Training time per example between the first and the last logged step (no start-up, no evaluation)."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if '"elapsed_s"' in line]
+    if len(rows) < 2:
+        return None
+    first, last = rows[0], rows[-1]
+    return round(
+        1000 * (last["elapsed_s"] - first["elapsed_s"]) / ((last["step"] - first["step"]) * batch), 3
+    )
 
 
 def main() -> None:
@@ -128,6 +141,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--max-length", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="turns of every row (for timing: the rows alternate)"
+    )
     ap.add_argument("--out", default="/tmp/lmforge-privacy-sst2")
     args = ap.parse_args()
     out = Path(args.out)
@@ -145,12 +161,14 @@ def main() -> None:
     plan += [(float(e), "auto") for e in args.epsilons.split(",") if e]
     plan += [(args.dp_bf16, "bf16")] if args.dp_bf16 else []
     rows = []
-    for epsilon, precision in plan:
-        name = ("plain" if epsilon is None else f"eps{epsilon:g}") + (
-            "" if precision == "auto" else f"-{precision}"
-        )
-        rows.append(run_row(train, dev, out / name, epsilon, vectors, args, precision))
-        print(rows[-1], flush=True)
+    for turn in range(args.rounds):
+        for epsilon, precision in plan:
+            name = ("plain" if epsilon is None else f"eps{epsilon:g}") + (
+                "" if precision == "auto" else f"-{precision}"
+            )
+            run = out / (f"{name}-r{turn}" if args.rounds > 1 else name)
+            rows.append({"round": turn, **run_row(train, dev, run, epsilon, vectors, args, precision)})
+            print(rows[-1], flush=True)
     emit(
         {
             "benchmark": "privacy_sst2",
