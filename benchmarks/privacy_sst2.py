@@ -68,7 +68,7 @@ def run_row(
 
     overrides = {"train.eval_every": args.steps, "train.precision": precision}  # one validation, at the end
     if vectors is None:  # a pretrained encoder with LoRA adapters
-        model, extra = str(args.pretrained), {"lora": True}
+        model, extra = str(args.pretrained), {"lora": True, "lora_r": args.lora_r}
     else:
         model = args.model
         extra = {"classic": ClassicOptions(vectors=str(vectors), freeze_vectors=True)}
@@ -100,6 +100,7 @@ def run_row(
         "dp_epsilon_spent": round(m["dp_epsilon"], 3) if "dp_epsilon" in m else None,
         "dev_accuracy": round(m["val_accuracy"], 4),
         "dev_macro_f1": round(m["val_macro_f1"], 4),
+        "dev_roc_auc": round(m["val_roc_auc"], 4) if "val_roc_auc" in m else None,
         "seconds": round(seconds, 1),
         "ms_per_example": round(1000 * result.seconds / (args.steps * args.batch), 3),
         "ms_per_example_steady": steady_ms_per_example(out / "metrics.jsonl", args.batch),
@@ -131,6 +132,7 @@ def main() -> None:
         default="cnn",
         help="a from-scratch classifier (cnn, lstm, gru) or minilm (pretrained, LoRA)",
     )
+    ap.add_argument("--lora-r", type=int, default=8, help="minilm: LoRA rank (default 8)")
     ap.add_argument("--plain-fp32", action="store_true", help="add a non-private row in fp32")
     ap.add_argument("--dp-bf16", type=float, help="add a DP-SGD row at this epsilon in bf16 autocast")
     ap.add_argument("--dim", type=int, default=32, help="word vectors' (and the embedding layer's) dimension")
