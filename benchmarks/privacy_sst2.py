@@ -133,6 +133,7 @@ def main() -> None:
         help="a from-scratch classifier (cnn, lstm, gru) or minilm (pretrained, LoRA)",
     )
     ap.add_argument("--lora-r", type=int, default=8, help="minilm: LoRA rank (default 8)")
+    ap.add_argument("--no-plain", action="store_true", help="leave out the non-private row")
     ap.add_argument("--plain-fp32", action="store_true", help="add a non-private row in fp32")
     ap.add_argument("--dp-bf16", type=float, help="add a DP-SGD row at this epsilon in bf16 autocast")
     ap.add_argument("--dim", type=int, default=32, help="word vectors' (and the embedding layer's) dimension")
@@ -159,7 +160,8 @@ def main() -> None:
     else:
         vectors = public_vectors(out, args)
     vector_seconds = time.perf_counter() - started
-    plan = [(None, "auto"), *((None, "fp32") for _ in range(args.plain_fp32))]
+    plan = [] if args.no_plain else [(None, "auto")]
+    plan += [(None, "fp32")] if args.plain_fp32 else []
     plan += [(float(e), "auto") for e in args.epsilons.split(",") if e]
     plan += [(args.dp_bf16, "bf16")] if args.dp_bf16 else []
     rows = []
