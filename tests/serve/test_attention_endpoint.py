@@ -18,7 +18,7 @@ from lmforge.tokenizers import Tokenizer
 TEXT = "alice sees bob"
 
 
-def _checkpoint(folder, arch: str, **shape):
+def random_checkpoint(folder, arch: str, **shape):
     tok = Tokenizer.train("char", ["abcdefghijklmnopqrstuvwxyz .,"])
     torch.manual_seed(0)
     model = build_model(
@@ -32,7 +32,7 @@ def _checkpoint(folder, arch: str, **shape):
 @pytest.fixture(scope="module")
 def gpt(tmp_path_factory):
     """A random tiny GPT: attention maps need no training."""
-    return _checkpoint(tmp_path_factory.mktemp("attn"), "gpt")
+    return random_checkpoint(tmp_path_factory.mktemp("attn"), "gpt")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_bad_requests_are_one_4xx_line(client, body, words):
 
 
 def test_a_model_without_generation_is_refused(tmp_path):
-    with TestClient(create_app(str(_checkpoint(tmp_path, "bert", dropout=0.0)), api_key="")) as c:
+    with TestClient(create_app(str(random_checkpoint(tmp_path, "bert", dropout=0.0)), api_key="")) as c:
         assert "/v1/attention" not in c.get("/health").json()["endpoints"]
         answer = c.post("/v1/attention", json={"input": TEXT})
         assert answer.status_code == 400 and answer.json()["error"]["code"] == "wrong_model_kind", answer.text

@@ -6,13 +6,13 @@ import time
 from fastapi.testclient import TestClient
 
 from lmforge.serve import create_app
-from tests.serve.test_attention_endpoint import _checkpoint
+from tests.serve.test_attention_endpoint import random_checkpoint
 
 BODY = {"prompt": "alice sees", "max_tokens": 8, "temperature": 0}
 
 
 def test_a_compiled_server_answers_at_once_and_compiles_in_the_background(tmp_path):
-    ckpt = _checkpoint(tmp_path, "gpt")
+    ckpt = random_checkpoint(tmp_path, "gpt")
     with TestClient(create_app(str(ckpt), api_key="")) as c:
         assert c.get("/health").json()["decoding"] == "eager"
         eager = c.post("/v1/completions", json=BODY).json()["choices"][0]["text"]

@@ -13,7 +13,7 @@ What it does, with Opacus doing the privacy-critical parts:
   the expected batch size); only trainable parameters take part, so with LoRA the adapters and the head are what
   is trained privately (the frozen backbone is public); a LoRA adapter's per-example gradients are computed in
   closed form (`lora_grad_sample`, registered with Opacus) rather than by torch.func, which re-ran the frozen
-  projection inside every adapter (MiniLM, batch 256: 3.2x the step time of plain training, against 4.0x);
+  projection inside every adapter (MiniLM, 8 steps of 256 in fp32: 32 s against 46 s; benchmarks/RESULTS.md);
 - layers Opacus cannot handle are replaced where it has a drop-in replacement (nn.LSTM / nn.GRU by DPLSTM /
   DPGRU, whose weights keep the same names, so checkpoints load as ordinary models) and refused in one line
   otherwise (`ModuleValidator`);
