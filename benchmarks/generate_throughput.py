@@ -12,7 +12,9 @@ batch-1 decode is memory-bound, and this reads a quarter of the bytes); `--conte
 `compile=True` (each one-token step through torch.compile; the warm-up round pays the compile); `lmforge-bf16` is
 what `--dtype bf16` loads (bf16 weights and KV cache, Linear weights pre-packed for oneDNN's bf16 kernels:
 models/inference.py; CPUs with bf16 units or CUDA), `lmforge-bf16-plain` the same without the packing,
-`lmforge-compiled-bf16` bf16 weights with the compiled step.
+`lmforge-compiled-bf16` bf16 weights with the compiled step (its products through the packed oneDNN kernel for
+models with >= 32 MB of bf16 Linear weights, inductor's own below: models/inference.py COMPILED_PACK_MIN_BYTES),
+`lmforge-compiled-bf16-packed` / `-inductor` the same with that choice forced one way.
 
 The ceiling: a batch-1 step reads every weight once, so tokens/s cannot pass (read bandwidth) / (bytes of weights
 read per token). A `bandwidth` worker, taking its turn with the others, times `torch.sum` over a buffer of each
@@ -40,6 +42,8 @@ CONTENDERS = (
     "lmforge-bf16",
     "lmforge-bf16-plain",
     "lmforge-compiled-bf16",
+    "lmforge-compiled-bf16-packed",
+    "lmforge-compiled-bf16-inductor",
     "lmforge-int8",
 )
 
@@ -75,10 +79,13 @@ def build(kind: str, shape):
         from lmforge.compress.quantize import quantize_model
 
         quantize_model(model, "dynamic-int8", include_output=True)
-    if kind.endswith(("bf16", "bf16-plain")):
-        from lmforge.models.inference import to_inference_dtype
+    if "bf16" in kind:
+        from lmforge.models.inference import PackedLinear, to_inference_dtype
 
         to_inference_dtype(model, torch.bfloat16, pack=not kind.endswith("plain"))
+        for module in model.modules():
+            if isinstance(module, PackedLinear) and kind.endswith(("-packed", "-inductor")):
+                module.compiled_packed = kind.endswith("-packed")
     return model
 
 

@@ -163,3 +163,45 @@ def test_serve_loads_a_language_model_in_the_dtype(ckpt):
 
     assert load_served(str(ckpt), device="cpu", dtype="bf16").lm.model.lm_head.weight.dtype == torch.bfloat16
     assert load_served(str(ckpt), device="cpu", dtype="fp32").lm.model.lm_head.weight.dtype == torch.float32
+
+
+def test_compiled_packed_follows_the_weight_bytes(monkeypatch):
+    import lmforge.models.inference as inference
+
+    model = tiny_gpt()
+    to_inference_dtype(model, torch.bfloat16, pack=False)
+    weights = {id(m.weight): m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)}.values()
+    nbytes = sum(w.numel() * w.element_size() for w in weights)  # the tied output matrix counts once
+    monkeypatch.setattr(inference, "COMPILED_PACK_MIN_BYTES", nbytes)
+    inference.pack_linears(model)
+    assert {m.compiled_packed for m in model.modules() if isinstance(m, PackedLinear)} == {True}
+    monkeypatch.setattr(inference, "COMPILED_PACK_MIN_BYTES", nbytes + 1)
+    small = to_inference_dtype(tiny_gpt(), torch.bfloat16, pack=False)
+    inference.pack_linears(small)
+    assert {m.compiled_packed for m in small.modules() if isinstance(m, PackedLinear)} == {False}
+
+
+@needs_bf16
+@pytest.mark.parametrize("compiled_packed", [True, False])
+def test_a_compiled_graph_calls_the_packed_kernel_only_when_told(compiled_packed):
+    model = to_inference_dtype(tiny_gpt(), torch.bfloat16, pack=True)
+    for m in model.modules():
+        if isinstance(m, PackedLinear):
+            m.compiled_packed = compiled_packed
+    x = torch.randint(48, (1, 6), generator=torch.Generator().manual_seed(3))
+    ops = []
+
+    def backend(gm, example_inputs):
+        ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        ref = model(x).float()
+        out = torch.compile(model, backend=backend, fullgraph=True)(x).float()
+    assert torch.allclose(out, ref, atol=1e-2)
+    assert any("packed_linear" in op for op in ops) == compiled_packed
+    with torch.no_grad():  # through inductor too: the op has a shape function and a real kernel
+        torch._dynamo.reset()
+        out = torch.compile(model, dynamic=True)(x).float()
+    assert torch.allclose(out, ref, atol=2e-2, rtol=2e-2)

@@ -11,10 +11,46 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from lmforge.models.quantized import Int4Linear, Int8Linear
 
 QUANTIZED = (Int8Linear, Int4Linear)
+
+# Under torch.compile, bf16 Linear layers call the packed oneDNN kernel (an opaque op) when the model's packed weights
+# total at least this many bytes, and leave the product to inductor below it. Compiled batch-1 greedy decoding,
+# tokens/s, packed op against inductor's own product (max_autotune), AMX Xeon, 2 threads, 2026-12-06, one run each
+# (RESULTS.md "Compiled bf16 decoding"): 6x384 (21 MB of bf16 weights) 0.86x, 4x512 (33 MB) 1.00x, 12x384
+# (48 MB) 1.09x, 8x512 (58 MB) 1.09x, 6x768 (85 MB) 1.07x, 12x768 (170 MB) 1.14x, GPT-2 124M (236 MB) 1.26x.
+COMPILED_PACK_MIN_BYTES = 32 * 2**20
+
+
+# The packed copies, keyed by the weight tensor they were made from (held weakly: a freed model frees them), with
+# the weight's (version, address) when packed, so a changed or moved weight is packed again.
+_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def packed_weight(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` (bf16, N x K) in oneDNN's blocked layout for its linear kernels, packed once per weight version."""
+    key = (weight._version, weight.data_ptr())
+    entry = _PACKED.get(weight)
+    if entry is None or entry[0] != key:
+        entry = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1))
+        _PACKED[weight] = entry
+    return entry[1]
+
+
+@torch.library.custom_op("lmforge::packed_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T + bias through oneDNN's kernel on the packed copy of `weight` (bf16 on a CPU). An opaque op, so
+    a compiled graph calls the packed kernel instead of lowering the product itself (see PackedLinear)."""
+    b = None if bias is None else bias.detach()
+    return torch.ops.mkldnn._linear_pointwise(x, packed_weight(weight), b, "none", [], "")
+
+
+@packed_linear.register_fake
+def packed_linear_shape(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 class PackedLinear(nn.Linear):
@@ -23,12 +59,18 @@ class PackedLinear(nn.Linear):
     Why: `F.linear` on a bf16 weight at batch 1 gains little over the fp32 product here (0.8-0.9x its time),
     while oneDNN's kernel on a weight pre-packed once (what inductor's freezing does for compiled graphs) takes
     0.4-0.6x (GPT-2's four matrix shapes at batch 1, one thread, AVX512-BF16/AMX Xeon). The packed copy is rebuilt
-    when the weight changes (its version counter), and the plain product is used where the kernel does not apply:
-    gradients, other devices, torch.compile tracing (inductor picks its own kernels). `weight` and `bias` stay the
-    module's own parameters (the same objects: tied weights stay tied, state-dict keys do not change); the packed
-    copy is no parameter nor buffer, so it never reaches a checkpoint. Memory: bf16 weights plus their packed copy,
-    about what the fp32 model held.
+    when the weight changes (its version counter or address), and the plain product is used where the kernel does
+    not apply: gradients, other devices, other dtypes. `weight` and `bias` stay the module's own parameters (the
+    same objects: tied weights stay tied, state-dict keys do not change); the packed copy is no parameter nor
+    buffer, so it never reaches a checkpoint. Memory: bf16 weights plus their packed copy, about what the fp32
+    model held.
+
+    Under torch.compile (`compiled_packed`), the product goes into the graph as the opaque op `lmforge::packed_linear`
+    when the model's packed weights are large, and as a plain product, which inductor lowers and fuses itself, when
+    they are small: `pack_linears` sets it by COMPILED_PACK_MIN_BYTES.
     """
+
+    compiled_packed = True
 
     @classmethod
     def wrap(cls, linear: nn.Linear) -> PackedLinear:
@@ -36,31 +78,22 @@ class PackedLinear(nn.Linear):
         nn.Module.__init__(packed)
         packed.in_features, packed.out_features = linear.in_features, linear.out_features
         packed.weight, packed.bias = linear.weight, linear.bias
-        packed._packed, packed._packed_key = None, None
         return packed
 
-    def _plain(self, x: torch.Tensor) -> bool:
-        return (
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
             x.device.type != "cpu"
             or x.dtype != torch.bfloat16
             or self.weight.dtype != torch.bfloat16
-            or torch.compiler.is_compiling()
             or (torch.is_grad_enabled() and self.weight.requires_grad)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._plain(x):
+            or (torch.compiler.is_compiling() and not self.compiled_packed)
+        ):
             return F.linear(x, self.weight, self.bias)
-        key = (self.weight._version, self.weight.data_ptr())
-        if self._packed is None or self._packed_key != key:
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1)
-            self._packed_key = key
+        if torch.compiler.is_compiling():
+            return packed_linear(x, self.weight, self.bias)
+        # Eager: the kernel directly, without the custom op's dispatch (49 products a token at GPT-2 size).
         bias = None if self.bias is None else self.bias.detach()
-        return torch.ops.mkldnn._linear_pointwise(x, self._packed, bias, "none", [], "")
-
-    def _apply(self, fn, *args, **kwargs):
-        self._packed = None  # another device or dtype: repack on the next call
-        return super()._apply(fn, *args, **kwargs)
+        return torch.ops.mkldnn._linear_pointwise(x, packed_weight(self.weight), bias, "none", [], "")
 
 
 def can_pack_bf16() -> bool:
@@ -71,15 +104,22 @@ def can_pack_bf16() -> bool:
         return False
 
 
-def pack_linears(model: nn.Module) -> int:
-    """Swap every plain nn.Linear of `model` for a PackedLinear (the same parameters); returns how many."""
-    count = 0
+def pack_linears(model: nn.Module, compiled_packed: bool | None = None) -> int:
+    """Swap every plain nn.Linear of `model` for a PackedLinear (the same parameters); returns how many.
+    `compiled_packed` (default: whether their weights total COMPILED_PACK_MIN_BYTES) says whether a compiled graph
+    calls the packed kernel too."""
+    packed = []
     for parent in model.modules():
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                setattr(parent, name, PackedLinear.wrap(child))
-                count += 1
-    return count
+                packed.append(PackedLinear.wrap(child))
+                setattr(parent, name, packed[-1])
+    if compiled_packed is None:
+        weights = {id(m.weight): m.weight for m in packed}.values()
+        compiled_packed = sum(w.numel() * w.element_size() for w in weights) >= COMPILED_PACK_MIN_BYTES
+    for module in packed:
+        module.compiled_packed = compiled_packed
+    return len(packed)
 
 
 def to_inference_dtype(model: nn.Module, dtype: torch.dtype, pack: bool | None = None) -> nn.Module:
