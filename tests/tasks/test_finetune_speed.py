@@ -9,7 +9,8 @@ import torch
 
 import lmforge
 from lmforge.checkpoint import save_checkpoint
-from lmforge.models.bert import Bert, BertConfig
+from lmforge.models import bert as bert_module
+from lmforge.models.bert import Bert, BertConfig, unpad_rows
 from lmforge.models.classifier import Classifier, ClassifierConfig
 from lmforge.models.registry import build_model
 from lmforge.models.tagger import Tagger, TaggerConfig
@@ -34,9 +35,12 @@ def bert(dropout: float = 0.0) -> Bert:
     return Bert(BertConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=dropout))
 
 
-def test_unpadded_encoder_gives_the_padded_vectors_and_gradients():
+@pytest.mark.parametrize("steps", [0, 2, 16])
+def test_unpadded_encoder_gives_the_padded_vectors_and_gradients(monkeypatch, steps):
+    # 37 real tokens of 64: 2 sizes an octave runs 48 rows (11 of them padding), 16 runs 38, 0 runs 37.
+    monkeypatch.setattr(bert_module, "UNPAD_STEPS_PER_OCTAVE", steps)
     model = bert()
-    ids, mask, types = padded_batch()
+    ids, mask, types = padded_batch(lengths=(16, 11, 7, 3))
     grads = {}
     for unpad in (False, True):
         model.zero_grad()
@@ -50,6 +54,15 @@ def test_unpadded_encoder_gives_the_padded_vectors_and_gradients():
     assert len(g_pad) == len(g_unpad)
     for a, b in zip(g_pad, g_unpad):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_unpadded_row_counts_come_from_a_short_list(monkeypatch):
+    monkeypatch.setattr(bert_module, "UNPAD_STEPS_PER_OCTAVE", 16)
+    sizes = {unpad_rows(n) for n in range(1, 4097)}
+    assert all(unpad_rows(n) >= n and unpad_rows(n) <= n * 17 / 16 for n in range(1, 4097))
+    assert len(sizes) == 32 + 16 * 7  # 1..32 exactly, then 16 sizes in each octave up to 4096
+    monkeypatch.setattr(bert_module, "UNPAD_STEPS_PER_OCTAVE", 0)
+    assert [unpad_rows(n) for n in (1, 37, 1000)] == [1, 37, 1000]
 
 
 def test_unpad_runs_a_full_batch_and_attention_maps_as_they_are():
