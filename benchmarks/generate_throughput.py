@@ -14,7 +14,8 @@ what `--dtype bf16` loads (bf16 weights and KV cache, Linear weights pre-packed 
 models/inference.py; CPUs with bf16 units or CUDA), `lmforge-bf16-plain` the same without the packing,
 `lmforge-compiled-bf16` bf16 weights with the compiled step (its products through the packed oneDNN kernel for
 models with >= 32 MB of bf16 Linear weights, inductor's own below: models/inference.py COMPILED_PACK_MIN_BYTES),
-`lmforge-compiled-bf16-packed` / `-inductor` the same with that choice forced one way.
+`lmforge-compiled-bf16-packed` / `-inductor` the same with that choice forced one way, `lmforge-compiled-int8` the
+dynamic int8 model with the compiled step.
 
 The ceiling: a batch-1 step reads every weight once, so tokens/s cannot pass (read bandwidth) / (bytes of weights
 read per token). A `bandwidth` worker, taking its turn with the others, times `torch.sum` over a buffer of each
@@ -45,6 +46,7 @@ CONTENDERS = (
     "lmforge-compiled-bf16-packed",
     "lmforge-compiled-bf16-inductor",
     "lmforge-int8",
+    "lmforge-compiled-int8",
 )
 
 SHAPES = {"6x384": (6, 384, 256, 65), "gpt2": (12, 768, 1024, 50257)}  # layers, width, block, vocab
@@ -75,7 +77,7 @@ def build(kind: str, shape):
     model = GPT(
         GPTConfig(vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=n_layer, n_embd=n_embd)
     ).eval()
-    if kind == "lmforge-int8":
+    if kind.endswith("int8"):
         from lmforge.compress.quantize import quantize_model
 
         quantize_model(model, "dynamic-int8", include_output=True)

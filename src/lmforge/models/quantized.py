@@ -12,6 +12,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from lmforge.errors import ConfigError
 
@@ -31,6 +32,48 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+# fbgemm's prepacked weights, keyed by the int8 weight tensor they were made from (held weakly: a freed model frees
+# them), with the (version, address) of the weight, scale and bias when packed, so changed buffers are packed again.
+_PREPACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _fbgemm_weight(weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+    key = tuple((t._version, t.data_ptr()) for t in (weight_int8, scale, bias) if t is not None)
+    entry = _PREPACKED.get(weight_int8)
+    if entry is None or entry[0] != key:
+        zeros = torch.zeros(weight_int8.shape[0], dtype=torch.long)
+        with warnings.catch_warnings():  # torch 2.13 deprecates quantized tensors; the kernel still ships
+            warnings.simplefilter("ignore", UserWarning)
+            qweight = torch._make_per_channel_quantized_tensor(weight_int8, scale.double(), zeros, 0)
+        entry = (key, torch.ops.quantized.linear_prepack(qweight, bias))
+        _PREPACKED[weight_int8] = entry
+    return entry[1]
+
+
+def _dynamic_int8_linear(
+    x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    y = torch.ops.quantized.linear_dynamic(
+        x.float().reshape(-1, weight_int8.shape[1]), _fbgemm_weight(weight_int8, scale, bias), True
+    )
+    return y.view(*x.shape[:-1], weight_int8.shape[0]).to(x.dtype)
+
+
+@torch.library.custom_op("lmforge::dynamic_int8_linear", mutates_args=())
+def dynamic_int8_linear(
+    x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """x @ W.T + bias with W = weight_int8 * scale per row, through fbgemm's dynamic int8 kernel (activations
+    quantized per call) on a weight prepacked once. An opaque op, so torch.compile keeps a model with these layers
+    in one graph (fbgemm's packed weight, a script object, broke the graph at every layer) and fuses the rest."""
+    return _dynamic_int8_linear(x, weight_int8, scale, bias)
+
+
+@dynamic_int8_linear.register_fake
+def dynamic_int8_linear_shape(x, weight_int8, scale, bias):
+    return x.new_empty((*x.shape[:-1], weight_int8.shape[0]))
+
+
 class Int8Linear(nn.Module):
     """A Linear layer with int8 weights and a per-output-channel fp32 scale.
 
@@ -47,7 +90,6 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scale", torch.ones(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self._packed = None  # fbgemm's prepacked weight, rebuilt from the buffers whenever they change
 
     @classmethod
     def from_float(cls, linear: nn.Linear, dynamic: bool = False) -> Int8Linear:
@@ -60,14 +102,6 @@ class Int8Linear(nn.Module):
     def dequantized(self, dtype=torch.float32) -> torch.Tensor:
         return self.weight_int8.to(dtype) * self.scale[:, None].to(dtype)
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._packed = None
-        super()._load_from_state_dict(*args, **kwargs)
-
-    def _apply(self, fn, *args, **kwargs):
-        self._packed = None
-        return super()._apply(fn, *args, **kwargs)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.dynamic:
             return F.linear(
@@ -75,16 +109,9 @@ class Int8Linear(nn.Module):
             )
         if x.device.type != "cpu":
             raise ConfigError("dynamic-int8 models run on the CPU only; load them with device='cpu'")
-        if self._packed is None:
-            zeros = torch.zeros(self.out_features, dtype=torch.long)
-            with warnings.catch_warnings():  # torch 2.13 deprecates quantized tensors; the kernel still ships
-                warnings.simplefilter("ignore", UserWarning)
-                qweight = torch._make_per_channel_quantized_tensor(
-                    self.weight_int8, self.scale.double(), zeros, 0
-                )
-            self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
-        y = torch.ops.quantized.linear_dynamic(x.float().reshape(-1, self.in_features), self._packed, True)
-        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        if torch.compiler.is_compiling():
+            return dynamic_int8_linear(x, self.weight_int8, self.scale, self.bias)
+        return _dynamic_int8_linear(x, self.weight_int8, self.scale, self.bias)  # without the op's dispatch
 
     def extra_repr(self) -> str:
         return (
