@@ -124,3 +124,23 @@ def test_config_errors_and_info(capsys):
     assert main(["info", "seq2seq-small"]) == 0
     out = capsys.readouterr().out
     assert "3 + 3 layers x 256" in out and "encoder-decoder (pre-LN, sinusoidal positions" in out
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_pairs_padded_to_a_multiple_give_the_same_loss(kw):
+    from lmforge.train.objectives import collate_pairs, seq2seq_loss_sum
+
+    g = torch.Generator().manual_seed(5)
+    pairs = [
+        (torch.randint(5, 50, (n,), generator=g).tolist(), torch.randint(5, 50, (m,), generator=g).tolist())
+        for n, m in ((9, 4), (3, 11), (6, 6))
+    ]
+    exact = collate_pairs(pairs, 2, 0)
+    rounded = collate_pairs(pairs, 2, 0, round_to=8, limit=12)
+    assert exact[0].shape == (3, 9) and exact[2].shape == (3, 11)
+    assert rounded[0].shape == (3, 12) and rounded[2].shape == (3, 12)  # 16 each, held to the limit
+    assert collate_pairs(pairs, 2, 0, round_to=8, limit=10)[2].shape == (3, 11)  # never below the longest row
+    assert not rounded[1][:, 9:].any() and (rounded[3][:, 11:] == -100).all()  # the new columns are padding
+    model = tiny(**kw)
+    with torch.no_grad():
+        assert torch.allclose(seq2seq_loss_sum(model, rounded), seq2seq_loss_sum(model, exact), rtol=1e-5)

@@ -5,6 +5,7 @@ import random
 
 import pytest
 import sacrebleu
+import torch
 
 import lmforge
 from lmforge.cli.main import main
@@ -399,3 +400,28 @@ def test_summarization_learns_that_the_first_sentence_is_the_summary(tmp_path, c
         "rougeL"
     ]
     assert scores["rougeL"] > baseline + 30 and scores["rougeL"] > 70, (scores, baseline)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_batches_are_padded_to_a_multiple_under_bf16_on_a_cpu_only(tmp_path, monkeypatch, precision):
+    from lmforge.device import cpu_has_native_bf16
+    from lmforge.train.trainer import Trainer
+
+    if precision == "bf16" and not cpu_has_native_bf16():
+        pytest.skip("this CPU has no bf16 instructions")
+    (tmp_path / "train.tsv").write_text(translation_pairs(40, 0), encoding="utf-8")
+    widths = []
+    real = Trainer._train_step
+
+    def train_step(self):
+        batch = self.objective.next_batch(torch.Generator().manual_seed(self.step))
+        widths.append((self.objective.round_to, batch[0].shape[1], batch[2].shape[1]))
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "_train_step", train_step)
+    overrides = {**FAST, "train.precision": precision, "train.max_steps": 3}
+    lmforge.finetune(
+        "translate", "seq2seq-test", tmp_path / "train.tsv", tmp_path / "run", overrides=overrides, progress=False
+    )
+    multiple = Trainer.ROUND_LENGTHS if precision == "bf16" else 1
+    assert widths and all(r == multiple and s % multiple == 0 and t % multiple == 0 for r, s, t in widths)

@@ -208,13 +208,25 @@ class SpanCorruption:
 
 
 def collate_pairs(
-    pairs: list[tuple[list[int], list[int]]], start_id: int, pad_id: int
+    pairs: list[tuple[list[int], list[int]]],
+    start_id: int,
+    pad_id: int,
+    round_to: int = 1,
+    limit: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """(source, source mask, decoder input, labels) from (source, target) token lists, padded at the end.
 
     The decoder reads the target shifted right behind the start token; labels of padding are -100 (ignored).
+    `round_to` pads both lengths up to a multiple of it (at most `limit`, never below the longest row): fewer
+    distinct shapes for kernels built per shape (Trainer.ROUND_LENGTHS).
     """
-    n, src_len, tgt_len = len(pairs), max(len(s) for s, _ in pairs), max(len(t) for _, t in pairs)
+
+    def width(longest: int) -> int:
+        rounded = -(-longest // round_to) * round_to
+        return max(longest, min(rounded, limit)) if limit is not None else rounded
+
+    n = len(pairs)
+    src_len, tgt_len = width(max(len(s) for s, _ in pairs)), width(max(len(t) for _, t in pairs))
     src = torch.full((n, src_len), pad_id, dtype=torch.long)
     src_mask = torch.zeros((n, src_len), dtype=torch.bool)
     tgt_in = torch.full((n, tgt_len), pad_id, dtype=torch.long)

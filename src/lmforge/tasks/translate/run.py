@@ -70,6 +70,7 @@ class PairsObjective(ShuffledEpochs):
         batch_size: int,
         label_smoothing: float = 0.0,
         group_by_length: bool = False,
+        limit: int | None = None,
     ):
         lengths = [len(s) + len(t) for s, t in pairs] if group_by_length else None
         super().__init__(len(pairs), batch_size, lengths=lengths)
@@ -79,10 +80,14 @@ class PairsObjective(ShuffledEpochs):
             pad_id,
             label_smoothing,
         )
+        self.limit = limit  # the model's longest sequence: padding stops there
+        self.round_to = 1  # lengths padded up to a multiple of this: the Trainer sets it (Trainer.ROUND_LENGTHS)
 
     def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         chosen = self.next_indices(generator)
-        return collate_pairs([self.pairs[i] for i in chosen], self.start_id, self.pad_id)
+        return collate_pairs(
+            [self.pairs[i] for i in chosen], self.start_id, self.pad_id, self.round_to, self.limit
+        )
 
     @staticmethod
     def count_targets(batch) -> torch.Tensor:
@@ -130,6 +135,7 @@ def pairs_spec(
             t.batch_size,
             m.label_smoothing,
             t.group_by_length,
+            limit=m.block_size,
         )
         dev_rows = encode_pairs(dev[:DEV_DECODES], tokenizer, m) if dev else []
         data_info = info
