@@ -421,7 +421,12 @@ def test_batches_are_padded_to_a_multiple_under_bf16_on_a_cpu_only(tmp_path, mon
     monkeypatch.setattr(Trainer, "_train_step", train_step)
     overrides = {**FAST, "train.precision": precision, "train.max_steps": 3}
     lmforge.finetune(
-        "translate", "seq2seq-test", tmp_path / "train.tsv", tmp_path / "run", overrides=overrides, progress=False
+        "translate",
+        "seq2seq-test",
+        tmp_path / "train.tsv",
+        tmp_path / "run",
+        overrides=overrides,
+        progress=False,
     )
     multiple = Trainer.ROUND_LENGTHS if precision == "bf16" else 1
     assert widths and all(r == multiple and s % multiple == 0 and t % multiple == 0 for r, s, t in widths)
