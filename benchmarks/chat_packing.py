@@ -23,18 +23,18 @@ from common import emit, machine, peak_rss_mb, run_alternating, shared
 
 def one_run(args) -> dict:
     import lmforge
-    from lmforge.tasks.chat.template import run as finetune_chat
+    from lmforge.train.objectives import LabelledSequences  # chat's objective
 
     out = Path(args.out)
     computed = []
-    original = finetune_chat.ChatObjective.next_batch
+    original = LabelledSequences.next_batch
 
     def counting(self, generator):  # the tensor each step really computes on
         batch = original(self, generator)
         computed.append(batch[0].numel())
         return batch
 
-    finetune_chat.ChatObjective.next_batch = counting
+    LabelledSequences.next_batch = counting
     run = out / f"run-{args.one}"
     shutil.rmtree(run, ignore_errors=True)
     result = lmforge.finetune(

@@ -155,3 +155,38 @@ def test_pack_is_refused_where_nothing_packs(char_data, tiny_overrides, tmp_path
         lmforge.pretrain(
             char_data, tmp_path / "run", overrides={**tiny_overrides, "train.pack": True}, progress=False
         )
+
+
+def test_padded_widths_come_from_a_short_list():
+    from lmforge.train.objectives import padded_width
+
+    assert [padded_width(n) for n in (1, 9, 300)] == [1, 9, 300]  # round_to 1: the longest row
+    assert [padded_width(n, 8) for n in (1, 9, 64, 65, 129, 300, 512)] == [8, 16, 64, 72, 144, 320, 512]
+    assert padded_width(300, 8, limit=310) == 310 and padded_width(300, 8, limit=200) == 300
+    widths = {padded_width(n, 8) for n in range(1, 1025)}
+    assert len(widths) == 8 + 8 * 4  # multiples of 8 up to 64, then 8 per doubling up to 1024
+    assert all(n <= padded_width(n, 8) <= max(n + 7, n * 9 / 8) for n in range(1, 1025))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_rounded_widths_train_on_the_same_targets_with_the_same_loss(packed):
+    from lmforge.train.objectives import LabelledSequences
+
+    r = random.Random(1)
+    rows = []
+    for _ in range(12):
+        ids = [r.randrange(1, 97) for _ in range(r.randint(3, 20))]
+        rows.append((ids, [t if r.random() < 0.7 else IGNORE_INDEX for t in ids[1:] + [5]]))
+    torch.manual_seed(0)
+    model = build_model("gpt", dict(vocab_size=97, block_size=24, n_layer=1, n_head=2, n_embd=16)).eval()
+    batches = {}
+    for round_to in (1, 8):
+        objective = LabelledSequences(rows, 0, batch_size=12, pack=packed, limit=24)
+        objective.round_to = round_to
+        batches[round_to] = objective.next_batch(torch.Generator().manual_seed(2))
+    exact, rounded = batches[1], batches[8]
+    assert rounded[0].shape[1] % 8 == 0 and rounded[0].shape[1] >= exact[0].shape[1]
+    assert objective.count_targets(rounded) == objective.count_targets(exact)
+    with torch.no_grad():
+        a, b = objective.loss_sum(model, exact), objective.loss_sum(model, rounded)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)

@@ -207,6 +207,16 @@ class SpanCorruption:
         return source, target + [self.eos_id]
 
 
+def padded_width(longest: int, round_to: int = 1, limit: int | None = None) -> int:
+    """A batch's padded length: `longest` rounded up to a multiple of `round_to` or, when that is larger, of an
+    eighth of the power of two below it (so at most 8 widths per doubling: 300 -> 320); at most `limit` (never
+    below `longest`). round_to 1 leaves `longest` as it is."""
+    if round_to > 1:
+        round_to = max(round_to, 1 << max(0, longest.bit_length() - 4))
+    rounded = -(-longest // round_to) * round_to
+    return max(longest, min(rounded, limit)) if limit is not None else rounded
+
+
 def collate_pairs(
     pairs: list[tuple[list[int], list[int]]],
     start_id: int,
@@ -221,12 +231,9 @@ def collate_pairs(
     distinct shapes for kernels built per shape (Trainer.ROUND_LENGTHS).
     """
 
-    def width(longest: int) -> int:
-        rounded = -(-longest // round_to) * round_to
-        return max(longest, min(rounded, limit)) if limit is not None else rounded
-
     n = len(pairs)
-    src_len, tgt_len = width(max(len(s) for s, _ in pairs)), width(max(len(t) for _, t in pairs))
+    src_len = padded_width(max(len(s) for s, _ in pairs), round_to, limit)
+    tgt_len = padded_width(max(len(t) for _, t in pairs), round_to, limit)
     src = torch.full((n, src_len), pad_id, dtype=torch.long)
     src_mask = torch.zeros((n, src_len), dtype=torch.bool)
     tgt_in = torch.full((n, tgt_len), pad_id, dtype=torch.long)
@@ -354,10 +361,11 @@ class ShuffledEpochs:
 
 
 def collate_labelled(
-    rows: list[tuple[list[int], list[int]]], pad_id: int
+    rows: list[tuple[list[int], list[int]]], pad_id: int, width: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, labels) rows of different lengths as two (B, T) tensors, padded with pad_id / IGNORE_INDEX."""
-    width = max(len(x) for x, _ in rows)
+    """(inputs, labels) rows of different lengths as two (B, T) tensors, padded with pad_id / IGNORE_INDEX to the
+    longest row (or to `width`, when given)."""
+    width = max(width or 0, max(len(x) for x, _ in rows))
     x = torch.full((len(rows), width), pad_id, dtype=torch.long)
     y = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     for i, (ids, labels) in enumerate(rows):
@@ -384,18 +392,32 @@ class LabelledSequences(ShuffledEpochs):
     name = "labelled-sequences"
     packs = True
 
-    def __init__(self, rows, pad_id: int, batch_size: int, group_by_length: bool = False, pack: bool = False):
+    def __init__(
+        self,
+        rows,
+        pad_id: int,
+        batch_size: int,
+        group_by_length: bool = False,
+        pack: bool = False,
+        limit: int | None = None,
+    ):
         super().__init__(
             len(rows), batch_size, lengths=[len(x) for x, _ in rows] if group_by_length else None
         )
         self.rows, self.pad_id, self.packed = rows, pad_id, pack
+        self.limit = limit  # the model's context: padding stops there
+        self.round_to = (
+            1  # widths padded up to a multiple of this: the Trainer sets it (Trainer.ROUND_LENGTHS)
+        )
 
     def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         chosen = [self.rows[i] for i in self.next_indices(generator)]
-        if not self.packed:
-            return collate_labelled(chosen, self.pad_id)
         lengths = [len(x) for x, _ in chosen]
-        return collate_packed(chosen, pack_rows(lengths, max(lengths)), self.pad_id)
+        width = padded_width(max(lengths), self.round_to, self.limit)
+        if not self.packed:
+            return collate_labelled(chosen, self.pad_id, width)
+        # Packed into rows of the padded width: the rounding makes room that packing may fill.
+        return collate_packed(chosen, pack_rows(lengths, width), self.pad_id, width)
 
     @staticmethod
     def count_targets(batch) -> torch.Tensor:

@@ -38,12 +38,13 @@ def pack(lengths: list[int], capacity: int) -> list[list[int]]:
 
 
 def collate_packed(
-    rows: list[tuple[list[int], list[int]]], groups: list[list[int]], pad_id: int
+    rows: list[tuple[list[int], list[int]]], groups: list[list[int]], pad_id: int, width: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(inputs, targets, segments) of packed rows: each group's (ids, targets) examples side by side, padded to the
-    longest row of the batch; segments number the examples of a row (padding: PAD_SEGMENT)."""
+    longest row of the batch (or to `width`, when given); segments number the examples of a row (padding:
+    PAD_SEGMENT)."""
     widths = [sum(len(rows[i][0]) for i in group) for group in groups]
-    x = torch.full((len(groups), max(widths)), pad_id, dtype=torch.long)
+    x = torch.full((len(groups), max(width or 0, *widths)), pad_id, dtype=torch.long)
     y = torch.full_like(x, IGNORE_INDEX)
     segments = torch.full_like(x, PAD_SEGMENT)
     for r, group in enumerate(groups):

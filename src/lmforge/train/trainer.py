@@ -187,11 +187,13 @@ def check_batch_fits(model: nn.Module, cfg: RunConfig, device: torch.device) -> 
 
 
 class Trainer:
-    # Under bf16 autocast on a CPU, objectives that pad each batch to its longest row (those with a `round_to`) pad
-    # to a multiple of this instead: every new length is a new matrix shape, and oneDNN builds and caches a kernel
-    # per shape. seq2seq-small on Multi30k, 400 steps, AMX Xeon (RESULTS.md "Padded lengths"): bf16 peak RSS
-    # 1,554 -> 1,113 MB, 76.7 -> 74.8 s; in fp32 (MKL, no per-shape kernels) rounding only cost time (99.7 ->
-    # 112.8 s), so it stays off there.
+    # Under bf16 autocast on a CPU, objectives that pad each batch to its longest row (those with a `round_to`:
+    # translation/summarization pairs, chat and other labelled sequences) pad to a multiple of this, or of an eighth
+    # of the width's power of two when larger (objectives.padded_width): every new width is a new matrix shape, and
+    # oneDNN builds and caches a kernel per shape (RESULTS.md "Padded lengths"). seq2seq-small on Multi30k, 400
+    # steps: peak RSS 1,554 -> 1,113 MB at the same speed; chat on DailyDialog, GPT 6x384, 150 steps: padded
+    # 7,634 -> 2,682 MB and 1.40x conversations/s, packed 5,167 -> 2,401 MB and 1.14x. In fp32 (MKL builds nothing
+    # per shape) rounding only cost time (Multi30k 99.7 -> 112.8 s), so it stays off there.
     ROUND_LENGTHS = 8
 
     def __init__(

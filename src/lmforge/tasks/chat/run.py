@@ -61,7 +61,7 @@ def chat_spec(cfg, run_dir, tokenizer: Tokenizer, train, dev, state: dict, info:
     # DP-SGD (train/privacy.py) protects one conversation at a time: no packing by default under it
     packing = switch("train.pack", t.pack)
     pack = packing == "true" or (packing == "auto" and t.dp_epsilon is None)
-    objective = LabelledSequences(rows, pad, t.batch_size, t.group_by_length, pack)
+    objective = LabelledSequences(rows, pad, t.batch_size, t.group_by_length, pack, limit=block)
     objective, hook = private_training(cfg, objective, len(rows))
 
     def build():

@@ -122,7 +122,7 @@ def pairs_spec(
         dev_rows = prompt.training_rows(tokenizer, dev[:DEV_DECODES], block, info["dev"]) if dev else []
         pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
         objective = LabelledSequences(
-            rows, pad, t.batch_size, t.group_by_length, switch("train.pack", t.pack) != "false"
+            rows, pad, t.batch_size, t.group_by_length, switch("train.pack", t.pack) != "false", limit=block
         )
         data_info = {**info, CONFIG_KEY: prompt.to_dict()}
         longest_target = max((target_tokens(labels) for _, labels in dev_rows), default=0)
