@@ -78,6 +78,16 @@ def cpu_bf16_pays(model: torch.nn.Module) -> bool:
     return matmul_width(model) >= CPU_BF16_MIN_WIDTH
 
 
+def coarse_size(n: int, per_octave: int, multiple: int = 1) -> int:
+    """n rounded up to a multiple of `multiple`, or of 1/per_octave of the power of two below n when that is
+    larger (per_octave a power of two): at most `per_octave` sizes between two powers of two (16: 1000 -> 1024,
+    600 -> 608). Why: oneDNN (bf16 on a CPU) builds and caches a kernel for every matrix shape it meets, so batches
+    whose row count or width changes every step keep building kernels and fill memory with them (RESULTS.md,
+    "Unpadded row counts" and "Padded lengths"); a few padding rows or columns keep the shapes to a short list."""
+    step = max(multiple, 1 << max(0, n.bit_length() - per_octave.bit_length()))
+    return -(-n // step) * step
+
+
 def autocast_dtype(
     device: torch.device, precision: str = "auto", model: torch.nn.Module | None = None
 ) -> torch.dtype | None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.device import coarse_size
 from lmforge.errors import ConfigError
 
 
@@ -117,8 +118,8 @@ class EncoderLayer(nn.Module):
 
 
 # An unpadded batch's row count is rounded up to one of this many sizes per power of two (a power of two itself;
-# 0 turns the rounding off), taking in a few padding positions (at most 1/16 more rows). Why: each new row count
-# is a new matrix shape, and oneDNN (bf16 autocast on CPU) builds and caches a kernel per shape. MiniLM on 4,000
+# 0 turns the rounding off), taking in a few padding positions (at most 1/16 more rows; device.coarse_size says
+# why). MiniLM on 4,000
 # SST-2 phrases, batch 32, length 64, bf16 autocast on the AMX Xeon: exact counts 30.8-31.7 s of training at
 # 2,182-2,215 MB peak RSS; 16 sizes an octave 24.3-26.8 s at 1,379-1,398 MB; fp32 31.6-32.9 s either way, 1,345-1,375
 # against 1,176-1,200 MB (RESULTS.md, "Unpadded row counts").
@@ -127,10 +128,7 @@ UNPAD_STEPS_PER_OCTAVE = 16
 
 def unpad_rows(n: int) -> int:
     """n rounded up to the next of UNPAD_STEPS_PER_OCTAVE evenly spaced sizes between two powers of two."""
-    if UNPAD_STEPS_PER_OCTAVE <= 0 or n <= UNPAD_STEPS_PER_OCTAVE:
-        return n
-    step = 1 << (n.bit_length() - UNPAD_STEPS_PER_OCTAVE.bit_length())
-    return -(-n // step) * step
+    return coarse_size(n, UNPAD_STEPS_PER_OCTAVE) if UNPAD_STEPS_PER_OCTAVE > 0 else n
 
 
 class Bert(nn.Module):

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.data.shards import TokenShards
+from lmforge.device import coarse_size
 from lmforge.errors import ConfigError, DataError
 from lmforge.models.modes import eval_mode
 from lmforge.models.seq2seq import decoder_start_id
@@ -209,11 +210,11 @@ class SpanCorruption:
 
 def padded_width(longest: int, round_to: int = 1, limit: int | None = None) -> int:
     """A batch's padded length: `longest` rounded up to a multiple of `round_to` or, when that is larger, of an
-    eighth of the power of two below it (so at most 8 widths per doubling: 300 -> 320); at most `limit` (never
-    below `longest`). round_to 1 leaves `longest` as it is."""
-    if round_to > 1:
-        round_to = max(round_to, 1 << max(0, longest.bit_length() - 4))
-    rounded = -(-longest // round_to) * round_to
+    eighth of the power of two below it (device.coarse_size: at most 8 widths per doubling, 300 -> 320); at most
+    `limit` (never below `longest`). round_to 1 leaves `longest` as it is."""
+    if round_to <= 1:
+        return longest
+    rounded = coarse_size(longest, 8, round_to)
     return max(longest, min(rounded, limit)) if limit is not None else rounded
 
 
@@ -406,9 +407,8 @@ class LabelledSequences(ShuffledEpochs):
         )
         self.rows, self.pad_id, self.packed = rows, pad_id, pack
         self.limit = limit  # the model's context: padding stops there
-        self.round_to = (
-            1  # widths padded up to a multiple of this: the Trainer sets it (Trainer.ROUND_LENGTHS)
-        )
+        # Widths padded up to a multiple of this (padded_width): the Trainer sets it (Trainer.ROUND_LENGTHS).
+        self.round_to = 1
 
     def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         chosen = [self.rows[i] for i in self.next_indices(generator)]

@@ -81,9 +81,8 @@ class PairsObjective(ShuffledEpochs):
             label_smoothing,
         )
         self.limit = limit  # the model's longest sequence: padding stops there
-        self.round_to = (
-            1  # lengths padded up to a multiple of this: the Trainer sets it (Trainer.ROUND_LENGTHS)
-        )
+        # Lengths padded up to a multiple of this (padded_width): the Trainer sets it (Trainer.ROUND_LENGTHS).
+        self.round_to = 1
 
     def next_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         chosen = self.next_indices(generator)
